@@ -1,0 +1,32 @@
+# Two entry points, both creating or reusing .venv/ at the repository root:
+#   make run   - install everything and run the main job (loralab run)
+#   make test  - install everything and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN_ARGS ?=
+
+.PHONY: setup run test quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Pin the CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/loralab run $(RUN_ARGS)
+
+quick: $(STAMP)
+	$(BIN)/loralab run --quick $(RUN_ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,259 @@
+"""Saving and loading adapters in the layout of Hugging Face PEFT.
+
+An adapter folder holds `adapter_config.json` (a PEFT `LoraConfig`) and
+`adapter_model.safetensors` with, for every wrapped layer NAME,
+
+    base_model.model.NAME.lora_A.weight   (r, in)   = A^T
+    base_model.model.NAME.lora_B.weight   (out, r)  = B^T
+
+plus the classification head's parameters under `base_model.model.`, so
+`peft.PeftModel.from_pretrained(base, folder)` loads a loralab adapter and
+`load_adapter` loads a PEFT LoRA adapter. Weights are never pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import LoralabError, ModelLoadError
+from .fileio import atomic_path, write_json
+from .lora import LoRA
+from .models import load_model, minilm_path
+from .surgery import find_targets, head_modules, inject_lora, lora_layers
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
+PREFIX = "base_model.model."
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def base_model_name(model: nn.Module) -> str | None:
+    """The name a base model is known by: its Hub id, or its local path."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    if name and os.path.realpath(name) == os.path.realpath(minilm_path()):
+        return MINILM_HUB_ID
+    return name
+
+
+def base_fingerprint(layers: dict[str, nn.Module]) -> str:
+    """A hash of the frozen base weights of the adapted layers: tells base models apart
+    even when they share an architecture.
+
+    Args:
+        layers: the adapted layers by name, plain `nn.Linear`s or `LoRA` wrappers.
+    """
+    digest = hashlib.sha256()
+    for name, layer in sorted(layers.items()):
+        weight = layer.base.weight.detach().float() if isinstance(layer, LoRA) else layer.weight.detach().float()
+        if isinstance(layer, LoRA) and layer.merged:
+            weight = weight - layer.delta_weight()
+        # Rounded to bfloat16, so that merge round-off and bfloat16 storage do not count.
+        digest.update(name.encode())
+        digest.update(weight.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _expected_shapes(model: nn.Module, layers: dict[str, nn.Module], rank: int) -> dict[str, tuple]:
+    """PEFT key -> shape of everything an adapter of `rank` on `layers` must hold."""
+    shapes: dict[str, tuple] = {}
+    for name, layer in layers.items():
+        shapes[f"{PREFIX}{name}.lora_A.weight"] = (rank, layer.in_features)
+        shapes[f"{PREFIX}{name}.lora_B.weight"] = (layer.out_features, rank)
+    for head in head_modules(model):
+        for pname, param in model.get_submodule(head).named_parameters():
+            shapes[f"{PREFIX}{head}.{pname}"] = tuple(param.shape)
+    return shapes
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter and head tensors under PEFT's key names."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ModelLoadError("This model has no LoRA layers to save.")
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in layers.items():
+        state[f"{PREFIX}{name}.lora_A.weight"] = layer.A.detach().T.contiguous().float().cpu()
+        state[f"{PREFIX}{name}.lora_B.weight"] = layer.B.detach().T.contiguous().float().cpu()
+    for head in head_modules(model):
+        for pname, param in model.get_submodule(head).named_parameters():
+            state[f"{PREFIX}{head}.{pname}"] = param.detach().contiguous().float().cpu()
+    return state
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Save only adapter and head weights, as PEFT does, to `directory`.
+
+    Args:
+        model: a model with LoRA layers (see `inject_lora`).
+        directory: created if missing; both files are written atomically.
+        extra: more string metadata for the safetensors header.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    layers = lora_layers(model)
+    state = adapter_state_dict(model)
+    first = next(iter(layers.values()))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_model_name(model),
+        "r": first.rank,
+        "lora_alpha": first.alpha,
+        "lora_dropout": float(getattr(first.dropout, "p", 0.0)),
+        "use_rslora": first.rslora,
+        "target_modules": sorted(layers),
+        "modules_to_save": list(head_modules(model)),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+    metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
+                "loralab_init": first.init, **{k: str(v) for k, v in (extra or {}).items()}}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    write_json(directory / CONFIG_NAME, config)
+    return directory
+
+
+def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """Read and check an adapter folder: (config, tensors, safetensors metadata)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(f"Adapter folder not found: {directory}")
+    weights = directory / WEIGHTS_NAME
+    if not weights.exists():
+        pickled = [n for n in PICKLE_NAMES if (directory / n).exists()]
+        if pickled:
+            raise ModelLoadError(f"{directory / pickled[0]}: loralab loads adapters only from "
+                                 "safetensors, never from pickle files (.bin/.pt), which can run "
+                                 "code when loaded. Convert it to adapter_model.safetensors.")
+        raise ModelLoadError(f"{directory}: no {WEIGHTS_NAME}.")
+    try:
+        config = json.loads((directory / CONFIG_NAME).read_text("utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{directory}: no {CONFIG_NAME}.") from None
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{directory / CONFIG_NAME}: not valid JSON ({err}).") from None
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ModelLoadError(f"{directory / CONFIG_NAME}: peft_type is {config.get('peft_type')!r}; "
+                             "loralab loads LoRA adapters only.")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise ModelLoadError(f"{directory / CONFIG_NAME}: the field {key!r} is missing.")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:  # safetensors raises its own error type for damaged headers
+        raise ModelLoadError(f"{weights}: the file is truncated or corrupted and cannot be read "
+                             f"as safetensors ({err}).") from None
+    return config, tensors, metadata
+
+
+def _resolve_targets(model: nn.Module, target_modules) -> list[str] | str:
+    if isinstance(target_modules, str) and target_modules != "all-linear":
+        # PEFT stores a string as a regular expression matched against full names.
+        pattern = re.compile(target_modules)
+        return [n for n, m in model.named_modules()
+                if isinstance(m, nn.Linear) and pattern.fullmatch(n)] or [target_modules]
+    return target_modules
+
+
+def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | os.PathLike,
+                 *, check_base: bool = True) -> nn.Module:
+    """Load an adapter (loralab's or PEFT's) onto a base model.
+
+    Args:
+        model_or_base: a base model without adapters, or its name (``"minilm"``, a folder,
+            a Hub id); None-like values fall back to the adapter's `base_model_name_or_path`.
+        directory: the adapter folder.
+        check_base: refuse a base model whose weights or name differ from the adapter's.
+
+    Raises:
+        ModelLoadError: on another base model, a rank or target mismatch, missing or
+            unexpected keys, pickle files, or a damaged file. Nothing is loaded partially.
+    """
+    config, tensors, metadata = read_adapter(directory)
+    where = Path(directory) / CONFIG_NAME
+    if isinstance(model_or_base, nn.Module):
+        model = model_or_base
+    else:
+        base = model_or_base or config.get("base_model_name_or_path")
+        if base == MINILM_HUB_ID:
+            base = "minilm"
+        if not base:
+            raise ModelLoadError(f"{where}: names no base model; pass one.")
+        model = load_model(base)
+    if lora_layers(model):
+        raise ModelLoadError("The model already has LoRA layers; load the adapter onto a base model.")
+
+    rank, alpha = int(config["r"]), config["lora_alpha"]
+    lora_keys = [k for k in tensors if k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    ranks = {tensors[k].shape[0] if k.endswith("lora_A.weight") else tensors[k].shape[1] for k in lora_keys}
+    if ranks and ranks != {rank}:
+        raise ModelLoadError(f"{where}: says r={rank}, but the weights have rank "
+                             f"{', '.join(map(str, sorted(ranks)))}.")
+    try:
+        layers = find_targets(model, _resolve_targets(model, config["target_modules"]))
+    except LoralabError as err:
+        raise ModelLoadError(f"{where}: its target_modules {config['target_modules']!r} do not fit "
+                             f"this model: {err}") from None
+    if check_base:
+        _check_base(model, layers, config, metadata, where)
+
+    # Check everything before the model is touched: nothing is ever loaded partially.
+    expected = _expected_shapes(model, layers, rank)
+    saved = {k if k.startswith(PREFIX) else PREFIX + k: v for k, v in tensors.items()}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s), e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        raise ModelLoadError(f"{directory}: the adapter does not fit this model: "
+                             f"{'; '.join(parts)}. Nothing was loaded.")
+    for key, value in saved.items():
+        if tuple(value.shape) != expected[key]:
+            raise ModelLoadError(f"{directory}: {key} has shape {tuple(value.shape)}, the model "
+                                 f"needs {expected[key]}. Nothing was loaded.")
+
+    inject_lora(model, rank, alpha, targets=list(layers), dropout=float(config.get("lora_dropout", 0.0)),
+                rslora=bool(config.get("use_rslora", False)))
+    with torch.no_grad():
+        for name, layer in lora_layers(model).items():
+            layer.A.copy_(saved[f"{PREFIX}{name}.lora_A.weight"].T)
+            layer.B.copy_(saved[f"{PREFIX}{name}.lora_B.weight"].T)
+        for head in head_modules(model):
+            for pname, param in model.get_submodule(head).named_parameters():
+                param.copy_(saved[f"{PREFIX}{head}.{pname}"])
+    return model
+
+
+def _check_base(model: nn.Module, layers: dict[str, nn.Module], config: dict, metadata: dict,
+                where: Path) -> None:
+    saved_fp = metadata.get("loralab_base_fingerprint")
+    saved_name = config.get("base_model_name_or_path")
+    name = base_model_name(model)
+    if saved_fp:
+        if saved_fp != base_fingerprint(layers):
+            raise ModelLoadError(f"{where}: this adapter was trained on base model {saved_name!r}, "
+                                 f"whose weights differ from those of {name!r}; refusing to load "
+                                 "it onto another base model.")
+    elif saved_name and name and saved_name != name:
+        raise ModelLoadError(f"{where}: names base model {saved_name!r}, not {name!r}. Pass "
+                             "check_base=False if they are the same weights.")

@@ -1,0 +1,124 @@
+"""One function per CLI command: train, evaluate, load what was trained.
+
+    >>> import loralab
+    >>> result = loralab.train(method="lora", rank=6, out="runs/lora-r6")  # doctest: +SKIP
+    >>> loralab.evaluate("runs/lora-r6")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from torch import nn
+
+from .adapters import CONFIG_NAME, load_adapter, save_adapter
+from .errors import ModelLoadError
+from .fileio import atomic_dir, write_json
+from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
+from .surgery import freeze_all_but_head, inject_lora
+from .training import RunResult, TrainSettings, evaluate_model, tokenize, train_head, train_model
+
+METHODS = ("lora", "head", "full")
+INFO_NAME = "loralab.json"
+
+
+def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, rank: int = 6,
+                  alpha: float | None = None, targets=None, **lora_options) -> nn.Module:
+    """A model set up for `method`: adapters injected, or everything but the head frozen."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    net = load_model(model) if not isinstance(model, nn.Module) else model
+    if method == "lora":
+        inject_lora(net, rank, alpha, targets, **lora_options)
+    elif method == "head":
+        freeze_all_but_head(net)
+    return net
+
+
+def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: dict,
+                 extra_files: tuple = ()) -> Path:
+    """Save an adapter (LoRA) or a whole model (head, full) atomically, with a tokenizer,
+    `loralab.json` describing how it was made, and copies of `extra_files` (logs)."""
+    with atomic_dir(directory) as tmp:
+        for extra in map(Path, extra_files):
+            if extra.exists():
+                shutil.copy2(extra, tmp / extra.name)
+        if info.get("method") == "lora":
+            save_adapter(net, tmp)
+        else:
+            net.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / INFO_NAME, info)
+    return Path(directory)
+
+
+def load_trained(directory: str | os.PathLike):
+    """(model, tokenizer) from a folder written by `save_trained`, a PEFT adapter folder,
+    or any Hugging Face model folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(f"Model folder not found: {directory}")
+    if (directory / CONFIG_NAME).exists():
+        net = load_adapter(None, directory)
+        tok_source = directory if (directory / "tokenizer_config.json").exists() else \
+            json.loads((directory / CONFIG_NAME).read_text())["base_model_name_or_path"]
+        return net, load_tokenizer(tok_source)
+    return load_model(directory), load_tokenizer(directory)
+
+
+def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
+          data=None, settings: TrainSettings | None = None, *, rank: int = 6,
+          alpha: float | None = None, targets=None, init: str = "normal", tokenized=None) -> dict:
+    """Train one model and save it to `out`.
+
+    Args:
+        method: ``"lora"``, ``"head"`` or ``"full"``.
+        out: folder for the adapter (LoRA) or the whole model.
+        model: base model name or folder.
+        data: a DatasetDict with `train`/`eval` (default: `load_data()`).
+        settings: training settings (default: the lab's).
+        rank, alpha, targets, init: LoRA options.
+        tokenized: already tokenized data, to skip tokenizing again.
+
+    Returns:
+        A dict with `eval_accuracy`, `trainable_params`, `train_seconds`, `peak_memory_mb`,
+        `history` and `precision`.
+    """
+    import torch
+
+    from .data import load_data
+
+    settings = settings or TrainSettings()
+    out = Path(out)
+    work = out.with_name(f".{out.name}.work")  # the Trainer's scratch; the result lands in `out`
+    torch.manual_seed(settings.seed)  # the adapters' and head's initial weights
+    tokenizer = load_tokenizer(model)
+    if tokenized is None:
+        tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
+    net = prepare_model(method, model, rank=rank, alpha=alpha, targets=targets, init=init)
+    trainable = num_trainable_parameters(net)
+    if method == "head":
+        result: RunResult = train_head(net, tokenized, settings, work, tokenizer)
+    else:
+        result = train_model(net, tokenized, settings, work, tokenizer=tokenizer)
+    info = {"method": method, "base_model": str(model), "rank": rank if method == "lora" else None,
+            "trainable_params": trainable, "eval_accuracy": result.eval_accuracy,
+            "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb,
+            "precision": result.precision, "history": result.history, "seed": settings.seed}
+    save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json"])
+    shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None) -> float:
+    """Accuracy of a saved model or adapter on the eval split."""
+    from .data import load_data
+
+    settings = settings or TrainSettings()
+    net, tokenizer = load_trained(model_dir)
+    data = data if data is not None else load_data()
+    tokenized = tokenize(data, tokenizer, settings.max_length)
+    return evaluate_model(net, tokenized["eval"], tokenizer, settings)

@@ -1,0 +1,163 @@
+"""The `loralab` command line: it parses arguments and calls library functions.
+
+Every command is one function of the library (see the README's Python examples); errors a
+user can fix are printed as one message with a non-zero exit code, tracebacks only with
+--debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import LoralabError
+
+logger = logging.getLogger("loralab")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="folder with train.csv and eval.csv (default: $LORALAB_DATA, "
+                                  "the cache, then a download of aclImdb)")
+    g.add_argument("--train", nargs="+", help="training files or globs (CSV, TSV, JSONL, Parquet)")
+    g.add_argument("--eval", nargs="+", help="evaluation files or globs")
+    g.add_argument("--text-column", default="review")
+    g.add_argument("--label-column", default="label")
+    g.add_argument("--drop-invalid", action="store_true", help="skip rows with empty text")
+    g.add_argument("--limit-train", type=int, help="use only the first N training reviews (after a seeded shuffle)")
+    g.add_argument("--limit-eval", type=int, help="use only the first N eval reviews (after a seeded shuffle)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm",
+                   help="'minilm' (the packaged default), a local model folder, or a Hub id")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=float, default=3)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
+    g.add_argument("--max-length", type=int, default=512)
+    g.add_argument("--report-to", default="none", help="experiment trackers, passed to the Trainer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loralab", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the whole lab study: baselines, full, head, low-rank, LoRA, report")
+    p.add_argument("--config", help="a TOML file overriding the defaults")
+    p.add_argument("--out", default="runs/lab", help="output folder (default: runs/lab)")
+    p.add_argument("--quick", action="store_true", help="the same pipeline on a small subset")
+    _add_model_args(p)
+    _add_data_args(p)
+
+    p = sub.add_parser("train", help="train one model: LoRA, head-tuning or full fine-tuning")
+    p.add_argument("--method", required=True, choices=["lora", "head", "full"])
+    p.add_argument("--rank", type=int, default=6)
+    p.add_argument("--alpha", type=float, help="default: 2 * rank")
+    p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
+    p.add_argument("--init", default="normal", choices=["normal", "kaiming", "gaussian"])
+    p.add_argument("--out", required=True, help="folder for the trained model or adapter")
+    _add_model_args(p)
+    _add_train_args(p)
+    _add_data_args(p)
+
+    p = sub.add_parser("evaluate", help="accuracy of a saved model or adapter on the eval data")
+    p.add_argument("model_dir")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--quiet", action="store_true")
+    _add_data_args(p)
+
+    p = sub.add_parser("data", help="load and check the data; print its size")
+    _add_data_args(p)
+    return parser
+
+
+def _data(args):
+    from .data import DataOptions, load_data
+
+    options = DataOptions(args.text_column, args.label_column, args.drop_invalid)
+    data = load_data(args.data, train=args.train, eval=args.eval, options=options)
+    seed = getattr(args, "seed", 0)
+    for split, limit in (("train", args.limit_train), ("eval", args.limit_eval)):
+        if limit is not None:
+            data[split] = data[split].shuffle(seed=seed).select(range(min(limit, len(data[split]))))
+    return data
+
+
+def _settings(args, **overrides):
+    from .training import TrainSettings
+
+    values = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "max_length",
+                                             "precision", "seed", "device", "report_to", "quiet")
+              if hasattr(args, k)}
+    return TrainSettings(**{**values, **overrides})
+
+
+def cmd_data(args) -> None:
+    data = _data(args)
+    for split in ("train", "eval"):
+        labels = data[split]["label"]
+        print(f"{split}: {len(labels)} reviews ({sum(labels)} positive, {len(labels) - sum(labels)} negative)")
+
+
+def cmd_train(args) -> None:
+    from .api import train
+
+    result = train(method=args.method, out=args.out, model=args.model, data=_data(args),
+                   settings=_settings(args), rank=args.rank, alpha=args.alpha, targets=args.targets,
+                   init=args.init)
+    print(f"{args.method}: eval accuracy {result['eval_accuracy']:.4f}, "
+          f"{result['trainable_params']:,} trainable parameters, saved to {args.out}")
+
+
+def cmd_evaluate(args) -> None:
+    from .api import evaluate
+
+    acc = evaluate(args.model_dir, data=_data(args),
+                   settings=_settings(args, eval_batch_size=args.batch_size))
+    print(f"eval accuracy: {acc:.4f}")
+
+
+def cmd_run(args) -> None:
+    from .study import run_study
+
+    run_study(args)
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s" if args.debug else "%(message)s")
+    logger.setLevel(level)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        COMMANDS[args.command](args)
+    except LoralabError as err:
+        if args.debug:
+            raise
+        print(f"loralab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("loralab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The data layer: one loader for CSV, TSV, JSON Lines and Parquet that refuses bad input.
+
+Every split comes back as a `datasets.Dataset` with two columns, `text` (str) and
+`label` (int, 1 positive, 0 negative). Problems are reported as `DataError`s that name
+the file, the row (1-based data rows, the header not counted) and the column.
+
+Where the IMDB lab sample comes from, in order: `--data DIR`, `$LORALAB_DATA`, the
+cache folder `~/.cache/loralab/imdb-lab`, and last a download of the official aclImdb
+archive from which the lab's exact 2,000/500 sample is rebuilt (see `download_lab_sample`).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import glob
+import io
+import logging
+import math
+import os
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DataError
+from .fileio import atomic_path
+
+logger = logging.getLogger("loralab")
+
+IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+LAB_FILES = {"train": "train.csv", "eval": "eval.csv"}
+
+# Builder name and options of `datasets.load_dataset` per file ending.
+FORMATS = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+TEXT_FORMATS = {".csv", ".tsv", ".jsonl", ".json"}
+
+LABEL_VALUES = {
+    "0": 0, "1": 1,
+    "neg": 0, "pos": 1,
+    "negative": 0, "positive": 1,
+    "false": 0, "true": 1,
+}
+
+
+@dataclass
+class DataOptions:
+    """How to read a data file.
+
+    Args:
+        text_column: column holding the review text.
+        label_column: column holding the label (0/1, neg/pos, negative/positive, false/true).
+        drop_invalid: skip rows with empty or whitespace-only text instead of failing.
+    """
+
+    text_column: str = "review"
+    label_column: str = "label"
+    drop_invalid: bool = False
+
+
+def expand_files(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand file names and globs (a list, or one string of comma-separated entries)."""
+    if isinstance(patterns, (str, os.PathLike)):
+        patterns = [p for p in str(patterns).split(",") if p.strip()]
+    files: list[Path] = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(str(pattern).strip())
+        if glob.has_magic(pattern):
+            matched = sorted(glob.glob(pattern))
+            if not matched:
+                raise DataError(f"No file matches {pattern!r}.")
+            files.extend(Path(m) for m in matched)
+        else:
+            files.append(Path(pattern))
+    if not files:
+        raise DataError("No data file was given.")
+    return files
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"Data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"Expected a data file but {path} is a directory.")
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"{path}: unknown file type {suffix!r}; loralab reads "
+                        f"{', '.join(sorted(FORMATS))}.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty.")
+    if suffix in TEXT_FORMATS:
+        lines = _check_utf8(path)
+        if lines == 0:
+            raise DataError(f"{path}: the file holds only white space.")
+        if lines == 1 and suffix in {".csv", ".tsv"}:
+            raise DataError(f"{path}: the file has a header but no rows.")
+
+
+def _check_utf8(path: Path) -> int:
+    """Fail with the line number of the first byte sequence that is not UTF-8; return the
+    number of non-blank lines."""
+    non_blank = 0
+    with open(path, "rb") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            non_blank += bool(line.strip())
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: line {line_no} is not valid UTF-8 (byte "
+                                f"{line[err.start:err.start + 1]!r} at column {err.start + 1}). "
+                                "Save the file as UTF-8.") from None
+    return non_blank
+
+
+def _read_file(path: Path):
+    import datasets
+
+    builder, options = FORMATS[path.suffix.lower()]
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(builder, data_files=[str(path)], split="train", **options)
+    except Exception as err:  # the builders raise many types; name the file either way
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise DataError(f"{path}: could not be parsed as {path.suffix.lower()[1:].upper()}: "
+                        f"{type(cause).__name__}: {cause}") from None
+    finally:
+        datasets.enable_progress_bars()
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _missing_column(path: Path, column: str, flag: str, found: Sequence[str]) -> DataError:
+    close = difflib.get_close_matches(column, found, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return DataError(f"{path}: no column {column!r} ({flag}). Columns found: "
+                     f"{', '.join(repr(c) for c in found)}.{hint}")
+
+
+def normalise_label(value) -> int | None:
+    """Map a label value to 0/1, or None when it is not a known label."""
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return LABEL_VALUES.get(str(value).strip().lower())
+
+
+def load_file(path: str | os.PathLike, options: DataOptions | None = None):
+    """Load one data file into a `Dataset` with columns `text` and `label`."""
+    options = options or DataOptions()
+    path = Path(path)
+    _check_readable(path)
+    ds = _read_file(path)
+    if len(ds) == 0:
+        raise DataError(f"{path}: the file has a header but no rows.")
+    for column, flag in ((options.text_column, "--text-column"), (options.label_column, "--label-column")):
+        if column not in ds.column_names:
+            raise _missing_column(path, column, flag, ds.column_names)
+
+    texts = ds[options.text_column]
+    raw_labels = ds[options.label_column]
+    labels = []
+    for row, value in enumerate(raw_labels, start=1):
+        label = normalise_label(value)
+        if label is None:
+            raise DataError(f"{path}: row {row}: unknown label {value!r} in column "
+                            f"{options.label_column!r}. Labels may be 0/1, neg/pos, "
+                            "negative/positive or false/true.")
+        labels.append(label)
+
+    invalid = [row for row, text in enumerate(texts, start=1)
+               if not isinstance(text, str) or not text.strip()]
+    if invalid:
+        shown = ", ".join(map(str, invalid[:10])) + (" ..." if len(invalid) > 10 else "")
+        if not options.drop_invalid:
+            raise DataError(f"{path}: {len(invalid)} row(s) with empty or whitespace-only text "
+                            f"in column {options.text_column!r}: rows {shown}. Fix them, or pass "
+                            "--drop-invalid to skip them.")
+        logger.warning("%s: dropped %d row(s) with empty text (rows %s).", path, len(invalid), shown)
+        bad = set(invalid)
+        keep = [i for i in range(len(texts)) if i + 1 not in bad]
+        texts = [texts[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        if not texts:
+            raise DataError(f"{path}: no rows left after dropping invalid ones.")
+
+    return _make_dataset(texts, labels)
+
+
+def _make_dataset(texts: list[str], labels: list[int]):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def load_split(patterns, options: DataOptions | None = None):
+    """Load one split from one or more files or globs, concatenated in order."""
+    import datasets
+
+    parts = [load_file(f, options) for f in expand_files(patterns)]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def warn_overlap(train, eval_) -> int:
+    """Warn when reviews appear in both splits; return how many eval rows do."""
+    train_texts = set(train["text"])
+    overlap = sum(1 for t in eval_["text"] if t in train_texts)
+    if overlap:
+        logger.warning("%d eval review(s) also appear in the training data; eval accuracy "
+                       "will be optimistic.", overlap)
+    return overlap
+
+
+def load_data(data_dir: str | os.PathLike | None = None, *, train=None, eval=None,
+              options: DataOptions | None = None, download: bool = True):
+    """Load the train and eval splits as a `datasets.DatasetDict`.
+
+    Args:
+        data_dir: folder with `train.csv` and `eval.csv`; None resolves it (see module doc).
+        train, eval: files or globs that override the folder's files for that split.
+        options: column names and invalid-row handling.
+        download: allow the last-resort download when no local copy is found.
+    """
+    import datasets
+
+    if train is None or eval is None:
+        folder = resolve_data_dir(data_dir, download=download)
+        train = train if train is not None else folder / LAB_FILES["train"]
+        eval = eval if eval is not None else folder / LAB_FILES["eval"]
+    splits = {"train": load_split(train, options), "eval": load_split(eval, options)}
+    warn_overlap(splits["train"], splits["eval"])
+    return datasets.DatasetDict(splits)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "loralab" / "imdb-lab"
+
+
+def _has_lab_files(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in LAB_FILES.values())
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
+    """Find the lab sample: `data_dir`, `$LORALAB_DATA`, the cache, then a download."""
+    for source, value in (("--data", data_dir), ("LORALAB_DATA", os.environ.get("LORALAB_DATA"))):
+        if value:
+            folder = Path(value).expanduser()
+            if not folder.is_dir():
+                raise DataError(f"{source} points to {folder}, which is not a directory.")
+            missing = [n for n in LAB_FILES.values() if not (folder / n).is_file()]
+            if missing:
+                raise DataError(f"{source} points to {folder}, which has no {' or '.join(missing)}.")
+            return folder
+    cached = cache_dir()
+    if _has_lab_files(cached):
+        return cached
+    if not download:
+        raise DataError("No IMDB data found: pass --data DIR (a folder with train.csv and "
+                        "eval.csv) or set LORALAB_DATA.")
+    return download_lab_sample(cached)
+
+
+def _lab_indices(indices_file: str | os.PathLike | None = None) -> list[tuple[int, str, int]]:
+    if indices_file is None:
+        text = resources.files("loralab").joinpath("resources/imdb_lab_indices.csv").read_text("utf-8")
+    else:
+        text = Path(indices_file).read_text("utf-8")
+    return [(int(r["index"]), r["split"], int(r["label"])) for r in csv.DictReader(io.StringIO(text))]
+
+
+def _download(url: str, dest: Path) -> None:
+    from tqdm.auto import tqdm
+
+    try:
+        response = urllib.request.urlopen(url, timeout=60)
+    except OSError as err:
+        raise DataError(f"Could not download the IMDB archive from {url}: {err}. Offline? "
+                        "Set LORALAB_DATA to a folder with the lab's train.csv and eval.csv, "
+                        "or pass --data DIR.") from None
+    total = int(response.headers.get("Content-Length") or 0) or None
+    with response, atomic_path(dest) as tmp, open(tmp, "wb") as out, tqdm(
+        total=total, unit="B", unit_scale=True, desc="Downloading aclImdb"
+    ) as bar:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+            bar.update(len(chunk))
+
+
+def download_lab_sample(dest: str | os.PathLike, *, url: str | None = None,
+                        indices_file: str | os.PathLike | None = None) -> Path:
+    """Download aclImdb and rebuild the lab's exact train/eval sample in `dest`.
+
+    A review's `index` is its position in the Stanford train split listed positives first
+    and then negatives, file names in lexicographic order inside each folder (so the
+    negatives start at the number of positives, 12,500). The lab's 2,500 indices ship
+    with loralab; the reviews come from the archive.
+    """
+    url = url or os.environ.get("LORALAB_IMDB_URL", IMDB_URL)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / "aclImdb_v1.tar.gz"
+    if not archive.exists():
+        _download(url, archive)
+    wanted = _lab_indices(indices_file)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            folders = {label: sorted(n for n in members if _in_train_folder(n, label))
+                       for label in ("pos", "neg")}
+            ordered = folders["pos"] + folders["neg"]
+            rows = {"train": [], "eval": []}
+            for index, split, label in wanted:
+                if index >= len(ordered):
+                    raise DataError(f"{archive}: has {len(ordered)} train reviews, "
+                                    f"but the lab sample needs index {index}.")
+                name = ordered[index]
+                if ("pos" if label else "neg") != name.split("/")[-2]:
+                    raise DataError(f"{archive}: review {name} has the wrong label for index {index}.")
+                text = tar.extractfile(members[name]).read().decode("utf-8")
+                rows[split].append((index, text, label))
+    except (tarfile.TarError, EOFError, OSError) as err:
+        archive.unlink(missing_ok=True)
+        raise DataError(f"{archive}: the downloaded archive is damaged ({err}); it was removed, "
+                        "run again to download it anew.") from None
+    for split, name in LAB_FILES.items():
+        with atomic_path(dest / name) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["index", "review", "label"])
+            writer.writerows(rows[split])
+    archive.unlink()
+    logger.info("Rebuilt the lab sample in %s (%d train, %d eval).", dest,
+                len(rows["train"]), len(rows["eval"]))
+    return dest
+
+
+def _in_train_folder(name: str, label: str) -> bool:
+    parts = name.split("/")
+    return len(parts) >= 3 and parts[-3] == "train" and parts[-2] == label and parts[-1].endswith(".txt")
+

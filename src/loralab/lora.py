@@ -1,0 +1,125 @@
+"""The LoRA layer (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models",
+arXiv:2106.09685).
+
+A frozen linear layer y = x W0^T + b is adapted by a trainable low-rank update:
+
+    y = base(x) + s * (x A) B,    A: (in, r),  B: (r, out),  s = alpha / r
+
+(or s = alpha / sqrt(r) with rsLoRA, Kalajdzievski 2023, arXiv:2312.03732). B starts at
+zero, so an adapter begins as the identity change. The forward pass multiplies by A and
+then by B and never forms the (in x out) product A B, which costs r (in + out) per token
+instead of in x out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+INITS = ("normal", "kaiming", "gaussian")
+
+
+class LoRA(nn.Module):
+    """Wrap a frozen `nn.Linear` with a trainable rank-`rank` update.
+
+    Args:
+        pretrained: the linear layer to adapt; its weight and bias are frozen, not copied.
+        rank: r, the inner dimension of the update.
+        alpha: scale numerator; the update is multiplied by alpha / r.
+        dropout: dropout on the adapter's input (the base path sees `x` unchanged).
+        init: how A starts: ``"normal"`` (the lab's: standard normal), ``"kaiming"``
+            (PEFT's default: uniform with bound 1/sqrt(in)) or ``"gaussian"``
+            (normal with variance 1/r). B always starts at zero.
+        rslora: scale by alpha / sqrt(r) instead of alpha / r.
+    """
+
+    def __init__(self, pretrained: nn.Linear, rank: int = 12, alpha: float = 24,
+                 dropout: float = 0.0, init: str = "normal", rslora: bool = False):
+        super().__init__()
+        if not isinstance(pretrained, nn.Linear):
+            raise TypeError(f"LoRA wraps nn.Linear layers, got {type(pretrained).__name__}")
+        if isinstance(pretrained, LoRA):  # pragma: no cover - guarded by the isinstance above
+            raise TypeError("this layer already has a LoRA adapter")
+        if rank < 1:
+            raise ValueError(f"rank must be at least 1, got {rank}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.base = pretrained
+        self.base.requires_grad_(False)
+        self.rank = rank
+        self.alpha = alpha
+        self.rslora = rslora
+        self.init = init
+        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # Adapters train in float32 even when the frozen base is stored in bfloat16.
+        device = pretrained.weight.device
+        self.A = nn.Parameter(torch.empty(pretrained.in_features, rank, device=device))
+        self.B = nn.Parameter(torch.zeros(rank, pretrained.out_features, device=device))
+        self.merged = False
+        self.reset_parameters()
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.init == "normal":
+                nn.init.normal_(self.A)
+            elif self.init == "kaiming":
+                # Same distribution as PEFT: kaiming_uniform_(a=sqrt(5)) of the (r, in) weight.
+                nn.init.kaiming_uniform_(self.A.T, a=math.sqrt(5))
+            else:
+                nn.init.normal_(self.A, std=1 / math.sqrt(self.rank))
+            nn.init.zeros_(self.B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)  # (..., out)
+        if self.merged:
+            return y
+        h = self.dropout(x)
+        if not torch.is_autocast_enabled(h.device.type) and h.dtype != self.A.dtype:
+            h = h.to(self.A.dtype)
+        update = (h @ self.A) @ self.B  # (..., r) then (..., out)
+        return y + (self.scaling * update).to(y.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update in `nn.Linear` layout, (out, in): s * (A B)^T, in float32."""
+        return self.scaling * (self.A.detach().float() @ self.B.detach().float()).T
+
+    def _check_finite(self) -> None:
+        if not (torch.isfinite(self.A).all() and torch.isfinite(self.B).all()):
+            raise ValueError("refusing to merge: the adapter weights contain NaN or inf")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update into the base weight; harmless when already merged."""
+        if self.merged:
+            return
+        self._check_finite()
+        weight = self.base.weight
+        weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update from the base weight; harmless when not merged."""
+        if not self.merged:
+            return
+        weight = self.base.weight
+        weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
+                f"alpha={self.alpha}, init={self.init!r}, rslora={self.rslora}, merged={self.merged}")
+
+
+LoRALinear = LoRA

@@ -1,0 +1,61 @@
+"""Peak memory of a piece of work: resident memory on the CPU, allocations on a GPU."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc (0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except OSError:  # pragma: no cover - not Linux
+        return 0
+
+
+class PeakMemory:
+    """Sample resident memory in a thread while the block runs; `peak_mb` after it.
+
+    On CUDA the figure is `torch.cuda.max_memory_allocated` instead. The whole process is
+    measured, so work done before the block (a loaded model) counts too: that is what a
+    user's machine must hold.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.05):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.peak = rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._start
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20

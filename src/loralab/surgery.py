@@ -1,0 +1,185 @@
+"""Model surgery: find, extract, replace, wrap and freeze layers by name.
+
+Targets are matched by fully qualified module name or by suffix (``"query"`` matches
+``bert.encoder.layer.0.attention.self.query``), as PEFT does. Without targets, each
+architecture's query and value projections are used:
+
+| model type   | default targets            | classification head                    |
+|--------------|----------------------------|----------------------------------------|
+| distilbert   | q_lin, v_lin               | pre_classifier, classifier             |
+| bert (MiniLM)| query, value               | bert.pooler, classifier                |
+| roberta      | query, value               | classifier (dense + out_proj)          |
+| deberta-v2   | query_proj, value_proj     | pooler, classifier                     |
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from torch import nn
+
+from .errors import LoralabError
+from .lora import LoRA
+
+DEFAULT_TARGETS = {
+    "distilbert": ("q_lin", "v_lin"),
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "electra": ("query", "value"),
+    "deberta-v2": ("query_proj", "value_proj"),
+    "deberta": ("in_proj",),
+}
+
+HEAD_MODULES = {
+    "distilbert": ("pre_classifier", "classifier"),
+    "bert": ("bert.pooler", "classifier"),
+    "roberta": ("classifier",),
+    "xlm-roberta": ("classifier",),
+    "electra": ("classifier",),
+    "deberta-v2": ("pooler", "classifier"),
+    "deberta": ("pooler", "classifier"),
+}
+
+
+class TargetError(LoralabError):
+    """No layer matched the targets, or a target is already wrapped."""
+
+
+def model_type(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", "") or ""
+
+
+def head_modules(model: nn.Module) -> tuple[str, ...]:
+    """Fully qualified names of the classification head's modules."""
+    kind = model_type(model)
+    names = dict(model.named_modules())
+    if kind in HEAD_MODULES:
+        heads = tuple(n for n in HEAD_MODULES[kind] if n in names)
+    else:  # unknown architecture: the usual names of sequence-classification heads
+        heads = tuple(n for n in ("pre_classifier", "pooler", "classifier", "score") if n in names)
+    if not heads:
+        raise LoralabError(f"Cannot find the classification head of this {kind or 'model'} "
+                           f"({type(model).__name__}).")
+    return heads
+
+
+def _in_head(name: str, heads: Sequence[str]) -> bool:
+    return any(name == h or name.startswith(h + ".") for h in heads)
+
+
+def parse_targets(targets: str | Iterable[str] | None) -> list[str] | str | None:
+    if targets is None:
+        return None
+    if isinstance(targets, str):
+        if targets.strip() == "all-linear":
+            return "all-linear"
+        targets = targets.split(",")
+    parsed = [t.strip() for t in targets if t.strip()]
+    if not parsed:
+        raise TargetError("The target list is empty.")
+    return parsed
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    kind = model_type(model)
+    if kind not in DEFAULT_TARGETS:
+        raise TargetError(f"No default LoRA targets for model type {kind!r}; pass targets "
+                          "explicitly, for example --targets query,value or --targets all-linear.")
+    return list(DEFAULT_TARGETS[kind])
+
+
+def find_targets(model: nn.Module, targets: str | Iterable[str] | None = None,
+                 *, allow_wrapped: bool = False) -> dict[str, nn.Module]:
+    """Modules matched by `targets`, keyed by fully qualified name, in model order.
+
+    Raises:
+        TargetError: when nothing matches, or a match is already a LoRA layer.
+    """
+    parsed = parse_targets(targets)
+    if parsed is None:
+        parsed = default_targets(model)
+    heads = head_modules(model)
+    found: dict[str, nn.Module] = {}
+    inside_lora = set()
+    for name, module in model.named_modules():
+        if any(name.startswith(p + ".") for p in inside_lora):
+            continue  # the base layer inside a LoRA wrapper is not a separate target
+        if isinstance(module, LoRA):
+            inside_lora.add(name)
+        if not isinstance(module, (nn.Linear, LoRA)) or _in_head(name, heads):
+            continue
+        if parsed == "all-linear" or any(name == t or name.endswith("." + t) for t in parsed):
+            found[name] = module
+    if not found:
+        raise TargetError(f"No linear layer matches targets {parsed!r} in {type(model).__name__}.")
+    wrapped = [n for n, m in found.items() if isinstance(m, LoRA)]
+    if wrapped and not allow_wrapped:
+        raise TargetError(f"Layer {wrapped[0]} already has a LoRA adapter; refusing to wrap it "
+                          f"twice ({len(wrapped)} such layer(s)).")
+    return found
+
+
+def extract(model: nn.Module, targets: str | Iterable[str] | None = None) -> dict[str, nn.Linear]:
+    """The target linear layers (by default query and value), keyed by module name.
+
+    The layers are the model's own modules, not copies.
+    """
+    return find_targets(model, targets)  # type: ignore[return-value]
+
+
+def replace(model: nn.Module, named_layers: dict[str, nn.Module]) -> nn.Module:
+    """Put modules into `model` by fully qualified name, in place; returns `model`."""
+    for name, layer in named_layers.items():
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name)
+            getattr(parent, child)
+        except AttributeError:
+            raise TargetError(f"{type(model).__name__} has no module named {name!r}.") from None
+        setattr(parent, child, layer)
+    return model
+
+
+def freeze_all_but_head(model: nn.Module) -> nn.Module:
+    """Freeze every parameter except the classification head's (head-tuning)."""
+    model.requires_grad_(False)
+    for name in head_modules(model):
+        model.get_submodule(name).requires_grad_(True)
+    return model
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRA]:
+    """Every LoRA layer in the model, found by type, keyed by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRA)}
+
+
+def inject_lora(model: nn.Module, rank: int, alpha: float | None = None,
+                targets: str | Iterable[str] | None = None, **lora_options) -> nn.Module:
+    """Wrap the target layers in LoRA adapters and train only adapters and head.
+
+    Args:
+        model: a sequence-classification model; changed in place and returned.
+        rank: the adapters' rank.
+        alpha: scale numerator; defaults to 2 * rank as in the lab.
+        targets: names or suffixes, ``"all-linear"``, or None for the defaults.
+        **lora_options: `dropout`, `init`, `rslora`, passed to `LoRA`.
+    """
+    alpha = 2 * rank if alpha is None else alpha
+    layers = find_targets(model, targets)
+    replace(model, {name: LoRA(layer, rank=rank, alpha=alpha, **lora_options)
+                    for name, layer in layers.items()})
+    freeze_all_but_head(model)
+    for layer in lora_layers(model).values():
+        layer.A.requires_grad_(True)
+        layer.B.requires_grad_(True)
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every adapter into its base weight and put plain `nn.Linear`s back."""
+    layers = lora_layers(model)
+    for layer in layers.values():
+        layer.merge()
+    return replace(model, {name: layer.base for name, layer in layers.items()})

@@ -1,0 +1,348 @@
+"""Training and evaluation through the Hugging Face Trainer.
+
+The lab's defaults (3 epochs, evaluation after each epoch, a log line every 5 steps,
+batch 8, the Trainer's default learning rate and linear schedule) with what makes them
+fast: dynamic padding, length-grouped batches, bfloat16 autocast where the hardware has
+it, and head-tuning on features the frozen encoder computes once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import LoralabError
+from .fileio import write_json
+from .measure import PeakMemory
+from .models import pick_device
+from .surgery import head_modules, model_type
+
+logger = logging.getLogger("loralab")
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainSettings:
+    """How a model is trained and evaluated (the lab's defaults).
+
+    Args:
+        epochs: passes over the training data.
+        batch_size: training batch size per device.
+        learning_rate: peak learning rate of AdamW (the Trainer's default, 5e-5).
+        lr_scheduler: a Trainer schedule name; ``"linear"`` decays to zero.
+        warmup_ratio: fraction of steps with a linear warm-up.
+        weight_decay: AdamW weight decay.
+        logging_steps: a training-loss log line every this many steps.
+        eval_batch_size: batch size for evaluation and feature extraction.
+        max_length: longest input in tokens; longer reviews are truncated.
+        precision: ``"bf16"`` (autocast), ``"fp32"``, or ``"auto"`` (bf16 where the CPU
+            or GPU computes it natively).
+        group_by_length: batch reviews of similar length together (less padding).
+        seed: seeds weights of new layers, dropout and data order.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        report_to: experiment trackers, passed to the Trainer (``"none"`` writes nothing).
+        quiet: no progress bars.
+    """
+
+    epochs: float = 3
+    batch_size: int = 8
+    learning_rate: float = 5e-5
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    logging_steps: int = 5
+    eval_batch_size: int = 64
+    max_length: int = 512
+    precision: str = "auto"
+    group_by_length: bool = True
+    seed: int = 0
+    device: str = "auto"
+    report_to: str = "none"
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise LoralabError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise LoralabError("epochs, batch_size and learning_rate must be positive")
+
+    def replace(self, **changes) -> "TrainSettings":
+        known = {f.name for f in fields(self)}
+        return TrainSettings(**{**asdict(self), **{k: v for k, v in changes.items() if k in known}})
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bfloat16 matrix products run natively (and so faster than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((probe and probe()) or (amx and amx()))
+
+
+def resolve_precision(settings: TrainSettings, device: torch.device) -> str:
+    if settings.precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return settings.precision
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def tokenize(data, tokenizer, max_length: int = 512):
+    """Tokenize every split without padding; batches are padded as they are made."""
+    def encode(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    return data.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing")
+
+
+def accuracy(eval_pred) -> dict:
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.device, precision: str,
+                        **overrides):
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    kwargs = dict(
+        output_dir=str(out_dir / "checkpoints"),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_ratio=settings.warmup_ratio,
+        weight_decay=settings.weight_decay,
+        eval_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        seed=settings.seed,
+        bf16=precision == "bf16",
+        use_cpu=device.type == "cpu",
+        report_to=settings.report_to,
+        disable_tqdm=settings.quiet,
+        dataloader_num_workers=0,
+    )
+    if settings.group_by_length:
+        if "train_sampling_strategy" in names:  # transformers >= 5
+            kwargs["train_sampling_strategy"] = "group_by_length"
+        else:
+            kwargs["group_by_length"] = True
+    kwargs.update(overrides)
+    return TrainingArguments(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def epoch_history(log_history: list[dict]) -> list[dict]:
+    """Per-epoch rows from the Trainer's log: mean training loss, eval loss and accuracy."""
+    rows, losses = [], []
+    for entry in log_history:
+        if "loss" in entry:
+            losses.append(entry["loss"])
+        if "eval_accuracy" in entry:
+            rows.append({"epoch": round(entry["epoch"], 4),
+                         "train_loss": float(np.mean(losses)) if losses else None,
+                         "eval_loss": entry.get("eval_loss"),
+                         "eval_accuracy": entry["eval_accuracy"]})
+            losses = []
+    return rows
+
+
+@dataclass
+class RunResult:
+    """What one training run measured."""
+
+    eval_accuracy: float
+    train_seconds: float
+    peak_memory_mb: float
+    history: list = field(default_factory=list)
+    precision: str = "fp32"
+
+
+def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
+                tokenizer=None, collator=None) -> RunResult:
+    """Train `model` on `tokenized["train"]`, evaluating on `tokenized["eval"]` each epoch.
+
+    The Trainer's own log is written to `out_dir/train_log.json`. The model is changed in
+    place; saving it is the caller's choice (adapter, head or whole model).
+    """
+    from transformers import DataCollatorWithPadding, Trainer
+
+    out_dir = Path(out_dir)
+    device = pick_device(settings.device)
+    precision = resolve_precision(settings, device)
+    args = _training_arguments(settings, out_dir, device, precision)
+    collator = collator or DataCollatorWithPadding(tokenizer)
+    eval_set = _sorted_by_length(tokenized["eval"])
+    trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
+                      data_collator=collator, compute_metrics=accuracy)
+    with PeakMemory(device) as mem:
+        trainer.train()
+    history = epoch_history(trainer.state.log_history)
+    if trainer.is_world_process_zero():
+        write_json(out_dir / "train_log.json", trainer.state.log_history)
+    for row in history:
+        if not all(math.isfinite(v) for v in (row["train_loss"] or 0.0, row["eval_loss"] or 0.0)):
+            raise LoralabError(f"Training diverged: the loss became {row['train_loss']} at epoch "
+                               f"{row['epoch']}. Try a lower learning rate or --precision fp32.")
+    model.eval()
+    return RunResult(eval_accuracy=history[-1]["eval_accuracy"] if history else float("nan"),
+                     train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
+                     precision=precision)
+
+
+def _sorted_by_length(ds):
+    """Order doesn't change accuracy; sorting by length makes batches with little padding."""
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    return ds.select(np.argsort(lengths, kind="stable"))
+
+
+def _batches(ds, batch_size: int, tokenizer):
+    """Length-sorted padded batches and the original row order of each."""
+    lengths = np.array([len(ids) for ids in ds["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        features = [{"input_ids": ds[int(i)]["input_ids"]} for i in rows]
+        yield rows, tokenizer.pad(features, return_tensors="pt")
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):
+    """Logits for every row of a tokenized dataset, in its order (float32 numpy array)."""
+    from tqdm.auto import tqdm
+
+    device = pick_device(settings.device)
+    precision = resolve_precision(settings, device)
+    model.eval().to(device)
+    out = np.zeros((len(ds), model.config.num_labels), dtype=np.float32)
+    total = math.ceil(len(ds) / settings.eval_batch_size)
+    for rows, batch in tqdm(_batches(ds, settings.eval_batch_size, tokenizer), total=total,
+                            desc=desc, disable=settings.quiet, leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device, precision):
+            logits = model(**batch).logits
+        out[rows] = logits.float().cpu().numpy()
+    return out
+
+
+def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
+    """Accuracy of `model` on a tokenized dataset with `label`s."""
+    logits = predict_logits(model, ds, tokenizer, settings, desc)
+    return float((logits.argmax(-1) == np.asarray(ds["label"])).mean())
+
+
+# ---------------------------------------------------------------------------------------
+# Head-tuning on cached features
+
+
+class HeadOnFeatures(nn.Module):
+    """The model's own classification head, fed the frozen encoder's cached features.
+
+    The head modules are shared with the model, so training this trains the model's head.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.kind = model_type(model)
+        self.heads = nn.ModuleDict({n.replace(".", "_"): model.get_submodule(n) for n in head_modules(model)})
+        self.model = [model]  # a list keeps it out of this module's parameters
+        self.dropout = _head_dropout(model)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        logits = head_forward(self.model[0], features, self.dropout)
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _head_dropout(model: nn.Module) -> nn.Module:
+    config = model.config
+    p = getattr(config, "seq_classif_dropout", None)
+    if p is None:
+        p = getattr(config, "classifier_dropout", None)
+    if p is None:
+        p = getattr(config, "hidden_dropout_prob", 0.1)
+    return nn.Dropout(p)
+
+
+def head_forward(model: nn.Module, features: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
+    """The head of a sequence-classification model applied to first-token features."""
+    kind = model_type(model)
+    if kind == "distilbert":
+        h = nn.functional.relu(model.pre_classifier(features))
+        return model.classifier(dropout(h))
+    if kind == "bert":
+        pooled = model.bert.pooler.activation(model.bert.pooler.dense(features))
+        return model.classifier(dropout(pooled))
+    if kind in {"roberta", "xlm-roberta", "electra"}:
+        return model.classifier(features.unsqueeze(1))  # the head takes [:, 0] itself
+    raise LoralabError(f"Head-tuning on cached features is not implemented for {kind!r} models.")
+
+
+def encoder(model: nn.Module) -> nn.Module:
+    return getattr(model, model.base_model_prefix)
+
+
+@torch.inference_mode()
+def encode_features(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str) -> np.ndarray:
+    """First-token hidden states of the frozen encoder for every row, in row order."""
+    from tqdm.auto import tqdm
+
+    device = pick_device(settings.device)
+    precision = resolve_precision(settings, device)
+    body = encoder(model).eval().to(device)
+    out = np.zeros((len(ds), model.config.hidden_size), dtype=np.float32)
+    total = math.ceil(len(ds) / settings.eval_batch_size)
+    for rows, batch in tqdm(_batches(ds, settings.eval_batch_size, tokenizer), total=total, desc=desc,
+                            disable=settings.quiet, leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device, precision):
+            hidden = body(**batch).last_hidden_state[:, 0]  # (batch, hidden)
+        out[rows] = hidden.float().cpu().numpy()
+    return out
+
+
+def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
+               tokenizer) -> RunResult:
+    """Head-tuning: features of the frozen encoder computed once, then the head trained on
+    them with the same optimiser, schedule, batch size and epochs as every other method."""
+    import datasets
+    from transformers import Trainer, default_data_collator
+
+    out_dir = Path(out_dir)
+    device = pick_device(settings.device)
+    with PeakMemory(device) as mem:
+        cached = datasets.DatasetDict({
+            split: datasets.Dataset.from_dict({
+                "features": encode_features(model, tokenized[split], tokenizer, settings, f"Encoding {split}"),
+                "labels": np.asarray(tokenized[split]["label"]),
+            }).with_format("torch")
+            for split in ("train", "eval")
+        })
+        head = HeadOnFeatures(model)
+        # The head is tiny: float32 is as fast as bfloat16 here and needs no autocast.
+        args = _training_arguments(settings.replace(group_by_length=False), out_dir, device, "fp32")
+        trainer = Trainer(model=head, args=args, train_dataset=cached["train"], eval_dataset=cached["eval"],
+                          data_collator=default_data_collator, compute_metrics=accuracy)
+        trainer.train()
+    history = epoch_history(trainer.state.log_history)
+    if trainer.is_world_process_zero():
+        write_json(out_dir / "train_log.json", trainer.state.log_history)
+    model.eval()
+    return RunResult(eval_accuracy=history[-1]["eval_accuracy"], train_seconds=mem.seconds,
+                     peak_memory_mb=mem.peak_mb, history=history, precision=resolve_precision(settings, device))
+

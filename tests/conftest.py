@@ -1,0 +1,62 @@
+"""Shared fixtures: offline always, the lab sample from ../shared/data, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+if "LORALAB_DATA" not in os.environ and (SHARED_DATA / "imdb-lab").is_dir():
+    os.environ["LORALAB_DATA"] = str(SHARED_DATA / "imdb-lab")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+LAB_DATA = Path(os.environ.get("LORALAB_DATA", SHARED_DATA / "imdb-lab"))
+needs_lab_data = pytest.mark.skipif(not (LAB_DATA / "train.csv").exists(), reason="no IMDB lab sample")
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0, **overrides):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+                        **overrides)
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_distilbert(seed: int = 0):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=64, num_labels=2)
+    return DistilBertForSequenceClassification(config).eval()
+
+
+@pytest.fixture
+def bert():
+    return tiny_bert()
+
+
+@pytest.fixture
+def distilbert():
+    return tiny_distilbert()
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    from loralab.cli import main
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -1,0 +1,61 @@
+"""Bad input through the CLI: one clear message, exit code 2, no traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import needs_lab_data
+
+
+def folder_with(tmp_path, train: bytes, eval_: bytes = b"review,label\nfine film,1\n"):
+    (tmp_path / "train.csv").write_bytes(train)
+    (tmp_path / "eval.csv").write_bytes(eval_)
+    return tmp_path
+
+
+BAD_INPUTS = {
+    "missing file": (lambda p: ["--train", p / "nope.csv", "--eval", p / "nope.csv"], "Data file not found"),
+    "misspelt column": (lambda p: ["--data", folder_with(p, b"text,label\nx,1\n")], "Columns found: 'text', 'label'"),
+    "unknown label": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\ny,7\n")], "row 2: unknown label 7"),
+    "empty text": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\n  ,0\n")], "rows 2. Fix them, or pass --drop-invalid"),
+    "not utf-8": (lambda p: ["--data", folder_with(p, b"review,label\ncaf\xe9,1\n")], "line 2 is not valid UTF-8"),
+    "empty file": (lambda p: ["--data", folder_with(p, b"")], "the file is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_message_and_exit_code(tmp_path, run_cli, case):
+    make_args, expected = BAD_INPUTS[case]
+    code, out, err = run_cli("data", *make_args(tmp_path))
+    assert code == 2
+    assert err.startswith("loralab: error: ") and expected in err
+    assert "Traceback" not in err
+
+
+def test_drop_invalid_and_overlap_warning(tmp_path, run_cli, caplog):
+    folder = folder_with(tmp_path, b"review,label\nfine film,1\n  ,0\nbad,0\n")
+    code, out, err = run_cli("data", "--data", folder, "--drop-invalid")
+    assert code == 0 and "train: 2 reviews" in out
+    assert "dropped 1 row(s)" in caplog.text
+    assert "1 eval review(s) also appear in the training data" in caplog.text
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    folder = folder_with(tmp_path, b"review,label\nx,maybe\n")
+    proc = subprocess.run([sys.executable, "-m", "loralab.cli", "data", "--data", str(folder)],
+                          capture_output=True, text=True, env={**os.environ})
+    assert proc.returncode == 2
+    assert "unknown label 'maybe'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "loralab.cli", "--debug", "data", "--data", str(folder)],
+                          capture_output=True, text=True)
+    assert "Traceback" in proc.stderr
+
+
+@needs_lab_data
+def test_data_command_on_lab_sample(run_cli):
+    code, out, _ = run_cli("data")
+    assert code == 0
+    assert "train: 2000 reviews (1040 positive, 960 negative)" in out
+    assert "eval: 500 reviews (237 positive, 263 negative)" in out

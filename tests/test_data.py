@@ -1,0 +1,176 @@
+import gzip
+import http.server
+import io
+import json
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from loralab.data import DataOptions, download_lab_sample, load_data, load_file, load_split, resolve_data_dir
+from loralab.errors import DataError
+
+from conftest import LAB_DATA, SHARED_DATA, needs_lab_data
+
+
+def write_csv(path: Path, rows, header=("review", "label"), sep=","):
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter=sep)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@needs_lab_data
+def test_lab_sample_loads_with_its_sizes():
+    data = load_data(LAB_DATA)
+    assert len(data["train"]) == 2000 and len(data["eval"]) == 500
+    assert sum(data["train"]["label"]) == 1040 and sum(data["eval"]["label"]) == 237
+    assert data["train"][645]["text"].startswith("Brilliant execution in displaying once and for all")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "imdb-extra").is_dir(), reason="no imdb-extra shards")
+def test_four_shards_load_as_one_train_split():
+    train = load_split(str(SHARED_DATA / "imdb-extra" / "aclimdb_train_*-of-04.csv"))
+    assert len(train) == 25000
+    assert sum(train["label"]) == 12500
+
+
+@pytest.mark.parametrize("values,expected", [
+    (["0", "1"], [0, 1]), (["neg", "pos"], [0, 1]), (["negative", "POSITIVE"], [0, 1]),
+    (["false", "true"], [0, 1]), (["False", "True"], [0, 1]),
+])
+def test_label_spellings(tmp_path, values, expected):
+    path = write_csv(tmp_path / "d.csv", [("bad film", values[0]), ("good film", values[1])])
+    assert load_file(path)["label"] == expected
+
+
+def test_every_format_gives_the_same_rows(tmp_path):
+    import pandas as pd
+
+    rows = [("a fine film, really", 1), ("dull\nand long", 0), ('"quoted" text', 1)]
+    frame = pd.DataFrame(rows, columns=["review", "label"])
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    frame.to_csv(tmp_path / "d.tsv", index=False, sep="\t")
+    frame.to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    frame.to_parquet(tmp_path / "d.parquet")
+    for suffix in ("csv", "tsv", "jsonl", "parquet"):
+        ds = load_file(tmp_path / f"d.{suffix}")
+        assert list(zip(ds["text"], ds["label"])) == rows, suffix
+
+
+def test_other_column_names(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("great", "pos")], header=("text", "sentiment"))
+    ds = load_file(path, DataOptions(text_column="text", label_column="sentiment"))
+    assert ds["label"] == [1]
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="not found.*nope.csv"):
+        load_file(tmp_path / "nope.csv")
+
+
+def test_misspelt_column_lists_columns_found(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("x", 1)], header=("reviw", "label"))
+    with pytest.raises(DataError) as err:
+        load_file(path)
+    assert "no column 'review'" in str(err.value) and "'reviw', 'label'" in str(err.value)
+    assert "Did you mean 'reviw'" in str(err.value)
+
+
+def test_unknown_label_names_file_row_and_value(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("ok", 1), ("fine", 0), ("meh", "maybe")])
+    with pytest.raises(DataError, match=r"d\.csv: row 3: unknown label 'maybe'"):
+        load_file(path)
+
+
+def test_empty_texts_are_named_and_can_be_dropped(tmp_path, caplog):
+    path = write_csv(tmp_path / "d.csv", [("good", 1), ("   ", 0), ("bad", 0), ("", 1)])
+    with pytest.raises(DataError, match=r"2 row\(s\) with empty or whitespace-only text.*rows 2, 4"):
+        load_file(path)
+    ds = load_file(path, DataOptions(drop_invalid=True))
+    assert ds["text"] == ["good", "bad"] and ds["label"] == [1, 0]
+    assert "dropped 2 row(s)" in caplog.text
+
+
+def test_non_utf8_file_names_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("review,label\ngood,1\n".encode() + "caf\xe9,0\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"d\.csv: line 3 is not valid UTF-8"):
+        load_file(path)
+
+
+def test_empty_file_and_header_only(tmp_path):
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.csv: the file is empty"):
+        load_file(tmp_path / "empty.csv")
+    (tmp_path / "header.csv").write_text("review,label\n")
+    with pytest.raises(DataError, match="header.csv: the file has a header but no rows"):
+        load_file(tmp_path / "header.csv")
+
+
+def test_overlap_between_splits_warns_with_count(tmp_path, caplog):
+    write_csv(tmp_path / "train.csv", [("same review", 1), ("only train", 0)])
+    write_csv(tmp_path / "eval.csv", [("same review", 1), ("only eval", 0)])
+    load_data(tmp_path)
+    assert "1 eval review(s) also appear in the training data" in caplog.text
+
+
+def test_data_source_order(tmp_path, monkeypatch):
+    explicit, env, cache_home = tmp_path / "explicit", tmp_path / "env", tmp_path / "xdg"
+    for folder in (explicit, env, cache_home / "loralab" / "imdb-lab"):
+        folder.mkdir(parents=True)
+        write_csv(folder / "train.csv", [("t", 1)])
+        write_csv(folder / "eval.csv", [("e", 0)])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    monkeypatch.setenv("LORALAB_DATA", str(env))
+    assert resolve_data_dir(explicit) == explicit
+    assert resolve_data_dir(None) == env
+    monkeypatch.delenv("LORALAB_DATA")
+    assert resolve_data_dir(None) == cache_home / "loralab" / "imdb-lab"
+
+
+def _fake_archive(path: Path, pos: list[str], neg: list[str]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for label, texts in (("pos", pos), ("neg", neg)):
+            for i, text in enumerate(texts):
+                data = text.encode()
+                info = tarfile.TarInfo(f"aclImdb/train/{label}/{i}_7.txt")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(f"aclImdb/test/{label}/0_1.txt")  # must be ignored
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"test"))
+
+
+def test_download_rebuilds_the_sample_from_a_local_server(tmp_path, monkeypatch):
+    # Names sort lexicographically: 0_7, 10_7, 11_7, 1_7, 2_7, ... as in aclImdb.
+    pos = [f"positive review {i}" for i in range(12)]
+    neg = [f"negative review {i}" for i in range(3)]
+    served = tmp_path / "served"
+    served.mkdir()
+    _fake_archive(served / "aclImdb_v1.tar.gz", pos, neg)
+    (tmp_path / "indices.csv").write_text("index,split,label\n1,train,1\n3,eval,1\n12,train,0\n14,eval,0\n")
+
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/aclImdb_v1.tar.gz"
+        dest = download_lab_sample(tmp_path / "cache", url=url, indices_file=tmp_path / "indices.csv")
+    finally:
+        server.shutdown()
+    train = load_file(dest / "train.csv")
+    evals = load_file(dest / "eval.csv")
+    # index 1 is the 2nd name in lexicographic order: 10_7.txt; index 3 is 1_7.txt
+    assert train["text"] == ["positive review 10", "negative review 0"] and train["label"] == [1, 0]
+    assert evals["text"] == ["positive review 1", "negative review 2"] and evals["label"] == [1, 0]
+    assert not (dest / "aclImdb_v1.tar.gz").exists()
+
+
+def test_download_failure_says_how_to_work_offline(tmp_path):
+    with pytest.raises(DataError, match="LORALAB_DATA"):
+        download_lab_sample(tmp_path, url="http://127.0.0.1:9/none.tar.gz")
