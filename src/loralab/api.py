@@ -71,7 +71,8 @@ def load_trained(directory: str | os.PathLike):
 
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
           data=None, settings: TrainSettings | None = None, *, rank: int = 6,
-          alpha: float | None = None, targets=None, init: str = "normal", tokenized=None) -> dict:
+          alpha: float | None = None, targets=None, init: str = "normal", tokenized=None,
+          **lora_options) -> dict:
     """Train one model and save it to `out`.
 
     Args:
@@ -80,7 +81,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         model: base model name or folder.
         data: a DatasetDict with `train`/`eval` (default: `load_data()`).
         settings: training settings (default: the lab's).
-        rank, alpha, targets, init: LoRA options.
+        rank, alpha, targets, init, **lora_options: LoRA options (`dropout`, `rslora`).
         tokenized: already tokenized data, to skip tokenizing again.
 
     Returns:
@@ -98,7 +99,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     tokenizer = load_tokenizer(model)
     if tokenized is None:
         tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
-    net = prepare_model(method, model, rank=rank, alpha=alpha, targets=targets, init=init)
+    net = prepare_model(method, model, rank=rank, alpha=alpha, targets=targets, init=init, **lora_options)
     trainable = num_trainable_parameters(net)
     if method == "head":
         result: RunResult = train_head(net, tokenized, settings, work, tokenizer)

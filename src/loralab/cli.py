@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
 from .errors import LoralabError
 
@@ -24,8 +22,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                                   "the cache, then a download of aclImdb)")
     g.add_argument("--train", nargs="+", help="training files or globs (CSV, TSV, JSONL, Parquet)")
     g.add_argument("--eval", nargs="+", help="evaluation files or globs")
-    g.add_argument("--text-column", default="review")
-    g.add_argument("--label-column", default="label")
+    g.add_argument("--text-column", help="column with the review text (default: review)")
+    g.add_argument("--label-column", help="column with the label (default: label)")
     g.add_argument("--drop-invalid", action="store_true", help="skip rows with empty text")
     g.add_argument("--limit-train", type=int, help="use only the first N training reviews (after a seeded shuffle)")
     g.add_argument("--limit-eval", type=int, help="use only the first N eval reviews (after a seeded shuffle)")
@@ -34,9 +32,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="minilm",
                    help="'minilm' (the packaged default), a local model folder, or a Hub id")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="bf16 autocast or float32 (default: auto, bf16 where the hardware has it)")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
@@ -56,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole lab study: baselines, full, head, low-rank, LoRA, report")
     p.add_argument("--config", help="a TOML file overriding the defaults")
-    p.add_argument("--out", default="runs/lab", help="output folder (default: runs/lab)")
+    p.add_argument("--out", help="output folder (default: runs/lab)")
     p.add_argument("--quick", action="store_true", help="the same pipeline on a small subset")
     _add_model_args(p)
     _add_data_args(p)
@@ -86,15 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data(args):
-    from .data import DataOptions, load_data
+    from .data import DataOptions, limit_data, load_data
 
-    options = DataOptions(args.text_column, args.label_column, args.drop_invalid)
+    options = DataOptions(args.text_column or "review", args.label_column or "label", args.drop_invalid)
     data = load_data(args.data, train=args.train, eval=args.eval, options=options)
-    seed = getattr(args, "seed", 0)
-    for split, limit in (("train", args.limit_train), ("eval", args.limit_eval)):
-        if limit is not None:
-            data[split] = data[split].shuffle(seed=seed).select(range(min(limit, len(data[split]))))
-    return data
+    return limit_data(data, args.limit_train, args.limit_eval)
 
 
 def _settings(args, **overrides):
@@ -102,7 +97,7 @@ def _settings(args, **overrides):
 
     values = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "max_length",
                                              "precision", "seed", "device", "report_to", "quiet")
-              if hasattr(args, k)}
+              if getattr(args, k, None) is not None}
     return TrainSettings(**{**values, **overrides})
 
 
@@ -132,20 +127,19 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from .study import run_study
+    from .study import main_run
 
-    run_study(args)
+    main_run(args)
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .logs import setup_logging
+
     args = build_parser().parse_args(argv)
-    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s" if args.debug else "%(message)s")
-    logger.setLevel(level)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup_logging(getattr(args, "quiet", False), args.debug)
     try:
         COMMANDS[args.command](args)
     except LoralabError as err:

@@ -246,6 +246,17 @@ def load_data(data_dir: str | os.PathLike | None = None, *, train=None, eval=Non
     return datasets.DatasetDict(splits)
 
 
+def limit_data(data, train: int | None = None, eval: int | None = None):
+    """Keep a random `train`/`eval` reviews of each split (all when None or 0).
+
+    The subset is drawn with a fixed seed, so that changing the training seed keeps the data.
+    """
+    for split, limit in (("train", train), ("eval", eval)):
+        if limit and limit < len(data[split]):
+            data[split] = data[split].shuffle(seed=0).select(range(limit))
+    return data
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "loralab" / "imdb-lab"

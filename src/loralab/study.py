@@ -1,11 +1,439 @@
-"""`loralab run`: the lab study as one job (built up issue by issue)."""
+"""`loralab run`: the lab's whole study as one resumable job.
+
+Runs, in order: the TF-IDF baselines, full fine-tuning, head-tuning, the lab's replace
+test, the low-rank study (approximated models 1 and 2 swept over ranks, the spectrum of
+dW), LoRA at several ranks, and the subspace similarity of each LoRA update to dW.
+
+Each run lives in its own sub-folder of the output folder and is finished only when its
+`result.json` exists (written atomically, last) with the fingerprint of the settings that
+affect it. Running the same command again skips finished runs and redoes the others; a
+changed setting invalidates only the runs it affects. `results.json` lists every
+finished run and is rewritten after each one.
+"""
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
+import hashlib
 import logging
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import fingerprint, load_config, to_toml
+from .errors import LoralabError
+from .fileio import write_json, write_text
 
 logger = logging.getLogger("loralab")
 
+RESULT_NAME = "result.json"
 
-def run_study(args) -> None:
-    raise NotImplementedError
+
+# ---------------------------------------------------------------------------------------
+# Context: data, tokenizer and settings, built once per process
+
+
+class Context:
+    """What every run of a study needs, built lazily: data, tokenizer, settings."""
+
+    def __init__(self, config: dict, quiet: bool = False):
+        self.config = config
+        self.quiet = quiet
+        self.out = Path(config["out"])
+        self._data = self._tokenized = self._tokenizer = None
+
+    @property
+    def data(self):
+        if self._data is None:
+            from .data import DataOptions, limit_data, load_data
+
+            d = self.config["data"]
+            options = DataOptions(d["text_column"], d["label_column"], d["drop_invalid"])
+            data = load_data(d["dir"] or None, train=d["train"] or None, eval=d["eval"] or None,
+                             options=options)
+            self._data = limit_data(data, d["limit_train"], d["limit_eval"])
+        return self._data
+
+    @property
+    def data_key(self) -> str:
+        digest = hashlib.sha256()
+        for split in ("train", "eval"):
+            for text, label in zip(self.data[split]["text"], self.data[split]["label"]):
+                digest.update(text.encode())
+                digest.update(bytes([label]))
+        return digest.hexdigest()[:16]
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.config["model"])
+        return self._tokenizer
+
+    @property
+    def tokenized(self):
+        if self._tokenized is None:
+            from .training import tokenize
+
+            self._tokenized = tokenize(self.data, self.tokenizer, self.config["train"]["max_length"])
+        return self._tokenized
+
+    def settings(self, **changes):
+        from .training import TrainSettings
+
+        c = self.config
+        return TrainSettings(**c["train"], seed=c["seed"], precision=c["precision"], device=c["device"],
+                             quiet=self.quiet).replace(**changes)
+
+
+# ---------------------------------------------------------------------------------------
+# The runs
+
+
+@dataclass
+class Run:
+    """One step of the study: a folder, a fingerprint, and the function that does it."""
+
+    name: str
+    key: str
+    task: str                        # a name in TASKS
+    params: dict = field(default_factory=dict)
+    isolate: bool = False            # train in a child process (honest peak memory)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def row(method: str, rank=None, **values) -> dict:
+    base = {"method": method, "rank": rank, "trainable_params": None, "eval_accuracy": None,
+            "train_seconds": None, "peak_memory_mb": None, "history": []}
+    base.update(values)
+    return base
+
+
+def task_baseline(ctx: Context, run_dir: Path, method: str) -> dict:
+    from .baselines import run_baseline
+    from .measure import PeakMemory
+
+    with PeakMemory() as mem:
+        result = run_baseline(method, ctx.data["train"], ctx.data["eval"], seed=ctx.config["seed"])
+    return {"rows": [row(method, **result, peak_memory_mb=mem.peak_mb)]}
+
+
+def task_train(ctx: Context, run_dir: Path, method: str, rank: int | None = None) -> dict:
+    from .api import train
+
+    lora = ctx.config["lora"]
+    settings = ctx.settings()
+    options = {}
+    if method == "lora":
+        if lora["learning_rate"]:
+            settings = settings.replace(learning_rate=lora["learning_rate"])
+        options = dict(rank=rank, alpha=lora["alpha_factor"] * rank, targets=lora["targets"] or None,
+                       init=lora["init"], dropout=lora["dropout"], rslora=lora["rslora"])
+    info = train(method=method, out=run_dir / "model", model=ctx.config["model"], settings=settings,
+                 tokenized=ctx.tokenized, **options)
+    keep = ("trainable_params", "eval_accuracy", "train_seconds", "peak_memory_mb", "history", "precision")
+    result = row(method, rank, **{k: info[k] for k in keep})
+    if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
+        result["peak_memory_mb"] = max(result["peak_memory_mb"], peak_rss_mb())
+    return {"rows": [result]}
+
+
+def task_replace(ctx: Context, run_dir: Path) -> dict:
+    """The lab's step 4 on a freshly loaded fine-tuned model: random clones of the query and
+    value layers give near-chance accuracy, the originals restore the predictions exactly."""
+    import torch
+    from torch import nn
+
+    from .models import load_model
+    from .surgery import extract, replace
+    from .training import predict_logits
+
+    model = load_model(ctx.out / "full" / "model")
+    settings = ctx.settings()
+    evals = ctx.tokenized["eval"]
+    labels = np.asarray(evals["label"])
+    original = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: original")
+    layers = extract(model)
+    torch.manual_seed(ctx.config["seed"])
+    clones = {}
+    for name, layer in layers.items():
+        clone = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        clone.to(layer.weight.dtype)  # fresh random weights of the same shape
+        clones[name] = clone
+    replace(model, clones)
+    scrambled = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: random clones")
+    replace(model, layers)
+    restored = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: restored")
+    acc = lambda logits: float((logits.argmax(-1) == labels).mean())  # noqa: E731
+    summary = {"layers": len(layers),
+               "parameters": sum(p.numel() for layer in layers.values() for p in layer.parameters()),
+               "original_accuracy": acc(original), "random_clones_accuracy": acc(scrambled),
+               "restored_accuracy": acc(restored),
+               "restored_predictions_identical": bool((original.argmax(-1) == restored.argmax(-1)).all()),
+               "restored_logits_identical": bool(np.array_equal(original, restored)),
+               "majority_class_accuracy": float(max(labels.mean(), 1 - labels.mean()))}
+    return {"rows": [], "replace_test": summary}
+
+
+def task_lowrank(ctx: Context, run_dir: Path) -> dict:
+    from .lowrank import LowRankStudy, halving_ranks, lowest_rank_above, plot_spectrum
+    from .models import load_model, num_trainable_parameters
+    from .training import evaluate_model
+
+    headtuned = load_model(ctx.out / "head" / "model")
+    study = LowRankStudy(headtuned, load_model(ctx.out / "full" / "model"), load_model(ctx.config["model"]))
+    methods = ctx.config["methods"]
+    ranks = sorted(set(methods["sweep_ranks"]), reverse=True) or halving_ranks(study.full_rank)
+    if methods["sweep_points"] and methods["sweep_points"] < len(ranks):
+        picks = np.linspace(0, len(ranks) - 1, methods["sweep_points"]).round().astype(int)
+        ranks = [ranks[i] for i in sorted(set(picks))]
+    settings = ctx.settings()
+    evaluate = lambda m: evaluate_model(m, ctx.tokenized["eval"], ctx.tokenizer, settings, "Evaluating")  # noqa: E731
+    head_acc = evaluate(headtuned)
+    from .surgery import freeze_all_but_head
+
+    head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(headtuned)))
+    rows, summary = [], {"headtuned_accuracy": head_acc, "ranks": ranks, "full_rank": study.full_rank}
+    for approach in (1, 2):
+        start = time.perf_counter()
+        sweep = study.sweep(approach, ranks, evaluate, progress=not ctx.quiet)
+        summary[f"approx{approach}_sweep_seconds"] = time.perf_counter() - start
+        for entry in sweep:
+            r = entry["rank"]
+            # What storing this model's change costs: rank-r factors of every target layer
+            # (never more than the matrix itself) plus the head. Nothing is trained, so
+            # training time and memory are those of full fine-tuning and head-tuning.
+            params = head_params + sum(min(r * (l.in_features + l.out_features), l.in_features * l.out_features)
+                                       for l in study.tuned.values())
+            rows.append(row(f"approx{approach}", r, trainable_params=params, eval_accuracy=entry["eval_accuracy"]))
+        summary[f"approx{approach}_lowest_rank_above_head"] = lowest_rank_above(sweep, head_acc)
+    spectrum = study.spectrum()
+    write_json(run_dir / "spectrum.json", spectrum)
+    plot_spectrum(spectrum, run_dir / "spectrum.png", f"{ctx.config['model']}: fine-tuning update per layer")
+    summary["spectrum"] = {name: {k: layer[k] for k in ("rank_50", "rank_90", "rank_99", "frobenius_norm")}
+                           for name, layer in spectrum.items()}
+    return {"rows": rows, "lowrank": summary}
+
+
+def task_similarity(ctx: Context, run_dir: Path, ranks: list[int]) -> dict:
+    from .adapters import load_adapter
+    from .lowrank import LowRankStudy
+    from .models import load_model
+
+    pretrained = load_model(ctx.config["model"])
+    study = LowRankStudy(pretrained, load_model(ctx.out / "full" / "model"), pretrained,
+                         targets=ctx.config["lora"]["targets"] or None)
+    sims = {}
+    for rank in ranks:
+        adapter = ctx.out / f"lora-r{rank}" / "model"
+        sims[str(rank)] = study.lora_similarity(load_adapter(load_model(ctx.config["model"]), adapter))
+    return {"rows": [], "similarity": sims}
+
+
+TASKS: dict[str, Callable] = {"baseline": task_baseline, "train": task_train, "replace": task_replace,
+                              "lowrank": task_lowrank, "similarity": task_similarity}
+
+
+# ---------------------------------------------------------------------------------------
+# Planning and executing
+
+
+def plan(ctx: Context) -> list[Run]:
+    c, m = ctx.config, ctx.config["methods"]
+    isolate = c["isolate"] and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    common = (c["model"], ctx.data_key, c["seed"], c["precision"], c["device"], c["train"])
+    runs: list[Run] = []
+    if m["baselines"]:
+        for method in ("tfidf-lr", "tfidf-nb"):
+            runs.append(Run(method, fingerprint(method, ctx.data_key, c["seed"]), "baseline", {"method": method}))
+    keys = {}
+    for method in ("full", "head"):
+        if m[method]:
+            keys[method] = fingerprint(method, common)
+            runs.append(Run(method, keys[method], "train", {"method": method}, isolate))
+    if m["replace_test"] and "full" in keys:
+        runs.append(Run("replace-test", fingerprint("replace", keys["full"]), "replace"))
+    if m["lowrank"]:
+        sweep = (m["sweep_ranks"], m["sweep_points"])
+        runs.append(Run("lowrank", fingerprint("lowrank", keys["full"], keys["head"], sweep), "lowrank"))
+    lora_keys = []
+    for rank in m["lora_ranks"]:
+        key = fingerprint("lora", rank, common, c["lora"])
+        lora_keys.append(key)
+        runs.append(Run(f"lora-r{rank}", key, "train", {"method": "lora", "rank": rank}, isolate))
+    if m["lora_ranks"] and "full" in keys:
+        runs.append(Run("similarity", fingerprint("similarity", keys["full"], lora_keys), "similarity",
+                        {"ranks": list(m["lora_ranks"])}))
+    return runs
+
+
+def read_result(run_dir: Path, key: str) -> dict | None:
+    """The run's result if it finished with these settings, else None."""
+    import json
+
+    try:
+        result = json.loads((run_dir / RESULT_NAME).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if result.get("key") == key else None
+
+
+def _child(config: dict, quiet: bool, run: Run, run_dir: str) -> None:
+    """Entry point of a child process: do one run and write its result."""
+    from .logs import setup_logging
+
+    _die_with_parent()
+    setup_logging(quiet)
+    _execute(Context(config, quiet), run, Path(run_dir))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this child when its parent dies (a killed `loralab run`
+    must not leave a training process behind that later writes a result)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _execute(ctx: Context, run: Run, run_dir: Path) -> dict:
+    import torch
+
+    torch.manual_seed(ctx.config["seed"])
+    start = time.perf_counter()
+    result = TASKS[run.task](ctx, run_dir, **run.params)
+    result.update(name=run.name, key=run.key, seconds=time.perf_counter() - start,
+                  finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    for r in result["rows"]:
+        r.setdefault("seed", ctx.config["seed"])
+        r["run"] = run.name
+    write_json(run_dir / RESULT_NAME, result)  # the completion marker: written last, atomically
+    return result
+
+
+def run_one(ctx: Context, run: Run) -> dict:
+    run_dir = ctx.out / run.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished or outdated run: start it clean
+    run_dir.mkdir(parents=True)
+    if not run.isolate:
+        return _execute(ctx, run, run_dir)
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_child, args=(ctx.config, ctx.quiet, run, str(run_dir)), name=f"loralab-{run.name}")
+    proc.start()
+    try:
+        proc.join()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.join()
+        raise
+    result = read_result(run_dir, run.key)
+    if proc.exitcode != 0 or result is None:
+        raise LoralabError(f"The run {run.name!r} failed (exit code {proc.exitcode}); its messages are "
+                           f"above. Finished runs are kept; run the same command again to retry.")
+    return result
+
+
+def collect(ctx: Context, runs: list[Run]) -> list[dict]:
+    rows = []
+    for run in runs:
+        result = read_result(ctx.out / run.name, run.key)
+        if result:
+            rows.extend(result["rows"])
+    return rows
+
+
+def environment(ctx: Context, seconds: float) -> dict:
+    import torch
+    import transformers
+
+    from . import __version__
+    from .models import pick_device
+    from .training import resolve_precision
+
+    device = pick_device(ctx.config["device"])
+    d = ctx.config["data"]
+    return {
+        "model": ctx.config["model"],
+        "data": {"train_rows": len(ctx.data["train"]), "eval_rows": len(ctx.data["eval"]),
+                 "source": d["dir"] or os.environ.get("LORALAB_DATA") or "cache or download",
+                 "train_files": d["train"], "eval_files": d["eval"]},
+        "loralab": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "precision": resolve_precision(ctx.settings(), device), "seed": ctx.config["seed"],
+        "total_seconds": seconds,
+    }
+
+
+def run_study(config: dict, quiet: bool = False) -> list[dict]:
+    """Run (or resume) the whole study; returns the rows of `results.json`."""
+    ctx = Context(config, quiet)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    write_text(ctx.out / "config.toml", to_toml(config))
+    start = time.perf_counter()
+    runs = plan(ctx)
+    for i, run in enumerate(runs, 1):
+        if read_result(ctx.out / run.name, run.key):
+            logger.info("[%d/%d] %s: finished earlier, skipped", i, len(runs), run.name)
+            continue
+        logger.info("[%d/%d] %s: running", i, len(runs), run.name)
+        result = run_one(ctx, run)
+        accs = [r["eval_accuracy"] for r in result["rows"] if r["eval_accuracy"] is not None]
+        logger.info("[%d/%d] %s: done in %.0f s%s", i, len(runs), run.name, result["seconds"],
+                    f", eval accuracy {max(accs):.4f}" if accs else "")
+        write_json(ctx.out / "results.json", collect(ctx, runs))
+    rows = collect(ctx, runs)
+    write_json(ctx.out / "results.json", rows)
+    write_json(ctx.out / "environment.json", environment(ctx, time.perf_counter() - start))
+    return rows
+
+
+def config_from_args(args) -> dict:
+    flags = {"model": args.model if args.model != "minilm" else None, "out": args.out, "seed": args.seed,
+             "precision": args.precision, "device": args.device,
+             "data.dir": args.data, "data.train": args.train, "data.eval": args.eval,
+             "data.text_column": args.text_column, "data.label_column": args.label_column,
+             "data.drop_invalid": args.drop_invalid or None,
+             "data.limit_train": args.limit_train, "data.limit_eval": args.limit_eval}
+    return load_config(args.config, quick=args.quick, **flags)
+
+
+def main_run(args) -> None:
+    config = config_from_args(args)
+    rows = run_study(config, quiet=args.quiet)
+    print(summary_table(rows))
+    print(f"\nResults: {Path(config['out']) / 'results.json'}")
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = [f"{'method':<10} {'rank':>5} {'trainable':>12} {'accuracy':>9} {'train s':>9} {'peak MB':>9}"]
+    for r in rows:
+        rank = r["rank"] if r["rank"] is not None else ""
+        secs = f"{r['train_seconds']:.1f}" if r["train_seconds"] is not None else "-"
+        mem = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "-"
+        lines.append(f"{r['method']:<10} {rank:>5} {r['trainable_params'] or 0:>12,} "
+                     f"{r['eval_accuracy']:>9.4f} {secs:>9} {mem:>9}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `loralab run`")

@@ -145,6 +145,14 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
     return TrainingArguments(**{k: v for k, v in kwargs.items() if k in names})
 
 
+def _quiet_trainer(trainer, settings: TrainSettings) -> None:
+    """With --quiet the Trainer prints each log dict instead of a bar; drop that too."""
+    if settings.quiet:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+
+
 def epoch_history(log_history: list[dict]) -> list[dict]:
     """Per-epoch rows from the Trainer's log: mean training loss, eval loss and accuracy."""
     rows, losses = [], []
@@ -188,6 +196,7 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     eval_set = _sorted_by_length(tokenized["eval"])
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=accuracy)
+    _quiet_trainer(trainer, settings)
     with PeakMemory(device) as mem:
         trainer.train()
     history = epoch_history(trainer.state.log_history)
@@ -338,6 +347,7 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
         args = _training_arguments(settings.replace(group_by_length=False), out_dir, device, "fp32")
         trainer = Trainer(model=head, args=args, train_dataset=cached["train"], eval_dataset=cached["eval"],
                           data_collator=default_data_collator, compute_metrics=accuracy)
+        _quiet_trainer(trainer, settings)
         trainer.train()
     history = epoch_history(trainer.state.log_history)
     if trainer.is_world_process_zero():

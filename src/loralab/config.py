@@ -1,0 +1,117 @@
+"""The configuration of `loralab run`: defaults from `defaults.toml`, a user's TOML file
+and flags on top, validated, and written back as TOML beside the results."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .errors import LoralabError
+
+QUICK_KEYS = {"limit_train": "data", "limit_eval": "data", "epochs": "train",
+              "lora_ranks": "methods", "sweep_points": "methods", "sweep_ranks": "methods"}
+
+
+def defaults() -> dict:
+    text = resources.files("loralab").joinpath("defaults.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def _merge(base: dict, override: dict, where: str, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        dotted = f"{path}{key}"
+        if key not in base:
+            raise LoralabError(f"{where}: unknown setting {dotted!r}. Known: "
+                               f"{', '.join(sorted(path + k for k in base))}.")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise LoralabError(f"{where}: {dotted!r} must be a table.")
+            out[key] = _merge(base[key], value, where, dotted + ".")
+        else:
+            expected = type(base[key])
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise LoralabError(f"{where}: {dotted!r} must be {expected.__name__}, got {value!r}.")
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, *, quick: bool = False, **flags) -> dict:
+    """Resolve the run configuration: defaults < TOML file < --quick < flags.
+
+    Args:
+        path: a TOML file with the settings to change.
+        quick: apply the [quick] table.
+        **flags: top-level settings from the command line (None means not given).
+    """
+    config = defaults()
+    if path:
+        path = Path(path)
+        try:
+            user = tomllib.loads(path.read_text("utf-8"))
+        except FileNotFoundError:
+            raise LoralabError(f"Config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise LoralabError(f"{path}: not valid TOML ({err}).") from None
+        config = _merge(config, user, str(path))
+    if quick:
+        for key, value in config["quick"].items():
+            config[QUICK_KEYS[key]][key] = value
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if "." in key:
+            table, name = key.split(".", 1)
+            config = _merge(config, {table: {name: value}}, "command line")
+        else:
+            config = _merge(config, {key: value}, "command line")
+    validate(config)
+    return config
+
+
+def validate(config: dict) -> None:
+    m, t = config["methods"], config["train"]
+    if any(r < 1 for r in m["lora_ranks"]) or any(r < 1 for r in m["sweep_ranks"]):
+        raise LoralabError("config: ranks must be positive integers.")
+    if m["lowrank"] and not (m["full"] and m["head"]):
+        raise LoralabError("config: methods.lowrank needs methods.full and methods.head.")
+    if t["epochs"] <= 0 or t["batch_size"] < 1:
+        raise LoralabError("config: train.epochs and train.batch_size must be positive.")
+    if config["precision"] not in ("auto", "bf16", "fp32"):
+        raise LoralabError(f"config: precision must be auto, bf16 or fp32, not {config['precision']!r}.")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able settings: a run is redone when its hash changes."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def to_toml(config: dict) -> str:
+    """Write a config (tables of scalars and lists) as TOML."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines = [f"{k} = {value(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    for table, items in config.items():
+        if isinstance(items, dict):
+            lines += ["", f"[{table}]"] + [f"{k} = {value(v)}" for k, v in items.items()]
+    return "\n".join(lines) + "\n"
