@@ -60,3 +60,42 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny BERT saved as a model folder with the default model's tokenizer: a stand-in
+    for a real model that trains in seconds."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from loralab.models import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    load_tokenizer("minilm").save_pretrained(folder)
+    return folder
+
+
+TINY_STUDY = """
+model = "{model}"
+[data]
+limit_train = 64
+limit_eval = 48
+[train]
+epochs = 1
+max_length = 64
+learning_rate = 1e-3
+[methods]
+lora_ranks = [2]
+sweep_points = 3
+"""
+
+
+@pytest.fixture
+def tiny_study_config(tmp_path, tiny_model_dir):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_STUDY.format(model=tiny_model_dir))
+    return path

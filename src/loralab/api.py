@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from torch import nn
@@ -123,3 +125,72 @@ def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | 
     data = data if data is not None else load_data()
     tokenized = tokenize(data, tokenizer, settings.max_length)
     return evaluate_model(net, tokenized["eval"], tokenizer, settings)
+
+
+def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.PathLike = "runs/lowrank",
+            data=None, tokenized=None, tokenizer=None, settings: TrainSettings | None = None,
+            ranks: list[int] | None = None, sweep_points: int = 0, targets=None,
+            lora_dirs: tuple = ()) -> tuple[list[dict], dict]:
+    """The low-rank study: both approximated-model sweeps, the spectrum of dW and, for
+    each LoRA adapter given, its subspace similarity to dW.
+
+    Args:
+        finetuned, headtuned: saved model folders (or models).
+        pretrained: the base model both started from.
+        out: folder for `lowrank.json`, `spectrum.json` and `spectrum.png`.
+        ranks: the sweep's ranks (default: full rank halving down to 1).
+        sweep_points: keep only this many ranks, spread out (0 keeps all).
+        lora_dirs: LoRA adapters trained from `pretrained`, compared with dW.
+
+    Returns:
+        (rows, summary): one row per approach and rank (`method` approx1/approx2, `rank`,
+        `trainable_params`, `eval_accuracy`) and the summary written to `lowrank.json`.
+    """
+    import numpy as np
+
+    from .data import load_data
+    from .lowrank import LowRankStudy, halving_ranks, lowest_rank_above, plot_spectrum
+
+    settings = settings or TrainSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer or load_tokenizer(pretrained)
+    if tokenized is None:
+        tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
+    head_model = headtuned if isinstance(headtuned, nn.Module) else load_model(headtuned)
+    study = LowRankStudy(head_model, finetuned, pretrained, targets)
+    ranks = sorted(set(ranks), reverse=True) if ranks else halving_ranks(study.full_rank)
+    if sweep_points and sweep_points < len(ranks):
+        picks = np.linspace(0, len(ranks) - 1, sweep_points).round().astype(int)
+        ranks = [ranks[i] for i in sorted(set(picks))]
+
+    def accuracy_of(net):
+        return evaluate_model(net, tokenized["eval"], tokenizer, settings)
+
+    head_acc = accuracy_of(head_model)
+    head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(head_model)))
+    rows, summary = [], {"headtuned_accuracy": head_acc, "ranks": ranks, "full_rank": study.full_rank}
+    for approach in (1, 2):
+        start = time.perf_counter()
+        sweep = study.sweep(approach, ranks, accuracy_of, progress=not settings.quiet)
+        summary[f"approx{approach}_sweep_seconds"] = time.perf_counter() - start
+        summary[f"approx{approach}_lowest_rank_above_head"] = lowest_rank_above(sweep, head_acc)
+        for entry in sweep:
+            r = entry["rank"]
+            # What storing this model's change costs: rank-r factors of every target layer
+            # (never more than the matrix itself) plus the head. Nothing is trained: its
+            # training time and memory are those of full fine-tuning and head-tuning.
+            params = head_params + sum(min(r * (l.in_features + l.out_features), l.in_features * l.out_features)
+                                       for l in study.tuned.values())
+            rows.append({"method": f"approx{approach}", "rank": r, "trainable_params": params,
+                         "eval_accuracy": entry["eval_accuracy"]})
+    spectrum = study.spectrum()
+    write_json(out / "spectrum.json", spectrum)
+    plot_spectrum(spectrum, out / "spectrum.png", "Fine-tuning update dW per layer")
+    summary["spectrum"] = {name: {k: layer[k] for k in ("rank_50", "rank_90", "rank_99", "frobenius_norm")}
+                           for name, layer in spectrum.items()}
+    if lora_dirs:
+        summary["lora_similarity"] = {
+            str(d): study.lora_similarity(load_adapter(load_model(pretrained), d)) for d in lora_dirs}
+    write_json(out / "lowrank.json", {"rows": rows, **summary})
+    return rows, summary

@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy of a saved model or adapter on the eval data")
     p.add_argument("model_dir")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--quiet", action="store_true")
+    _add_data_args(p)
+
+    p = sub.add_parser("lowrank", help="approximated-model sweeps and the spectrum of the fine-tuning update")
+    p.add_argument("--finetuned", required=True, help="folder of the fully fine-tuned model")
+    p.add_argument("--headtuned", required=True, help="folder of the head-tuned model")
+    p.add_argument("--pretrained", default="minilm", help="the base model both started from")
+    p.add_argument("--out", default="runs/lowrank", help="folder for JSON and PNG files")
+    p.add_argument("--ranks", type=int, nargs="+", help="ranks to sweep (default: full rank halving to 1)")
+    p.add_argument("--targets", help="layers (default: query and value)")
+    p.add_argument("--lora", nargs="+", default=(), help="LoRA adapter folders to compare with dW")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--quiet", action="store_true")
@@ -126,13 +140,30 @@ def cmd_evaluate(args) -> None:
     print(f"eval accuracy: {acc:.4f}")
 
 
+def cmd_lowrank(args) -> None:
+    from .api import lowrank
+
+    rows, summary = lowrank(args.finetuned, args.headtuned, args.pretrained, out=args.out, data=_data(args),
+                            settings=_settings(args), ranks=args.ranks, targets=args.targets,
+                            lora_dirs=tuple(args.lora))
+    print(f"head-tuned accuracy: {summary['headtuned_accuracy']:.4f}")
+    for r in rows:
+        print(f"{r['method']} rank {r['rank']:>4}: accuracy {r['eval_accuracy']:.4f}")
+    for approach in (1, 2):
+        lowest = summary[f"approx{approach}_lowest_rank_above_head"]
+        print(f"approximated model {approach}: lowest rank above head-tuning: "
+              f"{lowest if lowest is not None else 'none'}")
+    print(f"written: {args.out}/lowrank.json, spectrum.json, spectrum.png")
+
+
 def cmd_run(args) -> None:
     from .study import main_run
 
     main_run(args)
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run}
+COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "lowrank": cmd_lowrank,
+            "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .errors import LoralabError
 
-QUICK_KEYS = {"limit_train": "data", "limit_eval": "data", "epochs": "train",
+QUICK_KEYS = {"limit_train": "data", "limit_eval": "data", "epochs": "train", "max_length": "train",
               "lora_ranks": "methods", "sweep_points": "methods", "sweep_ranks": "methods"}
 
 

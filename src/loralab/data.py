@@ -125,8 +125,9 @@ def _read_file(path: Path):
 
     builder, options = FORMATS[path.suffix.lower()]
     verbosity = datasets.logging.get_verbosity()
+    bars = not datasets.are_progress_bars_disabled()
     datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    datasets.disable_progress_bars()  # reading a file is quick; its bar is noise
     try:
         return datasets.load_dataset(builder, data_files=[str(path)], split="train", **options)
     except Exception as err:  # the builders raise many types; name the file either way
@@ -136,7 +137,8 @@ def _read_file(path: Path):
         raise DataError(f"{path}: could not be parsed as {path.suffix.lower()[1:].upper()}: "
                         f"{type(cause).__name__}: {cause}") from None
     finally:
-        datasets.enable_progress_bars()
+        if bars:
+            datasets.enable_progress_bars()
         datasets.logging.set_verbosity(verbosity)
 
 

@@ -156,10 +156,9 @@ def task_replace(ctx: Context, run_dir: Path) -> dict:
     """The lab's step 4 on a freshly loaded fine-tuned model: random clones of the query and
     value layers give near-chance accuracy, the originals restore the predictions exactly."""
     import torch
-    from torch import nn
 
     from .models import load_model
-    from .surgery import extract, replace
+    from .surgery import clone_linear, extract, replace
     from .training import predict_logits
 
     model = load_model(ctx.out / "full" / "model")
@@ -169,12 +168,7 @@ def task_replace(ctx: Context, run_dir: Path) -> dict:
     original = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: original")
     layers = extract(model)
     torch.manual_seed(ctx.config["seed"])
-    clones = {}
-    for name, layer in layers.items():
-        clone = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        clone.to(layer.weight.dtype)  # fresh random weights of the same shape
-        clones[name] = clone
-    replace(model, clones)
+    replace(model, {name: clone_linear(layer) for name, layer in layers.items()})
     scrambled = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: random clones")
     replace(model, layers)
     restored = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: restored")
@@ -190,43 +184,14 @@ def task_replace(ctx: Context, run_dir: Path) -> dict:
 
 
 def task_lowrank(ctx: Context, run_dir: Path) -> dict:
-    from .lowrank import LowRankStudy, halving_ranks, lowest_rank_above, plot_spectrum
-    from .models import load_model, num_trainable_parameters
-    from .training import evaluate_model
+    from .api import lowrank
 
-    headtuned = load_model(ctx.out / "head" / "model")
-    study = LowRankStudy(headtuned, load_model(ctx.out / "full" / "model"), load_model(ctx.config["model"]))
-    methods = ctx.config["methods"]
-    ranks = sorted(set(methods["sweep_ranks"]), reverse=True) or halving_ranks(study.full_rank)
-    if methods["sweep_points"] and methods["sweep_points"] < len(ranks):
-        picks = np.linspace(0, len(ranks) - 1, methods["sweep_points"]).round().astype(int)
-        ranks = [ranks[i] for i in sorted(set(picks))]
-    settings = ctx.settings()
-    evaluate = lambda m: evaluate_model(m, ctx.tokenized["eval"], ctx.tokenizer, settings, "Evaluating")  # noqa: E731
-    head_acc = evaluate(headtuned)
-    from .surgery import freeze_all_but_head
-
-    head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(headtuned)))
-    rows, summary = [], {"headtuned_accuracy": head_acc, "ranks": ranks, "full_rank": study.full_rank}
-    for approach in (1, 2):
-        start = time.perf_counter()
-        sweep = study.sweep(approach, ranks, evaluate, progress=not ctx.quiet)
-        summary[f"approx{approach}_sweep_seconds"] = time.perf_counter() - start
-        for entry in sweep:
-            r = entry["rank"]
-            # What storing this model's change costs: rank-r factors of every target layer
-            # (never more than the matrix itself) plus the head. Nothing is trained, so
-            # training time and memory are those of full fine-tuning and head-tuning.
-            params = head_params + sum(min(r * (l.in_features + l.out_features), l.in_features * l.out_features)
-                                       for l in study.tuned.values())
-            rows.append(row(f"approx{approach}", r, trainable_params=params, eval_accuracy=entry["eval_accuracy"]))
-        summary[f"approx{approach}_lowest_rank_above_head"] = lowest_rank_above(sweep, head_acc)
-    spectrum = study.spectrum()
-    write_json(run_dir / "spectrum.json", spectrum)
-    plot_spectrum(spectrum, run_dir / "spectrum.png", f"{ctx.config['model']}: fine-tuning update per layer")
-    summary["spectrum"] = {name: {k: layer[k] for k in ("rank_50", "rank_90", "rank_99", "frobenius_norm")}
-                           for name, layer in spectrum.items()}
-    return {"rows": rows, "lowrank": summary}
+    m = ctx.config["methods"]
+    rows, summary = lowrank(ctx.out / "full" / "model", ctx.out / "head" / "model", ctx.config["model"],
+                            out=run_dir, tokenized=ctx.tokenized, tokenizer=ctx.tokenizer,
+                            settings=ctx.settings(), ranks=m["sweep_ranks"] or None,
+                            sweep_points=m["sweep_points"], targets=ctx.config["lora"]["targets"] or None)
+    return {"rows": [row(**r) for r in rows], "lowrank": summary}
 
 
 def task_similarity(ctx: Context, run_dir: Path, ranks: list[int]) -> dict:

@@ -142,6 +142,12 @@ def replace(model: nn.Module, named_layers: dict[str, nn.Module]) -> nn.Module:
     return model
 
 
+def clone_linear(original: nn.Linear) -> nn.Linear:
+    """A linear layer of the same shape with fresh random weights (the lab's replace test)."""
+    clone = nn.Linear(original.in_features, original.out_features, bias=original.bias is not None)
+    return clone.to(original.weight.dtype)
+
+
 def freeze_all_but_head(model: nn.Module) -> nn.Module:
     """Freeze every parameter except the classification head's (head-tuning)."""
     model.requires_grad_(False)

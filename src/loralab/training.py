@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import LoralabError
+from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
 from .measure import PeakMemory
 from .models import pick_device
@@ -50,6 +51,8 @@ class TrainSettings:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         report_to: experiment trackers, passed to the Trainer (``"none"`` writes nothing).
         quiet: no progress bars.
+        fast_dropout: train with `FastDropout` (a cheaper random mask, see
+            `loralab.fastdropout`); False uses PyTorch's own dropout.
     """
 
     epochs: float = 3
@@ -67,6 +70,7 @@ class TrainSettings:
     device: str = "auto"
     report_to: str = "none"
     quiet: bool = False
+    fast_dropout: bool = True
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -197,7 +201,7 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=accuracy)
     _quiet_trainer(trainer, settings)
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, fast_dropout_enabled(model, settings.fast_dropout):
         trainer.train()
     history = epoch_history(trainer.state.log_history)
     if trainer.is_world_process_zero():

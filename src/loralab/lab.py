@@ -1,0 +1,82 @@
+"""The lab's functions under the lab's names and defaults, for teachers and students.
+
+    from loralab.lab import *
+
+    finetuned = make_finetuned_model()          # step 2
+    headtuned = make_headtuned_model()          # step 3
+    layers = extract(finetuned)                 # step 4
+    approximate(torch.rand(768, 8) @ torch.rand(8, 384), 8)          # step 5
+    make_approximated_model_1(rank, headtuned, finetuned)             # step 6
+    make_approximated_model_2(rank, headtuned, finetuned, pretrained) # step 7
+    LoRA(pretrained_linear, rank=12, alpha=24)  # step 8
+    make_lora_model(6)                          # step 9
+
+Each is a thin layer over the general API (`loralab.surgery`, `loralab.lowrank`,
+`loralab.training`); the models train with the lab's settings (3 epochs, batch 8,
+learning rate 5e-5) on the lab data unless told otherwise. The default model is the
+packaged MiniLM; pass ``model="distilbert-base-uncased"`` where a hub is reachable.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .lora import LoRA
+from .lowrank import approximate, make_approximated_model_1, make_approximated_model_2
+from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
+from .surgery import clone_linear, extract, freeze_all_but_head, inject_lora, replace
+from .training import TrainSettings, evaluate_model, tokenize, train_head, train_model
+
+__all__ = [
+    "LoRA", "approximate", "clone_linear", "evaluate", "extract", "make_approximated_model_1",
+    "make_approximated_model_2", "make_finetuned_model", "make_headtuned_model", "make_lora_model",
+    "num_trainable_parameters", "replace",
+]
+
+
+def _prepared(model, data, settings):
+    from .data import load_data
+
+    settings = settings or TrainSettings()
+    tokenizer = load_tokenizer(model)
+    tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
+    return tokenizer, tokenized, settings
+
+
+def _work_dir():
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="loralab-lab-")
+
+
+def make_finetuned_model(model: str = DEFAULT_MODEL, data=None, settings: TrainSettings | None = None) -> nn.Module:
+    """Step 2: the pre-trained model with every parameter fine-tuned."""
+    tokenizer, tokenized, settings = _prepared(model, data, settings)
+    net = load_model(model)
+    train_model(net, tokenized, settings, _work_dir(), tokenizer=tokenizer)
+    return net
+
+
+def make_headtuned_model(model: str = DEFAULT_MODEL, data=None, settings: TrainSettings | None = None) -> nn.Module:
+    """Step 3: the pre-trained model with only its classification head trained."""
+    tokenizer, tokenized, settings = _prepared(model, data, settings)
+    net = freeze_all_but_head(load_model(model))
+    train_head(net, tokenized, settings, _work_dir(), tokenizer)
+    return net
+
+
+def make_lora_model(rank: int, model: str = DEFAULT_MODEL, data=None,
+                    settings: TrainSettings | None = None) -> nn.Module:
+    """Step 9: query and value layers wrapped in LoRA (alpha = 2 * rank), adapters and
+    head trained, every other parameter untouched."""
+    tokenizer, tokenized, settings = _prepared(model, data, settings)
+    net = inject_lora(load_model(model), rank, alpha=2 * rank)
+    train_model(net, tokenized, settings, _work_dir(), tokenizer=tokenizer)
+    return net
+
+
+def evaluate(model: nn.Module, data=None, model_name: str = DEFAULT_MODEL,
+             settings: TrainSettings | None = None) -> float:
+    """Accuracy on the eval split (the lab's `evaluate`, without the Trainer)."""
+    tokenizer, tokenized, settings = _prepared(model_name, data, settings)
+    return evaluate_model(model, tokenized["eval"], tokenizer, settings)

@@ -1,0 +1,107 @@
+"""`loralab run` end to end on a tiny model: every method, resumable, deterministic."""
+
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from loralab.config import load_config
+from loralab.errors import LoralabError
+from loralab.study import run_study
+
+from conftest import needs_lab_data
+
+pytestmark = needs_lab_data
+METHODS = {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora"}
+
+
+def accuracies(rows):
+    return [(r["method"], r["rank"], r["eval_accuracy"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_model_dir):
+    from conftest import TINY_STUDY
+
+    folder = tmp_path_factory.mktemp("study")
+    config_file = folder / "tiny.toml"
+    config_file.write_text(TINY_STUDY.format(model=tiny_model_dir))
+    config = load_config(config_file, out=str(folder / "out"))
+    rows = run_study(config, quiet=True)
+    return config, rows, folder / "out"
+
+
+def test_every_method_is_in_results(finished):
+    config, rows, out = finished
+    assert {r["method"] for r in rows} == METHODS
+    saved = json.loads((out / "results.json").read_text())
+    assert accuracies(saved) == accuracies(rows)
+    for r in saved:
+        assert set(r) >= {"method", "rank", "trainable_params", "eval_accuracy", "train_seconds",
+                          "peak_memory_mb", "history", "seed"}
+        assert 0 <= r["eval_accuracy"] <= 1
+    lora = next(r for r in saved if r["method"] == "lora")
+    assert lora["rank"] == 2 and len(lora["history"]) == 1 and lora["peak_memory_mb"] > 0
+    assert (out / "config.toml").exists() and (out / "environment.json").exists()
+    assert (out / "lora-r2" / "model" / "adapter_model.safetensors").exists()
+    assert (out / "lowrank" / "spectrum.png").stat().st_size > 10_000
+
+
+def test_replace_test_restores_predictions(finished):
+    _, _, out = finished
+    result = json.loads((out / "replace-test" / "result.json").read_text())["replace_test"]
+    assert result["restored_logits_identical"] and result["restored_accuracy"] == result["original_accuracy"]
+
+
+def test_same_seed_same_accuracies_and_rerun_skips(finished, tmp_path, caplog):
+    config, rows, out = finished
+    again = run_study({**config, "out": str(tmp_path / "again")}, quiet=True)
+    assert accuracies(again) == accuracies(rows)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="loralab"):
+        resumed = run_study(config)
+    assert accuracies(resumed) == accuracies(rows)
+    assert caplog.text.count("finished earlier, skipped") == 8
+
+
+def test_changed_setting_invalidates_only_its_runs(finished, caplog):
+    config, rows, out = finished
+    changed = {**config, "lora": {**config["lora"], "init": "kaiming"}}
+    with caplog.at_level("INFO", logger="loralab"):
+        run_study(changed)
+    redone = set(re.findall(r"\] (\S+): running", caplog.text))
+    assert redone == {"lora-r2", "similarity"}
+
+
+def test_unknown_setting_is_an_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 3\n")
+    with pytest.raises(LoralabError, match="unknown setting 'train.epoch'"):
+        load_config(bad)
+
+
+def test_sigkill_during_lora_then_resume(tmp_path, tiny_study_config, finished):
+    _, rows, _ = finished
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "loralab.cli", "run", "--config", str(tiny_study_config), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "lora-r2").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before LoRA started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "lora-r2" / "result.json").exists()
+    assert (out / "full" / "result.json").exists()
+    before = {p: p.stat().st_mtime for p in out.glob("*/result.json")}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for path, mtime in before.items():
+        assert path.stat().st_mtime == mtime, f"{path.parent.name} was redone"
+    resumed = json.loads((out / "results.json").read_text())
+    for (m1, r1, a1), (m2, r2, a2) in zip(accuracies(resumed), accuracies(rows)):
+        assert (m1, r1) == (m2, r2) and abs(a1 - a2) <= 0.002
