@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_data_args(p)
 
+    p = sub.add_parser("report", help="write report.md, report.html and plots for a study's output folder")
+    p.add_argument("out_dir", help="the folder `loralab run` wrote")
+    p.add_argument("--report-dir", help="where to write the report (default: OUT_DIR)")
+
     p = sub.add_parser("data", help="load and check the data; print its size")
     _add_data_args(p)
     return parser
@@ -156,6 +160,12 @@ def cmd_lowrank(args) -> None:
     print(f"written: {args.out}/lowrank.json, spectrum.json, spectrum.png")
 
 
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"written: {write_report(args.out_dir, args.report_dir)} and report.html")
+
+
 def cmd_run(args) -> None:
     from .study import main_run
 
@@ -163,7 +173,7 @@ def cmd_run(args) -> None:
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "lowrank": cmd_lowrank,
-            "run": cmd_run}
+            "report": cmd_report, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -383,10 +383,13 @@ def config_from_args(args) -> dict:
 
 
 def main_run(args) -> None:
+    from .report import write_report
+
     config = config_from_args(args)
     rows = run_study(config, quiet=args.quiet)
+    report = write_report(config["out"])
     print(summary_table(rows))
-    print(f"\nResults: {Path(config['out']) / 'results.json'}")
+    print(f"\nResults: {Path(config['out']) / 'results.json'}\nReport: {report} and report.html")
 
 
 def summary_table(rows: list[dict]) -> str:

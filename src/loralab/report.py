@@ -1,0 +1,408 @@
+"""The report of a study: tables, plots and the lab's questions answered from
+`results.json`, as `report.md`, a self-contained `report.html` and PNG files.
+
+Every number and sentence is computed from the files of the output folder; a run that is
+missing is said to be missing, never estimated.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from .errors import LoralabError
+from .fileio import atomic_path, write_text
+
+PLOTS = {
+    "accuracy_vs_params.png": "Accuracy against trainable parameters",
+    "accuracy_vs_rank.png": "Accuracy against rank",
+    "training_curves.png": "Training loss and eval accuracy per epoch",
+    "spectrum.png": "Spectrum of the fine-tuning update dW",
+    "cost.png": "Training time and peak memory",
+}
+LABELS = {"tfidf-lr": "TF-IDF + logistic regression", "tfidf-nb": "TF-IDF + naive Bayes",
+          "full": "Full fine-tuning", "head": "Head-tuning", "approx1": "Approximated model 1",
+          "approx2": "Approximated model 2", "lora": "LoRA"}
+COLORS = {"tfidf-lr": "#8c564b", "tfidf-nb": "#e377c2", "full": "#d62728", "head": "#7f7f7f",
+          "approx1": "#1f77b4", "approx2": "#17becf", "lora": "#2ca02c"}
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        raise LoralabError(f"{path}: not valid JSON ({err}).") from None
+
+
+def label(r: dict) -> str:
+    name = LABELS.get(r["method"], r["method"])
+    return f"{name} r={r['rank']}" if r.get("rank") is not None else name
+
+
+def _one(rows: list[dict], method: str, rank=None) -> dict | None:
+    found = [r for r in rows if r["method"] == method and (rank is None or r.get("rank") == rank)]
+    return found[0] if found else None
+
+
+def pct(part, whole) -> str:
+    if part is None or not whole:
+        return "-"
+    return f"{100 * part / whole:.2f}%"
+
+
+def fmt(value, spec: str = ",", missing: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+# ---------------------------------------------------------------------------------------
+# Tables and sentences
+
+
+def results_table(rows: list[dict]) -> list[list[str]]:
+    full = _one(rows, "full")
+    full_params = full["trainable_params"] if full else None
+    full_acc = full["eval_accuracy"] if full else None
+    table = [["Method", "Trainable parameters", "% of full", "Eval accuracy", "% of full accuracy",
+              "Training time (s)", "Peak memory (MB)"]]
+    for r in rows:
+        table.append([label(r), fmt(r["trainable_params"]), pct(r["trainable_params"], full_params),
+                      fmt(r["eval_accuracy"], ".4f"), pct(r["eval_accuracy"], full_acc),
+                      fmt(r["train_seconds"], ",.1f"), fmt(r["peak_memory_mb"], ",.0f")])
+    return table
+
+
+def answers(rows: list[dict], lowrank: dict | None) -> list[str]:
+    """The lab's questions, answered in sentences from the measured results."""
+    out = []
+    full, head = _one(rows, "full"), _one(rows, "head")
+    if full and head:
+        loss = full["eval_accuracy"] - head["eval_accuracy"]
+        out.append(f"Head-tuning trains {head['trainable_params']:,} parameters "
+                   f"({pct(head['trainable_params'], full['trainable_params'])} of full fine-tuning) and "
+                   f"reaches {head['eval_accuracy']:.4f} eval accuracy, {abs(loss) * 100:.1f} points "
+                   f"{'below' if loss >= 0 else 'above'} full fine-tuning ({full['eval_accuracy']:.4f}).")
+    else:
+        out.append(f"Head-tuning against full fine-tuning: {_missing(full=full, head=head)}.")
+
+    for approach in (1, 2):
+        name = f"approximated model {approach}"
+        sweep = [r for r in rows if r["method"] == f"approx{approach}"]
+        if not sweep or not lowrank:
+            out.append(f"The lowest rank at which {name} beats head-tuning: the sweep is missing.")
+            continue
+        lowest = lowrank.get(f"approx{approach}_lowest_rank_above_head")
+        ranks = ", ".join(str(r["rank"]) for r in sweep)
+        if lowest is None:
+            out.append(f"No rank of {name} (ranks {ranks}) beats the head-tuned model "
+                       f"({lowrank['headtuned_accuracy']:.4f}).")
+        else:
+            acc = next(r["eval_accuracy"] for r in sweep if r["rank"] == lowest)
+            out.append(f"The lowest rank at which {name} still beats the head-tuned model "
+                       f"({lowrank['headtuned_accuracy']:.4f}) is r = {lowest} ({acc:.4f}); ranks tried: {ranks}.")
+
+    lora6 = _one(rows, "lora", 6)
+    if lora6 and full:
+        out.append(f"LoRA with r = 6 trains {lora6['trainable_params']:,} parameters, "
+                   f"{pct(lora6['trainable_params'], full['trainable_params'])} of full fine-tuning's "
+                   f"{full['trainable_params']:,}, and reaches {lora6['eval_accuracy']:.4f} eval accuracy, "
+                   f"{pct(lora6['eval_accuracy'], full['eval_accuracy'])} of full fine-tuning's "
+                   f"{full['eval_accuracy']:.4f}.")
+    else:
+        out.append(f"LoRA r = 6 against full fine-tuning: {_missing(**{'LoRA r=6': lora6, 'full': full})}.")
+
+    baselines = [r for r in rows if r["method"].startswith("tfidf")]
+    if baselines:
+        best = max((r for r in rows if not r["method"].startswith("tfidf")),
+                   key=lambda r: r["eval_accuracy"], default=None)
+        parts = [f"{label(b)} reaches {b['eval_accuracy']:.4f} in {b['train_seconds']:.2f} s" for b in baselines]
+        sentence = "; ".join(parts) + "."
+        if best and best.get("train_seconds"):
+            sentence += (f" The best Transformer model, {label(best)}, reaches {best['eval_accuracy']:.4f} "
+                         f"({(best['eval_accuracy'] - max(b['eval_accuracy'] for b in baselines)) * 100:+.1f} "
+                         f"points against the better baseline) after {best['train_seconds']:,.0f} s of training, "
+                         f"{best['train_seconds'] / max(b['train_seconds'] for b in baselines):,.0f} times longer.")
+        out.append(sentence)
+    else:
+        out.append("TF-IDF baselines: missing.")
+    return out
+
+
+def _missing(**runs) -> str:
+    absent = [name for name, run in runs.items() if run is None]
+    return f"missing ({', '.join(absent)} not run)"
+
+
+# ---------------------------------------------------------------------------------------
+# Plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    fig.clf()
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points that no other point beats with fewer (or equal) parameters and
+    higher (or equal) accuracy, sorted by parameters."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_accuracy_vs_params(rows, path: Path) -> bool:
+    plt = _plt()
+    data = [r for r in rows if r["trainable_params"] and r["eval_accuracy"] is not None]
+    if not data:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for method in COLORS:
+        pts = [r for r in data if r["method"] == method]
+        if pts:
+            ax.scatter([r["trainable_params"] for r in pts], [r["eval_accuracy"] for r in pts],
+                       color=COLORS[method], label=LABELS[method], s=40, zorder=3)
+            for r in pts:
+                if r.get("rank") is not None:
+                    ax.annotate(f"r={r['rank']}", (r["trainable_params"], r["eval_accuracy"]), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points")
+    front = [data[i] for i in pareto_front([(r["trainable_params"], r["eval_accuracy"]) for r in data])]
+    ax.step([r["trainable_params"] for r in front], [r["eval_accuracy"] for r in front], where="post",
+            color="black", lw=1, ls="--", label="Pareto front", zorder=2)
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="eval accuracy",
+           title="Accuracy against trainable parameters")
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+    return True
+
+
+def plot_accuracy_vs_rank(rows, path: Path) -> bool:
+    plt = _plt()
+    series = {m: sorted((r for r in rows if r["method"] == m), key=lambda r: r["rank"])
+              for m in ("approx1", "approx2", "lora")}
+    if not any(series.values()):
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for method, pts in series.items():
+        if pts:
+            ax.plot([r["rank"] for r in pts], [r["eval_accuracy"] for r in pts], marker="o",
+                    color=COLORS[method], label=LABELS[method])
+    for method, style in (("full", "-"), ("head", "--")):
+        r = _one(rows, method)
+        if r:
+            ax.axhline(r["eval_accuracy"], color=COLORS[method], ls=style, lw=1.2,
+                       label=f"{LABELS[method]} ({r['eval_accuracy']:.3f})")
+    ax.set(xscale="log", xlabel="rank r (log scale)", ylabel="eval accuracy", title="Accuracy against rank")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def plot_training_curves(rows, path: Path) -> bool:
+    plt = _plt()
+    trained = [r for r in rows if r.get("history")]
+    if not trained:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    cmap = plt.get_cmap("tab10")
+    for i, r in enumerate(trained):
+        epochs = [h["epoch"] for h in r["history"]]
+        ax1.plot(epochs, [h["train_loss"] for h in r["history"]], marker="o", color=cmap(i % 10), label=label(r))
+        ax2.plot(epochs, [h["eval_accuracy"] for h in r["history"]], marker="o", color=cmap(i % 10), label=label(r))
+    ax1.set(xlabel="epoch", ylabel="mean training loss (cross-entropy)", title="Training loss per epoch")
+    ax2.set(xlabel="epoch", ylabel="eval accuracy", title="Eval accuracy after each epoch")
+    ax2.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def plot_cost(rows, path: Path) -> bool:
+    plt = _plt()
+    trained = [r for r in rows if r.get("train_seconds") is not None]
+    if not trained:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.4 * len(trained) + 2))
+    names = [label(r) for r in trained]
+    colors = [COLORS.get(r["method"], "grey") for r in trained]
+    ax1.barh(names, [r["train_seconds"] for r in trained], color=colors)
+    ax1.set(xscale="log", xlabel="training time (s, log scale)", title="Training time")
+    ax2.barh(names, [r["peak_memory_mb"] or 0 for r in trained], color=colors)
+    ax2.set(xlabel="peak resident memory (MB)", title="Peak memory")
+    ax2.set_yticklabels([])
+    for ax in (ax1, ax2):
+        ax.invert_yaxis()
+    _save(fig, path)
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Documents
+
+
+def _md_table(table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+    return "\n".join(lines)
+
+
+def footer(env: dict | None) -> list[str]:
+    if not env:
+        return ["Environment: environment.json is missing."]
+    d = env.get("data", {})
+    files = ", ".join(d.get("train_files") or []) or d.get("source", "?")
+    return [f"Model: {env.get('model')}",
+            f"Data: {files} ({d.get('train_rows')} training, {d.get('eval_rows')} eval reviews)",
+            f"loralab {env.get('loralab')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
+            f"Python {env.get('python')}",
+            f"Device: {env.get('device')} ({env.get('threads')} threads), precision {env.get('precision')}, "
+            f"seed {env.get('seed')}",
+            f"Total time of the last `loralab run`: {fmt(env.get('total_seconds'), ',.0f')} s"]
+
+
+def build(out_dir: str | os.PathLike) -> dict:
+    """Everything the report says, computed from the output folder."""
+    out_dir = Path(out_dir)
+    rows = _read(out_dir / "results.json")
+    if rows is None:
+        raise LoralabError(f"{out_dir}: no results.json; run `loralab run --out {out_dir}` first.")
+    lowrank = (_read(out_dir / "lowrank" / "result.json") or {}).get("lowrank")
+    replace_test = (_read(out_dir / "replace-test" / "result.json") or {}).get("replace_test")
+    similarity = (_read(out_dir / "similarity" / "result.json") or {}).get("similarity")
+    return {"rows": rows, "table": results_table(rows), "answers": answers(rows, lowrank),
+            "lowrank": lowrank, "replace_test": replace_test, "similarity": similarity,
+            "spectrum": _read(out_dir / "lowrank" / "spectrum.json"),
+            "environment": _read(out_dir / "environment.json")}
+
+
+def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:
+    """Write report.md, report.html and the PNG plots for the study in `out_dir`."""
+    from .lowrank import plot_spectrum, short_layer_name
+
+    out_dir = Path(out_dir)
+    report_dir = Path(report_dir or out_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    info = build(out_dir)
+    rows = info["rows"]
+    made = {
+        "accuracy_vs_params.png": plot_accuracy_vs_params(rows, report_dir / "accuracy_vs_params.png"),
+        "accuracy_vs_rank.png": plot_accuracy_vs_rank(rows, report_dir / "accuracy_vs_rank.png"),
+        "training_curves.png": plot_training_curves(rows, report_dir / "training_curves.png"),
+        "cost.png": plot_cost(rows, report_dir / "cost.png"),
+    }
+    if info["spectrum"]:
+        plot_spectrum(info["spectrum"], report_dir / "spectrum.png", "Fine-tuning update dW per layer")
+    made["spectrum.png"] = bool(info["spectrum"])
+
+    md = ["# loralab study report", "",
+          "Accuracy against trainable parameters on IMDB sentiment classification. Every figure "
+          "below is computed from `results.json`.", "", "## The lab's questions", ""]
+    md += [f"- {a}" for a in info["answers"]]
+    md += ["", "## Results", "", _md_table(info["table"]), "",
+           "Approximated models train nothing: their parameter count is what storing their change "
+           "costs (rank-r factors of each query/value layer plus the head); their training cost is "
+           "that of full fine-tuning plus head-tuning.", ""]
+    if info["replace_test"]:
+        t = info["replace_test"]
+        md += ["## The replace test", "",
+               f"Replacing the {t['layers']} query and value layers ({t['parameters']:,} parameters) of the "
+               f"fine-tuned model with random clones takes its accuracy from {t['original_accuracy']:.4f} to "
+               f"{t['random_clones_accuracy']:.4f} (majority class: {t['majority_class_accuracy']:.4f}); putting "
+               f"the originals back gives {t['restored_accuracy']:.4f}, with "
+               f"{'identical' if t['restored_logits_identical'] else 'different'} logits.", ""]
+    if info["spectrum"]:
+        md += ["## Is the fine-tuning update low-rank?", "",
+               "| layer | shape | rank for 50% | 90% | 99% of ‖dW‖² |", "|---|---|---:|---:|---:|"]
+        md += [f"| {short_layer_name(n)} | {'x'.join(map(str, l['shape']))} | {l['rank_50']} | {l['rank_90']} | {l['rank_99']} |"
+               for n, l in info["spectrum"].items()]
+        md += [""]
+    if info["similarity"]:
+        md += ["## LoRA against the fine-tuning update", "",
+               "Subspace similarity (Hu et al. 2021, section 7) between the top-r output directions of each "
+               "LoRA update and of dW: 1 means the same subspace, r/d is what random directions give.", "",
+               "| rank | mean similarity | min | max |", "|---:|---:|---:|---:|"]
+        for rank, sims in info["similarity"].items():
+            values = list(sims.values())
+            md.append(f"| {rank} | {sum(values) / len(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+        md += [""]
+    md += ["## Plots", ""]
+    for name, title in PLOTS.items():
+        md.append(f"![{title}]({name})" if made.get(name) else f"{title}: no data (the runs it needs are missing).")
+        md.append("")
+    md += ["## Environment", ""] + [f"- {line}" for line in footer(info["environment"])] + [""]
+    text = "\n".join(md)
+    write_text(report_dir / "report.md", text)
+    write_text(report_dir / "report.html", to_html(text, report_dir))
+    return report_dir / "report.md"
+
+
+def to_html(markdown: str, folder: Path) -> str:
+    """A small Markdown-to-HTML conversion for the report's own subset (headings, lists,
+    tables, images), with every image embedded as a data URI: no network, one file."""
+    body, table, in_list = [], [], False
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+    def flush_table():
+        if table:
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-: ")]
+            head = "".join(f"<th>{inline(c)}</th>" for c in rows[0])
+            rest = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rest}</tbody></table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if in_list and not line.startswith("- "):
+            body.append("</ul>")
+            in_list = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            body.append(f"<li>{inline(line[2:])}</li>")
+        elif m := re.fullmatch(r"!\[(.*)\]\((.*)\)", line):
+            data = base64.b64encode((folder / m.group(2)).read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(m.group(1))}</figcaption></figure>")
+        elif line.strip():
+            body.append(f"<p>{inline(line)}</p>")
+    flush_table()
+    if in_list:
+        body.append("</ul>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "figure{margin:1.5em 0}figcaption{color:#555;font-size:90%}")
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>loralab study report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,108 @@
+"""The report from a small hand-made results.json: numbers and sentences, missing runs,
+and a self-contained HTML page whose plots load in a real browser."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from loralab.report import answers, build, pareto_front, write_report
+
+
+def hand_made(folder, drop=()):
+    rows = [
+        {"method": "tfidf-lr", "rank": None, "trainable_params": 25100, "eval_accuracy": 0.84,
+         "train_seconds": 0.5, "peak_memory_mb": 500, "history": []},
+        {"method": "tfidf-nb", "rank": None, "trainable_params": 50200, "eval_accuracy": 0.832,
+         "train_seconds": 0.25, "peak_memory_mb": 500, "history": []},
+        {"method": "full", "rank": None, "trainable_params": 1_000_000, "eval_accuracy": 0.9,
+         "train_seconds": 1000.0, "peak_memory_mb": 6000,
+         "history": [{"epoch": 1, "train_loss": 0.5, "eval_loss": 0.4, "eval_accuracy": 0.88},
+                     {"epoch": 2, "train_loss": 0.3, "eval_loss": 0.3, "eval_accuracy": 0.9}]},
+        {"method": "head", "rank": None, "trainable_params": 10_000, "eval_accuracy": 0.8,
+         "train_seconds": 20.0, "peak_memory_mb": 2000,
+         "history": [{"epoch": 1, "train_loss": 0.6, "eval_loss": 0.5, "eval_accuracy": 0.8}]},
+        {"method": "approx1", "rank": 8, "trainable_params": 20_000, "eval_accuracy": 0.85},
+        {"method": "approx1", "rank": 4, "trainable_params": 15_000, "eval_accuracy": 0.79},
+        {"method": "approx2", "rank": 8, "trainable_params": 20_000, "eval_accuracy": 0.86},
+        {"method": "approx2", "rank": 4, "trainable_params": 15_000, "eval_accuracy": 0.82},
+        {"method": "lora", "rank": 6, "trainable_params": 30_000, "eval_accuracy": 0.882,
+         "train_seconds": 500.0, "peak_memory_mb": 3000,
+         "history": [{"epoch": 1, "train_loss": 0.45, "eval_loss": 0.35, "eval_accuracy": 0.882}]},
+    ]
+    rows = [dict({"train_seconds": None, "peak_memory_mb": None, "history": []}, **r) for r in rows
+            if r["method"] not in drop]
+    (folder / "results.json").write_text(json.dumps(rows))
+    if "approx1" not in drop:
+        (folder / "lowrank").mkdir()
+        (folder / "lowrank" / "result.json").write_text(json.dumps({"lowrank": {
+            "headtuned_accuracy": 0.8, "approx1_lowest_rank_above_head": 8, "approx2_lowest_rank_above_head": 4}}))
+    (folder / "environment.json").write_text(json.dumps({
+        "model": "minilm", "data": {"train_rows": 2000, "eval_rows": 500, "source": "lab"},
+        "loralab": "0.1.0", "torch": "2.13.0", "transformers": "5", "python": "3.11", "device": "cpu",
+        "threads": 2, "precision": "bf16", "seed": 0, "total_seconds": 1600.0}))
+    return folder
+
+
+def test_numbers_and_sentences(tmp_path):
+    info = build(hand_made(tmp_path))
+    text = " ".join(info["answers"])
+    assert "reaches 0.8000 eval accuracy, 10.0 points below full fine-tuning (0.9000)" in text
+    assert "1.00% of full fine-tuning" in text  # head 10,000 of 1,000,000
+    assert "approximated model 1 still beats the head-tuned model (0.8000) is r = 8 (0.8500)" in text
+    assert "approximated model 2 still beats the head-tuned model (0.8000) is r = 4 (0.8200)" in text
+    assert "LoRA with r = 6 trains 30,000 parameters, 3.00% of full fine-tuning's 1,000,000" in text
+    assert "98.00% of full fine-tuning's 0.9000" in text
+    assert "TF-IDF + logistic regression reaches 0.8400 in 0.50 s" in text
+    lora_row = next(r for r in info["table"] if r[0] == "LoRA r=6")
+    assert lora_row[1:5] == ["30,000", "3.00%", "0.8820", "98.00%"]
+
+
+def test_missing_runs_are_said_missing(tmp_path):
+    info = build(hand_made(tmp_path, drop=("full", "approx1", "approx2", "lora")))
+    text = " ".join(info["answers"])
+    assert "Head-tuning against full fine-tuning: missing (full not run)" in text
+    assert "approximated model 1 beats head-tuning: the sweep is missing" in text
+    assert "LoRA r = 6 against full fine-tuning: missing (LoRA r=6, full not run)" in text
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "Accuracy against rank: no data" in md and "0.9000" not in md
+
+
+def test_pareto_front():
+    points = [(10, 0.5), (100, 0.9), (50, 0.4), (1000, 0.85), (20, 0.7)]
+    assert pareto_front(points) == [0, 4, 1]
+
+
+def test_files_and_self_contained_html(tmp_path):
+    write_report(hand_made(tmp_path))
+    for name in ("report.md", "report.html", "accuracy_vs_params.png", "accuracy_vs_rank.png",
+                 "training_curves.png", "cost.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4
+    assert not re.search(r'(src|href)="(http|//)', page)
+    assert "Total time of the last `loralab run`: 1,600 s" in (tmp_path / "report.md").read_text()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
+def test_every_plot_loads_in_headless_chromium(tmp_path):
+    write_report(hand_made(tmp_path))
+    page = (tmp_path / "report.html").read_text()
+    probe = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+             "document.body.setAttribute('data-probe',i.length+':'+i.filter(x=>x.complete&&x.naturalWidth>100).length)})"
+             "</script></body>")
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe))
+    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+                           "--dump-dom", (tmp_path / "probe.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    match = re.search(r'data-probe="(\d+):(\d+)"', proc.stdout)
+    assert match, proc.stderr[-2000:]
+    assert match.group(1) == match.group(2) == "4"
