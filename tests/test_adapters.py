@@ -1,14 +1,12 @@
-import copy
 import json
 
 import pytest
 import torch
+from conftest import tiny_bert
 from torch import nn
 
 from loralab import inject_lora, load_adapter, lora_layers, save_adapter
 from loralab.errors import ModelLoadError
-
-from conftest import tiny_bert
 
 IDS = torch.randint(0, 120, (3, 11), generator=torch.Generator().manual_seed(0))
 

@@ -1,17 +1,21 @@
-import gzip
 import http.server
 import io
-import json
 import tarfile
 import threading
 from pathlib import Path
 
 import pytest
-
-from loralab.data import DataOptions, download_lab_sample, load_data, load_file, load_split, resolve_data_dir
-from loralab.errors import DataError
-
 from conftest import LAB_DATA, SHARED_DATA, needs_lab_data
+
+from loralab.data import (
+    DataOptions,
+    download_lab_sample,
+    load_data,
+    load_file,
+    load_split,
+    resolve_data_dir,
+)
+from loralab.errors import DataError
 
 
 def write_csv(path: Path, rows, header=("review", "label"), sep=","):

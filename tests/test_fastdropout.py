@@ -1,9 +1,8 @@
 import torch
+from conftest import tiny_bert
 from torch import nn
 
 from loralab.fastdropout import FastDropout, fast_dropout, fast_dropout_enabled
-
-from conftest import tiny_bert
 
 
 def test_drop_rate_and_expectation():

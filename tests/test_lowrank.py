@@ -2,13 +2,20 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_bert
 
 import loralab.lowrank as lowrank
 from loralab import extract, freeze_all_but_head, replace
-from loralab.lowrank import (SVD, LowRankStudy, approximate, halving_ranks, lowest_rank_above,
-                             make_approximated_model_1, make_approximated_model_2, subspace_similarity)
-
-from conftest import tiny_bert
+from loralab.lowrank import (
+    SVD,
+    LowRankStudy,
+    approximate,
+    halving_ranks,
+    lowest_rank_above,
+    make_approximated_model_1,
+    make_approximated_model_2,
+    subspace_similarity,
+)
 
 IDS = torch.randint(0, 120, (4, 10), generator=torch.Generator().manual_seed(1))
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from loralab.report import answers, build, pareto_front, write_report
+from loralab.report import build, pareto_front, write_report
 
 
 def hand_made(folder, drop=()):

@@ -1,20 +1,19 @@
 """`loralab run` end to end on a tiny model: every method, resumable, deterministic."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import needs_lab_data
 
 from loralab.config import load_config
 from loralab.errors import LoralabError
 from loralab.study import run_study
-
-from conftest import needs_lab_data
 
 pytestmark = needs_lab_data
 METHODS = {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora"}

@@ -2,14 +2,20 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_bert
 from torch import nn
 
-from loralab import (LoRA, extract, freeze_all_but_head, inject_lora, lora_layers, merge_and_unload,
-                     num_trainable_parameters, replace)
+from loralab import (
+    extract,
+    freeze_all_but_head,
+    inject_lora,
+    lora_layers,
+    merge_and_unload,
+    num_trainable_parameters,
+    replace,
+)
 from loralab.errors import LoralabError
 from loralab.surgery import TargetError, find_targets, head_modules
-
-from conftest import tiny_bert
 
 
 @pytest.fixture(scope="module")

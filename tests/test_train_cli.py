@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import needs_lab_data
 
 pytestmark = needs_lab_data

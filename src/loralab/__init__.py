@@ -7,13 +7,22 @@ from .data import DataOptions, load_data, load_split
 from .errors import DataError, LoralabError, ModelLoadError
 from .lora import LoRA, LoRALinear
 from .models import load_model, load_tokenizer, num_trainable_parameters
-from .surgery import (extract, find_targets, freeze_all_but_head, head_modules, inject_lora,
-                      lora_layers, merge_and_unload, replace)
+from .serve import export, predict
+from .surgery import (
+                      extract,
+                      find_targets,
+                      freeze_all_but_head,
+                      head_modules,
+                      inject_lora,
+                      lora_layers,
+                      merge_and_unload,
+                      replace,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataError", "DataOptions", "evaluate", "load_trained", "prepare_model", "save_trained", "train", "LoRA", "LoRALinear", "LoralabError", "ModelLoadError",
+    "DataError", "DataOptions", "export", "predict", "evaluate", "load_trained", "prepare_model", "save_trained", "train", "LoRA", "LoRALinear", "LoralabError", "ModelLoadError",
     "extract", "find_targets", "freeze_all_but_head", "head_modules", "inject_lora",
     "load_adapter", "load_data", "load_model", "load_split", "load_tokenizer", "lora_layers",
     "merge_and_unload", "num_trainable_parameters", "replace", "save_adapter",

@@ -21,7 +21,15 @@ from .errors import ModelLoadError
 from .fileio import atomic_dir, write_json
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
 from .surgery import freeze_all_but_head, inject_lora
-from .training import RunResult, TrainSettings, evaluate_model, tokenize, train_head, train_model
+from .training import (
+    RunResult,
+    TrainSettings,
+    evaluate_model,
+    is_main_process,
+    tokenize,
+    train_head,
+    train_model,
+)
 
 METHODS = ("lora", "head", "full")
 INFO_NAME = "loralab.json"
@@ -111,8 +119,9 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             "trainable_params": trainable, "eval_accuracy": result.eval_accuracy,
             "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb,
             "precision": result.precision, "history": result.history, "seed": settings.seed}
-    save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json"])
-    shutil.rmtree(work, ignore_errors=True)
+    if is_main_process():  # under torchrun every rank trains; one writes
+        save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json"])
+        shutil.rmtree(work, ignore_errors=True)
     return info
 
 

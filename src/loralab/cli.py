@@ -88,10 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, nargs="+", help="ranks to sweep (default: full rank halving to 1)")
     p.add_argument("--targets", help="layers (default: query and value)")
     p.add_argument("--lora", nargs="+", default=(), help="LoRA adapter folders to compare with dW")
+    p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--quiet", action="store_true")
     _add_data_args(p)
+
+    p = sub.add_parser("predict", help="predict sentiment for texts or a file")
+    p.add_argument("model_dir", help="a trained model or adapter folder")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--input", help="CSV/TSV/JSONL/Parquet file, or - for one text per line on stdin")
+    p.add_argument("--output", help="write predictions to this .csv or .jsonl file")
+    p.add_argument("--text-column", default="review")
+    p.add_argument("--labels", help="a file with a label column: also print accuracy")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("export", help="a plain Hugging Face folder (merged model or PEFT adapter) with a model card")
+    p.add_argument("model_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--merge", action="store_true", help="merge a LoRA adapter into the base weights")
 
     p = sub.add_parser("report", help="write report.md, report.html and plots for a study's output folder")
     p.add_argument("out_dir", help="the folder `loralab run` wrote")
@@ -160,6 +179,31 @@ def cmd_lowrank(args) -> None:
     print(f"written: {args.out}/lowrank.json, spectrum.json, spectrum.png")
 
 
+def cmd_predict(args) -> None:
+    from .serve import predict
+
+    if not args.texts and not args.input:
+        raise LoralabError("Give texts to classify or --input FILE.")
+    result = predict(args.model_dir, args.texts or None, input=args.input, output=args.output,
+                     text_column=args.text_column, labels=args.labels, batch_size=args.batch_size,
+                     max_length=args.max_length, settings=_settings(args), progress=not args.quiet)
+    if not args.output:
+        texts = args.texts or [None] * len(result["labels"])
+        for text, label, probs in zip(texts, result["labels"], result["probabilities"]):
+            shown = f"  {text[:60]!r}" if text else ""
+            print(f"{label}\t{probs.max():.4f}{shown}")
+    else:
+        print(f"{len(result['labels'])} predictions written to {args.output}")
+    if result["accuracy"] is not None:
+        print(f"accuracy: {result['accuracy']:.4f}")
+
+
+def cmd_export(args) -> None:
+    from .serve import export
+
+    print(f"exported to {export(args.model_dir, args.out, merge=args.merge)}")
+
+
 def cmd_report(args) -> None:
     from .report import write_report
 
@@ -173,7 +217,7 @@ def cmd_run(args) -> None:
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "lowrank": cmd_lowrank,
-            "report": cmd_report, "run": cmd_run}
+            "predict": cmd_predict, "export": cmd_export, "report": cmd_report, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

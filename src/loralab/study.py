@@ -13,7 +13,6 @@ finished run and is rewritten after each one.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import hashlib
 import logging

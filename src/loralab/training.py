@@ -83,6 +83,15 @@ class TrainSettings:
         return TrainSettings(**{**asdict(self), **{k: v for k, v in changes.items() if k in known}})
 
 
+def is_main_process() -> bool:
+    """False on every process but rank 0 of a distributed run (torchrun, accelerate launch)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def bf16_supported(device: torch.device) -> bool:
     """True where bfloat16 matrix products run natively (and so faster than float32)."""
     if device.type == "cuda":

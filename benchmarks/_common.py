@@ -1,0 +1,82 @@
+"""Shared helpers of the benchmarks: machine facts, alternating timed runs, tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__)).stdout.strip()
+    except OSError:
+        commit = "?"
+    return (f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), commit {commit or '?'}")
+
+
+def alternate(sides: dict[str, Callable[[], float]], repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Run each side's measurement in turn (A B A B ...) after `warmup` rounds; each call
+    returns one measurement. Returns every measurement per side."""
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    results = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            results[name].append(fn())
+    return results
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[f"{c:,.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def lab_batches(tokenizer, n_reviews: int, batch_size: int, max_length: int = 512, seed: int = 0):
+    """The first `n_reviews` of the lab's train data (seeded shuffle), tokenized and cut
+    into padded batches in a fixed order: the same batches for every side."""
+    from loralab.data import limit_data, load_data
+
+    data = limit_data(load_data(), n_reviews, 1)
+    texts, labels = list(data["train"]["text"]), list(data["train"]["label"])
+    import torch
+
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length,
+                        padding=True, return_tensors="pt")
+        enc["labels"] = torch.tensor(labels[start:start + batch_size])
+        batches.append(dict(enc))
+    return batches
+
+
+def done(ratio: float, name: str = "ratio") -> None:
+    print(f"{name}: {ratio:.2f}")
+    sys.stdout.flush()

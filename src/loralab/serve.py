@@ -1,0 +1,224 @@
+"""Use a trained model: predict on texts or files, and export plain Hugging Face folders.
+
+    >>> from loralab import predict, export
+    >>> predict("runs/lora-r6", ["A wonderful film.", "Dull and far too long."])  # doctest: +SKIP
+    >>> export("runs/lora-r6", "exported/lora-r6-merged", merge=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import CONFIG_NAME, MINILM_HUB_ID
+from .api import INFO_NAME, load_trained
+from .data import _check_readable, _read_file, normalise_label
+from .errors import DataError, LoralabError
+from .fileio import atomic_dir, atomic_path, write_text
+from .models import ID2LABEL, LABEL2ID, pick_device
+from .surgery import lora_layers, merge_and_unload
+from .training import TrainSettings, autocast, resolve_precision
+
+ID_COLUMNS = ("id", "index")
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@torch.inference_mode()
+def predict_texts(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 64,
+                  max_length: int = 512, settings: TrainSettings | None = None) -> np.ndarray:
+    """Class probabilities (rows: texts, columns: classes) in batches sorted by length."""
+    settings = settings or TrainSettings()
+    device = pick_device(settings.device)
+    precision = resolve_precision(settings, device)
+    model.eval().to(device)
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together
+    for rows in _chunks(list(order), batch_size):
+        batch = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length,
+                          padding=True, return_tensors="pt").to(device)
+        with autocast(device, precision):
+            logits = model(**batch).logits
+        probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return probs
+
+
+def read_texts(path: str, text_column: str = "review") -> tuple[list[str], list | None, list | None, str | None]:
+    """(texts, ids, labels, id column) from a data file, or one text per line from stdin ("-")."""
+    if path == "-":
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        return texts, None, None, None
+    file = Path(path)
+    _check_readable(file)
+    ds = _read_file(file)
+    if text_column not in ds.column_names:
+        raise DataError(f"{file}: no column {text_column!r} (--text-column). Columns found: "
+                        f"{', '.join(map(repr, ds.column_names))}.")
+    texts = list(ds[text_column])
+    bad = [i + 1 for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise DataError(f"{file}: rows {', '.join(map(str, bad[:10]))} have empty text.")
+    id_column = next((c for c in ID_COLUMNS if c in ds.column_names), None)
+    ids = list(ds[id_column]) if id_column else None
+    labels = list(ds["label"]) if "label" in ds.column_names else None
+    return texts, ids, labels, id_column
+
+
+def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *, input: str | None = None,
+            output: str | os.PathLike | None = None, text_column: str = "review", labels: str | None = None,
+            batch_size: int = 64, max_length: int = 512, chunk_size: int = 4096,
+            settings: TrainSettings | None = None, progress: bool = True) -> dict:
+    """Predict sentiment for texts or a file and optionally write the predictions.
+
+    Args:
+        model_dir: a full or head-tuned model folder, or an adapter folder (its base model
+            is resolved from `adapter_config.json`).
+        texts: texts to classify (or use `input`).
+        input: a CSV/TSV/JSONL/Parquet file with `text_column`, or "-" for one text per line
+            on stdin.
+        output: a `.csv` or `.jsonl` file for label, probability of each class and the
+            input's `id`/`index` column if it has one; written atomically.
+        labels: a file whose `label` column gives the true labels (or the input's own
+            `label` column is used); then accuracy is computed.
+        batch_size, max_length: inference batches; `chunk_size` texts are tokenized at a
+            time, so memory stays bounded for large files.
+
+    Returns:
+        A dict with `labels` (predicted names), `probabilities` (array) and `accuracy`
+        (or None).
+    """
+    from tqdm.auto import tqdm
+
+    model, tokenizer = load_trained(model_dir)
+    ids, true, id_column = None, None, None
+    if texts is None:
+        if input is None:
+            raise LoralabError("Give texts or an input file.")
+        texts, ids, true, id_column = read_texts(input, text_column)
+    texts = list(texts)
+    if labels:
+        file = Path(labels)
+        _check_readable(file)
+        true = list(_read_file(file)["label"])
+    if true is not None and len(true) != len(texts):
+        raise DataError(f"{labels or input}: {len(true)} labels for {len(texts)} texts.")
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    bar = tqdm(total=len(texts), desc="Predicting", unit="review", disable=not progress)
+    for start in range(0, len(texts), chunk_size):
+        chunk = texts[start:start + chunk_size]
+        probs[start:start + len(chunk)] = predict_texts(model, tokenizer, chunk, batch_size=batch_size,
+                                                        max_length=max_length, settings=settings)
+        bar.update(len(chunk))
+    bar.close()
+    names = [model.config.id2label.get(i, str(i)) for i in range(model.config.num_labels)]
+    predicted = [names[i] for i in probs.argmax(-1)]
+    accuracy = None
+    if true is not None:
+        gold = [normalise_label(v) for v in true]
+        if any(g is None for g in gold):
+            row = next(i for i, g in enumerate(gold) if g is None) + 1
+            raise DataError(f"{labels or input}: row {row}: unknown label {true[row - 1]!r}.")
+        accuracy = float((probs.argmax(-1) == np.asarray(gold)).mean())
+    if output:
+        write_predictions(Path(output), predicted, probs, names, ids, id_column)
+    return {"labels": predicted, "probabilities": probs, "accuracy": accuracy}
+
+
+def write_predictions(path: Path, predicted, probs, names, ids=None, id_column=None) -> None:
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise LoralabError(f"{path}: predictions are written as .csv or .jsonl.")
+    rows = []
+    for i, label in enumerate(predicted):
+        entry = {id_column: ids[i]} if ids is not None else {}
+        entry["label"] = label
+        entry.update({f"prob_{name}": round(float(p), 6) for name, p in zip(names, probs[i])})
+        rows.append(entry)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        if suffix == ".csv":
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["label"])
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for entry in rows:
+                fh.write(json.dumps(entry) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Export
+
+
+def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
+    """A README.md in the Hugging Face model-card convention."""
+    method = info.get("method", "unknown")
+    rank = info.get("rank")
+    acc = info.get("eval_accuracy")
+    how = {"lora": f"LoRA (rank {rank}, alpha {info.get('alpha', 2 * (rank or 0))}) on the query and value layers",
+           "head": "head-tuning (only the classification head trained)",
+           "full": "full fine-tuning"}.get(method, method)
+    if adapter:
+        load = (f"```python\nfrom transformers import AutoModelForSequenceClassification\nfrom peft import PeftModel\n\n"
+                f"base = AutoModelForSequenceClassification.from_pretrained(\"{base_model}\", num_labels=2)\n"
+                f"model = PeftModel.from_pretrained(base, \"PATH/TO/THIS/FOLDER\")\n```")
+    else:
+        load = ("```python\nfrom transformers import pipeline\n\n"
+                "classify = pipeline(\"text-classification\", model=\"PATH/TO/THIS/FOLDER\")\n"
+                "classify(\"A wonderful film.\")\n```")
+    front = ["---", "library_name: " + ("peft" if adapter else "transformers"), f"base_model: {base_model}",
+             "pipeline_tag: text-classification", "tags:", "- loralab", f"- {method}",
+             "- sentiment-analysis", "datasets:", "- imdb", "metrics:", "- accuracy", "---", ""]
+    body = [f"# {base_model} fine-tuned for IMDB sentiment ({method}{f', r={rank}' if rank else ''})", "",
+            f"Made with [loralab](https://pypi.org/project/loralab/) by {how}"
+            f"{', with the adapter merged into the weights' if merged else ''}.", "",
+            "| | |", "|---|---|",
+            f"| base model | {base_model} |", f"| method | {method} |",
+            f"| rank | {rank if rank is not None else '-'} |",
+            f"| trainable parameters | {info.get('trainable_params', 0):,} |",
+            "| training data | IMDB movie reviews (Maas et al. 2011), lab sample |",
+            f"| eval accuracy | {acc:.4f} |" if acc is not None else "| eval accuracy | not measured |",
+            "| labels | 0 = negative, 1 = positive |", "", "## How to load it", "", load, ""]
+    return "\n".join(front + body)
+
+
+def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool = False) -> Path:
+    """Export a trained model as a plain Hugging Face folder with a model card.
+
+    With `merge`, a LoRA adapter is merged into its base model and the result saved as a
+    regular model (config, safetensors weights, tokenizer) that
+    `transformers.pipeline("text-classification", model=out)` loads without loralab.
+    Without it, an adapter is exported in PEFT's format and a full or head-tuned model as
+    it is.
+    """
+    model_dir = Path(model_dir)
+    info = json.loads((model_dir / INFO_NAME).read_text()) if (model_dir / INFO_NAME).exists() else {}
+    is_adapter = (model_dir / CONFIG_NAME).exists()
+    base = (json.loads((model_dir / CONFIG_NAME).read_text()).get("base_model_name_or_path") if is_adapter
+            else info.get("base_model")) or "unknown"
+    base = MINILM_HUB_ID if base == "minilm" else base
+    model, tokenizer = load_trained(model_dir)
+    with atomic_dir(out) as tmp:
+        if is_adapter and not merge:
+            for name in (CONFIG_NAME, "adapter_model.safetensors"):
+                shutil.copy2(model_dir / name, tmp / name)
+            tokenizer.save_pretrained(tmp)
+        else:
+            if lora_layers(model):
+                model = merge_and_unload(model)
+            model.config.id2label, model.config.label2id = dict(ID2LABEL), dict(LABEL2ID)
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        write_text(tmp / "README.md", model_card(info, base, merged=merge and is_adapter,
+                                                 adapter=is_adapter and not merge))
+    return Path(out)

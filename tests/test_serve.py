@@ -1,0 +1,92 @@
+"""predict and export: same answers as the model itself, and folders the ecosystem loads."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import needs_lab_data
+
+from loralab import export, predict
+from loralab.api import load_trained
+from loralab.training import TrainSettings
+
+pytestmark = needs_lab_data
+FP32 = TrainSettings(precision="fp32", quiet=True)
+TEXTS = ["A wonderful, moving film with great acting.", "Dull, predictable and far too long.",
+         "I laughed, I cried, I loved it.", "The worst film I have seen this year.", "It was fine."]
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, tiny_model_dir):
+    from loralab.cli import main
+
+    out = tmp_path_factory.mktemp("serve") / "lora"
+    assert main(["train", "--method", "lora", "--rank", "2", "--model", str(tiny_model_dir), "--limit-train", "48",
+                 "--limit-eval", "16", "--epochs", "1", "--max-length", "64", "--lr", "1e-2", "--out", str(out),
+                 "--quiet"]) == 0
+    return out
+
+
+def direct_probs(model_dir, texts):
+    model, tokenizer = load_trained(model_dir)
+    with torch.no_grad():
+        batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt")
+        return torch.softmax(model.eval()(**batch).logits, -1).numpy()
+
+
+def test_predict_csv_matches_the_model(lora_dir, tmp_path):
+    source = tmp_path / "in.csv"
+    with open(source, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "review", "label"])
+        writer.writerows([(f"r{i}", t, i % 2) for i, t in enumerate(TEXTS)])
+    result = predict(lora_dir, input=str(source), output=tmp_path / "out.csv", settings=FP32, progress=False)
+    expected = direct_probs(lora_dir, TEXTS)
+    np.testing.assert_allclose(result["probabilities"], expected, atol=1e-5)
+    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(5)]
+    assert [r["label"] for r in rows] == [["negative", "positive"][i] for i in expected.argmax(-1)]
+    assert set(rows[0]) == {"id", "label", "prob_negative", "prob_positive"}
+    assert result["accuracy"] == pytest.approx(float((expected.argmax(-1) == np.arange(5) % 2).mean()))
+
+
+def test_predict_jsonl_output_and_cli(lora_dir, tmp_path, run_cli):
+    code, out, err = run_cli("predict", lora_dir, *TEXTS[:2], "--precision", "fp32", "--quiet")
+    assert code == 0, err
+    assert out.splitlines()[0].split("\t")[0] in {"positive", "negative"}
+    predict(lora_dir, TEXTS, output=tmp_path / "p.jsonl", settings=FP32, progress=False)
+    lines = [json.loads(l) for l in open(tmp_path / "p.jsonl")]
+    assert len(lines) == 5 and abs(lines[0]["prob_negative"] + lines[0]["prob_positive"] - 1) < 1e-5
+
+
+def test_merged_export_loads_in_transformers_pipeline(lora_dir, tmp_path):
+    from transformers import pipeline
+
+    out = export(lora_dir, tmp_path / "merged", merge=True)
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()
+    assert not any("lora" in k.lower() for k in json.loads((out / "config.json").read_text()))
+    classify = pipeline("text-classification", model=str(out), top_k=None, device="cpu")
+    ours = predict(lora_dir, TEXTS, settings=FP32, progress=False)
+    for text, scores, probs, label in zip(TEXTS, classify(TEXTS), ours["probabilities"], ours["labels"]):
+        by_label = {s["label"]: s["score"] for s in scores}
+        assert max(by_label, key=by_label.get) == label
+        np.testing.assert_allclose([by_label["negative"], by_label["positive"]], probs, atol=1e-5)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "| rank | 2 |" in card
+
+
+def test_adapter_export_loads_in_peft(lora_dir, tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    out = export(lora_dir, tmp_path / "adapter")
+    assert (out / "adapter_config.json").exists() and "library_name: peft" in (out / "README.md").read_text()
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, out).eval()
+    tokenizer = load_trained(lora_dir)[1]
+    with torch.no_grad():
+        batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+        probs = torch.softmax(model(**batch).logits, -1).numpy()
+    np.testing.assert_allclose(probs, direct_probs(lora_dir, TEXTS), atol=1e-5)
