@@ -1,0 +1,95 @@
+"""How close LoRA training comes to this CPU's matrix-multiply peak.
+
+Counts the matrix FLOPs of forward and backward of LoRA r=6 training steps on real lab
+batches (torch's FlopCounterMode, actual token counts), divides by the measured step
+time, and compares with the bfloat16 and float32 matmul peaks measured in the same run.
+Then profiles one step and lists the top operators by time: where the rest goes.
+
+    python benchmarks/roofline.py [--reviews 48] [--tiny]
+
+Last line: `fraction of bf16 peak: X`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from _common import done, lab_batches, machine, median, table
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--reviews", type=int, default=48)
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    max_length = 64 if args.tiny else 512
+    if args.tiny:
+        args.reviews = 16
+
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from loralab import inject_lora, load_model, load_tokenizer
+    from loralab.fastdropout import fast_dropout_enabled
+
+    tokenizer = load_tokenizer(args.model)
+    batches = lab_batches(tokenizer, args.reviews, 8, max_length)
+    torch.manual_seed(0)
+    model = inject_lora(load_model(args.model), 6).train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+
+    with fast_dropout_enabled(model):
+        with FlopCounterMode(display=False) as counter:
+            for batch in batches:
+                step(batch)
+        flops = counter.get_total_flops()
+        times = []
+        for _ in range(1 if args.tiny else 3):
+            start = time.perf_counter()
+            for batch in batches:
+                step(batch)
+            times.append(time.perf_counter() - start)
+        seconds = median(times)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(batches[len(batches) // 2])
+
+    bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
+    achieved = flops / seconds
+    tokens = sum(b["attention_mask"].sum().item() for b in batches)
+    print(f"# roofline: {machine()}")
+    print(f"# model {args.model}, LoRA r=6, {args.reviews} lab train reviews in batches of 8 ({tokens} tokens), "
+          f"bf16 autocast, fast dropout; peaks: 2048^3 matmul, median of 10\n")
+    print(table(["figure", "GFLOP/s"], [["measured bf16 matmul peak", bf16_peak / 1e9],
+                                         ["measured fp32 matmul peak", fp32_peak / 1e9],
+                                         ["LoRA training (matrix FLOPs / wall time)", achieved / 1e9]]))
+    print(f"\nmatrix FLOPs per epoch: {flops / 1e9:.1f} GFLOP in {seconds:.2f} s; "
+          f"{100 * achieved / fp32_peak:.1f}% of the fp32 peak")
+    print("\nTop operators of one training step by self CPU time:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    done(achieved / bf16_peak, "fraction of bf16 peak")
+
+
+if __name__ == "__main__":
+    main()
