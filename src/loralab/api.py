@@ -54,7 +54,9 @@ def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: 
     `loralab.json` describing how it was made, and copies of `extra_files` (logs)."""
     with atomic_dir(directory) as tmp:
         for extra in map(Path, extra_files):
-            if extra.exists():
+            if extra.is_dir():
+                shutil.copytree(extra, tmp / extra.name)
+            elif extra.exists():
                 shutil.copy2(extra, tmp / extra.name)
         if info.get("method") == "lora":
             save_adapter(net, tmp)
@@ -82,7 +84,7 @@ def load_trained(directory: str | os.PathLike):
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
           data=None, settings: TrainSettings | None = None, *, rank: int = 6,
           alpha: float | None = None, targets=None, init: str = "normal", tokenized=None,
-          **lora_options) -> dict:
+          resume: bool = False, **lora_options) -> dict:
     """Train one model and save it to `out`.
 
     Args:
@@ -93,6 +95,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         settings: training settings (default: the lab's).
         rank, alpha, targets, init, **lora_options: LoRA options (`dropout`, `rslora`).
         tokenized: already tokenized data, to skip tokenizing again.
+        resume: continue from the newest checkpoint of an interrupted run with the same
+            `out` (checkpoints live in `.OUT.work/` beside it until the run finishes).
 
     Returns:
         A dict with `eval_accuracy`, `trainable_params`, `train_seconds`, `peak_memory_mb`,
@@ -105,6 +109,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     settings = settings or TrainSettings()
     out = Path(out)
     work = out.with_name(f".{out.name}.work")  # the Trainer's scratch; the result lands in `out`
+    if not resume and is_main_process():
+        shutil.rmtree(work, ignore_errors=True)
     torch.manual_seed(settings.seed)  # the adapters' and head's initial weights
     tokenizer = load_tokenizer(model)
     if tokenized is None:
@@ -114,13 +120,14 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     if method == "head":
         result: RunResult = train_head(net, tokenized, settings, work, tokenizer)
     else:
-        result = train_model(net, tokenized, settings, work, tokenizer=tokenizer)
+        result = train_model(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume)
     info = {"method": method, "base_model": str(model), "rank": rank if method == "lora" else None,
             "trainable_params": trainable, "eval_accuracy": result.eval_accuracy,
             "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb,
             "precision": result.precision, "history": result.history, "seed": settings.seed}
     if is_main_process():  # under torchrun every rank trains; one writes
-        save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json"])
+        # Experiment-tracker logs (--report-to tensorboard) land in checkpoints/runs: keep them.
+        save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json", work / "checkpoints" / "runs"])
         shutil.rmtree(work, ignore_errors=True)
     return info
 

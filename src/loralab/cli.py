@@ -45,7 +45,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
     g.add_argument("--max-length", type=int, default=512)
-    g.add_argument("--report-to", default="none", help="experiment trackers, passed to the Trainer")
+    g.add_argument("--report-to", default="none", help="experiment trackers, passed to the Trainer "
+                   "(tensorboard, wandb, ...; default: none, nothing written outside --out)")
+    g.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N steps (default: each epoch)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +136,7 @@ def _settings(args, **overrides):
     from .training import TrainSettings
 
     values = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "max_length",
-                                             "precision", "seed", "device", "report_to", "quiet")
+                                             "precision", "seed", "device", "report_to", "quiet", "save_steps")
               if getattr(args, k, None) is not None}
     return TrainSettings(**{**values, **overrides})
 
@@ -150,7 +153,7 @@ def cmd_train(args) -> None:
 
     result = train(method=args.method, out=args.out, model=args.model, data=_data(args),
                    settings=_settings(args), rank=args.rank, alpha=args.alpha, targets=args.targets,
-                   init=args.init)
+                   init=args.init, resume=args.resume)
     print(f"{args.method}: eval accuracy {result['eval_accuracy']:.4f}, "
           f"{result['trainable_params']:,} trainable parameters, saved to {args.out}")
 

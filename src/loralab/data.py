@@ -34,9 +34,11 @@ IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 LAB_FILES = {"train": "train.csv", "eval": "eval.csv"}
 
 # Builder name and options of `datasets.load_dataset` per file ending.
+# No "NA"/"null" guessing: a review that says "NA" is a review, an empty cell stays empty.
+CSV_OPTIONS = {"na_filter": False}
 FORMATS = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".csv": ("csv", CSV_OPTIONS),
+    ".tsv": ("csv", {"delimiter": "\t", **CSV_OPTIONS}),
     ".jsonl": ("json", {}),
     ".json": ("json", {}),
     ".parquet": ("parquet", {}),

@@ -89,6 +89,8 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, num_labels: int = 2, **k
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(name)
+    if Path(path).is_dir():
+        _check_weight_files(Path(path))
     kwargs.setdefault("id2label", ID2LABEL if num_labels == 2 else None)
     kwargs.setdefault("label2id", LABEL2ID if num_labels == 2 else None)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -98,13 +100,31 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, num_labels: int = 2, **k
         return AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, use_safetensors=True, trust_remote_code=False, **kwargs
         )
-    except OSError as err:
+    except Exception as err:  # a damaged file raises several types; name the folder either way
         if Path(path).is_dir():
-            raise ModelLoadError(f"Could not load a model from {path}: {err}. loralab loads "
-                                 "weights only from safetensors files, never pickle.") from err
-        raise _offline_error(str(name), err) from err
+            raise ModelLoadError(f"Could not load a model from {path}: {type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''}. If model.safetensors "
+                                 "is truncated or corrupted, save or download the model again.") from None
+        if isinstance(err, OSError):
+            raise _offline_error(str(name), err) from None
+        raise
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Refuse a model folder whose weights exist only as pickle files."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise ModelLoadError(f"{folder / pickled[0]}: loralab loads model weights only from safetensors "
+                             "files, never from pickle files (.bin/.pt), which can run code when loaded. "
+                             "Convert it with `model.save_pretrained(DIR, safe_serialization=True)` "
+                             "in a trusted environment.")
 
 
 def num_trainable_parameters(model: nn.Module) -> int:

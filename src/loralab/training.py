@@ -53,6 +53,8 @@ class TrainSettings:
         quiet: no progress bars.
         fast_dropout: train with `FastDropout` (a cheaper random mask, see
             `loralab.fastdropout`); False uses PyTorch's own dropout.
+        save_steps: also checkpoint every this many steps (0: only at the end of each
+            epoch). Checkpoints let `--resume` continue a killed run.
     """
 
     epochs: float = 3
@@ -71,6 +73,7 @@ class TrainSettings:
     report_to: str = "none"
     quiet: bool = False
     fast_dropout: bool = True
+    save_steps: int = 0
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -141,7 +144,10 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
         eval_strategy="epoch",
         logging_strategy="steps",
         logging_steps=settings.logging_steps,
-        save_strategy="no",
+        logging_nan_inf_filter=False,  # a NaN loss must reach the log, where StopOnNonFinite sees it
+        save_strategy="steps" if settings.save_steps else "epoch",
+        save_steps=settings.save_steps or 500,
+        save_total_limit=1,  # the last good checkpoint is all a resume needs
         seed=settings.seed,
         bf16=precision == "bf16",
         use_cpu=device.type == "cpu",
@@ -192,12 +198,64 @@ class RunResult:
     precision: str = "fp32"
 
 
+class StopOnNonFinite:
+    """A Trainer callback that stops at the first NaN or infinite loss.
+
+    The step is not saved (the check runs at logging, before a checkpoint could be made of
+    it), so the last checkpoint on disk is the last good one.
+    """
+
+    def __init__(self):
+        self.bad = None
+
+    def __call__(self):  # the Trainer expects a TrainerCallback; built lazily below
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                # The loss is only known at logging; force a log when a save is due so that
+                # no checkpoint of a diverged model is ever written.
+                if control.should_save:
+                    control.should_log = True
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                for key in ("loss", "eval_loss"):
+                    value = (logs or {}).get(key)
+                    if value is not None and not math.isfinite(value) and outer.bad is None:
+                        outer.bad = (key, value, state.global_step)
+                        control.should_training_stop = True
+                        control.should_save = False
+
+        return _Callback()
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete Trainer checkpoint in `folder` (incomplete ones are removed:
+    a checkpoint is complete once its trainer_state.json, written last, exists)."""
+    import shutil
+
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        if (path / "trainer_state.json").exists():
+            found.append(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
 def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
-                tokenizer=None, collator=None) -> RunResult:
+                tokenizer=None, collator=None, resume: bool = False) -> RunResult:
     """Train `model` on `tokenized["train"]`, evaluating on `tokenized["eval"]` each epoch.
 
+    Checkpoints go to `out_dir/checkpoints` at the end of every epoch (and every
+    `settings.save_steps` steps); with `resume`, training continues from the newest one.
     The Trainer's own log is written to `out_dir/train_log.json`. The model is changed in
     place; saving it is the caller's choice (adapter, head or whole model).
+
+    Raises:
+        LoralabError: when the loss becomes NaN or infinite; the last good checkpoint is kept.
     """
     from transformers import DataCollatorWithPadding, Trainer
 
@@ -207,18 +265,24 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     args = _training_arguments(settings, out_dir, device, precision)
     collator = collator or DataCollatorWithPadding(tokenizer)
     eval_set = _sorted_by_length(tokenized["eval"])
+    guard = StopOnNonFinite()
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
-                      data_collator=collator, compute_metrics=accuracy)
+                      data_collator=collator, compute_metrics=accuracy, callbacks=[guard()])
     _quiet_trainer(trainer, settings)
+    checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
+    if resume and checkpoint is None:
+        logger.warning("--resume: no checkpoint in %s; training from the start.", out_dir / "checkpoints")
     with PeakMemory(device) as mem, fast_dropout_enabled(model, settings.fast_dropout):
-        trainer.train()
-    history = epoch_history(trainer.state.log_history)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.is_world_process_zero():
         write_json(out_dir / "train_log.json", trainer.state.log_history)
-    for row in history:
-        if not all(math.isfinite(v) for v in (row["train_loss"] or 0.0, row["eval_loss"] or 0.0)):
-            raise LoralabError(f"Training diverged: the loss became {row['train_loss']} at epoch "
-                               f"{row['epoch']}. Try a lower learning rate or --precision fp32.")
+    if guard.bad:
+        key, value, step = guard.bad
+        last = latest_checkpoint(out_dir / "checkpoints")
+        kept = f"The last good checkpoint is kept in {last}." if last else "No checkpoint was saved before it."
+        raise LoralabError(f"Training stopped: the {key.replace('_', ' ')} became {value} at step {step}. {kept} "
+                           "Try a lower learning rate or --precision fp32, then --resume.")
+    history = epoch_history(trainer.state.log_history)
     model.eval()
     return RunResult(eval_accuracy=history[-1]["eval_accuracy"] if history else float("nan"),
                      train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
@@ -357,7 +421,8 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
         })
         head = HeadOnFeatures(model)
         # The head is tiny: float32 is as fast as bfloat16 here and needs no autocast.
-        args = _training_arguments(settings.replace(group_by_length=False), out_dir, device, "fp32")
+        args = _training_arguments(settings.replace(group_by_length=False), out_dir, device, "fp32",
+                                   save_strategy="no")
         trainer = Trainer(model=head, args=args, train_dataset=cached["train"], eval_dataset=cached["eval"],
                           data_collator=default_data_collator, compute_metrics=accuracy)
         _quiet_trainer(trainer, settings)

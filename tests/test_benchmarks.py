@@ -1,0 +1,27 @@
+"""Every benchmark script runs on a tiny model for a few steps, so none can rot."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, needs_lab_data
+
+SCRIPTS = {"lora_train": "ratio", "inference": "ratio", "memory": "ratio", "roofline": "fraction of bf16 peak",
+           "lab_pipeline": "ratio"}
+
+
+@needs_lab_data
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_benchmark_smoke(name, tiny_model_dir):
+    script = ROOT / "benchmarks" / f"{name}.py"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--model", str(tiny_model_dir)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"{SCRIPTS[name]}: \d+\.\d+", last), last
+    assert "commit" in proc.stdout  # the table states the machine and commit
