@@ -55,6 +55,8 @@ def test_replace_test_restores_predictions(finished):
     _, _, out = finished
     result = json.loads((out / "replace-test" / "result.json").read_text())["replace_test"]
     assert result["restored_logits_identical"] and result["restored_accuracy"] == result["original_accuracy"]
+    assert result["random_clones_accuracy"] <= max(result["majority_class_accuracy"], result["original_accuracy"])
+    assert abs(result["random_clones_accuracy"] - 0.5) <= 0.2  # near chance on 48 reviews
 
 
 def test_same_seed_same_accuracies_and_rerun_skips(finished, tmp_path, caplog):
