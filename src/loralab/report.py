@@ -190,10 +190,13 @@ def plot_accuracy_vs_params(rows, path: Path) -> bool:
                                 xytext=(3, 3), textcoords="offset points")
     front = [data[i] for i in pareto_front([(r["trainable_params"], r["eval_accuracy"]) for r in data])]
     ax.step([r["trainable_params"] for r in front], [r["eval_accuracy"] for r in front], where="post",
-            color="black", lw=1, ls="--", label="Pareto front", zorder=2)
+            color="black", lw=1, ls="--", zorder=2)
+    ax.scatter([r["trainable_params"] for r in front], [r["eval_accuracy"] for r in front], s=140,
+               facecolors="none", edgecolors="black", lw=1.2, label="Pareto front (no method better with fewer)",
+               zorder=4)
     ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="eval accuracy",
            title="Accuracy against trainable parameters")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, path)
     return True
 
@@ -216,7 +219,7 @@ def plot_accuracy_vs_rank(rows, path: Path) -> bool:
                        label=f"{LABELS[method]} ({r['eval_accuracy']:.3f})")
     ax.set(xscale="log", xlabel="rank r (log scale)", ylabel="eval accuracy", title="Accuracy against rank")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, path)
     return True
 
@@ -234,7 +237,7 @@ def plot_training_curves(rows, path: Path) -> bool:
         ax2.plot(epochs, [h["eval_accuracy"] for h in r["history"]], marker="o", color=cmap(i % 10), label=label(r))
     ax1.set(xlabel="epoch", ylabel="mean training loss (cross-entropy)", title="Training loss per epoch")
     ax2.set(xlabel="epoch", ylabel="eval accuracy", title="Eval accuracy after each epoch")
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, path)
     return True
 
