@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loralab.data import DataOptions, load_file
+from loralab.data import load_file
 from loralab.errors import DataError, LoralabError, ModelLoadError
 from loralab.models import load_model
 
