@@ -39,6 +39,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-length", type=int, default=512, help="longest input in tokens")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=float, default=3)
@@ -77,10 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy of a saved model or adapter on the eval data")
     p.add_argument("model_dir")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--quiet", action="store_true")
+    _add_inference_args(p)
     _add_data_args(p)
 
     p = sub.add_parser("lowrank", help="approximated-model sweeps and the spectrum of the fine-tuning update")
@@ -91,10 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, nargs="+", help="ranks to sweep (default: full rank halving to 1)")
     p.add_argument("--targets", help="layers (default: query and value)")
     p.add_argument("--lora", nargs="+", default=(), help="LoRA adapter folders to compare with dW")
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--quiet", action="store_true")
+    _add_inference_args(p)
     _add_data_args(p)
 
     p = sub.add_parser("predict", help="predict sentiment for texts or a file")
@@ -105,10 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="review")
     p.add_argument("--labels", help="a file with a label column: also print accuracy")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--quiet", action="store_true")
+    _add_inference_args(p)
 
     p = sub.add_parser("export", help="a plain Hugging Face folder (merged model or PEFT adapter) with a model card")
     p.add_argument("model_dir")
