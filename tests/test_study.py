@@ -86,6 +86,15 @@ def test_unknown_setting_is_an_error(tmp_path):
         load_config(bad)
 
 
+@pytest.mark.parametrize("path", ["../elsewhere", "/tmp/elsewhere", "report/../../x"])
+def test_config_paths_cannot_escape_the_output_folder(tmp_path, path):
+    bad = tmp_path / "escape.toml"
+    bad.write_text(f'report_dir = "{path}"\n')
+    with pytest.raises(LoralabError, match="must be a path inside the output folder"):
+        load_config(bad)
+    assert load_config(None, report_dir="report")["report_dir"] == "report"
+
+
 def test_sigkill_during_lora_then_resume(tmp_path, tiny_study_config, finished):
     _, rows, _ = finished
     out = tmp_path / "killed"

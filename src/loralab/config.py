@@ -80,7 +80,17 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, **flags)
     return config
 
 
+def inside(base: str | Path, relative: str, key: str) -> Path:
+    """`base / relative`, refusing a path that would leave `base` (absolute, or with '..')."""
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise LoralabError(f"config: {key} = {relative!r} must be a path inside the output folder "
+                           "(relative, without '..').")
+    return Path(base) / rel
+
+
 def validate(config: dict) -> None:
+    inside(config["out"], config["report_dir"], "report_dir")
     m, t = config["methods"], config["train"]
     if any(r < 1 for r in m["lora_ranks"]) or any(r < 1 for r in m["sweep_ranks"]):
         raise LoralabError("config: ranks must be positive integers.")

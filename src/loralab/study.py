@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import fingerprint, load_config, to_toml
+from .config import fingerprint, inside, load_config, to_toml
 from .errors import LoralabError
 from .fileio import write_json, write_text
 
@@ -386,7 +386,7 @@ def main_run(args) -> None:
 
     config = config_from_args(args)
     rows = run_study(config, quiet=args.quiet)
-    report = write_report(config["out"])
+    report = write_report(config["out"], inside(config["out"], config["report_dir"], "report_dir"))
     print(summary_table(rows))
     print(f"\nResults: {Path(config['out']) / 'results.json'}\nReport: {report} and report.html")
 
