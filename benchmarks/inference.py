@@ -29,7 +29,13 @@ def main() -> None:
     if args.tiny:
         args.reviews, args.repeats = 16, 1
 
-    from loralab import inject_lora, load_model, load_tokenizer, lora_layers, merge_and_unload
+    from loralab import (
+        inject_lora,
+        load_model,
+        load_tokenizer,
+        lora_layers,
+        merge_and_unload,
+    )
     from loralab.data import limit_data, load_data
     from loralab.serve import predict_texts
     from loralab.training import TrainSettings, bf16_supported

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, needs_lab_data
 
 SCRIPTS = {"lora_train": "ratio", "inference": "ratio", "memory": "ratio", "roofline": "fraction of bf16 peak",

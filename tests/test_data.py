@@ -1,5 +1,6 @@
 import http.server
 import io
+import json
 import tarfile
 import threading
 from pathlib import Path
@@ -157,14 +158,14 @@ def test_download_rebuilds_the_sample_from_a_local_server(tmp_path, monkeypatch)
     served = tmp_path / "served"
     served.mkdir()
     _fake_archive(served / "aclImdb_v1.tar.gz", pos, neg)
-    (tmp_path / "indices.csv").write_text("index,split,label\n1,train,1\n3,eval,1\n12,train,0\n14,eval,0\n")
+    (tmp_path / "indices.json").write_text(json.dumps({"train": [1, 12], "eval": [3, 14]}))
 
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/aclImdb_v1.tar.gz"
-        dest = download_lab_sample(tmp_path / "cache", url=url, indices_file=tmp_path / "indices.csv")
+        dest = download_lab_sample(tmp_path / "cache", url=url, indices_file=tmp_path / "indices.json")
     finally:
         server.shutdown()
     train = load_file(dest / "train.csv")

@@ -9,14 +9,13 @@ import time
 
 import pytest
 import torch
+from conftest import needs_lab_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loralab.data import load_file
 from loralab.errors import DataError, LoralabError, ModelLoadError
 from loralab.models import load_model
-
-from conftest import needs_lab_data
 
 
 def train_cmd(model_dir, out, *extra):

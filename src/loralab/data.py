@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import difflib
 import glob
-import io
+import json
 import logging
 import math
 import os
@@ -290,12 +290,15 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None, *, download: boo
     return download_lab_sample(cached)
 
 
-def _lab_indices(indices_file: str | os.PathLike | None = None) -> list[tuple[int, str, int]]:
+def _lab_indices(indices_file: str | os.PathLike | None = None) -> list[tuple[int, str]]:
+    """(index, split) of every review of the lab sample. The label is implied by the
+    index (positives come first), and is read from the archive's folder names."""
     if indices_file is None:
-        text = resources.files("loralab").joinpath("resources/imdb_lab_indices.csv").read_text("utf-8")
+        text = resources.files("loralab").joinpath("resources/imdb_lab_indices.json").read_text("utf-8")
     else:
         text = Path(indices_file).read_text("utf-8")
-    return [(int(r["index"]), r["split"], int(r["label"])) for r in csv.DictReader(io.StringIO(text))]
+    splits = json.loads(text)
+    return [(int(index), split) for split in LAB_FILES for index in splits[split]]
 
 
 def _download(url: str, dest: Path) -> None:
@@ -339,13 +342,12 @@ def download_lab_sample(dest: str | os.PathLike, *, url: str | None = None,
                        for label in ("pos", "neg")}
             ordered = folders["pos"] + folders["neg"]
             rows = {"train": [], "eval": []}
-            for index, split, label in wanted:
+            for index, split in wanted:
                 if index >= len(ordered):
                     raise DataError(f"{archive}: has {len(ordered)} train reviews, "
                                     f"but the lab sample needs index {index}.")
                 name = ordered[index]
-                if ("pos" if label else "neg") != name.split("/")[-2]:
-                    raise DataError(f"{archive}: review {name} has the wrong label for index {index}.")
+                label = int(name.split("/")[-2] == "pos")
                 text = tar.extractfile(members[name]).read().decode("utf-8")
                 rows[split].append((index, text, label))
     except (tarfile.TarError, EOFError, OSError) as err:
