@@ -12,3 +12,4 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
     assert (tmp_path / "runs" / "my-adapter" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "runs" / "api-lora-merged" / "model.safetensors").exists()
