@@ -297,31 +297,37 @@ def _sorted_by_length(ds):
 
 def _batches(ds, batch_size: int, tokenizer):
     """Length-sorted padded batches and the original row order of each."""
-    lengths = np.array([len(ids) for ids in ds["input_ids"]])
-    order = np.argsort(-lengths, kind="stable")
+    input_ids = list(ds["input_ids"])  # read the column once, not row by row
+    order = np.argsort([-len(ids) for ids in input_ids], kind="stable")
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        features = [{"input_ids": ds[int(i)]["input_ids"]} for i in rows]
-        yield rows, tokenizer.pad(features, return_tensors="pt")
+        yield rows, tokenizer.pad([{"input_ids": input_ids[i]} for i in rows], return_tensors="pt")
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):
-    """Logits for every row of a tokenized dataset, in its order (float32 numpy array)."""
+def _map_batches(module: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str, width: int,
+                 output) -> np.ndarray:
+    """`output(module(**batch))` for every row of a tokenized dataset, in row order, in
+    length-sorted batches with autocast (float32 numpy array of `width` columns)."""
     from tqdm.auto import tqdm
 
     device = pick_device(settings.device)
     precision = resolve_precision(settings, device)
-    model.eval().to(device)
-    out = np.zeros((len(ds), model.config.num_labels), dtype=np.float32)
+    module.eval().to(device)
+    out = np.zeros((len(ds), width), dtype=np.float32)
     total = math.ceil(len(ds) / settings.eval_batch_size)
     for rows, batch in tqdm(_batches(ds, settings.eval_batch_size, tokenizer), total=total,
                             desc=desc, disable=settings.quiet, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device, precision):
-            logits = model(**batch).logits
-        out[rows] = logits.float().cpu().numpy()
+            values = output(module(**batch))
+        out[rows] = values.float().cpu().numpy()
     return out
+
+
+def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):
+    """Logits for every row of a tokenized dataset, in its order (float32 numpy array)."""
+    return _map_batches(model, ds, tokenizer, settings, desc, model.config.num_labels, lambda out: out.logits)
 
 
 def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
@@ -383,23 +389,10 @@ def encoder(model: nn.Module) -> nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
-@torch.inference_mode()
 def encode_features(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str) -> np.ndarray:
     """First-token hidden states of the frozen encoder for every row, in row order."""
-    from tqdm.auto import tqdm
-
-    device = pick_device(settings.device)
-    precision = resolve_precision(settings, device)
-    body = encoder(model).eval().to(device)
-    out = np.zeros((len(ds), model.config.hidden_size), dtype=np.float32)
-    total = math.ceil(len(ds) / settings.eval_batch_size)
-    for rows, batch in tqdm(_batches(ds, settings.eval_batch_size, tokenizer), total=total, desc=desc,
-                            disable=settings.quiet, leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast(device, precision):
-            hidden = body(**batch).last_hidden_state[:, 0]  # (batch, hidden)
-        out[rows] = hidden.float().cpu().numpy()
-    return out
+    return _map_batches(encoder(model), ds, tokenizer, settings, desc, model.config.hidden_size,
+                        lambda out: out.last_hidden_state[:, 0])  # (batch, hidden)
 
 
 def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
