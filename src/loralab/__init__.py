@@ -2,28 +2,31 @@
 study of accuracy against trainable parameters on IMDB sentiment classification."""
 
 from .adapters import load_adapter, save_adapter
-from .api import evaluate, load_trained, prepare_model, save_trained, train
-from .data import DataOptions, load_data, load_split
+from .api import choose_learning_rate, evaluate, load_trained, prepare_model, save_trained, train
+from .data import DataOptions, load_data, load_split, split_validation
 from .errors import DataError, LoralabError, ModelLoadError
 from .lora import LoRA, LoRALinear
 from .models import load_model, load_tokenizer, num_trainable_parameters
+from .pooling import pooling_of, set_pooling
 from .serve import export, predict
 from .surgery import (
-                      extract,
-                      find_targets,
-                      freeze_all_but_head,
-                      head_modules,
-                      inject_lora,
-                      lora_layers,
-                      merge_and_unload,
-                      replace,
+    extract,
+    find_targets,
+    freeze_all_but_head,
+    head_modules,
+    inject_lora,
+    lora_layers,
+    merge_and_unload,
+    replace,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataError", "DataOptions", "export", "predict", "evaluate", "load_trained", "prepare_model", "save_trained", "train", "LoRA", "LoRALinear", "LoralabError", "ModelLoadError",
-    "extract", "find_targets", "freeze_all_but_head", "head_modules", "inject_lora",
-    "load_adapter", "load_data", "load_model", "load_split", "load_tokenizer", "lora_layers",
-    "merge_and_unload", "num_trainable_parameters", "replace", "save_adapter",
+    "DataError", "DataOptions", "LoRA", "LoRALinear", "LoralabError", "ModelLoadError",
+    "choose_learning_rate", "evaluate", "export", "extract", "find_targets", "freeze_all_but_head",
+    "head_modules", "inject_lora", "load_adapter", "load_data", "load_model", "load_split",
+    "load_tokenizer", "load_trained", "lora_layers", "merge_and_unload", "num_trainable_parameters",
+    "pooling_of", "predict", "prepare_model", "replace", "save_adapter", "save_trained", "set_pooling",
+    "split_validation", "train",
 ]

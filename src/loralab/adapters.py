@@ -26,6 +26,7 @@ from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_path, write_json
 from .lora import LoRA
 from .models import load_model, minilm_path
+from .pooling import pooling_of, set_pooling
 from .surgery import find_targets, head_modules, inject_lora, lora_layers
 
 CONFIG_NAME = "adapter_config.json"
@@ -119,7 +120,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
         "inference_mode": True,
     }
     metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
-                "loralab_init": first.init, **{k: str(v) for k, v in (extra or {}).items()}}
+                "loralab_init": first.init, "loralab_pooling": pooling_of(model), **{k: str(v) for k, v in (extra or {}).items()}}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     write_json(directory / CONFIG_NAME, config)
@@ -241,7 +242,7 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         for head in head_modules(model):
             for pname, param in model.get_submodule(head).named_parameters():
                 param.copy_(saved[f"{PREFIX}{head}.{pname}"])
-    return model
+    return set_pooling(model, metadata.get("loralab_pooling", "cls"))
 
 
 def _check_base(model: nn.Module, layers: dict[str, nn.Module], config: dict, metadata: dict,

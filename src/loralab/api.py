@@ -9,38 +9,48 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
+from datasets import DatasetDict
 from torch import nn
 
 from .adapters import CONFIG_NAME, load_adapter, save_adapter
 from .errors import ModelLoadError
 from .fileio import atomic_dir, write_json
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
+from .pooling import set_pooling
 from .surgery import freeze_all_but_head, inject_lora
 from .training import (
     RunResult,
     TrainSettings,
     evaluate_model,
+    head_features,
     is_main_process,
     tokenize,
     train_head,
     train_model,
 )
 
+logger = logging.getLogger("loralab")
+
 METHODS = ("lora", "head", "full")
 INFO_NAME = "loralab.json"
 
 
 def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, rank: int = 6,
-                  alpha: float | None = None, targets=None, **lora_options) -> nn.Module:
-    """A model set up for `method`: adapters injected, or everything but the head frozen."""
+                  alpha: float | None = None, targets=None, pooling: str = "cls",
+                  **lora_options) -> nn.Module:
+    """A model set up for `method`: its head reading the first token (``pooling="cls"``) or
+    the mean of the tokens (``"mean"``), and adapters injected or everything but the head
+    frozen."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     net = load_model(model) if not isinstance(model, nn.Module) else model
+    set_pooling(net, pooling)
     if method == "lora":
         inject_lora(net, rank, alpha, targets, **lora_options)
     elif method == "head":
@@ -84,7 +94,7 @@ def load_trained(directory: str | os.PathLike):
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
           data=None, settings: TrainSettings | None = None, *, rank: int = 6,
           alpha: float | None = None, targets=None, init: str = "normal", tokenized=None,
-          resume: bool = False, **lora_options) -> dict:
+          resume: bool = False, lr_ratio: float = 1.0, notes: dict | None = None, **lora_options) -> dict:
     """Train one model and save it to `out`.
 
     Args:
@@ -94,9 +104,11 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         data: a DatasetDict with `train`/`eval` (default: `load_data()`).
         settings: training settings (default: the lab's).
         rank, alpha, targets, init, **lora_options: LoRA options (`dropout`, `rslora`).
+        lr_ratio: LoRA+: the B matrices learn this many times faster than the rest.
         tokenized: already tokenized data, to skip tokenizing again.
         resume: continue from the newest checkpoint of an interrupted run with the same
             `out` (checkpoints live in `.OUT.work/` beside it until the run finishes).
+        notes: more entries for the saved `loralab.json` (how the settings were chosen).
 
     Returns:
         A dict with `eval_accuracy`, `trainable_params`, `train_seconds`, `peak_memory_mb`,
@@ -115,21 +127,67 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     tokenizer = load_tokenizer(model)
     if tokenized is None:
         tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
-    net = prepare_model(method, model, rank=rank, alpha=alpha, targets=targets, init=init, **lora_options)
+    net = prepare_model(method, model, rank=rank, alpha=alpha, targets=targets, init=init,
+                        pooling=settings.pooling, **lora_options)
     trainable = num_trainable_parameters(net)
     if method == "head":
         result: RunResult = train_head(net, tokenized, settings, work, tokenizer)
     else:
-        result = train_model(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume)
+        result = train_model(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume,
+                             lr_ratio=lr_ratio if method == "lora" else 1.0)
     info = {"method": method, "base_model": str(model), "rank": rank if method == "lora" else None,
             "trainable_params": trainable, "eval_accuracy": result.eval_accuracy,
             "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb,
-            "precision": result.precision, "history": result.history, "seed": settings.seed}
+            "precision": result.precision, "history": result.history, "seed": settings.seed,
+            "pooling": settings.pooling, "learning_rate": settings.learning_rate,
+            "lr_ratio": lr_ratio if method == "lora" else None, **(notes or {})}
     if is_main_process():  # under torchrun every rank trains; one writes
         # Experiment-tracker logs (--report-to tensorboard) land in checkpoints/runs: keep them.
         save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json", work / "checkpoints" / "runs"])
         shutil.rmtree(work, ignore_errors=True)
     return info
+
+
+def choose_learning_rate(method: str, candidates, tokenized, *, model: str = DEFAULT_MODEL,
+                         settings: TrainSettings | None = None, tokenizer=None,
+                         work: str | os.PathLike = "runs/.choose", **options) -> dict:
+    """The learning rate of `candidates` that gives `method` the best accuracy on the
+    `validation` split of `tokenized` (trained on its `train` split; `eval` is not read).
+
+    Each candidate trains a fresh model with `settings` (seed included); head-tuning
+    computes the frozen encoder's features once for all candidates. Ties go to the
+    candidate listed first. Nothing is kept in `work` afterwards.
+
+    Returns:
+        A dict with the chosen `learning_rate`, `validation_accuracy` and `history` per
+        candidate, and the sizes of the splits used.
+    """
+    import torch
+
+    settings = settings or TrainSettings()
+    tokenizer = tokenizer or load_tokenizer(model)
+    data = DatasetDict(train=tokenized["train"], eval=tokenized["validation"])
+    work = Path(work)
+    scores, histories, features = {}, {}, None
+    for lr in candidates:
+        trial = settings.replace(learning_rate=lr)
+        if method == "head":
+            torch.manual_seed(trial.seed)
+            net = prepare_model("head", model, pooling=trial.pooling)
+            if features is None:
+                features = head_features(net, data, trial, tokenizer)
+            result = train_head(net, data, trial, work, tokenizer, features=features)
+            scores[lr], histories[lr] = result.eval_accuracy, result.history
+        else:
+            info = train(method, work / "model", model, settings=trial, tokenized=data, **options)
+            scores[lr], histories[lr] = info["eval_accuracy"], info["history"]
+        shutil.rmtree(work, ignore_errors=True)
+        logger.info("%s, learning rate %g: validation accuracy %.4f", method, lr, scores[lr])
+    best = max(candidates, key=lambda lr: scores[lr])  # max keeps the first of equal scores
+    return {"method": method, "chosen_on": "validation", "learning_rate": best,
+            "train_rows": len(data["train"]), "validation_rows": len(data["eval"]), "epochs": settings.epochs,
+            "pooling": settings.pooling, "validation_accuracy": {repr(lr): scores[lr] for lr in candidates},
+            "history": {repr(lr): histories[lr] for lr in candidates}}
 
 
 def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None) -> float:

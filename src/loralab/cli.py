@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a TOML file overriding the defaults")
     p.add_argument("--out", help="output folder (default: runs/lab)")
     p.add_argument("--quick", action="store_true", help="the same pipeline on a small subset")
+    p.add_argument("--profile", choices=["lab", "tuned"],
+                   help="lab: the lab's settings (default); tuned: learning rates chosen on a validation "
+                        "split, mean pooling")
+    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: every method once per seed")
+    p.add_argument("--pooling", choices=["cls", "mean"], help="what the classification head reads")
     _add_model_args(p)
     _add_data_args(p)
 
@@ -76,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="default: 2 * rank")
     p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
     p.add_argument("--init", default="normal", choices=["normal", "kaiming", "gaussian"])
+    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
+    p.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r")
+    p.add_argument("--lr-ratio", type=float, default=1.0, help="LoRA+: B learns this many times faster than A")
+    p.add_argument("--pooling", choices=["cls", "mean"], help="what the head reads (default: cls; tuned: mean)")
+    p.add_argument("--profile", choices=["lab", "tuned"], default="lab",
+                   help="tuned: choose the learning rate on a validation split carved from train, mean pooling")
     p.add_argument("--out", required=True, help="folder for the trained model or adapter")
     _add_model_args(p)
     _add_train_args(p)
@@ -146,12 +157,40 @@ def cmd_data(args) -> None:
         print(f"{split}: {len(labels)} reviews ({sum(labels)} positive, {len(labels) - sum(labels)} negative)")
 
 
-def cmd_train(args) -> None:
-    from .api import train
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
 
-    result = train(method=args.method, out=args.out, model=args.model, data=_data(args),
-                   settings=_settings(args), rank=args.rank, alpha=args.alpha, targets=args.targets,
-                   init=args.init, resume=args.resume)
+
+def cmd_train(args) -> None:
+    from .api import choose_learning_rate, train
+    from .config import load_config
+
+    data, notes = _data(args), None
+    lora = dict(rank=args.rank, alpha=args.alpha, targets=args.targets, init=args.init, dropout=args.dropout,
+                rslora=args.rslora) if args.method == "lora" else {}
+    tuned = load_config(profile=args.profile)
+    settings = _settings(args, pooling=args.pooling or tuned["train"]["pooling"])
+    if args.profile == "tuned":
+        from .data import split_validation
+        from .models import load_tokenizer
+        from .training import tokenize
+
+        data = split_validation(data, tuned["data"]["validation"], tuned["data"]["split_seed"])
+        tokenizer = load_tokenizer(args.model)
+        candidates = tuned["select"]["lora" if args.method == "lora" else args.method]
+        trial = settings.replace(epochs=tuned["select"]["epochs"] or settings.epochs)
+        notes = {"selection": choose_learning_rate(
+            args.method, candidates, tokenize(data, tokenizer, settings.max_length), model=args.model,
+            settings=trial, tokenizer=tokenizer, work=f"{args.out}.choose", lr_ratio=args.lr_ratio, **lora)}
+        settings = settings.replace(learning_rate=notes["selection"]["learning_rate"])
+        print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
+              f"{notes['selection']['validation_rows']} validation reviews")
+        del data["validation"]
+    result = train(method=args.method, out=args.out, model=args.model, data=data, settings=settings,
+                   resume=args.resume, lr_ratio=args.lr_ratio, notes=notes, **lora)
     print(f"{args.method}: eval accuracy {result['eval_accuracy']:.4f}, "
           f"{result['trainable_params']:,} trainable parameters, saved to {args.out}")
 

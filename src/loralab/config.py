@@ -47,13 +47,19 @@ def _merge(base: dict, override: dict, where: str, path: str = "") -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, *, quick: bool = False, **flags) -> dict:
-    """Resolve the run configuration: defaults < TOML file < --quick < flags.
+PROFILES = ("lab", "tuned")
+
+
+def load_config(path: str | Path | None = None, *, quick: bool = False, profile: str | None = None,
+                **flags) -> dict:
+    """Resolve the run configuration: defaults < TOML file < profile < --quick < flags.
 
     Args:
         path: a TOML file with the settings to change.
         quick: apply the [quick] table.
-        **flags: top-level settings from the command line (None means not given).
+        profile: ``"lab"`` (the defaults) or ``"tuned"`` (apply the [tuned] table); None
+            keeps the file's `profile` setting.
+        **flags: settings from the command line, dotted for tables (None means not given).
     """
     config = defaults()
     if path:
@@ -65,6 +71,11 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, **flags)
         except tomllib.TOMLDecodeError as err:
             raise LoralabError(f"{path}: not valid TOML ({err}).") from None
         config = _merge(config, user, str(path))
+    config["profile"] = profile or config["profile"]
+    if config["profile"] not in PROFILES:
+        raise LoralabError(f"config: profile must be one of {', '.join(PROFILES)}, not {config['profile']!r}.")
+    if config["profile"] == "tuned":
+        config = _merge(config, config["tuned"], "the tuned profile ([tuned] table)")
     if quick:
         for key, value in config["quick"].items():
             config[QUICK_KEYS[key]][key] = value
@@ -100,6 +111,22 @@ def validate(config: dict) -> None:
         raise LoralabError("config: train.epochs and train.batch_size must be positive.")
     if config["precision"] not in ("auto", "bf16", "fp32"):
         raise LoralabError(f"config: precision must be auto, bf16 or fp32, not {config['precision']!r}.")
+    if t["pooling"] not in ("cls", "mean"):
+        raise LoralabError(f"config: train.pooling must be cls or mean, not {t['pooling']!r}.")
+    if any(s < 0 for s in config["seeds"]) or len(set(config["seeds"])) != len(config["seeds"]):
+        raise LoralabError(f"config: seeds must be distinct non-negative integers, got {config['seeds']}.")
+    if not 0 <= config["data"]["validation"] < 1:
+        raise LoralabError("config: data.validation must be a fraction in [0, 1).")
+    if config["lora"]["lr_ratio"] <= 0:
+        raise LoralabError("config: lora.lr_ratio must be positive.")
+    sel = config["select"]
+    if sel["enabled"]:
+        if not config["data"]["validation"]:
+            raise LoralabError("config: select.enabled chooses learning rates on a validation split; "
+                               "set data.validation (for example 0.1).")
+        for method in ("full", "head", "lora"):
+            if not sel[method] or any(lr <= 0 for lr in sel[method]):
+                raise LoralabError(f"config: select.{method} must list positive learning rates.")
 
 
 def fingerprint(*parts: Any) -> str:
@@ -120,8 +147,13 @@ def to_toml(config: dict) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         raise TypeError(f"cannot write {v!r} as TOML")
 
-    lines = [f"{k} = {value(v)}" for k, v in config.items() if not isinstance(v, dict)]
-    for table, items in config.items():
-        if isinstance(items, dict):
-            lines += ["", f"[{table}]"] + [f"{k} = {value(v)}" for k, v in items.items()]
-    return "\n".join(lines) + "\n"
+    def table(items: dict, name: str) -> list[str]:
+        lines = [f"{k} = {value(v)}" for k, v in items.items() if not isinstance(v, dict)]
+        if name:
+            lines = ["", f"[{name}]"] + lines
+        for key, sub in items.items():
+            if isinstance(sub, dict):
+                lines += table(sub, f"{name}.{key}" if name else key)
+        return lines
+
+    return "\n".join(table(config, "")) + "\n"

@@ -261,6 +261,40 @@ def limit_data(data, train: int | None = None, eval: int | None = None):
     return data
 
 
+def split_validation(data, fraction: float, seed: int = 0):
+    """Carve a `validation` split from `train` to choose settings on, never from `eval`.
+
+    The split is stratified by label and seeded. Identical reviews stay on one side, and a
+    training review that also appears in `eval` is never put in `validation`: the validation
+    split shares no text with the reviews trained on or with `eval`. `train` keeps the rest
+    (the training set as trained), in its original order.
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise DataError(f"The validation fraction must be between 0 and 1, got {fraction}.")
+    texts, labels = list(data["train"]["text"]), list(data["train"]["label"])
+    in_eval = set(data["eval"]["text"])
+    first = {}  # each distinct text -> its first row's label
+    for text, label in zip(texts, labels):
+        first.setdefault(text, label)
+    candidates = [t for t in first if t not in in_eval]
+    wanted = round(fraction * len(texts))
+    if wanted < 2 or len(candidates) - wanted < 2:
+        raise DataError(f"A validation fraction of {fraction} of {len(texts)} training reviews leaves too "
+                        "few reviews on one side; use more data or another fraction.")
+    strata = [first[t] for t in candidates]
+    stratify = strata if min(np.bincount(strata)) >= 2 else None
+    _, held_out = train_test_split(candidates, test_size=wanted, random_state=seed, stratify=stratify)
+    held_out = set(held_out)
+    keep = [i for i, t in enumerate(texts) if t not in held_out]
+    chosen = [i for i, t in enumerate(texts) if t in held_out]
+    data["validation"] = data["train"].select(chosen)
+    data["train"] = data["train"].select(keep)
+    return data
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "loralab" / "imdb-lab"

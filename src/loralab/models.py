@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadError
+from .pooling import pooling_of, set_pooling
 
 DEFAULT_MODEL = "minilm"
 ID2LABEL = {0: "negative", 1: "positive"}
@@ -97,7 +98,7 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, num_labels: int = 2, **k
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is expected here
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, use_safetensors=True, trust_remote_code=False, **kwargs
         )
     except Exception as err:  # a damaged file raises several types; name the folder either way
@@ -110,6 +111,7 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, num_labels: int = 2, **k
         raise
     finally:
         hf_logging.set_verbosity(verbosity)
+    return set_pooling(model, pooling_of(model))  # a saved mean-pooled model pools by the mean again
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import statistics
 from pathlib import Path
 
 from .errors import LoralabError
@@ -67,17 +68,63 @@ def fmt(value, spec: str = ",", missing: str = "-") -> str:
 # Tables and sentences
 
 
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per method and rank. A method run with several seeds gets the median of its
+    accuracies, times and memory peaks, `accuracy_min`/`accuracy_max` and `seeds` (the
+    count); its history is that of the run closest to the median."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r.get("rank")), []).append(r)
+    out = []
+    for runs in groups.values():
+        accs = [r["eval_accuracy"] for r in runs if r["eval_accuracy"] is not None]
+        if len(runs) == 1 or not accs:
+            out.append({**runs[0], "seeds": len(runs)})
+            continue
+        mid = statistics.median(accs)
+        middle = min(runs, key=lambda r: abs((r["eval_accuracy"] if r["eval_accuracy"] is not None else 9) - mid))
+
+        def median_of(key):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            return statistics.median(values) if values else None
+
+        out.append({**middle, "eval_accuracy": mid, "accuracy_min": min(accs), "accuracy_max": max(accs),
+                    "seeds": len(runs), "seed_list": sorted(r.get("seed") for r in runs),
+                    "train_seconds": median_of("train_seconds"), "peak_memory_mb": median_of("peak_memory_mb")})
+    return out
+
+
 def results_table(rows: list[dict]) -> list[list[str]]:
+    """The results table of aggregated rows (see `aggregate`)."""
     full = _one(rows, "full")
     full_params = full["trainable_params"] if full else None
     full_acc = full["eval_accuracy"] if full else None
-    table = [["Method", "Trainable parameters", "% of full", "Eval accuracy", "% of full accuracy",
-              "Training time (s)", "Peak memory (MB)"]]
+    spread = any(r.get("seeds", 1) > 1 for r in rows)
+    table = [["Method", "Trainable parameters", "% of full",
+              "Eval accuracy (median)" if spread else "Eval accuracy", *(["Min-max over seeds"] if spread else []),
+              "% of full accuracy", "Training time (s)", "Peak memory (MB)"]]
     for r in rows:
+        extra = []
+        if spread:
+            extra = [f"{r['accuracy_min']:.4f}-{r['accuracy_max']:.4f} ({r['seeds']} seeds)"
+                     if r.get("seeds", 1) > 1 else "one run"]
         table.append([label(r), fmt(r["trainable_params"]), pct(r["trainable_params"], full_params),
-                      fmt(r["eval_accuracy"], ".4f"), pct(r["eval_accuracy"], full_acc),
+                      fmt(r["eval_accuracy"], ".4f"), *extra, pct(r["eval_accuracy"], full_acc),
                       fmt(r["train_seconds"], ",.1f"), fmt(r["peak_memory_mb"], ",.0f")])
     return table
+
+
+def selection_lines(selections: list[dict]) -> list[str]:
+    """What the validation split chose, one sentence per method."""
+    out = []
+    for sel in selections:
+        tried = ", ".join(f"{float(lr):g}: {acc:.4f}" for lr, acc in sel["validation_accuracy"].items())
+        rank = f" (at r = {sel['rank']}, used at every rank)" if sel.get("rank") else ""
+        out.append(f"{LABELS.get(sel['method'], sel['method'])}{rank}: learning rate {sel['learning_rate']:g}, "
+                   f"chosen on the validation split ({sel['validation_rows']} reviews held out of train, "
+                   f"{sel['train_rows']} trained on, {sel['epochs']:g} epochs, {sel['pooling']} pooling); "
+                   f"validation accuracy per learning rate: {tried}.")
+    return out
 
 
 def answers(rows: list[dict], lowrank: dict | None) -> list[str]:
@@ -212,6 +259,12 @@ def plot_accuracy_vs_rank(rows, path: Path) -> bool:
         if pts:
             ax.plot([r["rank"] for r in pts], [r["eval_accuracy"] for r in pts], marker="o",
                     color=COLORS[method], label=LABELS[method])
+            spread = [r for r in pts if r.get("seeds", 1) > 1]
+            if spread:  # min-max over seeds around the median
+                ax.errorbar([r["rank"] for r in spread], [r["eval_accuracy"] for r in spread],
+                            yerr=[[r["eval_accuracy"] - r["accuracy_min"] for r in spread],
+                                  [r["accuracy_max"] - r["eval_accuracy"] for r in spread]],
+                            fmt="none", ecolor=COLORS[method], capsize=3)
     for method, style in (("full", "-"), ("head", "--")):
         r = _one(rows, method)
         if r:
@@ -277,24 +330,30 @@ def footer(env: dict | None) -> list[str]:
     d = env.get("data", {})
     files = ", ".join(d.get("train_files") or []) or d.get("source", "?")
     return [f"Model: {env.get('model')}",
-            f"Data: {files} ({d.get('train_rows')} training, {d.get('eval_rows')} eval reviews)",
+            f"Data: {files} ({d.get('train_rows')} training, {d.get('eval_rows')} eval reviews"
+            + (f", {d['validation_rows']} validation reviews held out of train)" if d.get("validation_rows") else ")"),
             f"loralab {env.get('loralab')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
             f"Python {env.get('python')}",
             f"Device: {env.get('device')} ({env.get('threads')} threads), precision {env.get('precision')}, "
-            f"seed {env.get('seed')}",
+            f"seeds {', '.join(map(str, env.get('seeds') or [env.get('seed')]))}, "
+            f"profile {env.get('profile', 'lab')}, pooling {env.get('pooling', 'cls')}",
             f"Total time of the last `loralab run`: {fmt(env.get('total_seconds'), ',.0f')} s"]
 
 
 def build(out_dir: str | os.PathLike) -> dict:
     """Everything the report says, computed from the output folder."""
     out_dir = Path(out_dir)
-    rows = _read(out_dir / "results.json")
-    if rows is None:
+    runs = _read(out_dir / "results.json")
+    if runs is None:
         raise LoralabError(f"{out_dir}: no results.json; run `loralab run --out {out_dir}` first.")
+    rows = aggregate(runs)
+    selections = [r["selection"] for p in sorted(out_dir.glob("select-*/result.json"))
+                  if (r := _read(p)) and "selection" in r]
     lowrank = (_read(out_dir / "lowrank" / "result.json") or {}).get("lowrank")
     replace_test = (_read(out_dir / "replace-test" / "result.json") or {}).get("replace_test")
     similarity = (_read(out_dir / "similarity" / "result.json") or {}).get("similarity")
-    return {"rows": rows, "table": results_table(rows), "answers": answers(rows, lowrank),
+    return {"rows": rows, "runs": runs, "table": results_table(rows), "answers": answers(rows, lowrank),
+            "selections": selection_lines(selections),
             "lowrank": lowrank, "replace_test": replace_test, "similarity": similarity,
             "spectrum": _read(out_dir / "lowrank" / "spectrum.json"),
             "environment": _read(out_dir / "environment.json")}
@@ -323,6 +382,14 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
           "Accuracy against trainable parameters on IMDB sentiment classification. Every figure "
           "below is computed from `results.json`.", "", "## The lab's questions", ""]
     md += [f"- {a}" for a in info["answers"]]
+    seeds = max((r.get("seeds", 1) for r in rows), default=1)
+    if seeds > 1:
+        md += ["", f"Methods run with several seeds (up to {seeds}) are shown by their median eval accuracy, "
+               "with the min-max spread in the table; every run is in results.json."]
+    if info["selections"]:
+        md += ["", "## Choices made on the validation split", "",
+               "The eval split was not used to choose anything; it only measures the final runs.", ""]
+        md += [f"- {line}" for line in info["selections"]]
     md += ["", "## Results", "", _md_table(info["table"]), "",
            "Approximated models train nothing: their parameter count is what storing their change "
            "costs (rank-r factors of each query/value layer plus the head); their training cost is "

@@ -25,6 +25,7 @@ from .data import _check_readable, _read_file, normalise_label
 from .errors import DataError, LoralabError
 from .fileio import atomic_dir, atomic_path, write_text
 from .models import ID2LABEL, LABEL2ID, pick_device
+from .pooling import pooling_of
 from .surgery import lora_layers, merge_and_unload
 from .training import TrainSettings, autocast, resolve_precision
 
@@ -208,6 +209,11 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
             else info.get("base_model")) or "unknown"
     base = MINILM_HUB_ID if base == "minilm" else base
     model, tokenizer = load_trained(model_dir)
+    if pooling_of(model) != "cls":
+        raise LoralabError(f"{model_dir} was trained with --pooling {pooling_of(model)}, which a plain "
+                           "transformers model (or PEFT) cannot express: exported, it would read the first "
+                           "token and predict differently. Serve it with `loralab predict` or "
+                           "`loralab.load_trained`, or train with --pooling cls to export.")
     with atomic_dir(out) as tmp:
         if is_adapter and not merge:
             for name in (CONFIG_NAME, "adapter_model.safetensors"):

@@ -53,24 +53,38 @@ class Context:
 
     @property
     def data(self):
+        """train (as trained), eval and, with `data.validation`, a validation split."""
         if self._data is None:
-            from .data import DataOptions, limit_data, load_data
+            from .data import DataOptions, limit_data, load_data, split_validation
 
             d = self.config["data"]
             options = DataOptions(d["text_column"], d["label_column"], d["drop_invalid"])
             data = load_data(d["dir"] or None, train=d["train"] or None, eval=d["eval"] or None,
                              options=options)
-            self._data = limit_data(data, d["limit_train"], d["limit_eval"])
+            data = limit_data(data, d["limit_train"], d["limit_eval"])
+            if d["validation"]:
+                data = split_validation(data, d["validation"], d["split_seed"])
+            self._data = data
         return self._data
 
-    @property
-    def data_key(self) -> str:
+    def _digest(self, splits) -> str:
         digest = hashlib.sha256()
-        for split in ("train", "eval"):
+        for split in splits:
+            digest.update(split.encode())
             for text, label in zip(self.data[split]["text"], self.data[split]["label"]):
                 digest.update(text.encode())
                 digest.update(bytes([label]))
         return digest.hexdigest()[:16]
+
+    @property
+    def data_key(self) -> str:
+        """A hash of every split: a run that trains or evaluates is redone when it changes."""
+        return self._digest(sorted(self.data))
+
+    @property
+    def choice_key(self) -> str:
+        """A hash of the splits that choices are made on (train and validation, never eval)."""
+        return self._digest([s for s in ("train", "validation") if s in self.data])
 
     @property
     def tokenizer(self):
@@ -122,36 +136,81 @@ def row(method: str, rank=None, **values) -> dict:
     return base
 
 
-def task_baseline(ctx: Context, run_dir: Path, method: str) -> dict:
+def task_baseline(ctx: Context, run_dir: Path, method: str, seed: int) -> dict:
     from .baselines import run_baseline
     from .measure import PeakMemory
 
     with PeakMemory() as mem:
-        result = run_baseline(method, ctx.data["train"], ctx.data["eval"], seed=ctx.config["seed"])
+        result = run_baseline(method, ctx.data["train"], ctx.data["eval"], seed=seed)
     return {"rows": [row(method, **result, peak_memory_mb=mem.peak_mb)]}
 
 
-def task_train(ctx: Context, run_dir: Path, method: str, rank: int | None = None) -> dict:
-    from .api import train
+def chosen_learning_rate(ctx: Context, method: str) -> float | None:
+    """The learning rate the `select-METHOD` run chose on the validation split (None
+    when the study chooses nothing)."""
+    if not ctx.config["select"]["enabled"]:
+        return None
+    import json
 
+    path = ctx.out / f"select-{method}" / RESULT_NAME
+    try:
+        return json.loads(path.read_text("utf-8"))["selection"]["learning_rate"]
+    except (OSError, ValueError, KeyError):
+        raise LoralabError(f"{path}: the learning-rate choice for {method} is missing; run the study "
+                           "again to redo it.") from None
+
+
+def method_settings(ctx: Context, method: str, rank: int | None, seed: int,
+                    learning_rate: float | None = None):
+    """(TrainSettings, LoRA options) of one training run: the [train] settings, the
+    learning rate given, chosen on the validation split, or LoRA's own, and the [lora] options."""
     lora = ctx.config["lora"]
-    settings = ctx.settings()
+    lr = learning_rate or chosen_learning_rate(ctx, method)
     options = {}
     if method == "lora":
-        if lora["learning_rate"]:
-            settings = settings.replace(learning_rate=lora["learning_rate"])
+        lr = lr or lora["learning_rate"] or None
         options = dict(rank=rank, alpha=lora["alpha_factor"] * rank, targets=lora["targets"] or None,
-                       init=lora["init"], dropout=lora["dropout"], rslora=lora["rslora"])
+                       init=lora["init"], dropout=lora["dropout"], rslora=lora["rslora"],
+                       lr_ratio=lora["lr_ratio"])
+    settings = ctx.settings(seed=seed)
+    return (settings.replace(learning_rate=lr) if lr else settings), options
+
+
+def task_train(ctx: Context, run_dir: Path, method: str, seed: int, rank: int | None = None) -> dict:
+    from .api import train
+
+    settings, options = method_settings(ctx, method, rank, seed)
     info = train(method=method, out=run_dir / "model", model=ctx.config["model"], settings=settings,
                  tokenized=ctx.tokenized, **options)
-    keep = ("trainable_params", "eval_accuracy", "train_seconds", "peak_memory_mb", "history", "precision")
+    keep = ("trainable_params", "eval_accuracy", "train_seconds", "peak_memory_mb", "history", "precision",
+            "learning_rate", "pooling")
     result = row(method, rank, **{k: info[k] for k in keep})
+    result["chosen_on"] = "validation" if ctx.config["select"]["enabled"] else None
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
         result["peak_memory_mb"] = max(result["peak_memory_mb"], peak_rss_mb())
     return {"rows": [result]}
 
 
-def task_replace(ctx: Context, run_dir: Path) -> dict:
+def task_select(ctx: Context, run_dir: Path, method: str, seed: int) -> dict:
+    """Choose `method`'s learning rate on the validation split (see `choose_learning_rate`)."""
+    import datasets
+
+    from .api import choose_learning_rate
+
+    sel = ctx.config["select"]
+    data = datasets.DatasetDict(train=ctx.tokenized["train"], validation=ctx.tokenized["validation"])
+    if sel["limit_train"] and sel["limit_train"] < len(data["train"]):
+        data["train"] = data["train"].shuffle(seed=0).select(range(sel["limit_train"]))
+    rank = sel["lora_rank"] if method == "lora" else None
+    settings, options = method_settings(ctx, method, rank, seed, learning_rate=sel[method][0])
+    if sel["epochs"]:
+        settings = settings.replace(epochs=sel["epochs"])
+    selection = choose_learning_rate(method, sel[method], data, model=ctx.config["model"], settings=settings,
+                                     tokenizer=ctx.tokenizer, work=run_dir / "candidates", **options)
+    return {"rows": [], "selection": {"rank": rank, **selection}}
+
+
+def task_replace(ctx: Context, run_dir: Path, seed: int, full: str = "full") -> dict:
     """The lab's step 4 on a freshly loaded fine-tuned model: random clones of the query and
     value layers give near-chance accuracy, the originals restore the predictions exactly."""
     import torch
@@ -160,13 +219,13 @@ def task_replace(ctx: Context, run_dir: Path) -> dict:
     from .surgery import clone_linear, extract, replace
     from .training import predict_logits
 
-    model = load_model(ctx.out / "full" / "model")
-    settings = ctx.settings()
+    model = load_model(ctx.out / full / "model")
+    settings = ctx.settings(seed=seed)
     evals = ctx.tokenized["eval"]
     labels = np.asarray(evals["label"])
     original = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: original")
     layers = extract(model)
-    torch.manual_seed(ctx.config["seed"])
+    torch.manual_seed(seed)
     replace(model, {name: clone_linear(layer) for name, layer in layers.items()})
     scrambled = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: random clones")
     replace(model, layers)
@@ -182,66 +241,95 @@ def task_replace(ctx: Context, run_dir: Path) -> dict:
     return {"rows": [], "replace_test": summary}
 
 
-def task_lowrank(ctx: Context, run_dir: Path) -> dict:
+def task_lowrank(ctx: Context, run_dir: Path, seed: int, full: str = "full", head: str = "head") -> dict:
     from .api import lowrank
 
     m = ctx.config["methods"]
-    rows, summary = lowrank(ctx.out / "full" / "model", ctx.out / "head" / "model", ctx.config["model"],
+    rows, summary = lowrank(ctx.out / full / "model", ctx.out / head / "model", ctx.config["model"],
                             out=run_dir, tokenized=ctx.tokenized, tokenizer=ctx.tokenizer,
-                            settings=ctx.settings(), ranks=m["sweep_ranks"] or None,
+                            settings=ctx.settings(seed=seed), ranks=m["sweep_ranks"] or None,
                             sweep_points=m["sweep_points"], targets=ctx.config["lora"]["targets"] or None)
     return {"rows": [row(**r) for r in rows], "lowrank": summary}
 
 
-def task_similarity(ctx: Context, run_dir: Path, ranks: list[int]) -> dict:
+def task_similarity(ctx: Context, run_dir: Path, seed: int, ranks: list[int], full: str = "full",
+                    suffix: str = "") -> dict:
     from .adapters import load_adapter
     from .lowrank import LowRankStudy
     from .models import load_model
 
     pretrained = load_model(ctx.config["model"])
-    study = LowRankStudy(pretrained, load_model(ctx.out / "full" / "model"), pretrained,
+    study = LowRankStudy(pretrained, load_model(ctx.out / full / "model"), pretrained,
                          targets=ctx.config["lora"]["targets"] or None)
     sims = {}
     for rank in ranks:
-        adapter = ctx.out / f"lora-r{rank}" / "model"
+        adapter = ctx.out / f"lora-r{rank}{suffix}" / "model"
         sims[str(rank)] = study.lora_similarity(load_adapter(load_model(ctx.config["model"]), adapter))
     return {"rows": [], "similarity": sims}
 
 
-TASKS: dict[str, Callable] = {"baseline": task_baseline, "train": task_train, "replace": task_replace,
-                              "lowrank": task_lowrank, "similarity": task_similarity}
+TASKS: dict[str, Callable] = {"baseline": task_baseline, "select": task_select, "train": task_train,
+                              "replace": task_replace, "lowrank": task_lowrank, "similarity": task_similarity}
 
 
 # ---------------------------------------------------------------------------------------
 # Planning and executing
 
 
+def seeds_of(config: dict) -> list[int]:
+    return list(config["seeds"]) or [config["seed"]]
+
+
 def plan(ctx: Context) -> list[Run]:
-    c, m = ctx.config, ctx.config["methods"]
+    """Every run of the study, in order, each with the fingerprint of what it depends on.
+
+    With `select.enabled`, `select-full`, `select-head` and `select-lora` come first and the
+    runs that use their choice depend on them. With `seeds`, each method runs once per seed
+    (folders end in `-seedN`); the replace test, low-rank study and similarity use the first.
+    """
+    c, m, sel = ctx.config, ctx.config["methods"], ctx.config["select"]
     isolate = c["isolate"] and int(os.environ.get("WORLD_SIZE", "1")) == 1
-    common = (c["model"], ctx.data_key, c["seed"], c["precision"], c["device"], c["train"])
+    seeds = seeds_of(c)
     runs: list[Run] = []
-    if m["baselines"]:
-        for method in ("tfidf-lr", "tfidf-nb"):
-            runs.append(Run(method, fingerprint(method, ctx.data_key, c["seed"]), "baseline", {"method": method}))
-    keys = {}
-    for method in ("full", "head"):
-        if m[method]:
-            keys[method] = fingerprint(method, common)
-            runs.append(Run(method, keys[method], "train", {"method": method}, isolate))
-    if m["replace_test"] and "full" in keys:
-        runs.append(Run("replace-test", fingerprint("replace", keys["full"]), "replace"))
-    if m["lowrank"]:
-        sweep = (m["sweep_ranks"], m["sweep_points"])
-        runs.append(Run("lowrank", fingerprint("lowrank", keys["full"], keys["head"], sweep), "lowrank"))
-    lora_keys = []
-    for rank in m["lora_ranks"]:
-        key = fingerprint("lora", rank, common, c["lora"])
-        lora_keys.append(key)
-        runs.append(Run(f"lora-r{rank}", key, "train", {"method": "lora", "rank": rank}, isolate))
-    if m["lora_ranks"] and "full" in keys:
-        runs.append(Run("similarity", fingerprint("similarity", keys["full"], lora_keys), "similarity",
-                        {"ranks": list(m["lora_ranks"])}))
+    chosen = {}  # method -> key of the run that chooses its learning rate
+    if sel["enabled"]:
+        wanted = {"full": m["full"], "head": m["head"], "lora": bool(m["lora_ranks"])}
+        for method in ("full", "head", "lora"):
+            if wanted[method]:
+                chosen[method] = fingerprint("select", method, c["model"], ctx.choice_key, seeds[0], c["precision"],
+                                             c["device"], c["train"], sel, c["lora"] if method == "lora" else None)
+                runs.append(Run(f"select-{method}", chosen[method], "select", {"method": method, "seed": seeds[0]},
+                                isolate))
+    for seed in seeds:
+        sfx = f"-seed{seed}" if c["seeds"] else ""
+        common = (c["model"], ctx.data_key, seed, c["precision"], c["device"], c["train"])
+        if m["baselines"]:
+            for method in ("tfidf-lr", "tfidf-nb"):
+                runs.append(Run(method + sfx, fingerprint(method, ctx.data_key, seed), "baseline",
+                                {"method": method, "seed": seed}))
+        keys = {}
+        for method in ("full", "head"):
+            if m[method]:
+                keys[method] = fingerprint(method, common, chosen.get(method))
+                runs.append(Run(method + sfx, keys[method], "train", {"method": method, "seed": seed}, isolate))
+        first = seed == seeds[0]
+        names = {"full": "full" + sfx, "head": "head" + sfx}
+        if first and m["replace_test"] and "full" in keys:
+            runs.append(Run("replace-test", fingerprint("replace", keys["full"]), "replace",
+                            {"seed": seed, "full": names["full"]}))
+        if first and m["lowrank"]:
+            sweep = (m["sweep_ranks"], m["sweep_points"])
+            runs.append(Run("lowrank", fingerprint("lowrank", keys["full"], keys["head"], sweep), "lowrank",
+                            {"seed": seed, **names}))
+        lora_keys = []
+        for rank in m["lora_ranks"]:
+            key = fingerprint("lora", rank, common, c["lora"], chosen.get("lora"))
+            lora_keys.append(key)
+            runs.append(Run(f"lora-r{rank}{sfx}", key, "train", {"method": "lora", "rank": rank, "seed": seed},
+                            isolate))
+        if first and m["lora_ranks"] and "full" in keys:
+            runs.append(Run("similarity", fingerprint("similarity", keys["full"], lora_keys), "similarity",
+                            {"seed": seed, "ranks": list(m["lora_ranks"]), "full": names["full"], "suffix": sfx}))
     return runs
 
 
@@ -280,13 +368,14 @@ def _die_with_parent() -> None:
 def _execute(ctx: Context, run: Run, run_dir: Path) -> dict:
     import torch
 
-    torch.manual_seed(ctx.config["seed"])
+    seed = run.params.get("seed", ctx.config["seed"])
+    torch.manual_seed(seed)
     start = time.perf_counter()
     result = TASKS[run.task](ctx, run_dir, **run.params)
     result.update(name=run.name, key=run.key, seconds=time.perf_counter() - start,
                   finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     for r in result["rows"]:
-        r.setdefault("seed", ctx.config["seed"])
+        r.setdefault("seed", seed)
         r["run"] = run.name
     write_json(run_dir / RESULT_NAME, result)  # the completion marker: written last, atomically
     return result
@@ -337,6 +426,7 @@ def environment(ctx: Context, seconds: float) -> dict:
     return {
         "model": ctx.config["model"],
         "data": {"train_rows": len(ctx.data["train"]), "eval_rows": len(ctx.data["eval"]),
+                 "validation_rows": len(ctx.data["validation"]) if "validation" in ctx.data else 0,
                  "source": d["dir"] or os.environ.get("LORALAB_DATA") or "cache or download",
                  "train_files": d["train"], "eval_files": d["eval"]},
         "loralab": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -344,6 +434,8 @@ def environment(ctx: Context, seconds: float) -> dict:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "precision": resolve_precision(ctx.settings(), device), "seed": ctx.config["seed"],
+        "seeds": seeds_of(ctx.config), "profile": ctx.config["profile"],
+        "pooling": ctx.config["train"]["pooling"],
         "total_seconds": seconds,
     }
 
@@ -377,8 +469,9 @@ def config_from_args(args) -> dict:
              "data.dir": args.data, "data.train": args.train, "data.eval": args.eval,
              "data.text_column": args.text_column, "data.label_column": args.label_column,
              "data.drop_invalid": args.drop_invalid or None,
-             "data.limit_train": args.limit_train, "data.limit_eval": args.limit_eval}
-    return load_config(args.config, quick=args.quick, **flags)
+             "data.limit_train": args.limit_train, "data.limit_eval": args.limit_eval,
+             "seeds": args.seeds, "train.pooling": args.pooling}
+    return load_config(args.config, quick=args.quick, profile=args.profile, **flags)
 
 
 def main_run(args) -> None:

@@ -23,6 +23,7 @@ from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
 from .measure import PeakMemory
 from .models import pick_device
+from .pooling import POOLINGS, masked_mean, pooling_of
 from .surgery import head_modules, model_type
 
 logger = logging.getLogger("loralab")
@@ -55,6 +56,9 @@ class TrainSettings:
             `loralab.fastdropout`); False uses PyTorch's own dropout.
         save_steps: also checkpoint every this many steps (0: only at the end of each
             epoch). Checkpoints let `--resume` continue a killed run.
+        pooling: what the classification head reads: ``"cls"`` (the first token, as the
+            model was built) or ``"mean"`` (the mean of the non-padding tokens; see
+            `loralab.pooling`).
     """
 
     epochs: float = 3
@@ -74,10 +78,13 @@ class TrainSettings:
     quiet: bool = False
     fast_dropout: bool = True
     save_steps: int = 0
+    pooling: str = "cls"
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise LoralabError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.pooling not in POOLINGS:
+            raise LoralabError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise LoralabError("epochs, batch_size and learning_rate must be positive")
 
@@ -245,12 +252,33 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
+def optimizer_for(model: nn.Module, args, lr_ratio: float = 1.0):
+    """The Trainer's default optimiser (same class and arguments), with LoRA+ (Hayou et al.
+    2024): the B matrices of LoRA layers learn `lr_ratio` times faster than everything else.
+    None when `lr_ratio` is 1 (the Trainer builds its own)."""
+    from transformers import Trainer
+
+    if lr_ratio == 1:
+        return None
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    fast = [p for n, p in trainable if n.endswith(".B")]
+    if not fast:
+        raise LoralabError("lr_ratio (LoRA+) needs a model with LoRA layers.")
+    rest = [p for n, p in trainable if not n.endswith(".B")]
+    groups = [{"params": rest, "lr": args.learning_rate, "weight_decay": args.weight_decay},
+              {"params": fast, "lr": args.learning_rate * lr_ratio, "weight_decay": args.weight_decay}]
+    kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
+    return optimizer_cls(groups, lr=args.learning_rate, **kwargs)
+
+
 def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
-                tokenizer=None, collator=None, resume: bool = False) -> RunResult:
+                tokenizer=None, collator=None, resume: bool = False, lr_ratio: float = 1.0) -> RunResult:
     """Train `model` on `tokenized["train"]`, evaluating on `tokenized["eval"]` each epoch.
 
     Checkpoints go to `out_dir/checkpoints` at the end of every epoch (and every
     `settings.save_steps` steps); with `resume`, training continues from the newest one.
+    `lr_ratio` other than 1 trains LoRA's B matrices that many times faster (LoRA+).
     The Trainer's own log is written to `out_dir/train_log.json`. The model is changed in
     place; saving it is the caller's choice (adapter, head or whole model).
 
@@ -267,7 +295,8 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     eval_set = _sorted_by_length(tokenized["eval"])
     guard = StopOnNonFinite()
     trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
-                      data_collator=collator, compute_metrics=accuracy, callbacks=[guard()])
+                      data_collator=collator, compute_metrics=accuracy, callbacks=[guard()],
+                      optimizers=(optimizer_for(model, args, lr_ratio), None))
     _quiet_trainer(trainer, settings)
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
@@ -306,9 +335,9 @@ def _batches(ds, batch_size: int, tokenizer):
 
 @torch.inference_mode()
 def _map_batches(module: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str, width: int,
-                 output) -> np.ndarray:
-    """`output(module(**batch))` for every row of a tokenized dataset, in row order, in
-    length-sorted batches with autocast (float32 numpy array of `width` columns)."""
+                 forward) -> np.ndarray:
+    """`forward(batch)` (a computation of `module`) for every row of a tokenized dataset, in
+    row order, in length-sorted batches with autocast (float32 array of `width` columns)."""
     from tqdm.auto import tqdm
 
     device = pick_device(settings.device)
@@ -320,14 +349,15 @@ def _map_batches(module: nn.Module, ds, tokenizer, settings: TrainSettings, desc
                             desc=desc, disable=settings.quiet, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device, precision):
-            values = output(module(**batch))
+            values = forward(batch)
         out[rows] = values.float().cpu().numpy()
     return out
 
 
 def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):
     """Logits for every row of a tokenized dataset, in its order (float32 numpy array)."""
-    return _map_batches(model, ds, tokenizer, settings, desc, model.config.num_labels, lambda out: out.logits)
+    return _map_batches(model, ds, tokenizer, settings, desc, model.config.num_labels,
+                        lambda batch: model(**batch).logits)
 
 
 def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
@@ -390,28 +420,42 @@ def encoder(model: nn.Module) -> nn.Module:
 
 
 def encode_features(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str) -> np.ndarray:
-    """First-token hidden states of the frozen encoder for every row, in row order."""
-    return _map_batches(encoder(model), ds, tokenizer, settings, desc, model.config.hidden_size,
-                        lambda out: out.last_hidden_state[:, 0])  # (batch, hidden)
+    """What the frozen encoder hands the head for every row, in row order: the first
+    token's hidden state, or the masked mean of all tokens' for a mean-pooled model."""
+    if pooling_of(model) == "mean":
+        def features(batch):
+            return masked_mean(encoder(model)(**batch).last_hidden_state, batch.get("attention_mask"))
+    else:
+        def features(batch):
+            return encoder(model)(**batch).last_hidden_state[:, 0]  # (batch, hidden)
+    return _map_batches(model, ds, tokenizer, settings, desc, model.config.hidden_size, features)
+
+
+def head_features(model: nn.Module, tokenized, settings: TrainSettings, tokenizer):
+    """The frozen encoder's features (what it hands the head) and the labels of the
+    `train` and `eval` splits, as a torch-formatted DatasetDict, computed once."""
+    import datasets
+
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({
+            "features": encode_features(model, tokenized[split], tokenizer, settings, f"Encoding {split}"),
+            "labels": np.asarray(tokenized[split]["label"]),
+        }).with_format("torch")
+        for split in ("train", "eval")
+    })
 
 
 def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
-               tokenizer) -> RunResult:
-    """Head-tuning: features of the frozen encoder computed once, then the head trained on
-    them with the same optimiser, schedule, batch size and epochs as every other method."""
-    import datasets
+               tokenizer, features=None) -> RunResult:
+    """Head-tuning: features of the frozen encoder computed once (or passed in as
+    `features`, from `head_features`), then the head trained on them with the same
+    optimiser, schedule, batch size and epochs as every other method."""
     from transformers import Trainer, default_data_collator
 
     out_dir = Path(out_dir)
     device = pick_device(settings.device)
     with PeakMemory(device) as mem:
-        cached = datasets.DatasetDict({
-            split: datasets.Dataset.from_dict({
-                "features": encode_features(model, tokenized[split], tokenizer, settings, f"Encoding {split}"),
-                "labels": np.asarray(tokenized[split]["label"]),
-            }).with_format("torch")
-            for split in ("train", "eval")
-        })
+        cached = features if features is not None else head_features(model, tokenized, settings, tokenizer)
         head = HeadOnFeatures(model)
         # The head is tiny: float32 is as fast as bfloat16 here and needs no autocast.
         args = _training_arguments(settings.replace(group_by_length=False), out_dir, device, "fp32",
@@ -426,4 +470,3 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
     model.eval()
     return RunResult(eval_accuracy=history[-1]["eval_accuracy"], train_seconds=mem.seconds,
                      peak_memory_mb=mem.peak_mb, history=history, precision=resolve_precision(settings, device))
-

@@ -1,0 +1,251 @@
+"""Result quality: mean pooling, the validation split, learning rates chosen on it (the
+tuned profile), several seeds, and LoRA+."""
+
+import copy
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import LAB_DATA, TINY_STUDY, needs_lab_data, tiny_bert, tiny_distilbert
+
+from loralab.errors import LoralabError
+
+
+def batch(ids: list[list[int]]):
+    width = max(map(len, ids))
+    input_ids = torch.tensor([x + [0] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling
+
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_distilbert], ids=["bert", "distilbert"])
+def test_mean_pooling_reads_the_mean_of_real_tokens_only(make):
+    from loralab.pooling import masked_mean, pooling_of, set_pooling
+
+    model = make()
+    cls_logits = model(**batch([[5, 6, 7]])).logits
+    set_pooling(model, "mean")
+    assert pooling_of(model) == "mean"
+    alone = model(**batch([[5, 6, 7]])).logits
+    padded = model(**batch([[5, 6, 7], [5, 6, 7, 8, 9, 10, 11]])).logits[:1]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=0)  # padding does not move the mean
+    assert not torch.allclose(alone, cls_logits, atol=1e-4)  # and it is not the first token
+    # what the head reads is exactly the masked mean of the encoder's output
+    encoder = getattr(model, model.base_model_prefix)
+    b = batch([[5, 6, 7], [5, 6, 7, 8, 9]])
+    hidden = encoder(**b).last_hidden_state
+    expected = torch.stack([hidden[0, :3].mean(0), hidden[1, :5].mean(0)])
+    torch.testing.assert_close(masked_mean(hidden, b["attention_mask"]), expected)
+    set_pooling(model, "cls")
+    torch.testing.assert_close(model(**batch([[5, 6, 7]])).logits, cls_logits)
+
+
+def test_mean_pooling_survives_save_load_and_adapters(tmp_path):
+    from loralab.adapters import load_adapter, save_adapter
+    from loralab.models import load_model
+    from loralab.pooling import pooling_of, set_pooling
+    from loralab.surgery import inject_lora
+
+    model = set_pooling(tiny_bert(), "mean")
+    b = batch([[5, 6, 7], [8, 9]])
+    model.save_pretrained(tmp_path / "full")
+    loaded = load_model(tmp_path / "full")
+    assert pooling_of(loaded) == "mean"
+    torch.testing.assert_close(loaded.eval()(**b).logits, model(**b).logits)
+
+    base = tiny_bert()
+    base.save_pretrained(tmp_path / "base")
+    lora = set_pooling(inject_lora(load_model(tmp_path / "base"), 2), "mean").eval()
+    with torch.no_grad():
+        for layer in lora.modules():
+            if hasattr(layer, "B") and isinstance(layer.B, torch.nn.Parameter):
+                layer.B.normal_()
+    save_adapter(lora, tmp_path / "adapter")
+    again = load_adapter(load_model(tmp_path / "base"), tmp_path / "adapter").eval()
+    assert pooling_of(again) == "mean"
+    torch.testing.assert_close(again(**b).logits, lora(**b).logits)
+
+
+def test_cached_mean_features_give_the_models_own_logits():
+    """Head-tuning on cached features must see what the whole model's head sees."""
+    from loralab.pooling import masked_mean, set_pooling
+    from loralab.training import encoder, head_forward
+
+    model = set_pooling(tiny_bert(), "mean")
+    b = batch([[5, 6, 7], [8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        features = masked_mean(encoder(model)(**b).last_hidden_state, b["attention_mask"])
+        torch.testing.assert_close(head_forward(model, features, torch.nn.Identity()), model(**b).logits)
+
+
+def test_export_refuses_a_mean_pooled_model(tmp_path, tiny_model_dir):
+    from loralab.api import train
+    from loralab.data import load_data
+    from loralab.serve import export
+    from loralab.training import TrainSettings
+
+    pytest.importorskip("sklearn")
+    if not (LAB_DATA / "train.csv").exists():
+        pytest.skip("no IMDB lab sample")
+    data = load_data()
+    data["train"], data["eval"] = data["train"].select(range(16)), data["eval"].select(range(8))
+    settings = TrainSettings(epochs=1, max_length=32, precision="fp32", quiet=True, pooling="mean")
+    train("head", tmp_path / "head", str(tiny_model_dir), data, settings)
+    assert json.loads((tmp_path / "head" / "loralab.json").read_text())["pooling"] == "mean"
+    with pytest.raises(LoralabError, match="pooling mean"):
+        export(tmp_path / "head", tmp_path / "exported", merge=True)
+    assert not (tmp_path / "exported").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The validation split
+
+
+def _dataset(texts, labels):
+    import datasets
+
+    return datasets.Dataset.from_dict({"text": texts, "label": labels})
+
+
+def test_validation_split_is_disjoint_stratified_and_seeded():
+    import datasets
+
+    from loralab.data import split_validation
+
+    texts = [f"review {i}" for i in range(200)] + ["duplicate"] * 3 + ["also in eval"]
+    labels = [i % 4 == 0 for i in range(200)] + [1, 1, 1, 0]
+    labels = [int(x) for x in labels]
+
+    def make():
+        return datasets.DatasetDict(train=_dataset(texts, labels),
+                                    eval=_dataset(["also in eval", "other"], [0, 1]))
+
+    data = split_validation(make(), 0.2, seed=0)
+    train, val, ev = (set(data[s]["text"]) for s in ("train", "validation", "eval"))
+    assert not train & val and not val & ev
+    assert len(data["train"]) + len(data["validation"]) == len(texts)
+    assert 40 <= len(data["validation"]) <= 43
+    share = np.mean(data["validation"]["label"])
+    assert abs(share - np.mean(labels)) < 0.03  # stratified
+    again = split_validation(make(), 0.2, seed=0)
+    assert list(again["validation"]["text"]) == list(data["validation"]["text"])
+    assert list(split_validation(make(), 0.2, seed=1)["validation"]["text"]) != list(data["validation"]["text"])
+    with pytest.raises(LoralabError, match="validation fraction"):
+        split_validation(make(), 1.5)
+
+
+# ---------------------------------------------------------------------------------------
+# The tuned profile, seeds and LoRA+ in `loralab run`
+
+TUNED = TINY_STUDY + """
+[select]
+full = [1e-4, 1e-3]
+head = [1e-3, 1e-2]
+lora = [1e-3, 3e-3]
+lora_rank = 2
+"""
+
+
+@needs_lab_data
+def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir):
+    from loralab.config import load_config
+    from loralab.study import Context, plan, run_study
+
+    eval_a = tmp_path / "eval_a.csv"
+    eval_b = tmp_path / "eval_b.csv"
+    shutil.copy(LAB_DATA / "eval.csv", eval_a)
+    with open(LAB_DATA / "eval.csv", newline="", encoding="utf-8") as src:
+        rows = list(csv.reader(src))
+    with open(eval_b, "w", newline="", encoding="utf-8") as dst:  # another eval set
+        csv.writer(dst).writerows([rows[0], *rows[1:][::-1][:300]])
+    config_file = tmp_path / "tuned.toml"
+    config_file.write_text(TUNED.format(model=tiny_model_dir).replace(
+        "[methods]", "[methods]\nlowrank = false\nreplace_test = false\nbaselines = false"))
+    out = tmp_path / "out"
+    config = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(LAB_DATA / "train.csv")],
+                                                                         "data.eval": [str(eval_a)]})
+    assert config["train"]["pooling"] == "mean" and config["data"]["validation"] == 0.1
+    ctx = Context(config, quiet=True)
+    data = ctx.data
+    train, val, ev = (set(data[s]["text"]) for s in ("train", "validation", "eval"))
+    assert val and not train & val and not val & ev
+    rows = run_study(config, quiet=True)
+    choices = {m: json.loads((out / f"select-{m}" / "result.json").read_text()) for m in ("full", "head", "lora")}
+    for method, result in choices.items():
+        sel = result["selection"]
+        assert sel["chosen_on"] == "validation" and sel["validation_rows"] == len(data["validation"])
+        assert sel["learning_rate"] in [float(x) for x in sel["validation_accuracy"]]
+        run = next(r for r in rows if r["method"] == method)
+        assert run["learning_rate"] == sel["learning_rate"] and run["chosen_on"] == "validation"
+        assert run["pooling"] == "mean"
+
+    # Another eval file: the same choices, not even redone (their fingerprints ignore eval).
+    other = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(LAB_DATA / "train.csv")],
+                                                                        "data.eval": [str(eval_b)]})
+    new_plan = {r.name: r.key for r in plan(Context(other, quiet=True))}
+    old_plan = {r.name: r.key for r in plan(ctx)}
+    for method in choices:
+        assert new_plan[f"select-{method}"] == old_plan[f"select-{method}"] == choices[method]["key"]
+    assert new_plan["full"] != old_plan["full"]  # the eval set changed: the final runs are redone
+
+
+@needs_lab_data
+def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tiny_model_dir):
+    from loralab.config import load_config
+    from loralab.report import build
+    from loralab.study import run_study
+
+    config_file = tmp_path / "seeds.toml"
+    config_file.write_text(TINY_STUDY.format(model=tiny_model_dir).replace(
+        "[methods]", "[methods]\nlowrank = false\nreplace_test = false\nfull = false"))
+    config = load_config(config_file, out=str(tmp_path / "out"), seeds=[0, 1])
+    rows = run_study(config, quiet=True)
+    for method in ("head", "lora", "tfidf-lr"):
+        assert sorted(r["seed"] for r in rows if r["method"] == method) == [0, 1]
+    assert (tmp_path / "out" / "lora-r2-seed1" / "model" / "adapter_model.safetensors").exists()
+    info = build(tmp_path / "out")
+    lora = [r for r in rows if r["method"] == "lora"]
+    accs = sorted(r["eval_accuracy"] for r in lora)
+    row = next(r for r in info["table"] if r[0] == "LoRA r=2")
+    assert row[3] == f"{np.median(accs):.4f}" and row[4] == f"{accs[0]:.4f}-{accs[1]:.4f} (2 seeds)"
+
+
+def test_lora_plus_gives_b_its_own_learning_rate(tmp_path):
+    from transformers import TrainingArguments
+
+    from loralab.surgery import inject_lora
+    from loralab.training import optimizer_for
+
+    model = inject_lora(tiny_bert(), 2)
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, use_cpu=True, report_to="none")
+    assert optimizer_for(model, args, 1.0) is None
+    optimizer = optimizer_for(model, args, 16.0)
+    rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert rates[id(p)] == (16e-3 if name.endswith(".B") else 1e-3), name
+    assert sum(map(len, (g["params"] for g in optimizer.param_groups))) == \
+        sum(p.requires_grad for p in model.parameters())
+    with pytest.raises(LoralabError, match="LoRA"):
+        optimizer_for(copy.deepcopy(tiny_bert()), args, 2.0)
+
+
+@needs_lab_data
+def test_train_cli_tuned_profile_records_its_choice(tmp_path, tiny_model_dir, run_cli):
+    code, out, err = run_cli("train", "--method", "lora", "--rank", "2", "--profile", "tuned", "--model",
+                             tiny_model_dir, "--out", tmp_path / "lora", "--limit-train", "60", "--limit-eval",
+                             "20", "--epochs", "1", "--max-length", "32", "--lr-ratio", "4", "--quiet")
+    assert code == 0, err
+    assert "chosen on 6 validation reviews" in out
+    info = json.loads((tmp_path / "lora" / "loralab.json").read_text())
+    assert info["pooling"] == "mean" and info["lr_ratio"] == 4
+    assert info["learning_rate"] == info["selection"]["learning_rate"]
+    assert info["selection"]["train_rows"] == 54
+    assert not (tmp_path / "lora.choose").exists()
