@@ -148,11 +148,12 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     return info
 
 
-def choose_learning_rate(method: str, candidates, tokenized, *, model: str = DEFAULT_MODEL,
+def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,
                          settings: TrainSettings | None = None, tokenizer=None,
                          work: str | os.PathLike = "runs/.choose", **options) -> dict:
     """The learning rate of `candidates` that gives `method` the best accuracy on the
-    `validation` split of `tokenized` (trained on its `train` split; `eval` is not read).
+    `validation` split of `data` (trained on its `train` split; `eval` is not read).
+    `data` may be tokenized already; see `loralab.split_validation` to make the split.
 
     Each candidate trains a fresh model with `settings` (seed included); head-tuning
     computes the frozen encoder's features once for all candidates. Ties go to the
@@ -166,7 +167,9 @@ def choose_learning_rate(method: str, candidates, tokenized, *, model: str = DEF
 
     settings = settings or TrainSettings()
     tokenizer = tokenizer or load_tokenizer(model)
-    data = DatasetDict(train=tokenized["train"], eval=tokenized["validation"])
+    data = DatasetDict(train=data["train"], eval=data["validation"])
+    if "input_ids" not in data["train"].column_names:
+        data = tokenize(data, tokenizer, settings.max_length)
     work = Path(work)
     scores, histories, features = {}, {}, None
     for lr in candidates:

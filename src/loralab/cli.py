@@ -171,20 +171,16 @@ def cmd_train(args) -> None:
     data, notes = _data(args), None
     lora = dict(rank=args.rank, alpha=args.alpha, targets=args.targets, init=args.init, dropout=args.dropout,
                 rslora=args.rslora) if args.method == "lora" else {}
-    tuned = load_config(profile=args.profile)
-    settings = _settings(args, pooling=args.pooling or tuned["train"]["pooling"])
+    profile = load_config(profile=args.profile)  # the profile's pooling and choices
+    settings = _settings(args, pooling=args.pooling or profile["train"]["pooling"])
     if args.profile == "tuned":
         from .data import split_validation
-        from .models import load_tokenizer
-        from .training import tokenize
 
-        data = split_validation(data, tuned["data"]["validation"], tuned["data"]["split_seed"])
-        tokenizer = load_tokenizer(args.model)
-        candidates = tuned["select"]["lora" if args.method == "lora" else args.method]
-        trial = settings.replace(epochs=tuned["select"]["epochs"] or settings.epochs)
-        notes = {"selection": choose_learning_rate(
-            args.method, candidates, tokenize(data, tokenizer, settings.max_length), model=args.model,
-            settings=trial, tokenizer=tokenizer, work=f"{args.out}.choose", lr_ratio=args.lr_ratio, **lora)}
+        data = split_validation(data, profile["data"]["validation"], profile["data"]["split_seed"])
+        candidates = profile["select"][args.method]
+        trial = settings.replace(epochs=profile["select"]["epochs"] or settings.epochs)
+        notes = {"selection": choose_learning_rate(args.method, candidates, data, model=args.model, settings=trial,
+                                                   work=f"{args.out}.choose", lr_ratio=args.lr_ratio, **lora)}
         settings = settings.replace(learning_rate=notes["selection"]["learning_rate"])
         print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
               f"{notes['selection']['validation_rows']} validation reviews")
