@@ -84,3 +84,21 @@ def test_lab_make_lora_model_trains_in_memory(tiny_model_dir):
     model = make_lora_model(2, model=str(tiny_model_dir), data=data, settings=settings)
     assert num_trainable_parameters(model) < 5000
     assert 0 <= evaluate(model, data, model_name=str(tiny_model_dir), settings=settings) <= 1
+
+
+def test_report_to_tensorboard_lands_in_the_output_folder_and_none_writes_nothing_else(
+        tmp_path, tiny_model_dir, run_cli, monkeypatch):
+    pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)
+    common = ["--model", tiny_model_dir, "--limit-train", "24", "--limit-eval", "16", "--epochs", "1",
+              "--max-length", "32", "--quiet"]
+    code, _, err = run_cli("train", "--method", "lora", "--rank", "2", "--out", "plain", *common)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]  # nothing beside the output folder
+    assert not list((tmp_path / "plain").rglob("events.out.tfevents*"))
+    code, _, err = run_cli("train", "--method", "lora", "--rank", "2", "--out", "tracked", "--report-to",
+                           "tensorboard", *common)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "tracked"]
+    events = list((tmp_path / "tracked").rglob("events.out.tfevents*"))
+    assert events and events[0].stat().st_size > 0
