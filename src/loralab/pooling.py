@@ -43,18 +43,17 @@ class _MeanPooling:
 
     def __init__(self):
         self.mask = None
-        self.pooled = None
+        self.hidden = None
         self.active = False
 
     def before_encoder(self, module, args, kwargs):
         mask = kwargs.get("attention_mask")
         if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
             mask = args[1]
-        self.mask, self.pooled, self.active = mask, None, True
+        self.mask, self.hidden, self.active = mask, None, True
 
     def after_encoder(self, module, args, kwargs, output):
-        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        self.pooled = masked_mean(hidden, self.mask)
+        self.hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
     def before_head(self, module, args):
         if not self.active:  # the head called on its own (head-tuning on cached features)
@@ -63,8 +62,8 @@ class _MeanPooling:
         (first, *rest) = args
         if first.dim() == 3:  # the head takes [:, 0] itself (BERT's pooler, RoBERTa's head)
             pooled = masked_mean(first, self.mask).unsqueeze(1)
-        else:  # the model took [:, 0] before the head (DistilBERT): use the recorded mean
-            pooled = self.pooled.to(first.dtype)
+        else:  # the model took [:, 0] before the head (DistilBERT): pool the recorded output
+            pooled = masked_mean(self.hidden, self.mask).to(first.dtype)
         return (pooled, *rest)
 
 
