@@ -106,3 +106,23 @@ def test_every_plot_loads_in_headless_chromium(tmp_path):
     match = re.search(r'data-probe="(\d+):(\d+)"', proc.stdout)
     assert match, proc.stderr[-2000:]
     assert match.group(1) == match.group(2) == "4"
+
+
+def test_time_per_run_from_the_run_folders(tmp_path):
+    folder = hand_made(tmp_path)
+    rows = json.loads((folder / "results.json").read_text())
+    for r, name in zip(rows, ("tfidf-lr", "tfidf-nb", "full", "head")):
+        r["run"] = name
+    (folder / "results.json").write_text(json.dumps(rows))
+    env = json.loads((folder / "environment.json").read_text())
+    (folder / "environment.json").write_text(json.dumps(dict(env, skipped_runs=2)))
+    done = {"full": (3000.4, "2026-01-01T10:00:00"), "head": (80.0, "2026-01-01T11:00:00"),
+            "lowrank": (277.0, "2026-01-01T12:00:00"), "lora-r32": (999.0, "2026-01-01T09:00:00")}
+    for name, (secs, finished) in done.items():  # lora-r32: a folder left from another study
+        (folder / name).mkdir(exist_ok=True)
+        (folder / name / "result.json").write_text(json.dumps({"rows": [], "seconds": secs, "finished": finished}))
+    assert build(folder)["times"] == [("full", 3000.4), ("head", 80.0), ("lowrank", 277.0)]
+    md = write_report(folder).read_text()
+    assert "In all: 3,357 s (56 min)." in md
+    assert "| full | 3,000 |" in md and "lora-r32" not in md
+    assert "1,600 s (it skipped 2 runs finished by an earlier one)" in md

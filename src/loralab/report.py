@@ -337,7 +337,26 @@ def footer(env: dict | None) -> list[str]:
             f"Device: {env.get('device')} ({env.get('threads')} threads), precision {env.get('precision')}, "
             f"seeds {', '.join(map(str, env.get('seeds') or [env.get('seed')]))}, "
             f"profile {env.get('profile', 'lab')}, pooling {env.get('pooling', 'cls')}",
-            f"Total time of the last `loralab run`: {fmt(env.get('total_seconds'), ',.0f')} s"]
+            f"Total time of the last `loralab run`: {fmt(env.get('total_seconds'), ',.0f')} s"
+            + (f" (it skipped {env['skipped_runs']} runs finished by an earlier one)" if env.get("skipped_runs") else "")]
+
+
+def run_times(out_dir: Path, runs: list[dict]) -> list[tuple[str, float]]:
+    """(run, wall seconds) for each finished run of this study, in the order they finished,
+    from the run folders' result.json (folders of runs no longer in results.json are left out)."""
+    names = {r.get("run") for r in runs} | {"replace-test", "lowrank", "similarity"}
+    found = []
+    for path in out_dir.glob("*/result.json"):
+        name = path.parent.name
+        if (name in names or name.startswith("select-")) and (r := _read(path)) \
+                and isinstance(r.get("seconds"), (int, float)):
+            found.append((r.get("finished") or "", name, r["seconds"]))
+    return [(name, secs) for _, name, secs in sorted(found)]
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
 def build(out_dir: str | os.PathLike) -> dict:
@@ -356,7 +375,7 @@ def build(out_dir: str | os.PathLike) -> dict:
             "selections": selection_lines(selections),
             "lowrank": lowrank, "replace_test": replace_test, "similarity": similarity,
             "spectrum": _read(out_dir / "lowrank" / "spectrum.json"),
-            "environment": _read(out_dir / "environment.json")}
+            "times": run_times(out_dir, runs), "environment": _read(out_dir / "environment.json")}
 
 
 def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:
@@ -416,6 +435,14 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
         for rank, sims in info["similarity"].items():
             values = list(sims.values())
             md.append(f"| {rank} | {sum(values) / len(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+        md += [""]
+    if info["times"]:
+        total = sum(secs for _, secs in info["times"])
+        md += ["## Time per run", "",
+               "Wall time of each run: loading, training and evaluation. A run finished by an earlier, "
+               f"interrupted `loralab run` keeps the time it took then. In all: {total:,.0f} s "
+               f"({_duration(total)}).", "", "| run | wall time (s) |", "|---|---:|"]
+        md += [f"| {name} | {secs:,.0f} |" for name, secs in info["times"]]
         md += [""]
     md += ["## Plots", ""]
     for name, title in PLOTS.items():

@@ -413,7 +413,7 @@ def collect(ctx: Context, runs: list[Run]) -> list[dict]:
     return rows
 
 
-def environment(ctx: Context, seconds: float) -> dict:
+def environment(ctx: Context, seconds: float, skipped: int = 0) -> dict:
     import torch
     import transformers
 
@@ -436,7 +436,7 @@ def environment(ctx: Context, seconds: float) -> dict:
         "precision": resolve_precision(ctx.settings(), device), "seed": ctx.config["seed"],
         "seeds": seeds_of(ctx.config), "profile": ctx.config["profile"],
         "pooling": ctx.config["train"]["pooling"],
-        "total_seconds": seconds,
+        "total_seconds": seconds, "skipped_runs": skipped,
     }
 
 
@@ -447,9 +447,11 @@ def run_study(config: dict, quiet: bool = False) -> list[dict]:
     write_text(ctx.out / "config.toml", to_toml(config))
     start = time.perf_counter()
     runs = plan(ctx)
+    skipped = 0
     for i, run in enumerate(runs, 1):
         if read_result(ctx.out / run.name, run.key):
             logger.info("[%d/%d] %s: finished earlier, skipped", i, len(runs), run.name)
+            skipped += 1
             continue
         logger.info("[%d/%d] %s: running", i, len(runs), run.name)
         result = run_one(ctx, run)
@@ -459,7 +461,7 @@ def run_study(config: dict, quiet: bool = False) -> list[dict]:
         write_json(ctx.out / "results.json", collect(ctx, runs))
     rows = collect(ctx, runs)
     write_json(ctx.out / "results.json", rows)
-    write_json(ctx.out / "environment.json", environment(ctx, time.perf_counter() - start))
+    write_json(ctx.out / "environment.json", environment(ctx, time.perf_counter() - start, skipped))
     return rows
 
 
