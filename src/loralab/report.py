@@ -338,7 +338,7 @@ def footer(env: dict | None) -> list[str]:
             f"seeds {', '.join(map(str, env.get('seeds') or [env.get('seed')]))}, "
             f"profile {env.get('profile', 'lab')}, pooling {env.get('pooling', 'cls')}",
             f"Total time of the last `loralab run`: {fmt(env.get('total_seconds'), ',.0f')} s"
-            + (f" (it skipped {env['skipped_runs']} runs finished by an earlier one)" if env.get("skipped_runs") else "")]
+            + (f" (it skipped {n} runs finished by an earlier one)" if (n := env.get("skipped_runs")) else "")]
 
 
 def run_times(out_dir: Path, runs: list[dict]) -> list[tuple[str, float]]:
