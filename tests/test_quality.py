@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import LAB_DATA, TINY_STUDY, needs_lab_data, tiny_bert, tiny_distilbert
 
+from loralab.adapters import read_adapter
 from loralab.errors import LoralabError
 
 
@@ -172,6 +173,7 @@ def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir):
     config = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(LAB_DATA / "train.csv")],
                                                                          "data.eval": [str(eval_a)]})
     assert config["train"]["pooling"] == "mean" and config["data"]["validation"] == 0.1
+    assert config["lora"]["init"] == "kaiming" and load_config()["lora"]["init"] == "normal"
     ctx = Context(config, quiet=True)
     data = ctx.data
     train, val, ev = (set(data[s]["text"]) for s in ("train", "validation", "eval"))
@@ -248,4 +250,5 @@ def test_train_cli_tuned_profile_records_its_choice(tmp_path, tiny_model_dir, ru
     assert info["pooling"] == "mean" and info["lr_ratio"] == 4
     assert info["learning_rate"] == info["selection"]["learning_rate"]
     assert info["selection"]["train_rows"] == 54
+    assert read_adapter(tmp_path / "lora")[2]["loralab_init"] == "kaiming"  # the tuned profile's init
     assert not (tmp_path / "lora.choose").exists()

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=6)
     p.add_argument("--alpha", type=float, help="default: 2 * rank")
     p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
-    p.add_argument("--init", default="normal", choices=["normal", "kaiming", "gaussian"])
+    p.add_argument("--init", choices=["normal", "kaiming", "gaussian"],
+                   help="how A starts (default: normal, the lab's; tuned: kaiming, PEFT's)")
     p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
     p.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r")
     p.add_argument("--lr-ratio", type=float, default=1.0, help="LoRA+: B learns this many times faster than A")
@@ -169,9 +170,9 @@ def cmd_train(args) -> None:
     from .config import load_config
 
     data, notes = _data(args), None
-    lora = dict(rank=args.rank, alpha=args.alpha, targets=args.targets, init=args.init, dropout=args.dropout,
-                rslora=args.rslora) if args.method == "lora" else {}
-    profile = load_config(profile=args.profile)  # the profile's pooling and choices
+    profile = load_config(profile=args.profile)  # the profile's pooling, LoRA init and choices
+    lora = dict(rank=args.rank, alpha=args.alpha, targets=args.targets, init=args.init or profile["lora"]["init"],
+                dropout=args.dropout, rslora=args.rslora) if args.method == "lora" else {}
     settings = _settings(args, pooling=args.pooling or profile["train"]["pooling"])
     if args.profile == "tuned":
         from .data import split_validation
