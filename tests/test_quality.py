@@ -180,6 +180,7 @@ def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir):
     assert val and not train & val and not val & ev
     rows = run_study(config, quiet=True)
     choices = {m: json.loads((out / f"select-{m}" / "result.json").read_text()) for m in ("full", "head", "lora")}
+    assert not list(out.glob("*/partial.json"))  # finished runs keep only their result
     for method, result in choices.items():
         sel = result["selection"]
         assert sel["chosen_on"] == "validation" and sel["validation_rows"] == len(data["validation"])
@@ -252,3 +253,38 @@ def test_train_cli_tuned_profile_records_its_choice(tmp_path, tiny_model_dir, ru
     assert info["selection"]["train_rows"] == 54
     assert read_adapter(tmp_path / "lora")[2]["loralab_init"] == "kaiming"  # the tuned profile's init
     assert not (tmp_path / "lora.choose").exists()
+
+
+def test_choosing_skips_candidates_evaluated_before_and_saves_each_new_one(tmp_path, tiny_model_dir):
+    import datasets
+
+    from loralab.api import choose_learning_rate
+    from loralab.training import TrainSettings
+
+    def split(n):
+        return datasets.Dataset.from_dict({"text": ["a fine film", "a dull film"] * n, "label": [1, 0] * n})
+
+    data = datasets.DatasetDict(train=split(8), validation=split(3))
+    done = {repr(1e-3): {"validation_accuracy": 1.5, "history": ["from the killed run"]}}  # 1.5: not trained again
+    saved = []
+    result = choose_learning_rate("lora", [1e-3, 1e-2], data, model=tiny_model_dir, work=tmp_path / "work",
+                                  settings=TrainSettings(epochs=1, max_length=16, quiet=True), done=done,
+                                  on_candidate=lambda lr, acc, history: saved.append((lr, acc)), rank=2)
+    assert result["learning_rate"] == 1e-3 and result["validation_accuracy"][repr(1e-3)] == 1.5
+    assert result["history"][repr(1e-3)] == ["from the killed run"]
+    assert saved == [(1e-2, result["validation_accuracy"][repr(1e-2)])] and 0 <= saved[0][1] <= 1
+
+
+def test_an_unfinished_run_keeps_its_partial_work_only_for_the_same_settings(tmp_path):
+    from loralab.study import PARTIAL_NAME, prepare_run_dir, read_partial
+
+    run_dir = tmp_path / "select-full"
+    prepare_run_dir(run_dir, "key-a")
+    assert read_partial(run_dir) == {"key": "key-a"}
+    partial = {"key": "key-a", "candidates": {"2e-05": {"validation_accuracy": 0.8, "history": []}}}
+    (run_dir / PARTIAL_NAME).write_text(json.dumps(partial))
+    (run_dir / "candidates").mkdir()  # the killed candidate's scratch
+    prepare_run_dir(run_dir, "key-a")  # the same settings again: the finished candidate is kept
+    assert read_partial(run_dir) == partial and not (run_dir / "candidates").exists()
+    prepare_run_dir(run_dir, "key-b")  # other settings: nothing is kept
+    assert read_partial(run_dir) == {"key": "key-b"}

@@ -150,7 +150,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
 
 def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,
                          settings: TrainSettings | None = None, tokenizer=None,
-                         work: str | os.PathLike = "runs/.choose", **options) -> dict:
+                         work: str | os.PathLike = "runs/.choose", done: dict | None = None,
+                         on_candidate=None, **options) -> dict:
     """The learning rate of `candidates` that gives `method` the best accuracy on the
     `validation` split of `data` (trained on its `train` split; `eval` is not read).
     `data` may be tokenized already; see `loralab.split_validation` to make the split.
@@ -158,6 +159,10 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
     Each candidate trains a fresh model with `settings` (seed included); head-tuning
     computes the frozen encoder's features once for all candidates. Ties go to the
     candidate listed first. Nothing is kept in `work` afterwards.
+
+    `done` maps ``repr(lr)`` to the ``{"validation_accuracy", "history"}`` of candidates
+    evaluated before (by a run that was killed): they are not trained again.
+    `on_candidate(lr, accuracy, history)` is called as each new candidate finishes, to save it.
 
     Returns:
         A dict with the chosen `learning_rate`, `validation_accuracy` and `history` per
@@ -172,7 +177,12 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
         data = tokenize(data, tokenizer, settings.max_length)
     work = Path(work)
     scores, histories, features = {}, {}, None
+    done = dict(done or {})
     for lr in candidates:
+        if repr(lr) in done:
+            scores[lr], histories[lr] = done[repr(lr)]["validation_accuracy"], done[repr(lr)]["history"]
+            logger.info("%s, learning rate %g: validation accuracy %.4f (evaluated before)", method, lr, scores[lr])
+            continue
         trial = settings.replace(learning_rate=lr)
         if method == "head":
             torch.manual_seed(trial.seed)
@@ -186,6 +196,8 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
             scores[lr], histories[lr] = info["eval_accuracy"], info["history"]
         shutil.rmtree(work, ignore_errors=True)
         logger.info("%s, learning rate %g: validation accuracy %.4f", method, lr, scores[lr])
+        if on_candidate:
+            on_candidate(lr, scores[lr], histories[lr])
     best = max(candidates, key=lambda lr: scores[lr])  # max keeps the first of equal scores
     return {"method": method, "chosen_on": "validation", "learning_rate": best,
             "train_rows": len(data["train"]), "validation_rows": len(data["eval"]), "epochs": settings.epochs,

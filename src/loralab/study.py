@@ -36,6 +36,7 @@ from .fileio import write_json, write_text
 logger = logging.getLogger("loralab")
 
 RESULT_NAME = "result.json"
+PARTIAL_NAME = "partial.json"  # what an unfinished run keeps for its next try, tagged with its key
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,8 +206,17 @@ def task_select(ctx: Context, run_dir: Path, method: str, seed: int) -> dict:
     settings, options = method_settings(ctx, method, rank, seed, learning_rate=sel[method][0])
     if sel["epochs"]:
         settings = settings.replace(epochs=sel["epochs"])
+    # Each candidate's score is saved as it finishes: a killed study redoes only the candidate it was in.
+    partial = read_partial(run_dir)
+    done = partial.setdefault("candidates", {})
+
+    def save(lr, accuracy, history):
+        done[repr(lr)] = {"validation_accuracy": accuracy, "history": history}
+        write_json(run_dir / PARTIAL_NAME, partial)
+
     selection = choose_learning_rate(method, sel[method], data, model=ctx.config["model"], settings=settings,
-                                     tokenizer=ctx.tokenizer, work=run_dir / "candidates", **options)
+                                     tokenizer=ctx.tokenizer, work=run_dir / "candidates", done=done,
+                                     on_candidate=save, **options)
     return {"rows": [], "selection": {"rank": rank, **selection}}
 
 
@@ -378,14 +388,33 @@ def _execute(ctx: Context, run: Run, run_dir: Path) -> dict:
         r.setdefault("seed", seed)
         r["run"] = run.name
     write_json(run_dir / RESULT_NAME, result)  # the completion marker: written last, atomically
+    (run_dir / PARTIAL_NAME).unlink(missing_ok=True)
     return result
+
+
+def read_partial(run_dir: Path) -> dict:
+    import json
+
+    try:
+        partial = json.loads((run_dir / PARTIAL_NAME).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return partial if isinstance(partial, dict) else {}
+
+
+def prepare_run_dir(run_dir: Path, key: str) -> None:
+    """Start `run_dir` clean for a run (an unfinished or outdated one is removed), keeping
+    only the partial work of an unfinished try with the same settings (`key`)."""
+    partial = read_partial(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / PARTIAL_NAME, partial if partial.get("key") == key else {"key": key})
 
 
 def run_one(ctx: Context, run: Run) -> dict:
     run_dir = ctx.out / run.name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished or outdated run: start it clean
-    run_dir.mkdir(parents=True)
+    prepare_run_dir(run_dir, run.key)
     if not run.isolate:
         return _execute(ctx, run, run_dir)
     proc = multiprocessing.get_context("spawn").Process(
