@@ -343,15 +343,20 @@ def plan(ctx: Context) -> list[Run]:
     return runs
 
 
-def read_result(run_dir: Path, key: str) -> dict | None:
-    """The run's result if it finished with these settings, else None."""
+def _read_json(path: Path):
+    """The JSON in `path`, or None where it is missing or unreadable (an interrupted write)."""
     import json
 
     try:
-        result = json.loads((run_dir / RESULT_NAME).read_text("utf-8"))
+        return json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
         return None
-    return result if result.get("key") == key else None
+
+
+def read_result(run_dir: Path, key: str) -> dict | None:
+    """The run's result if it finished with these settings, else None."""
+    result = _read_json(run_dir / RESULT_NAME)
+    return result if result is not None and result.get("key") == key else None
 
 
 def _child(config: dict, quiet: bool, run: Run, run_dir: str) -> None:
@@ -393,12 +398,8 @@ def _execute(ctx: Context, run: Run, run_dir: Path) -> dict:
 
 
 def read_partial(run_dir: Path) -> dict:
-    import json
-
-    try:
-        partial = json.loads((run_dir / PARTIAL_NAME).read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
+    """What an unfinished try of the run in `run_dir` kept (see `prepare_run_dir`), or {}."""
+    partial = _read_json(run_dir / PARTIAL_NAME)
     return partial if isinstance(partial, dict) else {}
 
 
