@@ -14,6 +14,7 @@ import copy
 import time
 
 import torch
+
 from _common import alternate, done, machine, median, table
 
 

@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-from _common import done, machine, table
 from torch import nn
+
+from _common import done, machine, table
 
 
 class LabLoRA(nn.Module):
@@ -102,7 +103,7 @@ def lab_side(data, model_name: str, ranks: list[int], workdir: str) -> tuple[dic
         model = copy.deepcopy(finetuned)
         layers = extract(model)
         original = evaluate(model)
-        replace(model, {n: clone_linear(l) for n, l in layers.items()})
+        replace(model, {n: clone_linear(layer) for n, layer in layers.items()})
         evaluate(model)
         replace(model, layers)
         return evaluate(model) == original
@@ -135,7 +136,7 @@ def lab_side(data, model_name: str, ranks: list[int], workdir: str) -> tuple[dic
         torch.manual_seed(0)
         model = load_model(model_name)
         model.requires_grad_(False)
-        replace(model, {n: LabLoRA(l, 6, 12) for n, l in extract(model).items()})
+        replace(model, {n: LabLoRA(layer, 6, 12) for n, layer in extract(model).items()})
         freeze_all_but_head(model)
         for module in model.modules():
             if isinstance(module, LabLoRA):

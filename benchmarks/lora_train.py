@@ -19,6 +19,7 @@ import copy
 import time
 
 import torch
+
 from _common import alternate, done, lab_batches, machine, median, table
 
 RANK, ALPHA = 6, 12
@@ -170,7 +171,8 @@ def main() -> None:
 
     e2e = end_to_end(args.model, args.reviews, args.tiny)
     names = list(e2e)
-    print(f"\n(a) End to end as used by default, one epoch of {args.reviews} reviews incl. loading and eval (reviews/s)")
+    print(f"\n(a) End to end as used by default, one epoch of {args.reviews} reviews incl. loading and eval "
+          "(reviews/s)")
     print(table(["side", "reviews/s"], [[k, v] for k, v in e2e.items()]))
     print(f"end-to-end ratio: {e2e[names[0]] / e2e[names[1]]:.2f}")
     done(median(main_runs["loralab (fast dropout)"]) / peft)

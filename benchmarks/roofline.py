@@ -16,6 +16,7 @@ import argparse
 import time
 
 import torch
+
 from _common import done, lab_batches, machine, median, table
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_bert
 from torch import nn
 
+from conftest import tiny_bert
 from loralab import inject_lora, load_adapter, lora_layers, save_adapter
 from loralab.errors import ModelLoadError
 
@@ -56,7 +56,7 @@ def test_peft_to_loralab(tmp_path):
     peft_model.save_pretrained(tmp_path)
     loaded = load_adapter(tiny_bert(), tmp_path)
     torch.testing.assert_close(logits(loaded), logits(peft_model), atol=1e-5, rtol=0)
-    assert {l.rank for l in lora_layers(loaded).values()} == {3}
+    assert {layer.rank for layer in lora_layers(loaded).values()} == {3}
 
 
 def test_minilm_rank6_adapter_is_small(tmp_path):

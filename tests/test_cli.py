@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import needs_lab_data
 
 
@@ -18,7 +19,8 @@ BAD_INPUTS = {
     "missing file": (lambda p: ["--train", p / "nope.csv", "--eval", p / "nope.csv"], "Data file not found"),
     "misspelt column": (lambda p: ["--data", folder_with(p, b"text,label\nx,1\n")], "Columns found: 'text', 'label'"),
     "unknown label": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\ny,7\n")], "row 2: unknown label 7"),
-    "empty text": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\n  ,0\n")], "rows 2. Fix them, or pass --drop-invalid"),
+    "empty text": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\n  ,0\n")],
+                   "rows 2. Fix them, or pass --drop-invalid"),
     "not utf-8": (lambda p: ["--data", folder_with(p, b"review,label\ncaf\xe9,1\n")], "line 2 is not valid UTF-8"),
     "empty file": (lambda p: ["--data", folder_with(p, b"")], "the file is empty"),
 }

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import LAB_DATA, SHARED_DATA, needs_lab_data
 
+from conftest import LAB_DATA, SHARED_DATA, needs_lab_data
 from loralab.data import (
     DataOptions,
     download_lab_sample,

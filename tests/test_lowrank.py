@@ -2,9 +2,9 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_bert
 
 import loralab.lowrank as lowrank
+from conftest import tiny_bert
 from loralab import extract, freeze_all_but_head, replace
 from loralab.lowrank import (
     SVD,
@@ -111,8 +111,8 @@ def test_sweep_computes_one_svd_per_matrix(trio, monkeypatch):
     assert len(ranks) == 6 and len(rows1) == len(rows2) == 6
     assert len(calls) == 2 * 4  # W and dW of 4 layers (query/value x 2 blocks), not per rank
     # the sweep's models equal the one-off constructions
-    torch.testing.assert_close(rows2[2]["eval_accuracy"],
-                               float(logits(make_approximated_model_2(ranks[2], headtuned, finetuned, pretrained))[0, 0]))
+    one_off = make_approximated_model_2(ranks[2], headtuned, finetuned, pretrained)
+    torch.testing.assert_close(rows2[2]["eval_accuracy"], float(logits(one_off)[0, 0]))
 
 
 def test_spectrum_fields(trio):

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import LAB_DATA, TINY_STUDY, needs_lab_data, tiny_bert, tiny_distilbert
 
+from conftest import LAB_DATA, TINY_STUDY, needs_lab_data, tiny_bert, tiny_distilbert
 from loralab.adapters import read_adapter
 from loralab.errors import LoralabError
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 import torch
-from conftest import needs_lab_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import needs_lab_data
 from loralab.data import load_file
 from loralab.errors import DataError, LoralabError, ModelLoadError
 from loralab.models import load_model
@@ -48,7 +48,8 @@ def test_train_resume_after_sigkill_matches_uninterrupted(tmp_path, tiny_model_d
     for a, b in zip(resumed["history"], whole["history"]):  # the same curve, up to bf16 round-off
         assert a["eval_loss"] == pytest.approx(b["eval_loss"], abs=0.01)
     log = json.loads((out / "train_log.json").read_text())
-    steps = [e["step"] for e in log if "loss" in e and "step" in e] or [round(e["epoch"] * 8) for e in log if "loss" in e]
+    losses = [e for e in log if "loss" in e]
+    steps = [e["step"] for e in losses if "step" in e] or [round(e["epoch"] * 8) for e in losses]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # continuous, nothing repeated
 
 
@@ -167,7 +168,8 @@ def _expect(rows):
 def test_fuzz_structured_rows_load_exactly_or_fail_cleanly(tmp_path, rows, fmt):
     path = tmp_path / f"fuzz.{fmt}"
     if fmt == "jsonl":
-        path.write_text("".join(json.dumps({"review": t, "label": l}) + "\n" for t, l in rows), encoding="utf-8")
+        lines = (json.dumps({"review": t, "label": label}) + "\n" for t, label in rows)
+        path.write_text("".join(lines), encoding="utf-8")
     else:
         _write_csv(path, rows, "," if fmt == "csv" else "\t")
     expected = _expect(rows)
@@ -276,10 +278,12 @@ def test_predict_streams_100k_reviews_in_bounded_memory(tmp_path, tiny_model_dir
         fh.write("id,review\n")
         for i in range(100_000):
             fh.write(f"{i},{'a fine film ' if i % 2 else 'a dull film '}{i}\n")
-    script = ("import json, resource, sys; from loralab.serve import predict; from loralab.training import TrainSettings; "
+    script = ("import json, resource, sys; from loralab.serve import predict; "
+              "from loralab.training import TrainSettings; "
               "r = predict(sys.argv[1], input=sys.argv[2], output=sys.argv[3], max_length=16, batch_size=256, "
               "settings=TrainSettings(quiet=True), progress=False); "
-              "print(json.dumps({'n': len(r['labels']), 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+              "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+              "print(json.dumps({'n': len(r['labels']), 'peak_mb': peak}))")
     proc = subprocess.run([sys.executable, "-c", script, str(model), str(path), str(tmp_path / "out.jsonl")],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import needs_lab_data
 
+from conftest import needs_lab_data
 from loralab import export, predict
 from loralab.api import load_trained
 from loralab.training import TrainSettings
@@ -57,7 +57,7 @@ def test_predict_jsonl_output_and_cli(lora_dir, tmp_path, run_cli):
     assert code == 0, err
     assert out.splitlines()[0].split("\t")[0] in {"positive", "negative"}
     predict(lora_dir, TEXTS, output=tmp_path / "p.jsonl", settings=FP32, progress=False)
-    lines = [json.loads(l) for l in open(tmp_path / "p.jsonl")]
+    lines = [json.loads(line) for line in open(tmp_path / "p.jsonl")]
     assert len(lines) == 5 and abs(lines[0]["prob_negative"] + lines[0]["prob_positive"] - 1) < 1e-5
 
 

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from conftest import needs_lab_data
 
+from conftest import needs_lab_data
 from loralab.config import load_config
 from loralab.errors import LoralabError
 from loralab.study import run_study

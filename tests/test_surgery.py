@@ -2,9 +2,9 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_bert
 from torch import nn
 
+from conftest import tiny_bert
 from loralab import (
     extract,
     freeze_all_but_head,
@@ -42,7 +42,7 @@ def test_minilm_counts():
 
     model = load_model("minilm")
     assert len(extract(model)) == 12
-    assert sum(p.numel() for l in extract(model).values() for p in l.parameters()) == 1_774_080
+    assert sum(p.numel() for layer in extract(model).values() for p in layer.parameters()) == 1_774_080
     assert num_trainable_parameters(freeze_all_but_head(copy.deepcopy(model))) == 148_610
     assert num_trainable_parameters(inject_lora(copy.deepcopy(model), 6)) == 203_906
     assert num_trainable_parameters(inject_lora(model, 12)) == 259_202
@@ -111,7 +111,7 @@ def test_merge_and_unload_gives_plain_linears_with_same_logits(bert):
 
 def test_replace_puts_layers_back_by_name(bert):
     layers = extract(bert)
-    clones = {n: nn.Linear(l.in_features, l.out_features) for n, l in layers.items()}
+    clones = {n: nn.Linear(layer.in_features, layer.out_features) for n, layer in layers.items()}
     replace(bert, clones)
     assert all(extract(bert)[n] is clones[n] for n in clones)
     replace(bert, layers)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from conftest import needs_lab_data
 
 pytestmark = needs_lab_data

@@ -120,7 +120,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
         "inference_mode": True,
     }
     metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
-                "loralab_init": first.init, "loralab_pooling": pooling_of(model), **{k: str(v) for k, v in (extra or {}).items()}}
+                "loralab_init": first.init, "loralab_pooling": pooling_of(model),
+                **{k: str(v) for k, v in (extra or {}).items()}}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     write_json(directory / CONFIG_NAME, config)

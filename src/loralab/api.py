@@ -269,8 +269,8 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
             # What storing this model's change costs: rank-r factors of every target layer
             # (never more than the matrix itself) plus the head. Nothing is trained: its
             # training time and memory are those of full fine-tuning and head-tuning.
-            params = head_params + sum(min(r * (l.in_features + l.out_features), l.in_features * l.out_features)
-                                       for l in study.tuned.values())
+            params = head_params + sum(min(r * (m.in_features + m.out_features), m.in_features * m.out_features)
+                                       for m in study.tuned.values())
             rows.append({"method": f"approx{approach}", "rank": r, "trainable_params": params,
                          "eval_accuracy": entry["eval_accuracy"]})
     spectrum = study.spectrum()

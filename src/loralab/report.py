@@ -424,8 +424,8 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
     if info["spectrum"]:
         md += ["## Is the fine-tuning update low-rank?", "",
                "| layer | shape | rank for 50% | 90% | 99% of ‖dW‖² |", "|---|---|---:|---:|---:|"]
-        md += [f"| {short_layer_name(n)} | {'x'.join(map(str, l['shape']))} | {l['rank_50']} | {l['rank_90']} | {l['rank_99']} |"
-               for n, l in info["spectrum"].items()]
+        md += [f"| {short_layer_name(n)} | {'x'.join(map(str, s['shape']))} | {s['rank_50']} | {s['rank_90']} "
+               f"| {s['rank_99']} |" for n, s in info["spectrum"].items()]
         md += [""]
     if info["similarity"]:
         md += ["## LoRA against the fine-tuning update", "",

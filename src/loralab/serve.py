@@ -170,7 +170,8 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
            "head": "head-tuning (only the classification head trained)",
            "full": "full fine-tuning"}.get(method, method)
     if adapter:
-        load = (f"```python\nfrom transformers import AutoModelForSequenceClassification\nfrom peft import PeftModel\n\n"
+        load = ("```python\nfrom transformers import AutoModelForSequenceClassification\n"
+                "from peft import PeftModel\n\n"
                 f"base = AutoModelForSequenceClassification.from_pretrained(\"{base_model}\", num_labels=2)\n"
                 f"model = PeftModel.from_pretrained(base, \"PATH/TO/THIS/FOLDER\")\n```")
     else:
