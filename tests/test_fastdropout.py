@@ -1,7 +1,7 @@
 import torch
-from conftest import tiny_bert
 from torch import nn
 
+from conftest import tiny_bert
 from loralab.fastdropout import FastDropout, fast_dropout, fast_dropout_enabled
 
 
@@ -45,3 +45,25 @@ def test_model_is_restored_and_eval_unchanged():
     assert not any(isinstance(m, FastDropout) for m in model.modules())
     assert sum(isinstance(m, nn.Dropout) for m in model.modules()) > 0
     assert model.config._attn_implementation == attn
+
+
+def test_training_attention_is_softmax_attention_with_the_dropout_mask():
+    """The eager training path (queries scaled, mask added, survivors rescaled in the
+    output) computes dropout(softmax(q k^T / sqrt(d) + mask)) v, gradients included."""
+    from loralab.fastdropout import attention, drop_mask
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[1, ..., 3:] = False  # the second review has two padding tokens
+    module = nn.Module().train()
+    torch.manual_seed(7)
+    out, _ = attention(module, q, k, v, mask, dropout=0.2)
+    torch.manual_seed(7)
+    drop, factor = drop_mask(torch.Size((2, 3, 5, 5)), 0.2, q.device)
+    scores = (q @ k.transpose(2, 3)) / 2 + torch.where(mask, 0.0, float("-inf"))
+    expected = (torch.softmax(scores, -1).masked_fill(drop, 0) * factor @ v).transpose(1, 2)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    torch.testing.assert_close(grads, torch.autograd.grad(expected.square().sum(), (q, k, v)))
+    assert torch.all(grads[1][1, :, 3:] == 0)  # padded keys get no gradient

@@ -67,9 +67,25 @@ class FastDropout(nn.Module):
         return f"p={self.p}"
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An attention mask as a float to add to the scores: 0 where attended, the dtype's
+    lowest value where not (a boolean mask is True where attended)."""
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
 def attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
     """Attention for `ALL_ATTENTION_FUNCTIONS`: fused SDPA without dropout, else the
-    eager computation with `fast_dropout` on the probabilities."""
+    eager computation with `fast_dropout` on the probabilities.
+
+    The eager path touches the (batch, heads, q, k) scores as few times as it can, since
+    those passes, not the matrix products, are most of a training step on a CPU: the
+    queries are scaled instead of the scores, the mask is added (its backward is free,
+    where `masked_fill`'s is another pass), the softmax runs in the inputs' dtype
+    (bfloat16 under autocast, no casts), and the survivors of dropout are rescaled in the
+    (q x d) output.
+    """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if dropout <= 0 or not module.training:
@@ -77,16 +93,13 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout: 
                                       dropout=0.0, **kwargs)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, q, k)
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
-        else:
-            weights = weights + attention_mask
-    # Dropout without rescaling the (q x k) probabilities; the smaller (q x d) output is
-    # rescaled instead, which is the same product.
-    weights = fast_dropout(torch.softmax(weights, dim=-1), dropout, scale=False)
-    out = torch.matmul(weights.to(value.dtype), value) * survivor_scale(dropout)  # (batch, heads, q, d)
+    with torch.autocast(query.device.type, enabled=False):
+        key, value = key.to(query.dtype), value.to(query.dtype)
+        scores = torch.matmul(query * scaling, key.transpose(2, 3))  # (batch, heads, q, k)
+        if attention_mask is not None:
+            scores = scores + additive_mask(attention_mask, scores.dtype)
+        probs = fast_dropout(torch.softmax(scores, dim=-1), dropout, scale=False)
+        out = torch.matmul(probs, value) * survivor_scale(dropout)  # (batch, heads, q, d)
     return out.transpose(1, 2).contiguous(), None
 
 

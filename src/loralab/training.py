@@ -52,8 +52,9 @@ class TrainSettings:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         report_to: experiment trackers, passed to the Trainer (``"none"`` writes nothing).
         quiet: no progress bars.
-        fast_dropout: train with `FastDropout` (a cheaper random mask, see
-            `loralab.fastdropout`); False uses PyTorch's own dropout.
+        fast_dropout: train on a CPU with `FastDropout` (a cheaper random mask, see
+            `loralab.fastdropout`); False uses PyTorch's own dropout. GPUs always use
+            PyTorch's: their dropout and attention with dropout are fused kernels.
         save_steps: also checkpoint every this many steps (0: only at the end of each
             epoch). Checkpoints let `--resume` continue a killed run.
         pooling: what the classification head reads: ``"cls"`` (the first token, as the
@@ -301,7 +302,8 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
         logger.warning("--resume: no checkpoint in %s; training from the start.", out_dir / "checkpoints")
-    with PeakMemory(device) as mem, fast_dropout_enabled(model, settings.fast_dropout):
+    fast = settings.fast_dropout and device.type == "cpu"
+    with PeakMemory(device) as mem, fast_dropout_enabled(model, fast):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.is_world_process_zero():
         write_json(out_dir / "train_log.json", trainer.state.log_history)
