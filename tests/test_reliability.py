@@ -51,6 +51,10 @@ def test_train_resume_after_sigkill_matches_uninterrupted(tmp_path, tiny_model_d
     losses = [e for e in log if "loss" in e]
     steps = [e["step"] for e in losses if "step" in e] or [round(e["epoch"] * 8) for e in losses]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # continuous, nothing repeated
+    # The same batches and dropout masks after the resume, so the same training losses
+    # (an epoch's batch order once came from the global generator and changed on resume).
+    whole_losses = [e["loss"] for e in json.loads((tmp_path / "whole" / "train_log.json").read_text()) if "loss" in e]
+    assert [e["loss"] for e in losses] == pytest.approx(whole_losses, abs=1e-4)
 
 
 def test_killed_writer_leaves_old_file_or_none(tmp_path):

@@ -273,6 +273,46 @@ def optimizer_for(model: nn.Module, args, lr_ratio: float = 1.0):
     return optimizer_cls(groups, lr=args.learning_rate, **kwargs)
 
 
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A sampler that draws from its own generator, seeded with `seed + epoch` at the
+    start of every epoch (the Trainer calls `set_epoch`).
+
+    The Trainer's length-grouped sampler draws from the global generator when an epoch
+    starts, so an epoch's batches depended on every random number drawn before (dropout
+    included), and a run resumed in the middle of an epoch trained on other batches than
+    an uninterrupted one. Seeded per epoch, both see the same batches.
+    """
+
+    def __init__(self, sampler, seed: int):
+        self.sampler, self.seed = sampler, seed
+        sampler.generator = torch.Generator()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.generator.manual_seed(self.seed + int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+
+def _trainer_class():
+    """The Trainer, with length-grouped batches that do not depend on the global generator."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class LoralabTrainer(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            sampler = super()._get_train_sampler(*args, **kwargs)
+            if isinstance(sampler, LengthGroupedSampler):
+                return EpochSeededSampler(sampler, self.args.seed)
+            return sampler
+
+    return LoralabTrainer
+
+
 def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
                 tokenizer=None, collator=None, resume: bool = False, lr_ratio: float = 1.0) -> RunResult:
     """Train `model` on `tokenized["train"]`, evaluating on `tokenized["eval"]` each epoch.
@@ -286,7 +326,7 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     Raises:
         LoralabError: when the loss becomes NaN or infinite; the last good checkpoint is kept.
     """
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import DataCollatorWithPadding
 
     out_dir = Path(out_dir)
     device = pick_device(settings.device)
@@ -295,9 +335,9 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     collator = collator or DataCollatorWithPadding(tokenizer)
     eval_set = _sorted_by_length(tokenized["eval"])
     guard = StopOnNonFinite()
-    trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
-                      data_collator=collator, compute_metrics=accuracy, callbacks=[guard()],
-                      optimizers=(optimizer_for(model, args, lr_ratio), None))
+    trainer = _trainer_class()(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
+                               data_collator=collator, compute_metrics=accuracy, callbacks=[guard()],
+                               optimizers=(optimizer_for(model, args, lr_ratio), None))
     _quiet_trainer(trainer, settings)
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
