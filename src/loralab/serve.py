@@ -37,22 +37,22 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-@torch.inference_mode()
 def predict_texts(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 64,
                   max_length: int = 512, settings: TrainSettings | None = None) -> np.ndarray:
     """Class probabilities (rows: texts, columns: classes) in batches sorted by length."""
     settings = settings or TrainSettings()
     device = pick_device(settings.device)
     precision = resolve_precision(settings, device)
-    model.eval().to(device)
+    model.eval().to(device)  # outside inference mode: the model stays trainable on a GPU
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together
-    for rows in _chunks(list(order), batch_size):
-        batch = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length,
-                          padding=True, return_tensors="pt").to(device)
-        with autocast(device, precision):
-            logits = model(**batch).logits
-        probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    with torch.inference_mode():
+        for rows in _chunks(list(order), batch_size):
+            batch = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length,
+                              padding=True, return_tensors="pt").to(device)
+            with autocast(device, precision):
+                logits = model(**batch).logits
+            probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return probs
 
 

@@ -375,7 +375,6 @@ def _batches(ds, batch_size: int, tokenizer):
         yield rows, tokenizer.pad([{"input_ids": input_ids[i]} for i in rows], return_tensors="pt")
 
 
-@torch.inference_mode()
 def _map_batches(module: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str, width: int,
                  forward) -> np.ndarray:
     """`forward(batch)` (a computation of `module`) for every row of a tokenized dataset, in
@@ -384,15 +383,19 @@ def _map_batches(module: nn.Module, ds, tokenizer, settings: TrainSettings, desc
 
     device = pick_device(settings.device)
     precision = resolve_precision(settings, device)
+    # Moved before inference mode: weights copied to a GPU inside it would be inference
+    # tensors, which a later training step (head-tuning after encoding) cannot use.
     module.eval().to(device)
     out = np.zeros((len(ds), width), dtype=np.float32)
     total = math.ceil(len(ds) / settings.eval_batch_size)
-    for rows, batch in tqdm(_batches(ds, settings.eval_batch_size, tokenizer), total=total,
-                            desc=desc, disable=settings.quiet, leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast(device, precision):
-            values = forward(batch)
-        out[rows] = values.float().cpu().numpy()
+    batches = tqdm(_batches(ds, settings.eval_batch_size, tokenizer), total=total, desc=desc,
+                   disable=settings.quiet, leave=False)
+    with torch.inference_mode():
+        for rows, batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, precision):
+                values = forward(batch)
+            out[rows] = values.float().cpu().numpy()
     return out
 
 
