@@ -115,3 +115,26 @@ def test_sigkill_during_lora_then_resume(tmp_path, tiny_study_config, finished):
     resumed = json.loads((out / "results.json").read_text())
     for (m1, r1, a1), (m2, r2, a2) in zip(accuracies(resumed), accuracies(rows)):
         assert (m1, r1) == (m2, r2) and abs(a1 - a2) <= 0.002
+
+
+def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finished, tmp_path, caplog):
+    config, rows, _ = finished
+    with caplog.at_level("INFO", logger="loralab"):
+        parallel = run_study({**config, "out": str(tmp_path / "parallel"), "jobs": 3})
+    assert accuracies(parallel) == accuracies(rows)
+    events = re.findall(r"\] (\S+): (running|done)", caplog.text)
+    started = [name for name, what in events if what == "running"]
+    assert sorted(started) == sorted(name for name, what in events if what == "done")
+    assert len(set(started)) == len(started) == 8  # every run of the tiny study, once
+    at_once, most, done = 0, 0, []
+    for name, what in events:
+        at_once += 1 if what == "running" else -1
+        most = max(most, at_once)
+        if what == "done":
+            done.append(name)
+        else:  # a run starts only once the runs whose results it reads are finished
+            needs = {"replace-test": {"full"}, "lowrank": {"full", "head"}, "similarity": {"full", "lora-r2"}}
+            assert needs.get(name, set()) <= set(done), f"{name} started before {needs[name] - set(done)}"
+    assert most == 3
+    with pytest.raises(LoralabError, match="jobs must be at least 1"):
+        load_config(None, jobs=0)

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "split, mean pooling")
     p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: every method once per seed")
     p.add_argument("--pooling", choices=["cls", "mean"], help="what the classification head reads")
+    p.add_argument("--jobs", type=int, help="runs at a time, each in its own process (default: 1; on a GPU, "
+                                            "several fill it)")
     _add_model_args(p)
     _add_data_args(p)
 

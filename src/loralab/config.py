@@ -117,6 +117,8 @@ def validate(config: dict) -> None:
         raise LoralabError(f"config: seeds must be distinct non-negative integers, got {config['seeds']}.")
     if not 0 <= config["data"]["validation"] < 1:
         raise LoralabError("config: data.validation must be a fraction in [0, 1).")
+    if config["jobs"] < 1:
+        raise LoralabError(f"config: jobs must be at least 1, got {config['jobs']}.")
     if config["lora"]["lr_ratio"] <= 0:
         raise LoralabError("config: lora.lr_ratio must be positive.")
     sel = config["select"]

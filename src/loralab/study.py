@@ -9,6 +9,10 @@ Each run lives in its own sub-folder of the output folder and is finished only w
 affect it. Running the same command again skips finished runs and redoes the others; a
 changed setting invalidates only the runs it affects. `results.json` lists every
 finished run and is rewritten after each one.
+
+With `jobs` above 1, runs whose inputs are ready train side by side, each in a process of
+its own: one small model leaves a GPU mostly idle, so several fill it. The runs and their
+results are the same as one at a time.
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ class Run:
     task: str                        # a name in TASKS
     params: dict = field(default_factory=dict)
     isolate: bool = False            # train in a child process (honest peak memory)
+    after: tuple[str, ...] = ()      # names of the runs whose results this one reads
 
 
 def peak_rss_mb() -> float:
@@ -321,26 +326,34 @@ def plan(ctx: Context) -> list[Run]:
         for method in ("full", "head"):
             if m[method]:
                 keys[method] = fingerprint(method, common, chosen.get(method))
-                runs.append(Run(method + sfx, keys[method], "train", {"method": method, "seed": seed}, isolate))
+                runs.append(Run(method + sfx, keys[method], "train", {"method": method, "seed": seed}, isolate,
+                                _selection(chosen, method)))
         first = seed == seeds[0]
         names = {"full": "full" + sfx, "head": "head" + sfx}
         if first and m["replace_test"] and "full" in keys:
             runs.append(Run("replace-test", fingerprint("replace", keys["full"]), "replace",
-                            {"seed": seed, "full": names["full"]}))
+                            {"seed": seed, "full": names["full"]}, after=(names["full"],)))
         if first and m["lowrank"]:
             sweep = (m["sweep_ranks"], m["sweep_points"])
             runs.append(Run("lowrank", fingerprint("lowrank", keys["full"], keys["head"], sweep), "lowrank",
-                            {"seed": seed, **names}))
-        lora_keys = []
+                            {"seed": seed, **names}, after=(names["full"], names["head"])))
+        lora_keys, lora_names = [], []
         for rank in m["lora_ranks"]:
             key = fingerprint("lora", rank, common, c["lora"], chosen.get("lora"))
             lora_keys.append(key)
-            runs.append(Run(f"lora-r{rank}{sfx}", key, "train", {"method": "lora", "rank": rank, "seed": seed},
-                            isolate))
+            lora_names.append(f"lora-r{rank}{sfx}")
+            runs.append(Run(lora_names[-1], key, "train", {"method": "lora", "rank": rank, "seed": seed},
+                            isolate, _selection(chosen, "lora")))
         if first and m["lora_ranks"] and "full" in keys:
             runs.append(Run("similarity", fingerprint("similarity", keys["full"], lora_keys), "similarity",
-                            {"seed": seed, "ranks": list(m["lora_ranks"]), "full": names["full"], "suffix": sfx}))
+                            {"seed": seed, "ranks": list(m["lora_ranks"]), "full": names["full"], "suffix": sfx},
+                            after=(names["full"], *lora_names)))
     return runs
+
+
+def _selection(chosen: dict, method: str) -> tuple[str, ...]:
+    """The run that chooses `method`'s learning rate, if the study chooses one."""
+    return (f"select-{method}",) if method in chosen else ()
 
 
 def _read_json(path: Path):
@@ -359,12 +372,17 @@ def read_result(run_dir: Path, key: str) -> dict | None:
     return result if result is not None and result.get("key") == key else None
 
 
-def _child(config: dict, quiet: bool, run: Run, run_dir: str) -> None:
-    """Entry point of a child process: do one run and write its result."""
+def _child(config: dict, quiet: bool, run: Run, run_dir: str, threads: int = 0) -> None:
+    """Entry point of a child process: do one run and write its result (with `threads`
+    CPU threads for torch, when several children share the machine)."""
     from .logs import setup_logging
 
     _die_with_parent()
     setup_logging(quiet)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     _execute(Context(config, quiet), run, Path(run_dir))
 
 
@@ -413,25 +431,38 @@ def prepare_run_dir(run_dir: Path, key: str) -> None:
     write_json(run_dir / PARTIAL_NAME, partial if partial.get("key") == key else {"key": key})
 
 
-def run_one(ctx: Context, run: Run) -> dict:
+def start_child(ctx: Context, run: Run, threads: int = 0):
+    """Start `run` in a fresh process of its own (after clearing its folder)."""
     run_dir = ctx.out / run.name
     prepare_run_dir(run_dir, run.key)
-    if not run.isolate:
-        return _execute(ctx, run, run_dir)
     proc = multiprocessing.get_context("spawn").Process(
-        target=_child, args=(ctx.config, ctx.quiet, run, str(run_dir)), name=f"loralab-{run.name}")
+        target=_child, args=(ctx.config, ctx.quiet, run, str(run_dir), threads), name=f"loralab-{run.name}")
     proc.start()
+    return proc
+
+
+def child_result(ctx: Context, run: Run, proc) -> dict:
+    """The result a finished child wrote, or a LoralabError saying that it failed."""
+    result = read_result(ctx.out / run.name, run.key)
+    if proc.exitcode != 0 or result is None:
+        raise LoralabError(f"The run {run.name!r} failed (exit code {proc.exitcode}); its messages are "
+                           f"above. Finished runs are kept; run the same command again to retry.")
+    return result
+
+
+def run_one(ctx: Context, run: Run) -> dict:
+    if not run.isolate:
+        run_dir = ctx.out / run.name
+        prepare_run_dir(run_dir, run.key)
+        return _execute(ctx, run, run_dir)
+    proc = start_child(ctx, run)
     try:
         proc.join()
     except KeyboardInterrupt:
         proc.terminate()
         proc.join()
         raise
-    result = read_result(run_dir, run.key)
-    if proc.exitcode != 0 or result is None:
-        raise LoralabError(f"The run {run.name!r} failed (exit code {proc.exitcode}); its messages are "
-                           f"above. Finished runs are kept; run the same command again to retry.")
-    return result
+    return child_result(ctx, run, proc)
 
 
 def collect(ctx: Context, runs: list[Run]) -> list[dict]:
@@ -470,6 +501,59 @@ def environment(ctx: Context, seconds: float, skipped: int = 0) -> dict:
     }
 
 
+def _log_done(i: int, total: int, run: Run, result: dict) -> None:
+    accs = [r["eval_accuracy"] for r in result["rows"] if r["eval_accuracy"] is not None]
+    logger.info("[%d/%d] %s: done in %.0f s%s", i, total, run.name, result["seconds"],
+                f", eval accuracy {max(accs):.4f}" if accs else "")
+
+
+def run_parallel(ctx: Context, runs: list[Run], todo: list[int], jobs: int) -> None:
+    """Do the runs numbered `todo` (indices into `runs`), up to `jobs` at a time, each in a
+    process of its own, starting each once the runs it reads (`Run.after`) are finished.
+
+    A failed run stops new starts; the runs in progress finish (their work is kept) and a
+    LoralabError names the failures.
+    """
+    from multiprocessing.connection import wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    finished = {run.name for i, run in enumerate(runs) if i not in todo}
+    waiting, running, failed = list(todo), {}, []
+    try:
+        while waiting or running:
+            ready = [i for i in waiting if set(runs[i].after) <= finished] if not failed else []
+            for i in ready[:jobs - len(running)]:
+                waiting.remove(i)
+                logger.info("[%d/%d] %s: running", i + 1, len(runs), runs[i].name)
+                running[i] = start_child(ctx, runs[i], threads)
+            if not running:
+                break  # what is left waits on a run that failed
+            sentinels = {proc.sentinel: i for i, proc in running.items()}
+            for sentinel in wait(list(sentinels)):
+                i = sentinels[sentinel]
+                proc = running.pop(i)
+                proc.join()
+                try:
+                    result = child_result(ctx, runs[i], proc)
+                except LoralabError as err:
+                    logger.error("%s", err)
+                    failed.append(runs[i].name)
+                    continue
+                finished.add(runs[i].name)
+                _log_done(i + 1, len(runs), runs[i], result)
+                write_json(ctx.out / "results.json", collect(ctx, runs))
+    except KeyboardInterrupt:
+        for proc in running.values():
+            proc.terminate()
+            proc.join()
+        raise
+    if waiting and not failed:  # pragma: no cover - plan() names only runs it makes
+        raise LoralabError(f"runs wait on runs that are not in the study: {[runs[i].name for i in waiting]}")
+    if failed:
+        raise LoralabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their messages are above. "
+                           "Finished runs are kept; run the same command again to retry.")
+
+
 def run_study(config: dict, quiet: bool = False) -> list[dict]:
     """Run (or resume) the whole study; returns the rows of `results.json`."""
     ctx = Context(config, quiet)
@@ -477,18 +561,21 @@ def run_study(config: dict, quiet: bool = False) -> list[dict]:
     write_text(ctx.out / "config.toml", to_toml(config))
     start = time.perf_counter()
     runs = plan(ctx)
-    skipped = 0
-    for i, run in enumerate(runs, 1):
+    todo = []
+    for i, run in enumerate(runs):
         if read_result(ctx.out / run.name, run.key):
-            logger.info("[%d/%d] %s: finished earlier, skipped", i, len(runs), run.name)
-            skipped += 1
-            continue
-        logger.info("[%d/%d] %s: running", i, len(runs), run.name)
-        result = run_one(ctx, run)
-        accs = [r["eval_accuracy"] for r in result["rows"] if r["eval_accuracy"] is not None]
-        logger.info("[%d/%d] %s: done in %.0f s%s", i, len(runs), run.name, result["seconds"],
-                    f", eval accuracy {max(accs):.4f}" if accs else "")
-        write_json(ctx.out / "results.json", collect(ctx, runs))
+            logger.info("[%d/%d] %s: finished earlier, skipped", i + 1, len(runs), run.name)
+        else:
+            todo.append(i)
+    skipped = len(runs) - len(todo)
+    if config["jobs"] > 1:
+        run_parallel(ctx, runs, todo, config["jobs"])
+    else:
+        for i in todo:
+            logger.info("[%d/%d] %s: running", i + 1, len(runs), runs[i].name)
+            result = run_one(ctx, runs[i])
+            _log_done(i + 1, len(runs), runs[i], result)
+            write_json(ctx.out / "results.json", collect(ctx, runs))
     rows = collect(ctx, runs)
     write_json(ctx.out / "results.json", rows)
     write_json(ctx.out / "environment.json", environment(ctx, time.perf_counter() - start, skipped))
@@ -502,7 +589,7 @@ def config_from_args(args) -> dict:
              "data.text_column": args.text_column, "data.label_column": args.label_column,
              "data.drop_invalid": args.drop_invalid or None,
              "data.limit_train": args.limit_train, "data.limit_eval": args.limit_eval,
-             "seeds": args.seeds, "train.pooling": args.pooling}
+             "seeds": args.seeds, "train.pooling": args.pooling, "jobs": args.jobs}
     return load_config(args.config, quick=args.quick, profile=args.profile, **flags)
 
 
