@@ -59,14 +59,20 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def lab_batches(tokenizer, n_reviews: int, batch_size: int, max_length: int = 512, seed: int = 0):
+def lab_batches(tokenizer, n_reviews: int, batch_size: int, max_length: int = 512, by_length: bool = False):
     """The first `n_reviews` of the lab's train data (seeded shuffle), tokenized and cut
-    into padded batches in a fixed order: the same batches for every side."""
+    into padded batches in a fixed order: the same batches for every side. `by_length`
+    sorts the reviews by length first, as `loralab train`'s length-grouped batches."""
     from loralab.data import limit_data, load_data
 
     data = limit_data(load_data(), n_reviews, 1)
     texts, labels = list(data["train"]["text"]), list(data["train"]["label"])
     import torch
+
+    if by_length:
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        texts, labels = [texts[i] for i in order], [labels[i] for i in order]
 
     batches = []
     for start in range(0, len(texts), batch_size):

@@ -1,9 +1,11 @@
 """How close LoRA training comes to this CPU's matrix-multiply peak.
 
 Counts the matrix FLOPs of forward and backward of LoRA r=6 training steps on real lab
-batches (torch's FlopCounterMode, actual token counts), divides by the measured step
+batches (torch's FlopCounterMode, the batches' token counts), divides by the measured
 time, and compares with the bfloat16 and float32 matmul peaks measured in the same run.
-Then profiles one step and lists the top operators by time: where the rest goes.
+The batches come twice: sorted by length, as `loralab train` groups them (the figure),
+and in data order, padded to each batch's longest review. Then profiles one step and
+lists the top operators by time: where the rest goes.
 
     python benchmarks/roofline.py [--reviews 48] [--tiny]
 
@@ -49,7 +51,8 @@ def main() -> None:
     from loralab.fastdropout import fast_dropout_enabled
 
     tokenizer = load_tokenizer(args.model)
-    batches = lab_batches(tokenizer, args.reviews, 8, max_length)
+    orders = {"length-grouped (as loralab train)": lab_batches(tokenizer, args.reviews, 8, max_length, by_length=True),
+              "data order": lab_batches(tokenizer, args.reviews, 8, max_length)}
     torch.manual_seed(0)
     model = inject_lora(load_model(args.model), 6).train()
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -61,33 +64,43 @@ def main() -> None:
         optim.step()
         optim.zero_grad(set_to_none=True)
 
+    def epoch(batches):
+        for batch in batches:
+            step(batch)
+
+    measured, repeats = {}, 1 if args.tiny else 3
     with fast_dropout_enabled(model):
-        with FlopCounterMode(display=False) as counter:
-            for batch in batches:
-                step(batch)
-        flops = counter.get_total_flops()
-        times = []
-        for _ in range(1 if args.tiny else 3):
-            start = time.perf_counter()
-            for batch in batches:
-                step(batch)
-            times.append(time.perf_counter() - start)
-        seconds = median(times)
+        for name, batches in orders.items():
+            with FlopCounterMode(display=False) as counter:
+                epoch(batches)  # also the warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                epoch(batches)
+                times.append(time.perf_counter() - start)
+            padded = sum(b["attention_mask"].numel() for b in batches)
+            measured[name] = (counter.get_total_flops(), median(times), padded)
+        grouped = orders["length-grouped (as loralab train)"]
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            step(batches[len(batches) // 2])
+            step(grouped[len(grouped) // 2])
 
     bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
-    achieved = flops / seconds
-    tokens = sum(b["attention_mask"].sum().item() for b in batches)
+    tokens = sum(b["attention_mask"].sum().item() for b in grouped)
     print(f"# roofline: {machine()}")
-    print(f"# model {args.model}, LoRA r=6, {args.reviews} lab train reviews in batches of 8 ({tokens} tokens), "
-          f"bf16 autocast, fast dropout; peaks: 2048^3 matmul, median of 10\n")
-    print(table(["figure", "GFLOP/s"], [["measured bf16 matmul peak", bf16_peak / 1e9],
-                                         ["measured fp32 matmul peak", fp32_peak / 1e9],
-                                         ["LoRA training (matrix FLOPs / wall time)", achieved / 1e9]]))
-    print(f"\nmatrix FLOPs per epoch: {flops / 1e9:.1f} GFLOP in {seconds:.2f} s; "
-          f"{100 * achieved / fp32_peak:.1f}% of the fp32 peak")
-    print("\nTop operators of one training step by self CPU time:")
+    print(f"# model {args.model}, LoRA r=6, {args.reviews} lab train reviews ({tokens} tokens) in batches of 8, "
+          f"bf16 autocast, fast dropout; matrix FLOPs of forward and backward as run (padding included); "
+          f"peaks: 2048^3 matmul, median of 10; epochs: median of {repeats}\n")
+    rows = [["measured bf16 matmul peak", bf16_peak / 1e9, "", "", ""],
+            ["measured fp32 matmul peak", fp32_peak / 1e9, "", "", ""]]
+    for name, (flops, seconds, padded) in measured.items():
+        rows.append([f"LoRA training, {name}", flops / seconds / 1e9, f"{padded:,}", f"{flops / 1e9:.1f}",
+                     f"{seconds:.2f}"])
+    print(table(["figure", "GFLOP/s", "padded tokens", "GFLOP/epoch", "s/epoch"], rows))
+    flops, seconds, _ = measured["length-grouped (as loralab train)"]
+    achieved = flops / seconds
+    print(f"\nlength-grouped: {100 * achieved / fp32_peak:.1f}% of the fp32 peak, "
+          f"{100 * achieved / bf16_peak:.1f}% of the bf16 peak")
+    print("\nTop operators of one length-grouped training step by self CPU time:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     done(achieved / bf16_peak, "fraction of bf16 peak")
 

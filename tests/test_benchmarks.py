@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import ROOT, needs_lab_data
 
-SCRIPTS = {"lora_train": "ratio", "inference": "ratio", "memory": "ratio", "roofline": "fraction of bf16 peak",
-           "lab_pipeline": "ratio"}
+SCRIPTS = {"attention": "ratio", "lora_train": "ratio", "inference": "ratio", "memory": "ratio",
+           "roofline": "fraction of bf16 peak", "lab_pipeline": "ratio"}
 
 
 @needs_lab_data
