@@ -121,8 +121,18 @@ def test_time_per_run_from_the_run_folders(tmp_path):
     for name, (secs, finished) in done.items():  # lora-r32: a folder left from another study
         (folder / name).mkdir(exist_ok=True)
         (folder / name / "result.json").write_text(json.dumps({"rows": [], "seconds": secs, "finished": finished}))
-    assert build(folder)["times"] == [("full", 3000.4), ("head", 80.0), ("lowrank", 277.0)]
+    assert [t[:2] for t in build(folder)["times"]] == [("full", 3000.4), ("head", 80.0), ("lowrank", 277.0)]
     md = write_report(folder).read_text()
-    assert "In all: 3,357 s (56 min)." in md
+    assert "In all: 3,357 s (56 min).\n" in md  # one after another: no overlap to report
     assert "| full | 3,000 |" in md and "lora-r32" not in md
     assert "1,600 s (it skipped 2 runs finished by an earlier one)" in md
+
+
+def test_runs_side_by_side_report_their_busy_wall_time():
+    from loralab.report import busy_seconds
+
+    # a: 10:00-10:10, b: 10:05-10:15 (overlaps a), c: 11:00-11:01 (alone)
+    times = [("a", 600, "2026-01-01T10:10:00"), ("b", 600, "2026-01-01T10:15:00"), ("c", 60, "2026-01-01T11:01:00")]
+    assert busy_seconds(times) == 900 + 60
+    assert busy_seconds(times[:1]) == 600
+    assert busy_seconds([("a", 600, "")]) is None
