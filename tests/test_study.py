@@ -138,3 +138,15 @@ def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finish
     assert most == 3
     with pytest.raises(LoralabError, match="jobs must be at least 1"):
         load_config(None, jobs=0)
+
+
+def test_jobs_a_failed_run_stops_new_starts_and_keeps_finished_work(finished, tmp_path):
+    config, _, _ = finished
+    broken = {**config, "out": str(tmp_path / "broken"), "jobs": 2,
+              "lora": {**config["lora"], "targets": "no_such_layer"}}
+    with pytest.raises(LoralabError, match=r"run\(s\) failed: .*lora-r2"):
+        run_study(broken, quiet=True)
+    out = tmp_path / "broken"
+    assert (out / "full" / "result.json").exists() and (out / "tfidf-lr" / "result.json").exists()
+    assert not (out / "lora-r2" / "result.json").exists()
+    assert not (out / "similarity").exists()  # it reads lora-r2: never started
