@@ -132,7 +132,22 @@ def test_runs_side_by_side_report_their_busy_wall_time():
     from loralab.report import busy_seconds
 
     # a: 10:00-10:10, b: 10:05-10:15 (overlaps a), c: 11:00-11:01 (alone)
-    times = [("a", 600, "2026-01-01T10:10:00"), ("b", 600, "2026-01-01T10:15:00"), ("c", 60, "2026-01-01T11:01:00")]
+    times = [("a", 600, "2026-01-01T10:10:00", "cpu"), ("b", 600, "2026-01-01T10:15:00", "cpu"),
+             ("c", 60, "2026-01-01T11:01:00", "cpu")]
     assert busy_seconds(times) == 900 + 60
     assert busy_seconds(times[:1]) == 600
-    assert busy_seconds([("a", 600, "")]) is None
+    assert busy_seconds([("a", 600, "", "cpu")]) is None
+
+
+def test_a_study_resumed_on_another_device_says_which_run_ran_where(tmp_path):
+    folder = hand_made(tmp_path)
+    rows = json.loads((folder / "results.json").read_text())
+    for r, name in zip(rows, ("tfidf-lr", "tfidf-nb", "full", "head")):
+        r["run"] = name
+    (folder / "results.json").write_text(json.dumps(rows))
+    for name, device in (("full", "NVIDIA H100 80GB HBM3"), ("head", "cpu")):
+        (folder / name).mkdir(exist_ok=True)
+        (folder / name / "result.json").write_text(json.dumps(
+            {"rows": [], "seconds": 60, "finished": "2026-01-01T10:00:00", "device": device}))
+    md = write_report(folder).read_text()
+    assert "| full | 60 | NVIDIA H100 80GB HBM3 |" in md and "| head | 60 | cpu |" in md

@@ -49,6 +49,7 @@ def test_every_method_is_in_results(finished):
     assert (out / "config.toml").exists() and (out / "environment.json").exists()
     assert (out / "lora-r2" / "model" / "adapter_model.safetensors").exists()
     assert (out / "lowrank" / "spectrum.png").stat().st_size > 10_000
+    assert json.loads((out / "full" / "result.json").read_text())["device"] == "cpu"  # what it ran on
 
 
 def test_replace_test_restores_predictions(finished):

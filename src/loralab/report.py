@@ -341,29 +341,30 @@ def footer(env: dict | None) -> list[str]:
             + (f" (it skipped {n} runs finished by an earlier one)" if (n := env.get("skipped_runs")) else "")]
 
 
-def run_times(out_dir: Path, runs: list[dict]) -> list[tuple[str, float, str]]:
-    """(run, wall seconds, finished) for each finished run of this study, in the order they
-    finished, from the run folders' result.json (folders of runs no longer in results.json
-    are left out); `finished` is an ISO time, or "" where a result has none."""
+def run_times(out_dir: Path, runs: list[dict]) -> list[tuple[str, float, str, str]]:
+    """(run, wall seconds, finished, device) for each finished run of this study, in the
+    order they finished, from the run folders' result.json (folders of runs no longer in
+    results.json are left out); `finished` is an ISO time and `device` what it ran on, each
+    "" where a result has none."""
     names = {r.get("run") for r in runs} | {"replace-test", "lowrank", "similarity"}
     found = []
     for path in out_dir.glob("*/result.json"):
         name = path.parent.name
         if (name in names or name.startswith("select-")) and (r := _read(path)) \
                 and isinstance(r.get("seconds"), (int, float)):
-            found.append((r.get("finished") or "", name, r["seconds"]))
-    return [(name, secs, finished) for finished, name, secs in sorted(found)]
+            found.append((r.get("finished") or "", name, r["seconds"], r.get("device") or ""))
+    return [(name, secs, finished, device) for finished, name, secs, device in sorted(found)]
 
 
-def busy_seconds(times: list[tuple[str, float, str]]) -> float | None:
+def busy_seconds(times: list[tuple]) -> float | None:
     """Wall time during which at least one run was going: the union of the runs' intervals
     (runs side by side under `--jobs` overlap, so their times add up to more). None when a
     run's finishing time is unknown."""
     import datetime as dt
 
-    if not times or any(not finished for _, _, finished in times):
+    if not times or any(not t[2] for t in times):
         return None
-    spans = sorted((end - secs, end) for _, secs, finished in times
+    spans = sorted((end - secs, end) for _, secs, finished, *_ in times
                    for end in [dt.datetime.fromisoformat(finished).timestamp()])
     busy, (start, stop) = 0.0, spans[0]
     for a, b in spans[1:]:
@@ -457,15 +458,21 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
             md.append(f"| {rank} | {sum(values) / len(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
         md += [""]
     if info["times"]:
-        total = sum(secs for _, secs, _ in info["times"])
+        total = sum(t[1] for t in info["times"])
         busy = busy_seconds(info["times"])
         overlap = (f" Some ran side by side (`--jobs`): the study was busy for {busy:,.0f} s "
                    f"({_duration(busy)}) of wall time." if busy is not None and busy < total - 1 else "")
         md += ["## Time per run", "",
                "Wall time of each run: loading, training and evaluation. A run finished by an earlier, "
                f"interrupted `loralab run` keeps the time it took then. In all: {total:,.0f} s "
-               f"({_duration(total)}).{overlap}", "", "| run | wall time (s) |", "|---|---:|"]
-        md += [f"| {name} | {secs:,.0f} |" for name, secs, _ in info["times"]]
+               f"({_duration(total)}).{overlap}", ""]
+        devices = {t[3] for t in info["times"]}
+        if len(devices) > 1:  # a study resumed on another machine: say which run ran where
+            md += ["| run | wall time (s) | device |", "|---|---:|---|"]
+            md += [f"| {name} | {secs:,.0f} | {device or 'not recorded'} |" for name, secs, _, device in info["times"]]
+        else:
+            md += ["| run | wall time (s) |", "|---|---:|"]
+            md += [f"| {name} | {secs:,.0f} |" for name, secs, *_ in info["times"]]
         md += [""]
     md += ["## Plots", ""]
     for name, title in PLOTS.items():

@@ -406,7 +406,8 @@ def _execute(ctx: Context, run: Run, run_dir: Path) -> dict:
     start = time.perf_counter()
     result = TASKS[run.task](ctx, run_dir, **run.params)
     result.update(name=run.name, key=run.key, seconds=time.perf_counter() - start,
-                  finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                  finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  device=device_name(ctx.config["device"]))
     for r in result["rows"]:
         r.setdefault("seed", seed)
         r["run"] = run.name
@@ -474,6 +475,16 @@ def collect(ctx: Context, runs: list[Run]) -> list[dict]:
     return rows
 
 
+def device_name(device: str) -> str:
+    """What a run ran on, in words: the GPU's name, or "cpu" (a resumed study may mix them)."""
+    import torch
+
+    from .models import pick_device
+
+    picked = pick_device(device)
+    return torch.cuda.get_device_name(picked) if picked.type == "cuda" else "cpu"
+
+
 def environment(ctx: Context, seconds: float, skipped: int = 0) -> dict:
     import torch
     import transformers
@@ -492,7 +503,7 @@ def environment(ctx: Context, seconds: float, skipped: int = 0) -> dict:
                  "train_files": d["train"], "eval_files": d["eval"]},
         "loralab": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": device_name(ctx.config["device"]),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "precision": resolve_precision(ctx.settings(), device), "seed": ctx.config["seed"],
         "seeds": seeds_of(ctx.config), "profile": ctx.config["profile"],
