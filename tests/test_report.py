@@ -108,12 +108,18 @@ def test_every_plot_loads_in_headless_chromium(tmp_path):
     assert match.group(1) == match.group(2) == "4"
 
 
-def test_time_per_run_from_the_run_folders(tmp_path):
+def hand_made_with_run_folders(tmp_path):
+    """The hand-made study, its rows naming the run folders they came from."""
     folder = hand_made(tmp_path)
     rows = json.loads((folder / "results.json").read_text())
     for r, name in zip(rows, ("tfidf-lr", "tfidf-nb", "full", "head")):
         r["run"] = name
     (folder / "results.json").write_text(json.dumps(rows))
+    return folder
+
+
+def test_time_per_run_from_the_run_folders(tmp_path):
+    folder = hand_made_with_run_folders(tmp_path)
     env = json.loads((folder / "environment.json").read_text())
     (folder / "environment.json").write_text(json.dumps(dict(env, skipped_runs=2)))
     done = {"full": (3000.4, "2026-01-01T10:00:00"), "head": (80.0, "2026-01-01T11:00:00"),
@@ -140,11 +146,7 @@ def test_runs_side_by_side_report_their_busy_wall_time():
 
 
 def test_a_study_resumed_on_another_device_says_which_run_ran_where(tmp_path):
-    folder = hand_made(tmp_path)
-    rows = json.loads((folder / "results.json").read_text())
-    for r, name in zip(rows, ("tfidf-lr", "tfidf-nb", "full", "head")):
-        r["run"] = name
-    (folder / "results.json").write_text(json.dumps(rows))
+    folder = hand_made_with_run_folders(tmp_path)
     for name, device in (("full", "NVIDIA H100 80GB HBM3"), ("head", "cpu")):
         (folder / name).mkdir(exist_ok=True)
         (folder / name / "result.json").write_text(json.dumps(
