@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,9 +54,12 @@ def test_every_method_is_in_results(finished):
 
 
 def test_replace_test_restores_predictions(finished):
-    _, _, out = finished
+    _, rows, out = finished
     result = json.loads((out / "replace-test" / "result.json").read_text())["replace_test"]
     assert result["restored_logits_identical"] and result["restored_accuracy"] == result["original_accuracy"]
+    # The saved model, evaluated again, agrees with the Trainer's evaluation after training:
+    # both evaluate the same length-sorted batches.
+    assert result["original_accuracy"] == next(r["eval_accuracy"] for r in rows if r["method"] == "full")
     assert result["random_clones_accuracy"] <= max(result["majority_class_accuracy"], result["original_accuracy"])
     assert abs(result["random_clones_accuracy"] - 0.5) <= 0.2  # near chance on 48 reviews
 
@@ -153,3 +157,69 @@ def test_jobs_a_failed_run_stops_new_starts_and_keeps_finished_work(finished, tm
     assert (out / "full" / "result.json").exists() and (out / "tfidf-lr" / "result.json").exists()
     assert not (out / "lora-r2" / "result.json").exists() and not (out / "lowrank" / "result.json").exists()
     assert not (out / "similarity").exists()  # it reads lora-r2: never started
+
+
+def _processes_in_session(sid: int) -> list[int]:
+    """Live processes (not zombies) whose session is `sid` (fields of /proc/PID/stat)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_killed_run_leaves_no_process_behind(tmp_path, tiny_study_config):
+    """Runs train in processes forked from a fork server: killing `loralab run` alone
+    (SIGKILL, no clean-up) must still end the server and the run it started."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "loralab.cli", "run", "--config", str(tiny_study_config), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (out / "full").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before full fine-tuning started"
+            time.sleep(0.05)
+        assert len(_processes_in_session(proc.pid)) >= 2  # the study and its runs
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while _processes_in_session(proc.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _processes_in_session(proc.pid) == []  # nothing left that could write a result later
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_runs_see_the_environment_of_their_start_not_of_the_fork_server(tmp_path, tiny_model_dir):
+    """The fork server is started once; a run started later must see the study's
+    environment as it is then (here: where the data is)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 16), ("eval", 8)):
+        rows = "".join(f"{split} film {i} was {'fine' if i % 2 else 'dull'},{i % 2}\n" for i in range(n))
+        (data / f"{split}.csv").write_text("review,label\n" + rows)
+    script = f"""
+import os, sys
+from loralab.config import load_config
+from loralab.study import run_study, warm_up_processes
+os.environ["LORALAB_DATA"] = "{tmp_path / 'nowhere'}"
+warm_up_processes()
+os.environ["LORALAB_DATA"] = "{data}"
+config = load_config(None, out="{tmp_path / 'out'}", model="{tiny_model_dir}",
+                     **{{"train.epochs": 1, "train.max_length": 16, "methods.baselines": False,
+                        "methods.head": False, "methods.replace_test": False, "methods.lowrank": False,
+                        "methods.lora_ranks": []}})
+print(run_study(config, quiet=True)[0]["method"])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # With the server's environment the run would look for the data in "nowhere" and fail.
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "full"
