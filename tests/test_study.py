@@ -50,6 +50,9 @@ def test_every_method_is_in_results(finished):
     assert (out / "config.toml").exists() and (out / "environment.json").exists()
     assert (out / "lora-r2" / "model" / "adapter_model.safetensors").exists()
     assert (out / "lowrank" / "spectrum.png").stat().st_size > 10_000
+    head = next(r for r in saved if r["method"] == "head")  # the sweeps are compared with the head row's figure
+    assert json.loads((out / "lowrank" / "result.json").read_text())["lowrank"]["headtuned_accuracy"] == \
+        head["eval_accuracy"]
     assert json.loads((out / "full" / "result.json").read_text())["device"] == "cpu"  # what it ran on
 
 

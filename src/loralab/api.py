@@ -219,7 +219,7 @@ def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | 
 def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.PathLike = "runs/lowrank",
             data=None, tokenized=None, tokenizer=None, settings: TrainSettings | None = None,
             ranks: list[int] | None = None, sweep_points: int = 0, targets=None,
-            lora_dirs: tuple = ()) -> tuple[list[dict], dict]:
+            lora_dirs: tuple = (), head_accuracy: float | None = None) -> tuple[list[dict], dict]:
     """The low-rank study: both approximated-model sweeps, the spectrum of dW and, for
     each LoRA adapter given, its subspace similarity to dW.
 
@@ -230,6 +230,9 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
         ranks: the sweep's ranks (default: full rank halving down to 1).
         sweep_points: keep only this many ranks, spread out (0 keeps all).
         lora_dirs: LoRA adapters trained from `pretrained`, compared with dW.
+        head_accuracy: the head-tuned model's eval accuracy where it is known (`loralab run`
+            passes its head-tuning run's, so the sweeps are compared with the figure the
+            report shows); None evaluates the model.
 
     Returns:
         (rows, summary): one row per approach and rank (`method` approx1/approx2, `rank`,
@@ -256,7 +259,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
     def accuracy_of(net):
         return evaluate_model(net, tokenized["eval"], tokenizer, settings)
 
-    head_acc = accuracy_of(head_model)
+    head_acc = accuracy_of(head_model) if head_accuracy is None else head_accuracy
     head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(head_model)))
     rows, summary = [], {"headtuned_accuracy": head_acc, "ranks": ranks, "full_rank": study.full_rank}
     for approach in (1, 2):

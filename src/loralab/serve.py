@@ -27,7 +27,7 @@ from .fileio import atomic_dir, atomic_path, write_text
 from .models import ID2LABEL, LABEL2ID, pick_device
 from .pooling import pooling_of
 from .surgery import lora_layers, merge_and_unload
-from .training import TrainSettings, autocast, resolve_precision
+from .training import EVAL_BATCH_SIZE, TrainSettings, autocast, resolve_precision
 
 ID_COLUMNS = ("id", "index")
 
@@ -37,7 +37,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def predict_texts(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 64,
+def predict_texts(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = EVAL_BATCH_SIZE,
                   max_length: int = 512, settings: TrainSettings | None = None) -> np.ndarray:
     """Class probabilities (rows: texts, columns: classes) in batches sorted by length."""
     settings = settings or TrainSettings()
@@ -79,7 +79,7 @@ def read_texts(path: str, text_column: str = "review") -> tuple[list[str], list 
 
 def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *, input: str | None = None,
             output: str | os.PathLike | None = None, text_column: str = "review", labels: str | None = None,
-            batch_size: int = 64, max_length: int = 512, chunk_size: int = 4096,
+            batch_size: int = EVAL_BATCH_SIZE, max_length: int = 512, chunk_size: int = 4096,
             settings: TrainSettings | None = None, progress: bool = True) -> dict:
     """Predict sentiment for texts or a file and optionally write the predictions.
 

@@ -260,10 +260,12 @@ def task_lowrank(ctx: Context, run_dir: Path, seed: int, full: str = "full", hea
     from .api import lowrank
 
     m = ctx.config["methods"]
+    head_row = _read_json(ctx.out / head / RESULT_NAME)["rows"][0]  # finished before this run (`after`)
     rows, summary = lowrank(ctx.out / full / "model", ctx.out / head / "model", ctx.config["model"],
                             out=run_dir, tokenized=ctx.tokenized, tokenizer=ctx.tokenizer,
                             settings=ctx.settings(seed=seed), ranks=m["sweep_ranks"] or None,
-                            sweep_points=m["sweep_points"], targets=ctx.config["lora"]["targets"] or None)
+                            sweep_points=m["sweep_points"], targets=ctx.config["lora"]["targets"] or None,
+                            head_accuracy=head_row["eval_accuracy"])
     return {"rows": [row(**r) for r in rows], "lowrank": summary}
 
 
