@@ -8,8 +8,9 @@ notebook's mistakes are not copied: its LoRA scaled A by 0.01, its head-tuned mo
 untrained, its replace test used a model trained in place.)
 
 loralab side: `loralab run` with the same subset and settings (its defaults otherwise:
-dynamic padding, length-grouped batches, bf16 autocast, fast dropout, cached head
-features, one SVD per matrix, a process per training run).
+dynamic padding, length-grouped batches, bf16 autocast, fast dropout, length-sorted
+evaluation batches, cached head features, one SVD per matrix, a process per training run
+forked from a fork server).
 
     python benchmarks/lab_pipeline.py [--train 500] [--eval 200] [--tiny]
 
