@@ -12,7 +12,7 @@ dynamic padding, length-grouped batches, bf16 autocast, fast dropout, length-sor
 evaluation batches, cached head features, one SVD per matrix, a process per training run
 forked from a fork server).
 
-    python benchmarks/lab_pipeline.py [--train 500] [--eval 200] [--tiny]
+    python benchmarks/lab_pipeline.py [--train 500] [--eval 200] [--lr 5e-5] [--tiny]
 
 Last line: `ratio: X`, the lab pipeline's wall time over loralab's.
 """
@@ -47,7 +47,7 @@ class LabLoRA(nn.Module):
         return self.pretrained(x) + x @ (self.A @ self.B) * self.scaling
 
 
-def lab_side(data, model_name: str, ranks: list[int], workdir: str) -> tuple[dict, dict]:
+def lab_side(data, model_name: str, ranks: list[int], workdir: str, lr: float) -> tuple[dict, dict]:
     from transformers import Trainer, TrainingArguments
 
     from loralab import (
@@ -66,7 +66,8 @@ def lab_side(data, model_name: str, ranks: list[int], workdir: str) -> tuple[dic
     tokenizer = load_tokenizer(model_name)
     tokenized = data.map(lambda b: tokenizer(b["text"], padding=True, truncation=True), batched=True)
     args = TrainingArguments(output_dir=workdir, eval_strategy="epoch", logging_steps=5, num_train_epochs=1,
-                             use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=0)
+                             learning_rate=lr, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
+                             seed=0)
 
     def compute_metrics(pred):
         logits, labels = pred
@@ -158,7 +159,8 @@ def loralab_side(args, ranks: list[int], out: str) -> tuple[dict, dict]:
 
     config = load_config(None, out=out, model=args.model if args.model != "minilm" else None,
                          **{"data.limit_train": args.train, "data.limit_eval": args.eval, "train.epochs": 1,
-                            "train.max_length": args.max_length, "methods.lora_ranks": [6],
+                            "train.max_length": args.max_length, "train.learning_rate": args.lr,
+                            "methods.lora_ranks": [6],
                             "methods.sweep_ranks": ranks})
     start = time.perf_counter()
     rows = run_study(config, quiet=True)
@@ -184,6 +186,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=500)
     parser.add_argument("--eval", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=5e-5, help="every method's learning rate, both sides "
+                        "(default: the Trainer's and the lab's)")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     if args.tiny:
@@ -202,11 +206,12 @@ def main() -> None:
         data = data.map(lambda b: {"text": [t[: args.max_length * 4] for t in b["text"]]}, batched=True)
     with tempfile.TemporaryDirectory() as tmp:
         ours_t, ours_a = loralab_side(args, ranks, f"{tmp}/loralab")
-        lab_t, lab_a = lab_side(data, args.model, ranks, f"{tmp}/lab")
+        lab_t, lab_a = lab_side(data, args.model, ranks, f"{tmp}/lab", args.lr)
 
     print(f"# lab_pipeline: {machine()}")
-    print(f"# model {args.model}, {args.train} train / {args.eval} eval lab reviews, 1 epoch, LoRA r=6, sweeps over "
-          f"ranks {ranks}; lab: fp32, padding=True, Trainer; loralab: `loralab run` defaults; one run each\n")
+    print(f"# model {args.model}, {args.train} train / {args.eval} eval lab reviews, 1 epoch, lr {args.lr:g}, "
+          f"LoRA r=6, sweeps over ranks {ranks}; lab: fp32, padding=True, Trainer; loralab: `loralab run` "
+          "defaults; one run each\n")
     steps = [("baselines", ["tfidf-lr", "tfidf-nb"], ["tfidf-lr", "tfidf-nb"]), ("full", ["full"], ["full"]),
              ("head", ["head"], ["head"]), ("replace test", ["replace-test"], ["replace-test"]),
              ("both sweeps", ["approx1 sweep", "approx2 sweep"], ["lowrank"]), ("LoRA r=6", ["lora r=6"], ["lora-r6"]),
