@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--reviews", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16, help="inference batch (default: loralab's)")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     max_length = 64 if args.tiny else 512

@@ -445,13 +445,18 @@ PRELOAD = ["torch", "transformers", "transformers.trainer", "transformers.models
            "datasets", "loralab.study", "loralab.training", "loralab.api"]
 
 
+def _fork_server() -> bool:
+    # Linux only: on macOS, forking after system frameworks are loaded is not safe.
+    return sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods()
+
+
 def process_context():
-    """How runs get a process of their own: forked from a fork server where the platform has
-    one (Linux, macOS). The server imports torch and transformers once and never runs them,
-    so each run starts in a fraction of a second instead of the ~5 s of imports that a
-    fresh ("spawn") process pays, and inherits no thread pool or CUDA state. Elsewhere, spawn.
+    """How runs get a process of their own: on Linux, forked from a fork server. The server
+    imports torch and transformers once and never runs them, so each run starts in a
+    fraction of a second instead of the ~5 s of imports that a fresh ("spawn") process
+    pays, and inherits no thread pool or CUDA state. Elsewhere, spawn.
     """
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
+    if not _fork_server():  # pragma: no cover - not Linux
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
@@ -460,7 +465,7 @@ def process_context():
 
 def warm_up_processes() -> None:
     """Start the fork server now, so its imports overlap the parent's first runs."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
+    if _fork_server():
         from multiprocessing import forkserver
 
         process_context()
