@@ -41,7 +41,8 @@ class _MeanPooling:
     """Forward hooks: the encoder's attention mask and output are recorded, and the first
     head module is handed their masked mean in place of the first token."""
 
-    def __init__(self):
+    def __init__(self, head_reads_sequence: bool | None):
+        self.head_reads_sequence = head_reads_sequence  # None: a family not in loralab.arch, told by shape
         self.mask = None
         self.hidden = None
         self.active = False
@@ -60,7 +61,8 @@ class _MeanPooling:
             return None
         self.active = False
         (first, *rest) = args
-        if first.dim() == 3:  # the head takes [:, 0] itself (BERT's pooler, RoBERTa's head)
+        reads_sequence = first.dim() == 3 if self.head_reads_sequence is None else self.head_reads_sequence
+        if reads_sequence:  # the head takes [:, 0] itself (BERT's pooler, RoBERTa's head)
             pooled = masked_mean(first, self.mask).unsqueeze(1)
         else:  # the model took [:, 0] before the head (DistilBERT): pool the recorded output
             pooled = masked_mean(self.hidden, self.mask).to(first.dtype)
@@ -75,6 +77,7 @@ def pooling_of(model: nn.Module) -> str:
 def set_pooling(model: nn.Module, pooling: str) -> nn.Module:
     """Make the head of `model` read the first token (``"cls"``) or the masked mean of the
     tokens (``"mean"``). Changes the model in place and returns it."""
+    from .arch import ARCHITECTURES, model_type
     from .surgery import head_modules
 
     if pooling not in POOLINGS:
@@ -88,7 +91,8 @@ def set_pooling(model: nn.Module, pooling: str) -> nn.Module:
         return model
     encoder = getattr(model, model.base_model_prefix)
     head = model.get_submodule(head_modules(model)[0])
-    state = _MeanPooling()
+    kind = model_type(model)
+    state = _MeanPooling(ARCHITECTURES[kind].head_reads_sequence if kind in ARCHITECTURES else None)
     model._loralab_pooling_hooks = [
         encoder.register_forward_pre_hook(state.before_encoder, with_kwargs=True),
         encoder.register_forward_hook(state.after_encoder, with_kwargs=True),

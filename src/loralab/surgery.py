@@ -2,14 +2,8 @@
 
 Targets are matched by fully qualified module name or by suffix (``"query"`` matches
 ``bert.encoder.layer.0.attention.self.query``), as PEFT does. Without targets, each
-architecture's query and value projections are used:
-
-| model type   | default targets            | classification head                    |
-|--------------|----------------------------|----------------------------------------|
-| distilbert   | q_lin, v_lin               | pre_classifier, classifier             |
-| bert (MiniLM)| query, value               | bert.pooler, classifier                |
-| roberta      | query, value               | classifier (dense + out_proj)          |
-| deberta-v2   | query_proj, value_proj     | pooler, classifier                     |
+architecture's query and value projections are used, and each architecture's
+classification head is found, from the table in `loralab.arch`.
 """
 
 from __future__ import annotations
@@ -18,47 +12,20 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
+from .arch import ARCHITECTURES, USUAL_HEADS, model_type
 from .errors import LoralabError
 from .lora import LoRA
 
-DEFAULT_TARGETS = {
-    "distilbert": ("q_lin", "v_lin"),
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "xlm-roberta": ("query", "value"),
-    "electra": ("query", "value"),
-    "deberta-v2": ("query_proj", "value_proj"),
-    "deberta": ("in_proj",),
-}
-
-HEAD_MODULES = {
-    "distilbert": ("pre_classifier", "classifier"),
-    "bert": ("bert.pooler", "classifier"),
-    "roberta": ("classifier",),
-    "xlm-roberta": ("classifier",),
-    "electra": ("classifier",),
-    "deberta-v2": ("pooler", "classifier"),
-    "deberta": ("pooler", "classifier"),
-}
-
-
 class TargetError(LoralabError):
     """No layer matched the targets, or a target is already wrapped."""
-
-
-def model_type(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    return getattr(config, "model_type", "") or ""
 
 
 def head_modules(model: nn.Module) -> tuple[str, ...]:
     """Fully qualified names of the classification head's modules."""
     kind = model_type(model)
     names = dict(model.named_modules())
-    if kind in HEAD_MODULES:
-        heads = tuple(n for n in HEAD_MODULES[kind] if n in names)
-    else:  # unknown architecture: the usual names of sequence-classification heads
-        heads = tuple(n for n in ("pre_classifier", "pooler", "classifier", "score") if n in names)
+    known = ARCHITECTURES[kind].head if kind in ARCHITECTURES else USUAL_HEADS
+    heads = tuple(n for n in known if n in names)
     if not heads:
         raise LoralabError(f"Cannot find the classification head of this {kind or 'model'} "
                            f"({type(model).__name__}).")
@@ -84,10 +51,10 @@ def parse_targets(targets: str | Iterable[str] | None) -> list[str] | str | None
 
 def default_targets(model: nn.Module) -> list[str]:
     kind = model_type(model)
-    if kind not in DEFAULT_TARGETS:
+    if kind not in ARCHITECTURES:
         raise TargetError(f"No default LoRA targets for model type {kind!r}; pass targets "
                           "explicitly, for example --targets query,value or --targets all-linear.")
-    return list(DEFAULT_TARGETS[kind])
+    return list(ARCHITECTURES[kind].targets)
 
 
 def find_targets(model: nn.Module, targets: str | Iterable[str] | None = None,

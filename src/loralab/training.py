@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .arch import architecture, head_dropout
 from .errors import LoralabError
 from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
 from .measure import PeakMemory
 from .models import pick_device
 from .pooling import POOLINGS, masked_mean, pooling_of
-from .surgery import head_modules, model_type
+from .surgery import head_modules
 
 logger = logging.getLogger("loralab")
 
@@ -446,41 +447,22 @@ class HeadOnFeatures(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.kind = model_type(model)
+        self.arch = architecture(model, "Head-tuning on cached features")
         self.heads = nn.ModuleDict({n.replace(".", "_"): model.get_submodule(n) for n in head_modules(model)})
         self.model = [model]  # a list keeps it out of this module's parameters
-        self.dropout = _head_dropout(model)
+        self.dropout = head_dropout(model)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        logits = head_forward(self.model[0], features, self.dropout)
+        logits = self.arch.head_forward(self.model[0], features, self.dropout)
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def _head_dropout(model: nn.Module) -> nn.Module:
-    config = model.config
-    p = getattr(config, "seq_classif_dropout", None)
-    if p is None:
-        p = getattr(config, "classifier_dropout", None)
-    if p is None:
-        p = getattr(config, "hidden_dropout_prob", 0.1)
-    return nn.Dropout(p)
-
-
 def head_forward(model: nn.Module, features: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
     """The head of a sequence-classification model applied to first-token features."""
-    kind = model_type(model)
-    if kind == "distilbert":
-        h = nn.functional.relu(model.pre_classifier(features))
-        return model.classifier(dropout(h))
-    if kind == "bert":
-        pooled = model.bert.pooler.activation(model.bert.pooler.dense(features))
-        return model.classifier(dropout(pooled))
-    if kind in {"roberta", "xlm-roberta", "electra"}:
-        return model.classifier(features.unsqueeze(1))  # the head takes [:, 0] itself
-    raise LoralabError(f"Head-tuning on cached features is not implemented for {kind!r} models.")
+    return architecture(model, "Head-tuning on cached features").head_forward(model, features, dropout)
 
 
 def encoder(model: nn.Module) -> nn.Module:

@@ -1,0 +1,237 @@
+"""What a study produces, as types: run names, result rows, each run's record and their
+JSON form. The study writes these, the report, the API and the CLI read them; a field
+renamed here fails loudly everywhere instead of printing "missing".
+
+On disk a run's folder holds `result.json` (a `RunRecord`) and the study's folder
+`results.json` (a list of `Row`s).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import LoralabError
+
+# ---------------------------------------------------------------------------------------
+# Run names: every folder name of a study is made here.
+
+REPLACE_TEST = "replace-test"
+LOWRANK = "lowrank"
+SIMILARITY = "similarity"
+SELECT_PREFIX = "select-"
+ANALYSES = (REPLACE_TEST, LOWRANK, SIMILARITY)  # runs that train nothing and add no rows
+
+
+def seed_suffix(seed: int, several_seeds: bool) -> str:
+    """``-seedN`` when a study runs several seeds, else nothing (one seed keeps plain names)."""
+    return f"-seed{seed}" if several_seeds else ""
+
+
+def method_run(method: str, rank: int | None = None, suffix: str = "") -> str:
+    """The folder of a baseline or training run: ``full``, ``tfidf-lr``, ``lora-r6-seed1``."""
+    return (f"lora-r{rank}" if method == "lora" else method) + suffix
+
+
+def select_run(method: str) -> str:
+    """The folder of the run that chooses `method`'s learning rate on the validation split."""
+    return SELECT_PREFIX + method
+
+
+# ---------------------------------------------------------------------------------------
+# Records
+
+
+def _from_dict(cls, data: dict, where: str):
+    """`cls(**data)`, refusing keys `cls` does not know (a renamed field must not vanish)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise LoralabError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} for {cls.__name__}.")
+    return cls(**data)
+
+
+@dataclass
+class Row:
+    """One trained or evaluated model: a line of `results.json` and of the report's table."""
+
+    method: str                           # tfidf-lr, tfidf-nb, full, head, approx1, approx2, lora
+    rank: int | None = None               # LoRA or approximation rank
+    trainable_params: int | None = None   # approximations: what storing their change costs
+    eval_accuracy: float | None = None
+    train_seconds: float | None = None    # None where nothing was trained
+    peak_memory_mb: float | None = None   # peak of the process that trained it
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, eval_loss, eval_accuracy
+    seed: int | None = None
+    precision: str | None = None          # bf16 or fp32
+    run: str | None = None                # the run folder
+    learning_rate: float | None = None
+    pooling: str | None = None            # cls or mean
+    chosen_on: str | None = None          # "validation" where the learning rate was chosen there
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "results.json") -> "Row":
+        return _from_dict(cls, data, where)
+
+
+@dataclass
+class Selection:
+    """A learning rate chosen on the validation split (a `select-*` run)."""
+
+    method: str
+    learning_rate: float
+    train_rows: int
+    validation_rows: int
+    epochs: float
+    pooling: str
+    validation_accuracy: dict[str, float]  # repr(lr) -> accuracy, in the order tried
+    history: dict[str, list] = field(default_factory=dict)
+    rank: int | None = None  # LoRA's rate is chosen at this rank and used at every rank
+    chosen_on: str = "validation"
+
+
+@dataclass
+class ReplaceTest:
+    """The lab's step 4 on the fine-tuned model."""
+
+    layers: int
+    parameters: int
+    original_accuracy: float
+    random_clones_accuracy: float
+    restored_accuracy: float
+    restored_predictions_identical: bool
+    restored_logits_identical: bool
+    majority_class_accuracy: float
+
+
+@dataclass
+class LowrankSummary:
+    """The low-rank study: both sweeps against head-tuning, and the spectrum of dW."""
+
+    headtuned_accuracy: float
+    ranks: list[int]
+    full_rank: int
+    lowest_rank_above_head: dict[int, int | None]  # approach (1, 2) -> lowest rank, None if no rank beats it
+    sweep_seconds: dict[int, float] = field(default_factory=dict)
+    spectrum: dict[str, dict] = field(default_factory=dict)  # layer -> rank_50, rank_90, rank_99, frobenius_norm
+    lora_similarity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        for key in ("lowest_rank_above_head", "sweep_seconds"):  # JSON keys are strings
+            data[key] = {str(k): v for k, v in data[key].items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "lowrank") -> "LowrankSummary":
+        data = dict(data)
+        for key in ("lowest_rank_above_head", "sweep_seconds"):
+            data[key] = {int(k): v for k, v in data.get(key, {}).items()}
+        return _from_dict(cls, data, where)
+
+
+@dataclass
+class RunRecord:
+    """A finished run: its `result.json`, written last and atomically (the completion mark)."""
+
+    name: str
+    key: str                     # fingerprint of the run's inputs: a different key means redo
+    seconds: float               # wall time: loading, training, evaluation
+    finished: str                # ISO time
+    device: str                  # what it ran on: "cpu" or the GPU's name
+    rows: list[Row] = field(default_factory=list)
+    selection: Selection | None = None
+    replace_test: ReplaceTest | None = None
+    lowrank: LowrankSummary | None = None
+    similarity: dict[str, dict[str, float]] | None = None  # LoRA rank -> layer -> similarity to dW
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["rows"] = [r.to_json() for r in self.rows]
+        for name in ("selection", "replace_test"):
+            data[name] = asdict(data[name]) if data[name] is not None else None
+        data["lowrank"] = self.lowrank.to_json() if self.lowrank else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "result.json") -> "RunRecord":
+        data = dict(data)
+        data["rows"] = [Row.from_json(r, where) for r in data.get("rows", [])]
+        if data.get("selection") is not None:
+            data["selection"] = _from_dict(Selection, data["selection"], where)
+        if data.get("replace_test") is not None:
+            data["replace_test"] = _from_dict(ReplaceTest, data["replace_test"], where)
+        if data.get("lowrank") is not None:
+            data["lowrank"] = LowrankSummary.from_json(data["lowrank"], where)
+        return _from_dict(cls, data, where)
+
+
+@dataclass
+class Environment:
+    """`environment.json`: what the study ran with, for the report's footer."""
+
+    model: str
+    data: dict[str, Any]  # train_rows, eval_rows, validation_rows, source, train_files, eval_files
+    loralab: str
+    torch: str
+    transformers: str
+    python: str
+    device: str
+    cpu: str
+    threads: int
+    precision: str
+    seed: int
+    seeds: list[int]
+    profile: str
+    pooling: str
+    total_seconds: float
+    skipped_runs: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "environment.json") -> "Environment":
+        return _from_dict(cls, data, where)
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+
+
+def read_json(path: Path):
+    """The JSON in `path`, or None where it is missing or unreadable (an interrupted write)."""
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_record(path: Path) -> RunRecord | None:
+    """The record in a `result.json`, or None where there is none (or an unreadable one).
+
+    A record written by an older loralab whose fields differ is treated as missing: its run
+    is redone."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return RunRecord.from_json(data, str(path))
+    except (LoralabError, TypeError, KeyError, ValueError):
+        return None
+
+
+def read_rows(path: Path) -> list[Row] | None:
+    """The rows of a `results.json`; None where it does not exist."""
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        raise LoralabError(f"{path}: not valid JSON ({err}).") from None
+    return [Row.from_json(r, str(path)) for r in data]
