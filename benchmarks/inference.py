@@ -43,7 +43,7 @@ def main() -> None:
 
     tokenizer = load_tokenizer(args.model)
     texts = list(limit_data(load_data(), 1, args.reviews)["eval"]["text"])
-    settings = TrainSettings(quiet=True)
+    settings = TrainSettings(quiet=True, eval_batch_size=args.batch_size, max_length=max_length)
     precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
     torch.manual_seed(0)
     base = load_model(args.model).eval()
@@ -55,8 +55,7 @@ def main() -> None:
     def timer(model):
         def run() -> float:
             start = time.perf_counter()
-            predict_texts(model, tokenizer, texts, batch_size=args.batch_size, max_length=max_length,
-                          settings=settings)
+            predict_texts(model, tokenizer, texts, settings)
             return len(texts) / (time.perf_counter() - start)
         return run
 

@@ -152,9 +152,8 @@ def lab_side(data, model_name: str, ranks: list[int], workdir: str, lr: float) -
 
 
 def loralab_side(args, ranks: list[int], out: str) -> tuple[dict, dict]:
-    import json
-
     from loralab.config import load_config
+    from loralab.records import REPLACE_TEST, RESULT_NAME, read_record
     from loralab.study import run_study
 
     config = load_config(None, out=out, model=args.model if args.model != "minilm" else None,
@@ -163,20 +162,18 @@ def loralab_side(args, ranks: list[int], out: str) -> tuple[dict, dict]:
                             "methods.lora_ranks": [6],
                             "methods.sweep_ranks": ranks})
     start = time.perf_counter()
-    rows = run_study(config, quiet=True)
+    study = run_study(config, quiet=True)
     total = time.perf_counter() - start
-    times = {}
-    for run in ("tfidf-lr", "tfidf-nb", "full", "head", "replace-test", "lowrank", "lora-r6", "similarity"):
-        times[run] = json.loads((Path(out) / run / "result.json").read_text())["seconds"]
+    records = {run.name: read_record(Path(out) / run.name / RESULT_NAME) for run in study.runs}
+    times = {name: record.seconds for name, record in records.items()}
     times["total"] = total
     accs = {}
-    for r in rows:
-        key = {"lora": "lora r=6"}.get(r["method"], r["method"])
-        if r["method"].startswith("approx"):
-            key = f"{r['method']} r={r['rank']}"
-        accs[key] = r["eval_accuracy"]
-    replace_test = json.loads((Path(out) / "replace-test" / "result.json").read_text())["replace_test"]
-    accs["replace restores"] = replace_test["restored_logits_identical"]
+    for r in study.rows:
+        key = {"lora": "lora r=6"}.get(r.method, r.method)
+        if r.method.startswith("approx"):
+            key = f"{r.method} r={r.rank}"
+        accs[key] = r.eval_accuracy
+    accs["replace restores"] = records[REPLACE_TEST].replace_test.restored_logits_identical
     return times, accs
 
 

@@ -84,7 +84,10 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step(grouped[len(grouped) // 2])
 
-    bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
+    # --tiny checks that the script runs: small matrices (a CPU without native bf16 takes
+    # minutes for 2048^3 in bf16).
+    size = 256 if args.tiny else 2048
+    bf16_peak, fp32_peak = matmul_peak(torch.bfloat16, size), matmul_peak(torch.float32, size)
     tokens = sum(b["attention_mask"].sum().item() for b in grouped)
     print(f"# roofline: {machine()}")
     print(f"# model {args.model}, LoRA r=6, {args.reviews} lab train reviews ({tokens} tokens) in batches of 8, "

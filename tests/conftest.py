@@ -79,6 +79,50 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
+POSITIVE = ["wonderful", "moving", "brilliant", "funny", "superb", "charming", "great", "lovely"]
+NEGATIVE = ["dull", "boring", "awful", "clumsy", "tedious", "weak", "bad", "lifeless"]
+SUBJECTS = ["film", "story", "cast", "script", "ending", "music", "director", "plot"]
+
+
+def write_synthetic_reviews(folder: Path, n_train: int = 96, n_eval: int = 64, seed: int = 0) -> Path:
+    """Small made-up IMDB-like data (review,label; half positive) that a tiny model can
+    learn from: stands in for the lab sample wherever accuracy on it is not the point."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("eval", n_eval)):
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["review", "label"])
+            for i in range(n):
+                label = i % 2
+                words = POSITIVE if label else NEGATIVE
+                length = rng.randint(1, 12)  # many distinct lengths, as real reviews have
+                filler = " ".join(rng.choice(SUBJECTS) for _ in range(length))
+                writer.writerow([f"{split} {i}: the {filler} was {rng.choice(words)} and {rng.choice(words)}.",
+                                 label])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+    return write_synthetic_reviews(tmp_path_factory.mktemp("synthetic-reviews"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(synthetic_data_dir):
+    """Point LORALAB_DATA at the synthetic reviews for a module (its module fixtures too)."""
+    old = os.environ.get("LORALAB_DATA")
+    os.environ["LORALAB_DATA"] = str(synthetic_data_dir)
+    yield synthetic_data_dir
+    if old is None:
+        os.environ.pop("LORALAB_DATA", None)
+    else:
+        os.environ["LORALAB_DATA"] = old
+
+
 TINY_STUDY = """
 model = "{model}"
 [data]

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -5,14 +6,31 @@ from conftest import tiny_bert
 from loralab.fastdropout import FastDropout, fast_dropout, fast_dropout_enabled
 
 
-def test_drop_rate_and_expectation():
+@pytest.mark.parametrize("p", [0.1, 0.05, 0.3, 0.5, 0.0123])
+def test_drops_the_configured_fraction_and_keeps_the_expectation(p):
+    from loralab.fastdropout import drop_probability, survivor_scale
+
+    assert abs(drop_probability(p) - p) < 1e-5  # exact to 1e-4 and better (a byte per element gave 0.1016)
+    assert survivor_scale(p) == pytest.approx(1 / (1 - p), rel=1e-4)
     torch.manual_seed(0)
-    x = torch.ones(1000, 1000)
-    y = fast_dropout(x, 0.1)
+    x = torch.ones(2000, 2000)
+    y = fast_dropout(x, p)
     dropped = (y == 0).float().mean().item()
-    assert abs(dropped - 26 / 256) < 2e-3  # p rounded to 1/256
+    assert abs(dropped - p) < 1e-3  # 4 million draws: a standard error under 2.5e-4
     assert abs(y.mean().item() - 1.0) < 2e-3  # survivors rescaled: expectation kept
-    assert torch.equal(fast_dropout(x, 0.1, training=False), x)
+    assert torch.equal(fast_dropout(x, p, training=False), x)
+
+
+def test_a_model_whose_attention_cannot_be_routed_says_so(caplog):
+    model = tiny_bert()
+
+    def refuse(name):
+        raise ValueError("not supported here")
+
+    model.set_attn_implementation = refuse
+    with caplog.at_level("WARNING", logger="loralab"), fast_dropout_enabled(model):
+        assert any(isinstance(m, FastDropout) for m in model.modules())
+    assert "could not route BertForSequenceClassification's attention" in caplog.text
 
 
 def test_seeded_and_differentiable():

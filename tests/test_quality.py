@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LAB_DATA, TINY_STUDY, needs_lab_data, tiny_bert, tiny_distilbert
+from conftest import TINY_STUDY, tiny_bert, tiny_distilbert
 from loralab.adapters import read_adapter
 from loralab.errors import LoralabError
 
@@ -86,16 +86,13 @@ def test_cached_mean_features_give_the_models_own_logits():
         torch.testing.assert_close(head_forward(model, features, torch.nn.Identity()), model(**b).logits)
 
 
-def test_export_refuses_a_mean_pooled_model(tmp_path, tiny_model_dir):
+def test_export_refuses_a_mean_pooled_model(tmp_path, tiny_model_dir, synthetic_data_dir):
     from loralab.api import train
     from loralab.data import load_data
     from loralab.serve import export
     from loralab.training import TrainSettings
 
-    pytest.importorskip("sklearn")
-    if not (LAB_DATA / "train.csv").exists():
-        pytest.skip("no IMDB lab sample")
-    data = load_data()
+    data = load_data(synthetic_data_dir)
     data["train"], data["eval"] = data["train"].select(range(16)), data["eval"].select(range(8))
     settings = TrainSettings(epochs=1, max_length=32, precision="fp32", quiet=True, pooling="mean")
     train("head", tmp_path / "head", str(tiny_model_dir), data, settings)
@@ -154,69 +151,69 @@ lora_rank = 2
 """
 
 
-@needs_lab_data
-def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir):
+def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synthetic_data_dir):
     from loralab.config import load_config
     from loralab.study import Context, plan, run_study
 
+    source = synthetic_data_dir
     eval_a = tmp_path / "eval_a.csv"
     eval_b = tmp_path / "eval_b.csv"
-    shutil.copy(LAB_DATA / "eval.csv", eval_a)
-    with open(LAB_DATA / "eval.csv", newline="", encoding="utf-8") as src:
+    shutil.copy(source / "eval.csv", eval_a)
+    with open(source / "eval.csv", newline="", encoding="utf-8") as src:
         rows = list(csv.reader(src))
     with open(eval_b, "w", newline="", encoding="utf-8") as dst:  # another eval set
-        csv.writer(dst).writerows([rows[0], *rows[1:][::-1][:300]])
+        csv.writer(dst).writerows([rows[0], *rows[1:][::-1][:40]])
     config_file = tmp_path / "tuned.toml"
     config_file.write_text(TUNED.format(model=tiny_model_dir).replace(
         "[methods]", "[methods]\nlowrank = false\nreplace_test = false\nbaselines = false"))
     out = tmp_path / "out"
-    config = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(LAB_DATA / "train.csv")],
+    config = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(source / "train.csv")],
                                                                          "data.eval": [str(eval_a)]})
     assert config["train"]["pooling"] == "mean" and config["data"]["validation"] == 0.1
     assert config["lora"]["init"] == "kaiming" and load_config()["lora"]["init"] == "normal"
-    ctx = Context(config, quiet=True)
+    ctx = Context(config["data"], out)
     data = ctx.data
     train, val, ev = (set(data[s]["text"]) for s in ("train", "validation", "eval"))
     assert val and not train & val and not val & ev
-    rows = run_study(config, quiet=True)
+    rows = run_study(config, quiet=True).rows
     choices = {m: json.loads((out / f"select-{m}" / "result.json").read_text()) for m in ("full", "head", "lora")}
-    assert not list(out.glob("*/partial.json"))  # finished runs keep only their result
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no candidates' scratch left
     for method, result in choices.items():
         sel = result["selection"]
         assert sel["chosen_on"] == "validation" and sel["validation_rows"] == len(data["validation"])
         assert sel["learning_rate"] in [float(x) for x in sel["validation_accuracy"]]
-        run = next(r for r in rows if r["method"] == method)
-        assert run["learning_rate"] == sel["learning_rate"] and run["chosen_on"] == "validation"
-        assert run["pooling"] == "mean"
+        run = next(r for r in rows if r.method == method)
+        assert run.learning_rate == sel["learning_rate"] and run.chosen_on == "validation"
+        assert run.pooling == "mean"
 
     # Another eval file: the same choices, not even redone (their fingerprints ignore eval).
-    other = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(LAB_DATA / "train.csv")],
+    other = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(source / "train.csv")],
                                                                         "data.eval": [str(eval_b)]})
-    new_plan = {r.name: r.key for r in plan(Context(other, quiet=True))}
-    old_plan = {r.name: r.key for r in plan(ctx)}
+    new_plan = {r.name: r.key for r in plan(other, Context(other["data"], out))}
+    old_plan = {r.name: r.key for r in plan(config, ctx)}
     for method in choices:
         assert new_plan[f"select-{method}"] == old_plan[f"select-{method}"] == choices[method]["key"]
     assert new_plan["full"] != old_plan["full"]  # the eval set changed: the final runs are redone
 
 
-@needs_lab_data
-def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tiny_model_dir):
+def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tiny_model_dir, synthetic_data):
     from loralab.config import load_config
-    from loralab.report import build
+    from loralab.report import build, results_table
     from loralab.study import run_study
 
     config_file = tmp_path / "seeds.toml"
     config_file.write_text(TINY_STUDY.format(model=tiny_model_dir).replace(
         "[methods]", "[methods]\nlowrank = false\nreplace_test = false\nfull = false"))
     config = load_config(config_file, out=str(tmp_path / "out"), seeds=[0, 1])
-    rows = run_study(config, quiet=True)
+    rows = run_study(config, quiet=True).rows
     for method in ("head", "lora", "tfidf-lr"):
-        assert sorted(r["seed"] for r in rows if r["method"] == method) == [0, 1]
+        assert sorted(r.seed for r in rows if r.method == method) == [0, 1]
     assert (tmp_path / "out" / "lora-r2-seed1" / "model" / "adapter_model.safetensors").exists()
-    info = build(tmp_path / "out")
-    lora = [r for r in rows if r["method"] == "lora"]
-    accs = sorted(r["eval_accuracy"] for r in lora)
-    row = next(r for r in info["table"] if r[0] == "LoRA r=2")
+    findings = build(tmp_path / "out")
+    accs = sorted(r.eval_accuracy for r in rows if r.method == "lora")
+    lora = next(s for s in findings.summaries if s.method == "lora")
+    assert (lora.eval_accuracy, lora.accuracy_min, lora.accuracy_max, lora.seeds) == (np.median(accs), *accs, 2)
+    row = next(r for r in results_table(findings.summaries) if r[0] == "LoRA r=2")
     assert row[3] == f"{np.median(accs):.4f}" and row[4] == f"{accs[0]:.4f}-{accs[1]:.4f} (2 seeds)"
 
 
@@ -240,8 +237,7 @@ def test_lora_plus_gives_b_its_own_learning_rate(tmp_path):
         optimizer_for(copy.deepcopy(tiny_bert()), args, 2.0)
 
 
-@needs_lab_data
-def test_train_cli_tuned_profile_records_its_choice(tmp_path, tiny_model_dir, run_cli):
+def test_train_cli_tuned_profile_records_its_choice(tmp_path, tiny_model_dir, run_cli, synthetic_data):
     code, out, err = run_cli("train", "--method", "lora", "--rank", "2", "--profile", "tuned", "--model",
                              tiny_model_dir, "--out", tmp_path / "lora", "--limit-train", "60", "--limit-eval",
                              "20", "--epochs", "1", "--max-length", "32", "--lr-ratio", "4", "--quiet")
@@ -259,32 +255,51 @@ def test_choosing_skips_candidates_evaluated_before_and_saves_each_new_one(tmp_p
     import datasets
 
     from loralab.api import choose_learning_rate
+    from loralab.records import read_json
+    from loralab.settings import LoraOptions
     from loralab.training import TrainSettings
 
     def split(n):
         return datasets.Dataset.from_dict({"text": ["a fine film", "a dull film"] * n, "label": [1, 0] * n})
 
     data = datasets.DatasetDict(train=split(8), validation=split(3))
-    done = {repr(1e-3): {"validation_accuracy": 1.5, "history": ["from the killed run"]}}  # 1.5: not trained again
-    saved = []
-    result = choose_learning_rate("lora", [1e-3, 1e-2], data, model=tiny_model_dir, work=tmp_path / "work",
-                                  settings=TrainSettings(epochs=1, max_length=16, quiet=True), done=done,
-                                  on_candidate=lambda lr, acc, history: saved.append((lr, acc)), rank=2)
-    assert result["learning_rate"] == 1e-3 and result["validation_accuracy"][repr(1e-3)] == 1.5
-    assert result["history"][repr(1e-3)] == ["from the killed run"]
-    assert saved == [(1e-2, result["validation_accuracy"][repr(1e-2)])] and 0 <= saved[0][1] <= 1
+    settings, lora, work = TrainSettings(epochs=1, max_length=16, quiet=True), LoraOptions(rank=2), tmp_path / "work"
 
+    def choose(candidates, stop_after=None, **changes):
+        seen = []
+        if stop_after is not None:  # a kill after `stop_after` candidates: what is on disk then
+            from loralab import api
 
-def test_an_unfinished_run_keeps_its_partial_work_only_for_the_same_settings(tmp_path):
-    from loralab.study import PARTIAL_NAME, prepare_run_dir, read_partial
+            real = api.write_json
 
-    run_dir = tmp_path / "select-full"
-    prepare_run_dir(run_dir, "key-a")
-    assert read_partial(run_dir) == {"key": "key-a"}
-    partial = {"key": "key-a", "candidates": {"2e-05": {"validation_accuracy": 0.8, "history": []}}}
-    (run_dir / PARTIAL_NAME).write_text(json.dumps(partial))
-    (run_dir / "candidates").mkdir()  # the killed candidate's scratch
-    prepare_run_dir(run_dir, "key-a")  # the same settings again: the finished candidate is kept
-    assert read_partial(run_dir) == partial and not (run_dir / "candidates").exists()
-    prepare_run_dir(run_dir, "key-b")  # other settings: nothing is kept
-    assert read_partial(run_dir) == {"key": "key-b"}
+            def write(path, value):
+                real(path, value)
+                if path.name == "candidates.json":
+                    seen.append(dict(value["candidates"]))
+                    if len(seen) == stop_after:
+                        raise KeyboardInterrupt
+            api.write_json = write
+        try:
+            return choose_learning_rate("lora", candidates, data, model=tiny_model_dir, work=work,
+                                        settings=settings.replace(**changes), lora=lora)
+        finally:
+            if stop_after is not None:
+                api.write_json = real
+
+    with pytest.raises(KeyboardInterrupt):
+        choose([1e-3, 1e-2], stop_after=1)
+    kept = read_json(work / "candidates.json")
+    assert list(kept["candidates"]) == [repr(1e-3)]
+    kept["candidates"][repr(1e-3)]["validation_accuracy"] = 1.5  # 1.5: proves it is not trained again
+    (work / "candidates.json").write_text(json.dumps(kept))
+    result = choose([1e-3, 1e-2])
+    assert result.learning_rate == 1e-3 and result.validation_accuracy[repr(1e-3)] == 1.5
+    assert 0 <= result.validation_accuracy[repr(1e-2)] <= 1 and not work.exists()
+
+    with pytest.raises(KeyboardInterrupt):  # other settings: what was kept is not theirs
+        choose([1e-3, 1e-2], stop_after=1)
+    kept = read_json(work / "candidates.json")
+    kept["candidates"][repr(1e-3)]["validation_accuracy"] = 1.5
+    (work / "candidates.json").write_text(json.dumps(kept))
+    result = choose([1e-3, 1e-2], max_length=12)
+    assert result.validation_accuracy[repr(1e-3)] <= 1

@@ -287,8 +287,8 @@ def test_predict_streams_100k_reviews_in_bounded_memory(tmp_path, tiny_model_dir
             fh.write(f"{i},{'a fine film ' if i % 2 else 'a dull film '}{i}\n")
     script = ("import json, resource, sys; from loralab.serve import predict; "
               "from loralab.training import TrainSettings; "
-              "r = predict(sys.argv[1], input=sys.argv[2], output=sys.argv[3], max_length=16, batch_size=256, "
-              "settings=TrainSettings(quiet=True), progress=False); "
+              "r = predict(sys.argv[1], input=sys.argv[2], output=sys.argv[3], "
+              "settings=TrainSettings(max_length=16, eval_batch_size=256), progress=False); "
               "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
               "print(json.dumps({'n': len(r['labels']), 'peak_mb': peak}))")
     proc = subprocess.run([sys.executable, "-c", script, str(model), str(path), str(tmp_path / "out.jsonl")],

@@ -8,7 +8,14 @@ import subprocess
 
 import pytest
 
-from loralab.report import build, pareto_front, write_report
+from loralab.records import LowrankSummary, RunRecord
+from loralab.report import RunTime, build, pareto_front, write_report
+
+
+def write_record(folder, name, seconds=60.0, finished="2026-01-01T10:00:00", device="cpu", **parts):
+    (folder / name).mkdir(exist_ok=True)
+    record = RunRecord(name=name, key="k", seconds=seconds, finished=finished, device=device, **parts)
+    (folder / name / "result.json").write_text(json.dumps(record.to_json()))
 
 
 def hand_made(folder, drop=()):
@@ -36,9 +43,9 @@ def hand_made(folder, drop=()):
             if r["method"] not in drop]
     (folder / "results.json").write_text(json.dumps(rows))
     if "approx1" not in drop:
-        (folder / "lowrank").mkdir()
-        (folder / "lowrank" / "result.json").write_text(json.dumps({"lowrank": {
-            "headtuned_accuracy": 0.8, "approx1_lowest_rank_above_head": 8, "approx2_lowest_rank_above_head": 4}}))
+        summary = LowrankSummary(headtuned_accuracy=0.8, ranks=[8, 4], full_rank=32,
+                                 lowest_rank_above_head={1: 8, 2: 4})
+        write_record(folder, "lowrank", lowrank=summary)
     (folder / "environment.json").write_text(json.dumps({
         "model": "minilm", "data": {"train_rows": 2000, "eval_rows": 500, "source": "lab"},
         "loralab": "0.1.0", "torch": "2.13.0", "transformers": "5", "python": "3.11", "device": "cpu",
@@ -47,8 +54,15 @@ def hand_made(folder, drop=()):
 
 
 def test_numbers_and_sentences(tmp_path):
-    info = build(hand_made(tmp_path))
-    text = " ".join(info["answers"])
+    from loralab.report import answers, results_table
+
+    findings = build(hand_made(tmp_path))
+    assert findings.head_points_below_full == pytest.approx(10.0)
+    assert findings.lowest_rank_above_head == {1: 8, 2: 4}
+    assert findings.lora6.eval_accuracy == 0.882 and findings.full.trainable_params == 1_000_000
+    assert [b.method for b in findings.baselines] == ["tfidf-lr", "tfidf-nb"]
+    assert findings.best_transformer.method == "full"
+    text = " ".join(answers(findings))
     assert "reaches 0.8000 eval accuracy, 10.0 points below full fine-tuning (0.9000)" in text
     assert "1.00% of full fine-tuning" in text  # head 10,000 of 1,000,000
     assert "approximated model 1 still beats the head-tuned model (0.8000) is r = 8 (0.8500)" in text
@@ -56,13 +70,17 @@ def test_numbers_and_sentences(tmp_path):
     assert "LoRA with r = 6 trains 30,000 parameters, 3.00% of full fine-tuning's 1,000,000" in text
     assert "98.00% of full fine-tuning's 0.9000" in text
     assert "TF-IDF + logistic regression reaches 0.8400 in 0.50 s" in text
-    lora_row = next(r for r in info["table"] if r[0] == "LoRA r=6")
+    lora_row = next(r for r in results_table(findings.summaries) if r[0] == "LoRA r=6")
     assert lora_row[1:5] == ["30,000", "3.00%", "0.8820", "98.00%"]
 
 
 def test_missing_runs_are_said_missing(tmp_path):
-    info = build(hand_made(tmp_path, drop=("full", "approx1", "approx2", "lora")))
-    text = " ".join(info["answers"])
+    from loralab.report import answers
+
+    findings = build(hand_made(tmp_path, drop=("full", "approx1", "approx2", "lora")))
+    assert findings.full is None and findings.lora6 is None and findings.sweeps == {}
+    assert findings.head_points_below_full is None and findings.lowest_rank_above_head == {}
+    text = " ".join(answers(findings))
     assert "Head-tuning against full fine-tuning: missing (full not run)" in text
     assert "approximated model 1 beats head-tuning: the sweep is missing" in text
     assert "LoRA r = 6 against full fine-tuning: missing (LoRA r=6, full not run)" in text
@@ -125,9 +143,8 @@ def test_time_per_run_from_the_run_folders(tmp_path):
     done = {"full": (3000.4, "2026-01-01T10:00:00"), "head": (80.0, "2026-01-01T11:00:00"),
             "lowrank": (277.0, "2026-01-01T12:00:00"), "lora-r32": (999.0, "2026-01-01T09:00:00")}
     for name, (secs, finished) in done.items():  # lora-r32: a folder left from another study
-        (folder / name).mkdir(exist_ok=True)
-        (folder / name / "result.json").write_text(json.dumps({"rows": [], "seconds": secs, "finished": finished}))
-    assert [t[:2] for t in build(folder)["times"]] == [("full", 3000.4), ("head", 80.0), ("lowrank", 277.0)]
+        write_record(folder, name, secs, finished)
+    assert [t[:2] for t in build(folder).times] == [("full", 3000.4), ("head", 80.0), ("lowrank", 277.0)]
     md = write_report(folder).read_text()
     assert "In all: 3,357 s (56 min).\n" in md  # one after another: no overlap to report
     assert "| full | 3,000 |" in md and "lora-r32" not in md
@@ -138,18 +155,16 @@ def test_runs_side_by_side_report_their_busy_wall_time():
     from loralab.report import busy_seconds
 
     # a: 10:00-10:10, b: 10:05-10:15 (overlaps a), c: 11:00-11:01 (alone)
-    times = [("a", 600, "2026-01-01T10:10:00", "cpu"), ("b", 600, "2026-01-01T10:15:00", "cpu"),
-             ("c", 60, "2026-01-01T11:01:00", "cpu")]
+    times = [RunTime("a", 600, "2026-01-01T10:10:00", "cpu"), RunTime("b", 600, "2026-01-01T10:15:00", "cpu"),
+             RunTime("c", 60, "2026-01-01T11:01:00", "cpu")]
     assert busy_seconds(times) == 900 + 60
     assert busy_seconds(times[:1]) == 600
-    assert busy_seconds([("a", 600, "", "cpu")]) is None
+    assert busy_seconds([RunTime("a", 600, "", "cpu")]) is None
 
 
 def test_a_study_resumed_on_another_device_says_which_run_ran_where(tmp_path):
     folder = hand_made_with_run_folders(tmp_path)
     for name, device in (("full", "NVIDIA H100 80GB HBM3"), ("head", "cpu")):
-        (folder / name).mkdir(exist_ok=True)
-        (folder / name / "result.json").write_text(json.dumps(
-            {"rows": [], "seconds": 60, "finished": "2026-01-01T10:00:00", "device": device}))
+        write_record(folder, name, device=device)
     md = write_report(folder).read_text()
     assert "| full | 60 | NVIDIA H100 80GB HBM3 |" in md and "| head | 60 | cpu |" in md

@@ -7,19 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import needs_lab_data
 from loralab import export, predict
 from loralab.api import load_trained
 from loralab.training import TrainSettings
 
-pytestmark = needs_lab_data
+pytestmark = pytest.mark.usefixtures("synthetic_data")  # no test here measures accuracy on IMDB
 FP32 = TrainSettings(precision="fp32", quiet=True)
 TEXTS = ["A wonderful, moving film with great acting.", "Dull, predictable and far too long.",
          "I laughed, I cried, I loved it.", "The worst film I have seen this year.", "It was fine."]
 
 
 @pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory, tiny_model_dir):
+def lora_dir(tmp_path_factory, tiny_model_dir, synthetic_data):
     from loralab.cli import main
 
     out = tmp_path_factory.mktemp("serve") / "lora"

@@ -2,7 +2,7 @@
 
 import json
 import os
-import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,34 +11,35 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_lab_data
 from loralab.config import load_config
 from loralab.errors import LoralabError
 from loralab.study import run_study
 
-pytestmark = needs_lab_data
+pytestmark = pytest.mark.usefixtures("synthetic_data")  # no test here measures accuracy on IMDB
 METHODS = {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora"}
 
 
 def accuracies(rows):
-    return [(r["method"], r["rank"], r["eval_accuracy"]) for r in rows]
+    """(method, rank, accuracy) of typed rows or of results.json's dicts."""
+    return [(r["method"], r["rank"], r["eval_accuracy"]) if isinstance(r, dict) else (r.method, r.rank, r.eval_accuracy)
+            for r in rows]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_model_dir):
+def finished(tmp_path_factory, tiny_model_dir, synthetic_data):
     from conftest import TINY_STUDY
 
     folder = tmp_path_factory.mktemp("study")
     config_file = folder / "tiny.toml"
     config_file.write_text(TINY_STUDY.format(model=tiny_model_dir))
     config = load_config(config_file, out=str(folder / "out"))
-    rows = run_study(config, quiet=True)
+    rows = run_study(config, quiet=True).rows
     return config, rows, folder / "out"
 
 
 def test_every_method_is_in_results(finished):
     config, rows, out = finished
-    assert {r["method"] for r in rows} == METHODS
+    assert {r.method for r in rows} == METHODS
     saved = json.loads((out / "results.json").read_text())
     assert accuracies(saved) == accuracies(rows)
     for r in saved:
@@ -62,29 +63,70 @@ def test_replace_test_restores_predictions(finished):
     assert result["restored_logits_identical"] and result["restored_accuracy"] == result["original_accuracy"]
     # The saved model, evaluated again, agrees with the Trainer's evaluation after training:
     # both evaluate the same length-sorted batches.
-    assert result["original_accuracy"] == next(r["eval_accuracy"] for r in rows if r["method"] == "full")
+    assert result["original_accuracy"] == next(r.eval_accuracy for r in rows if r.method == "full")
     assert result["random_clones_accuracy"] <= max(result["majority_class_accuracy"], result["original_accuracy"])
     assert abs(result["random_clones_accuracy"] - 0.5) <= 0.2  # near chance on 48 reviews
 
 
-def test_same_seed_same_accuracies_and_rerun_skips(finished, tmp_path, caplog):
+def test_same_seed_same_accuracies_and_rerun_skips(finished, tmp_path):
     config, rows, out = finished
     again = run_study({**config, "out": str(tmp_path / "again")}, quiet=True)
-    assert accuracies(again) == accuracies(rows)
-    caplog.clear()
-    with caplog.at_level("INFO", logger="loralab"):
-        resumed = run_study(config)
-    assert accuracies(resumed) == accuracies(rows)
-    assert caplog.text.count("finished earlier, skipped") == 8
+    assert accuracies(again.rows) == accuracies(rows)
+    resumed = run_study(config, quiet=True)
+    assert accuracies(resumed.rows) == accuracies(rows)
+    assert len(resumed.skipped) == 8 and resumed.ran == []
 
 
-def test_changed_setting_invalidates_only_its_runs(finished, caplog):
+@pytest.mark.parametrize("setting, value, redone", [
+    ("lora.init", "kaiming", {"lora-r2", "similarity"}),
+    # the low-rank study and similarity read the targets too (the low-rank key once left them out)
+    ("lora.targets", "query,value,key", {"lora-r2", "lowrank", "similarity"}),
+])
+def test_changed_setting_redoes_exactly_the_runs_that_read_it(finished, tmp_path, setting, value, redone):
     config, rows, out = finished
-    changed = {**config, "lora": {**config["lora"], "init": "kaiming"}}
-    with caplog.at_level("INFO", logger="loralab"):
-        run_study(changed)
-    redone = set(re.findall(r"\] (\S+): running", caplog.text))
-    assert redone == {"lora-r2", "similarity"}
+    shutil.copytree(out, tmp_path / "out")  # the finished study, changed on a copy
+    table, name = setting.split(".")
+    changed = {**config, "out": str(tmp_path / "out"), table: {**config[table], name: value}}
+    assert set(run_study(changed, quiet=True).ran) == redone
+
+
+TRANSFORMER_RUNS = {"full", "head", "replace-test", "lowrank", "lora-r2", "similarity"}
+EVERY_RUN = TRANSFORMER_RUNS | {"tfidf-lr", "tfidf-nb"}
+
+
+@pytest.mark.parametrize("setting, value, redone", [
+    ("seed", 1, EVERY_RUN),
+    ("model", "other-model", TRANSFORMER_RUNS),
+    ("precision", "fp32", TRANSFORMER_RUNS),
+    ("device", "cpu", TRANSFORMER_RUNS),
+    ("data.limit_eval", 40, EVERY_RUN),
+    ("train.max_length", 32, TRANSFORMER_RUNS),
+    ("train.eval_batch_size", 4, TRANSFORMER_RUNS),
+    ("train.learning_rate", 2e-3, TRANSFORMER_RUNS),
+    ("train.pooling", "mean", TRANSFORMER_RUNS),
+    ("lora.targets", "query,value,key", {"lora-r2", "lowrank", "similarity"}),
+    ("lora.init", "kaiming", {"lora-r2", "similarity"}),
+    ("lora.alpha_factor", 1.0, {"lora-r2", "similarity"}),
+    ("lora.rslora", True, {"lora-r2", "similarity"}),
+    ("lora.learning_rate", 3e-3, {"lora-r2", "similarity"}),
+    ("methods.sweep_points", 2, {"lowrank"}),
+    ("methods.sweep_ranks", [4, 1], {"lowrank"}),
+    ("methods.lora_ranks", [2, 4], {"lora-r4"}),  # a new run; similarity reads both
+    ("jobs", 2, set()),
+    ("isolate", False, set()),
+])
+def test_each_setting_changes_the_keys_of_exactly_the_runs_that_read_it(tiny_study_config, setting, value, redone):
+    from loralab.study import Context, plan
+
+    def keys(config):
+        return {run.name: run.key for run in plan(config, Context(config["data"], config["out"]))}
+
+    base = load_config(tiny_study_config)
+    before, after = keys(base), keys(load_config(tiny_study_config, **{setting: value}))
+    changed = {name for name, key in after.items() if before.get(name) != key}
+    if setting == "methods.lora_ranks":
+        redone = redone | {"similarity"}
+    assert changed == redone
 
 
 def test_unknown_setting_is_an_error(tmp_path):
@@ -125,18 +167,17 @@ def test_sigkill_during_lora_then_resume(tmp_path, tiny_study_config, finished):
         assert (m1, r1) == (m2, r2) and abs(a1 - a2) <= 0.002
 
 
-def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finished, tmp_path, caplog):
+def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finished, tmp_path):
     config, rows, _ = finished
-    with caplog.at_level("INFO", logger="loralab"):
-        parallel = run_study({**config, "out": str(tmp_path / "parallel"), "jobs": 3})
-    assert accuracies(parallel) == accuracies(rows)
-    events = re.findall(r"\] (\S+): (running|done)", caplog.text)
-    started = [name for name, what in events if what == "running"]
-    assert sorted(started) == sorted(name for name, what in events if what == "done")
+    parallel = run_study({**config, "out": str(tmp_path / "parallel"), "jobs": 3}, quiet=True)
+    assert accuracies(parallel.rows) == accuracies(rows)
+    events = [(name, what) for what, name in parallel.events]
+    started = [name for name, what in events if what == "start"]
+    assert sorted(started) == sorted(parallel.ran)
     assert len(set(started)) == len(started) == 8  # every run of the tiny study, once
     at_once, most, done = 0, 0, []
     for name, what in events:
-        at_once += 1 if what == "running" else -1
+        at_once += 1 if what == "start" else -1
         most = max(most, at_once)
         if what == "done":
             done.append(name)
@@ -220,7 +261,7 @@ config = load_config(None, out="{tmp_path / 'out'}", model="{tiny_model_dir}",
                      **{{"train.epochs": 1, "train.max_length": 16, "methods.baselines": False,
                         "methods.head": False, "methods.replace_test": False, "methods.lowrank": False,
                         "methods.lora_ranks": []}})
-print(run_study(config, quiet=True)[0]["method"])
+print(run_study(config, quiet=True).rows[0].method)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     # With the server's environment the run would look for the data in "nowhere" and fail.

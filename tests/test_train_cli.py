@@ -5,14 +5,15 @@ import json
 import pytest
 import torch
 
-from conftest import needs_lab_data
+from conftest import LAB_DATA, needs_lab_data
 
-pytestmark = needs_lab_data
+pytestmark = pytest.mark.usefixtures("synthetic_data")  # but the test that measures IMDB accuracy
 
 
+@needs_lab_data
 def test_lora_rank6_on_default_model_beats_chance(tmp_path, run_cli):
     out = tmp_path / "lora"
-    code, stdout, err = run_cli("train", "--method", "lora", "--rank", "6", "--limit-train", 200,
+    code, stdout, err = run_cli("train", "--data", LAB_DATA, "--method", "lora", "--rank", "6", "--limit-train", 200,
                                 "--limit-eval", 100, "--epochs", 3, "--lr", "1e-3", "--max-length", 256,
                                 "--out", out, "--quiet")
     assert code == 0, err
@@ -20,13 +21,13 @@ def test_lora_rank6_on_default_model_beats_chance(tmp_path, run_cli):
     assert info["trainable_params"] == 203_906 and info["rank"] == 6
     assert info["eval_accuracy"] > 0.6, info["history"]
     assert (out / "adapter_model.safetensors").stat().st_size < 1_000_000
-    code, stdout, _ = run_cli("evaluate", out, "--limit-eval", 100, "--max-length", 256, "--quiet")
+    code, stdout, _ = run_cli("evaluate", out, "--data", LAB_DATA, "--limit-eval", 100, "--max-length", 256, "--quiet")
     assert code == 0
     assert float(stdout.split()[-1]) == pytest.approx(info["eval_accuracy"], abs=0.011)
 
 
 @pytest.fixture(scope="module")
-def full_and_head(tmp_path_factory, tiny_model_dir):
+def full_and_head(tmp_path_factory, tiny_model_dir, synthetic_data):
     from loralab.cli import main
 
     folder = tmp_path_factory.mktemp("trained")

@@ -1,5 +1,6 @@
-"""The training loop's batches: what the Trainer evaluates on, and in what order."""
+"""The training loop's batches: what the Trainer evaluates on, and in what order; checkpoints."""
 
+import json
 from pathlib import Path
 
 import datasets
@@ -7,7 +8,16 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from loralab.models import load_model, load_tokenizer
-from loralab.training import TrainSettings, _batches, _sorted_by_length, _trainer_class, _training_arguments, tokenize
+from loralab.training import (
+    TrainSettings,
+    _batches,
+    _sorted_by_length,
+    _trainer_class,
+    _training_arguments,
+    latest_checkpoint,
+    tokenize,
+    train_model,
+)
 
 
 def test_trainer_evaluates_the_length_sorted_batches_of_predict(tmp_path, tiny_model_dir):
@@ -24,5 +34,26 @@ def test_trainer_evaluates_the_length_sorted_batches_of_predict(tmp_path, tiny_m
     trainer = _trainer_class()(model=load_model(tiny_model_dir), args=args, eval_dataset=_sorted_by_length(evals),
                                data_collator=DataCollatorWithPadding(tokenizer))
     widths = [batch["input_ids"].shape[1] for batch in trainer.get_eval_dataloader()]
-    assert widths == [batch["input_ids"].shape[1] for _, batch in _batches(evals, 4, tokenizer)]
+    assert widths == [batch["input_ids"].shape[1] for _, batch in _batches(evals["input_ids"], 4, tokenizer)]
     assert widths == sorted(widths, reverse=True) and len(set(widths)) == 3
+
+
+def test_a_checkpoint_at_an_epochs_end_holds_its_evaluation_and_resumes_with_every_row(tmp_path, tiny_model_dir):
+    """With --save-steps equal to an epoch, the Trainer saved at the epoch's last step,
+    before the epoch's evaluation: a run killed between the two resumed past that epoch and
+    its history lacked the row (seen in CI). The checkpoint now comes after the evaluation."""
+    tokenizer = load_tokenizer(tiny_model_dir)
+    data = datasets.DatasetDict({split: datasets.Dataset.from_dict(
+        {"text": [f"a {'fine' if i % 2 else 'dull'} film number {i}" for i in range(16)], "label": [0, 1] * 8})
+        for split in ("train", "eval")})
+    tokenized = tokenize(data, tokenizer, 16)
+    settings = TrainSettings(epochs=2, batch_size=4, max_length=16, save_steps=4, quiet=True, precision="fp32")
+    result = train_model(load_model(tiny_model_dir), tokenized, settings, tmp_path, tokenizer=tokenizer)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    checkpoint = latest_checkpoint(tmp_path / "checkpoints")  # the last one, at step 8: epoch 2's end
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert checkpoint.name == "checkpoint-8"
+    assert [e["epoch"] for e in state["log_history"] if "eval_accuracy" in e] == [1, 2]
+    resumed = train_model(load_model(tiny_model_dir), tokenized, settings, tmp_path, tokenizer=tokenizer,
+                          resume=True)
+    assert resumed.history == result.history

@@ -13,16 +13,19 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from datasets import DatasetDict
 from torch import nn
 
 from .adapters import CONFIG_NAME, load_adapter, save_adapter
-from .errors import ModelLoadError
+from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
 from .pooling import set_pooling
+from .records import LowrankSummary, Row, Selection, fingerprint, read_json
+from .settings import TRAIN_METHODS, LoraOptions
 from .surgery import freeze_all_but_head, inject_lora
 from .training import (
     RunResult,
@@ -37,22 +40,21 @@ from .training import (
 
 logger = logging.getLogger("loralab")
 
-METHODS = ("lora", "head", "full")
 INFO_NAME = "loralab.json"
 
 
-def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, rank: int = 6,
-                  alpha: float | None = None, targets=None, pooling: str = "cls",
-                  **lora_options) -> nn.Module:
+def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: LoraOptions | None = None,
+                  pooling: str = "cls", **lora_options) -> nn.Module:
     """A model set up for `method`: its head reading the first token (``pooling="cls"``) or
-    the mean of the tokens (``"mean"``), and adapters injected or everything but the head
-    frozen."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    the mean of the tokens (``"mean"``), and adapters injected (`lora`, or its fields as
+    keywords) or everything but the head frozen."""
+    if method not in TRAIN_METHODS:
+        raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
     net = load_model(model) if not isinstance(model, nn.Module) else model
     set_pooling(net, pooling)
     if method == "lora":
-        inject_lora(net, rank, alpha, targets, **lora_options)
+        lora = (lora or LoraOptions()).replace(**lora_options)
+        inject_lora(net, lora.rank, **lora.layer_options)
     elif method == "head":
         freeze_all_but_head(net)
     return net
@@ -92,9 +94,8 @@ def load_trained(directory: str | os.PathLike):
 
 
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
-          data=None, settings: TrainSettings | None = None, *, rank: int = 6,
-          alpha: float | None = None, targets=None, init: str = "normal", tokenized=None,
-          resume: bool = False, lr_ratio: float = 1.0, notes: dict | None = None, **lora_options) -> dict:
+          data=None, settings: TrainSettings | None = None, *, lora: LoraOptions | None = None,
+          tokenized=None, resume: bool = False, notes: dict | None = None, **lora_options) -> dict:
     """Train one model and save it to `out`.
 
     Args:
@@ -103,8 +104,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         model: base model name or folder.
         data: a DatasetDict with `train`/`eval` (default: `load_data()`).
         settings: training settings (default: the lab's).
-        rank, alpha, targets, init, **lora_options: LoRA options (`dropout`, `rslora`).
-        lr_ratio: LoRA+: the B matrices learn this many times faster than the rest.
+        lora: LoRA's options; or give them as keywords (`rank`, `alpha`, `targets`, `init`,
+            `dropout`, `rslora`, `lr_ratio`; see `LoraOptions`).
         tokenized: already tokenized data, to skip tokenizing again.
         resume: continue from the newest checkpoint of an interrupted run with the same
             `out` (checkpoints live in `.OUT.work/` beside it until the run finishes).
@@ -118,7 +119,10 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
 
     from .data import load_data
 
+    if method not in TRAIN_METHODS:
+        raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
     settings = settings or TrainSettings()
+    lora = (lora or LoraOptions()).replace(**lora_options) if method == "lora" else None
     out = Path(out)
     work = out.with_name(f".{out.name}.work")  # the Trainer's scratch; the result lands in `out`
     if not resume and is_main_process():
@@ -127,20 +131,20 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     tokenizer = load_tokenizer(model)
     if tokenized is None:
         tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
-    net = prepare_model(method, model, rank=rank, alpha=alpha, targets=targets, init=init,
-                        pooling=settings.pooling, **lora_options)
+    net = prepare_model(method, model, lora=lora, pooling=settings.pooling)
     trainable = num_trainable_parameters(net)
     if method == "head":
         result: RunResult = train_head(net, tokenized, settings, work, tokenizer)
     else:
         result = train_model(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume,
-                             lr_ratio=lr_ratio if method == "lora" else 1.0)
-    info = {"method": method, "base_model": str(model), "rank": rank if method == "lora" else None,
+                             lr_ratio=lora.lr_ratio if lora else 1.0)
+    info = {"method": method, "base_model": str(model), "rank": lora.rank if lora else None,
+            "targets": lora.targets if lora else None, "alpha": (lora.alpha or 2 * lora.rank) if lora else None,
             "trainable_params": trainable, "eval_accuracy": result.eval_accuracy,
             "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb,
             "precision": result.precision, "history": result.history, "seed": settings.seed,
             "pooling": settings.pooling, "learning_rate": settings.learning_rate,
-            "lr_ratio": lr_ratio if method == "lora" else None, **(notes or {})}
+            "lr_ratio": lora.lr_ratio if lora else None, **(notes or {})}
     if is_main_process():  # under torchrun every rank trains; one writes
         # Experiment-tracker logs (--report-to tensorboard) land in checkpoints/runs: keep them.
         save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json", work / "checkpoints" / "runs"])
@@ -149,35 +153,45 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
 
 
 def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,
-                         settings: TrainSettings | None = None, tokenizer=None,
-                         work: str | os.PathLike = "runs/.choose", done: dict | None = None,
-                         on_candidate=None, **options) -> dict:
+                         settings: TrainSettings | None = None, lora: LoraOptions | None = None,
+                         tokenizer=None, work: str | os.PathLike = "runs/.choose",
+                         resume: bool = True) -> Selection:
     """The learning rate of `candidates` that gives `method` the best accuracy on the
     `validation` split of `data` (trained on its `train` split; `eval` is not read).
     `data` may be tokenized already; see `loralab.split_validation` to make the split.
 
     Each candidate trains a fresh model with `settings` (seed included); head-tuning
     computes the frozen encoder's features once for all candidates. Ties go to the
-    candidate listed first. Nothing is kept in `work` afterwards.
+    candidate listed first.
 
-    `done` maps ``repr(lr)`` to the ``{"validation_accuracy", "history"}`` of candidates
-    evaluated before (by a run that was killed): they are not trained again.
-    `on_candidate(lr, accuracy, history)` is called as each new candidate finishes, to save it.
+    Each finished candidate's score is kept in `work/candidates.json`, tagged with a hash of
+    everything it depends on (method, model, settings, LoRA options, the two splits): with
+    `resume`, a choice interrupted by a kill trains only the candidates it had not finished.
+    `work` is removed once the choice is made.
 
     Returns:
-        A dict with the chosen `learning_rate`, `validation_accuracy` and `history` per
-        candidate, and the sizes of the splits used.
+        The `Selection`: the chosen `learning_rate`, `validation_accuracy` and `history`
+        per candidate, and the sizes of the splits used.
     """
     import torch
 
+    from .data import data_digest
+
     settings = settings or TrainSettings()
+    lora = (lora or LoraOptions()) if method == "lora" else None
     tokenizer = tokenizer or load_tokenizer(model)
     data = DatasetDict(train=data["train"], eval=data["validation"])
     if "input_ids" not in data["train"].column_names:
         data = tokenize(data, tokenizer, settings.max_length)
     work = Path(work)
+    progress = work / "candidates.json"
+    tag = fingerprint(method, str(model), asdict(settings.replace(quiet=False, learning_rate=1.0)),
+                      asdict(lora) if lora else None, data_digest(data, ("train", "eval")))
+    saved = read_json(progress) if resume else None
+    done = saved["candidates"] if isinstance(saved, dict) and saved.get("key") == tag else {}
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
     scores, histories, features = {}, {}, None
-    done = dict(done or {})
     for lr in candidates:
         if repr(lr) in done:
             scores[lr], histories[lr] = done[repr(lr)]["validation_accuracy"], done[repr(lr)]["history"]
@@ -189,20 +203,21 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
             net = prepare_model("head", model, pooling=trial.pooling)
             if features is None:
                 features = head_features(net, data, trial, tokenizer)
-            result = train_head(net, data, trial, work, tokenizer, features=features)
+            result = train_head(net, data, trial, work / "model", tokenizer, features=features)
             scores[lr], histories[lr] = result.eval_accuracy, result.history
         else:
-            info = train(method, work / "model", model, settings=trial, tokenized=data, **options)
+            info = train(method, work / "model", model, settings=trial, tokenized=data, lora=lora)
             scores[lr], histories[lr] = info["eval_accuracy"], info["history"]
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work / "model", ignore_errors=True)
         logger.info("%s, learning rate %g: validation accuracy %.4f", method, lr, scores[lr])
-        if on_candidate:
-            on_candidate(lr, scores[lr], histories[lr])
+        done[repr(lr)] = {"validation_accuracy": scores[lr], "history": histories[lr]}
+        write_json(progress, {"key": tag, "candidates": done})
     best = max(candidates, key=lambda lr: scores[lr])  # max keeps the first of equal scores
-    return {"method": method, "chosen_on": "validation", "learning_rate": best,
-            "train_rows": len(data["train"]), "validation_rows": len(data["eval"]), "epochs": settings.epochs,
-            "pooling": settings.pooling, "validation_accuracy": {repr(lr): scores[lr] for lr in candidates},
-            "history": {repr(lr): histories[lr] for lr in candidates}}
+    shutil.rmtree(work, ignore_errors=True)
+    return Selection(method=method, learning_rate=best, train_rows=len(data["train"]),
+                     validation_rows=len(data["eval"]), epochs=settings.epochs, pooling=settings.pooling,
+                     validation_accuracy={repr(lr): scores[lr] for lr in candidates},
+                     history={repr(lr): histories[lr] for lr in candidates}, rank=lora.rank if lora else None)
 
 
 def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None) -> float:
@@ -219,7 +234,7 @@ def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | 
 def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.PathLike = "runs/lowrank",
             data=None, tokenized=None, tokenizer=None, settings: TrainSettings | None = None,
             ranks: list[int] | None = None, sweep_points: int = 0, targets=None,
-            lora_dirs: tuple = (), head_accuracy: float | None = None) -> tuple[list[dict], dict]:
+            lora_dirs: tuple = (), head_accuracy: float | None = None) -> tuple[list[Row], LowrankSummary]:
     """The low-rank study: both approximated-model sweeps, the spectrum of dW and, for
     each LoRA adapter given, its subspace similarity to dW.
 
@@ -235,13 +250,14 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
             report shows); None evaluates the model.
 
     Returns:
-        (rows, summary): one row per approach and rank (`method` approx1/approx2, `rank`,
-        `trainable_params`, `eval_accuracy`) and the summary written to `lowrank.json`.
+        (rows, summary): a `Row` per approach and rank (`method` approx1/approx2, `rank`,
+        `trainable_params`, `eval_accuracy`) and the `LowrankSummary` written to `lowrank.json`.
     """
     import numpy as np
 
     from .data import load_data
-    from .lowrank import LowRankStudy, halving_ranks, lowest_rank_above, plot_spectrum
+    from .lowrank import LowRankStudy, halving_ranks, lowest_rank_above
+    from .report import plot_spectrum
 
     settings = settings or TrainSettings()
     out = Path(out)
@@ -261,12 +277,14 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
 
     head_acc = accuracy_of(head_model) if head_accuracy is None else head_accuracy
     head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(head_model)))
-    rows, summary = [], {"headtuned_accuracy": head_acc, "ranks": ranks, "full_rank": study.full_rank}
+    rows = []
+    summary = LowrankSummary(headtuned_accuracy=head_acc, ranks=ranks, full_rank=study.full_rank,
+                             lowest_rank_above_head={})
     for approach in (1, 2):
         start = time.perf_counter()
         sweep = study.sweep(approach, ranks, accuracy_of, progress=not settings.quiet)
-        summary[f"approx{approach}_sweep_seconds"] = time.perf_counter() - start
-        summary[f"approx{approach}_lowest_rank_above_head"] = lowest_rank_above(sweep, head_acc)
+        summary.sweep_seconds[approach] = time.perf_counter() - start
+        summary.lowest_rank_above_head[approach] = lowest_rank_above(sweep, head_acc)
         for entry in sweep:
             r = entry["rank"]
             # What storing this model's change costs: rank-r factors of every target layer
@@ -274,15 +292,15 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
             # training time and memory are those of full fine-tuning and head-tuning.
             params = head_params + sum(min(r * (m.in_features + m.out_features), m.in_features * m.out_features)
                                        for m in study.tuned.values())
-            rows.append({"method": f"approx{approach}", "rank": r, "trainable_params": params,
-                         "eval_accuracy": entry["eval_accuracy"]})
+            rows.append(Row(method=f"approx{approach}", rank=r, trainable_params=params,
+                            eval_accuracy=entry["eval_accuracy"]))
     spectrum = study.spectrum()
     write_json(out / "spectrum.json", spectrum)
     plot_spectrum(spectrum, out / "spectrum.png", "Fine-tuning update dW per layer")
-    summary["spectrum"] = {name: {k: layer[k] for k in ("rank_50", "rank_90", "rank_99", "frobenius_norm")}
-                           for name, layer in spectrum.items()}
+    summary.spectrum = {name: {k: layer[k] for k in ("rank_50", "rank_90", "rank_99", "frobenius_norm")}
+                        for name, layer in spectrum.items()}
     if lora_dirs:
-        summary["lora_similarity"] = {
+        summary.lora_similarity = {
             str(d): study.lora_similarity(load_adapter(load_model(pretrained), d)) for d in lora_dirs}
-    write_json(out / "lowrank.json", {"rows": rows, **summary})
+    write_json(out / "lowrank.json", {"rows": [r.to_json() for r in rows], **summary.to_json()})
     return rows, summary

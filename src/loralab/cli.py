@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import asdict
 
 from .errors import LoralabError
+from .settings import DEVICES, INITS, POOLINGS, PRECISIONS, PROFILES, TRAIN_METHODS
 
 logger = logging.getLogger("loralab")
 
@@ -24,38 +26,65 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval", nargs="+", help="evaluation files or globs")
     g.add_argument("--text-column", help="column with the review text (default: review)")
     g.add_argument("--label-column", help="column with the label (default: label)")
-    g.add_argument("--drop-invalid", action="store_true", help="skip rows with empty text")
+    g.add_argument("--drop-invalid", action="store_true", default=None, help="skip rows with empty text")
     g.add_argument("--limit-train", type=int, help="use only the first N training reviews (after a seeded shuffle)")
     g.add_argument("--limit-eval", type=int, help="use only the first N eval reviews (after a seeded shuffle)")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="minilm",
-                   help="'minilm' (the packaged default), a local model folder, or a Hub id")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, help="default: auto")
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="bf16 autocast or float32 (default: auto, bf16 where the hardware has it)")
-    p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="'minilm' (the packaged default), a local model folder, or a Hub id")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    _add_device_args(p)
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-length", type=int, default=512, help="longest input in tokens")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--max-length", type=int, help="longest input in tokens (default: 512)")
+    p.add_argument("--batch-size", dest="eval_batch_size", type=int,
+                   help="inference batch (default 16: fastest on a CPU)")
+    _add_device_args(p)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=float, default=3)
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
-    g.add_argument("--max-length", type=int, default=512)
-    g.add_argument("--report-to", default="none", help="experiment trackers, passed to the Trainer "
+    g = p.add_argument_group("training (defaults: src/loralab/defaults.toml, [train])")
+    g.add_argument("--epochs", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--learning-rate", "--lr", type=float)
+    g.add_argument("--max-length", type=int)
+    g.add_argument("--report-to", help="experiment trackers, passed to the Trainer "
                    "(tensorboard, wandb, ...; default: none, nothing written outside --out)")
-    g.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N steps (default: each epoch)")
+    g.add_argument("--save-steps", type=int, help="also checkpoint every N steps (default: each epoch)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+
+
+# Where each flag lands in the configuration (`defaults.toml`): flags override it, and
+# every default a flag shows comes from there.
+FLAG_KEYS = {
+    "model": "model", "seed": "seed", "precision": "precision", "device": "device", "seeds": "seeds",
+    "jobs": "jobs", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate", "max_length": "train.max_length", "report_to": "train.report_to",
+    "save_steps": "train.save_steps", "pooling": "train.pooling", "eval_batch_size": "train.eval_batch_size",
+    "data": "data.dir", "train": "data.train", "eval": "data.eval", "text_column": "data.text_column",
+    "label_column": "data.label_column", "drop_invalid": "data.drop_invalid", "limit_train": "data.limit_train",
+    "limit_eval": "data.limit_eval", "targets": "lora.targets", "init": "lora.init", "dropout": "lora.dropout",
+    "rslora": "lora.rslora", "lr_ratio": "lora.lr_ratio",
+}
+
+
+def config_of(args, **extra) -> dict:
+    """The resolved configuration of a command: defaults < --config file < --profile <
+    --quick < flags given (a flag not given is None and changes nothing)."""
+    from .config import load_config
+
+    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None}
+    return load_config(getattr(args, "config", None), quick=getattr(args, "quick", False),
+                       profile=getattr(args, "profile", None), **flags, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,28 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a TOML file overriding the defaults")
     p.add_argument("--out", help="output folder (default: runs/lab)")
     p.add_argument("--quick", action="store_true", help="the same pipeline on a small subset")
-    p.add_argument("--profile", choices=["lab", "tuned"],
+    p.add_argument("--profile", choices=PROFILES,
                    help="lab: the lab's settings (default); tuned: learning rates chosen on a validation "
                         "split, mean pooling")
     p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: every method once per seed")
-    p.add_argument("--pooling", choices=["cls", "mean"], help="what the classification head reads")
+    p.add_argument("--pooling", choices=POOLINGS, help="what the classification head reads")
     p.add_argument("--jobs", type=int, help="runs at a time, each in its own process (default: 1; on a GPU, "
                                             "several fill it)")
     _add_model_args(p)
     _add_data_args(p)
 
     p = sub.add_parser("train", help="train one model: LoRA, head-tuning or full fine-tuning")
-    p.add_argument("--method", required=True, choices=["lora", "head", "full"])
+    p.add_argument("--method", required=True, choices=TRAIN_METHODS)
     p.add_argument("--rank", type=int, default=6)
     p.add_argument("--alpha", type=float, help="default: 2 * rank")
     p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
-    p.add_argument("--init", choices=["normal", "kaiming", "gaussian"],
-                   help="how A starts (default: normal, the lab's; tuned: kaiming, PEFT's)")
-    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
-    p.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r")
-    p.add_argument("--lr-ratio", type=float, default=1.0, help="LoRA+: B learns this many times faster than A")
-    p.add_argument("--pooling", choices=["cls", "mean"], help="what the head reads (default: cls; tuned: mean)")
-    p.add_argument("--profile", choices=["lab", "tuned"], default="lab",
+    p.add_argument("--init", choices=INITS, help="how A starts (default: normal, the lab's; tuned: kaiming, PEFT's)")
+    p.add_argument("--dropout", type=float, help="LoRA dropout (default: 0)")
+    p.add_argument("--rslora", action="store_true", default=None,
+                   help="scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r")
+    p.add_argument("--lr-ratio", type=float, help="LoRA+: B learns this many times faster than A (default: 1)")
+    p.add_argument("--pooling", choices=POOLINGS, help="what the head reads (default: cls; tuned: mean)")
+    p.add_argument("--profile", choices=PROFILES,
                    help="tuned: choose the learning rate on a validation split carved from train, mean pooling")
     p.add_argument("--out", required=True, help="folder for the trained model or adapter")
     _add_model_args(p)
@@ -97,14 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy of a saved model or adapter on the eval data")
     p.add_argument("model_dir")
-    p.add_argument("--batch-size", type=int, default=16, help="inference batch (default 16: fastest on a CPU)")
     _add_inference_args(p)
     _add_data_args(p)
 
     p = sub.add_parser("lowrank", help="approximated-model sweeps and the spectrum of the fine-tuning update")
     p.add_argument("--finetuned", required=True, help="folder of the fully fine-tuned model")
     p.add_argument("--headtuned", required=True, help="folder of the head-tuned model")
-    p.add_argument("--pretrained", default="minilm", help="the base model both started from")
+    p.add_argument("--pretrained", help="the base model both started from (default: minilm)")
     p.add_argument("--out", default="runs/lowrank", help="folder for JSON and PNG files")
     p.add_argument("--ranks", type=int, nargs="+", help="ranks to sweep (default: full rank halving to 1)")
     p.add_argument("--targets", help="layers (default: query and value)")
@@ -119,7 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write predictions to this .csv or .jsonl file")
     p.add_argument("--text-column", default="review")
     p.add_argument("--labels", help="a file with a label column: also print accuracy")
-    p.add_argument("--batch-size", type=int, default=16, help="inference batch (default 16: fastest on a CPU)")
     _add_inference_args(p)
 
     p = sub.add_parser("export", help="a plain Hugging Face folder (merged model or PEFT adapter) with a model card")
@@ -136,25 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data(args):
-    from .data import DataOptions, limit_data, load_data
+def _data(config: dict):
+    from .data import load_configured
 
-    options = DataOptions(args.text_column or "review", args.label_column or "label", args.drop_invalid)
-    data = load_data(args.data, train=args.train, eval=args.eval, options=options)
-    return limit_data(data, args.limit_train, args.limit_eval)
-
-
-def _settings(args, **overrides):
-    from .training import TrainSettings
-
-    values = {k: getattr(args, k) for k in ("epochs", "batch_size", "learning_rate", "max_length",
-                                             "precision", "seed", "device", "report_to", "quiet", "save_steps")
-              if getattr(args, k, None) is not None}
-    return TrainSettings(**{**values, **overrides})
+    return load_configured(config["data"])
 
 
 def cmd_data(args) -> None:
-    data = _data(args)
+    data = _data(config_of(args))
     for split in ("train", "eval"):
         labels = data[split]["label"]
         print(f"{split}: {len(labels)} reviews ({sum(labels)} positive, {len(labels) - sum(labels)} negative)")
@@ -169,50 +185,55 @@ def _seed_list(text: str) -> list[int]:
 
 def cmd_train(args) -> None:
     from .api import choose_learning_rate, train
-    from .config import load_config
+    from .settings import LoraOptions, TrainSettings
 
-    data, notes = _data(args), None
-    profile = load_config(profile=args.profile)  # the profile's pooling, LoRA init and choices
-    lora = dict(rank=args.rank, alpha=args.alpha, targets=args.targets, init=args.init or profile["lora"]["init"],
-                dropout=args.dropout, rslora=args.rslora) if args.method == "lora" else {}
-    settings = _settings(args, pooling=args.pooling or profile["train"]["pooling"])
-    if args.profile == "tuned":
-        from .data import split_validation
-
-        data = split_validation(data, profile["data"]["validation"], profile["data"]["split_seed"])
-        candidates = profile["select"][args.method]
-        trial = settings.replace(epochs=profile["select"]["epochs"] or settings.epochs)
-        notes = {"selection": choose_learning_rate(args.method, candidates, data, model=args.model, settings=trial,
-                                                   work=f"{args.out}.choose", lr_ratio=args.lr_ratio, **lora)}
-        settings = settings.replace(learning_rate=notes["selection"]["learning_rate"])
+    config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
+    data, notes = _data(config), None
+    settings = TrainSettings.from_config(config, quiet=args.quiet)
+    lora = LoraOptions.from_config(config, args.rank, **({"alpha": args.alpha} if args.alpha else {}))
+    lora = lora if args.method == "lora" else None
+    if config["select"]["enabled"]:  # --profile tuned
+        sel = config["select"]
+        trial = settings.replace(epochs=sel["epochs"]) if sel["epochs"] else settings
+        selection = choose_learning_rate(args.method, sel[args.method], data, model=config["model"], settings=trial,
+                                         lora=lora, work=f"{args.out}.choose", resume=args.resume)
+        notes = {"selection": asdict(selection)}
+        settings = settings.replace(learning_rate=selection.learning_rate)
         print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
-              f"{notes['selection']['validation_rows']} validation reviews")
+              f"{selection.validation_rows} validation reviews")
         del data["validation"]
-    result = train(method=args.method, out=args.out, model=args.model, data=data, settings=settings,
-                   resume=args.resume, lr_ratio=args.lr_ratio, notes=notes, **lora)
+    result = train(method=args.method, out=args.out, model=config["model"], data=data, settings=settings,
+                   lora=lora, resume=args.resume, notes=notes)
     print(f"{args.method}: eval accuracy {result['eval_accuracy']:.4f}, "
           f"{result['trainable_params']:,} trainable parameters, saved to {args.out}")
+
+
+def _inference(args):
+    """(configuration, settings) of a command that only runs models."""
+    from .settings import TrainSettings
+
+    config = config_of(args)
+    return config, TrainSettings.from_config(config, quiet=args.quiet)
 
 
 def cmd_evaluate(args) -> None:
     from .api import evaluate
 
-    acc = evaluate(args.model_dir, data=_data(args),
-                   settings=_settings(args, eval_batch_size=args.batch_size))
-    print(f"eval accuracy: {acc:.4f}")
+    config, settings = _inference(args)
+    print(f"eval accuracy: {evaluate(args.model_dir, data=_data(config), settings=settings):.4f}")
 
 
 def cmd_lowrank(args) -> None:
     from .api import lowrank
 
-    rows, summary = lowrank(args.finetuned, args.headtuned, args.pretrained, out=args.out, data=_data(args),
-                            settings=_settings(args), ranks=args.ranks, targets=args.targets,
-                            lora_dirs=tuple(args.lora))
-    print(f"head-tuned accuracy: {summary['headtuned_accuracy']:.4f}")
+    config, settings = _inference(args)
+    pretrained = args.pretrained or config["model"]
+    rows, summary = lowrank(args.finetuned, args.headtuned, pretrained, out=args.out, data=_data(config),
+                            settings=settings, ranks=args.ranks, targets=args.targets, lora_dirs=tuple(args.lora))
+    print(f"head-tuned accuracy: {summary.headtuned_accuracy:.4f}")
     for r in rows:
-        print(f"{r['method']} rank {r['rank']:>4}: accuracy {r['eval_accuracy']:.4f}")
-    for approach in (1, 2):
-        lowest = summary[f"approx{approach}_lowest_rank_above_head"]
+        print(f"{r.method} rank {r.rank:>4}: accuracy {r.eval_accuracy:.4f}")
+    for approach, lowest in summary.lowest_rank_above_head.items():
         print(f"approximated model {approach}: lowest rank above head-tuning: "
               f"{lowest if lowest is not None else 'none'}")
     print(f"written: {args.out}/lowrank.json, spectrum.json, spectrum.png")
@@ -223,9 +244,9 @@ def cmd_predict(args) -> None:
 
     if not args.texts and not args.input:
         raise LoralabError("Give texts to classify or --input FILE.")
+    _, settings = _inference(args)
     result = predict(args.model_dir, args.texts or None, input=args.input, output=args.output,
-                     text_column=args.text_column, labels=args.labels, batch_size=args.batch_size,
-                     max_length=args.max_length, settings=_settings(args), progress=not args.quiet)
+                     text_column=args.text_column, labels=args.labels, settings=settings, progress=not args.quiet)
     if not args.output:
         texts = args.texts or [None] * len(result["labels"])
         for text, label, probs in zip(texts, result["labels"], result["probabilities"]):
@@ -250,9 +271,17 @@ def cmd_report(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from .study import main_run
+    from pathlib import Path
 
-    main_run(args)
+    from .config import inside
+    from .report import write_report
+    from .study import run_study, summary_table
+
+    config = config_of(args, **({"out": args.out} if args.out else {}))
+    result = run_study(config, quiet=args.quiet)
+    report = write_report(config["out"], inside(config["out"], config["report_dir"], "report_dir"))
+    print(summary_table(result.rows))
+    print(f"\nResults: {Path(config['out']) / 'results.json'}\nReport: {report} and report.html")
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "lowrank": cmd_lowrank,

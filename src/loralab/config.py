@@ -4,11 +4,9 @@ and flags on top, validated, and written back as TOML beside the results."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 try:
     import tomllib
@@ -16,6 +14,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import LoralabError
+from .settings import DEVICES, INITS, POOLINGS, PRECISIONS, PROFILES, LoraOptions, TrainSettings
 
 QUICK_KEYS = {"limit_train": "data", "limit_eval": "data", "epochs": "train", "max_length": "train",
               "lora_ranks": "methods", "sweep_points": "methods", "sweep_ranks": "methods"}
@@ -45,9 +44,6 @@ def _merge(base: dict, override: dict, where: str, path: str = "") -> dict:
                 raise LoralabError(f"{where}: {dotted!r} must be {expected.__name__}, got {value!r}.")
             out[key] = value
     return out
-
-
-PROFILES = ("lab", "tuned")
 
 
 def load_config(path: str | Path | None = None, *, quick: bool = False, profile: str | None = None,
@@ -107,20 +103,22 @@ def validate(config: dict) -> None:
         raise LoralabError("config: ranks must be positive integers.")
     if m["lowrank"] and not (m["full"] and m["head"]):
         raise LoralabError("config: methods.lowrank needs methods.full and methods.head.")
-    if t["epochs"] <= 0 or t["batch_size"] < 1:
-        raise LoralabError("config: train.epochs and train.batch_size must be positive.")
-    if config["precision"] not in ("auto", "bf16", "fp32"):
-        raise LoralabError(f"config: precision must be auto, bf16 or fp32, not {config['precision']!r}.")
-    if t["pooling"] not in ("cls", "mean"):
-        raise LoralabError(f"config: train.pooling must be cls or mean, not {t['pooling']!r}.")
+    for name, value, choices in (("precision", config["precision"], PRECISIONS),
+                                 ("device", config["device"], DEVICES), ("train.pooling", t["pooling"], POOLINGS),
+                                 ("lora.init", config["lora"]["init"], INITS)):
+        if value not in choices:
+            raise LoralabError(f"config: {name} must be one of {', '.join(choices)}, not {value!r}.")
+    try:  # the typed settings check the rest of their tables
+        TrainSettings.from_config(config)
+        LoraOptions.from_config(config, rank=1)
+    except LoralabError as err:
+        raise LoralabError(f"config: {err}") from None
     if any(s < 0 for s in config["seeds"]) or len(set(config["seeds"])) != len(config["seeds"]):
         raise LoralabError(f"config: seeds must be distinct non-negative integers, got {config['seeds']}.")
     if not 0 <= config["data"]["validation"] < 1:
         raise LoralabError("config: data.validation must be a fraction in [0, 1).")
     if config["jobs"] < 1:
         raise LoralabError(f"config: jobs must be at least 1, got {config['jobs']}.")
-    if config["lora"]["lr_ratio"] <= 0:
-        raise LoralabError("config: lora.lr_ratio must be positive.")
     sel = config["select"]
     if sel["enabled"]:
         if not config["data"]["validation"]:
@@ -129,11 +127,6 @@ def validate(config: dict) -> None:
         for method in ("full", "head", "lora"):
             if not sel[method] or any(lr <= 0 for lr in sel[method]):
                 raise LoralabError(f"config: select.{method} must list positive learning rates.")
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able settings: a run is redone when its hash changes."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def to_toml(config: dict) -> str:

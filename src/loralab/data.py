@@ -261,6 +261,35 @@ def limit_data(data, train: int | None = None, eval: int | None = None):
     return data
 
 
+def load_configured(table: dict):
+    """The data a configuration's [data] table names: its files read and checked, limited
+    to seeded random subsets, and split into train and validation where it asks for one."""
+    options = DataOptions(table["text_column"], table["label_column"], table["drop_invalid"])
+    data = load_data(table["dir"] or None, train=table["train"] or None, eval=table["eval"] or None,
+                     options=options)
+    data = limit_data(data, table["limit_train"], table["limit_eval"])
+    if table["validation"]:
+        data = split_validation(data, table["validation"], table["split_seed"])
+    return data
+
+
+def data_digest(data, splits) -> str:
+    """A short hash of the named splits' texts (or token ids) and labels: work computed from
+    them is reused only while it is unchanged."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for split in splits:
+        ds = data[split]
+        column = "text" if "text" in ds.column_names else "input_ids"
+        digest.update(split.encode())
+        for value, label in zip(ds[column], ds["label"]):
+            digest.update((value if isinstance(value, str) else json.dumps(list(value))).encode())
+            digest.update(f"\0{label}\0".encode())
+    return digest.hexdigest()[:16]
+
+
 def split_validation(data, fraction: float, seed: int = 0):
     """Carve a `validation` split from `train` to choose settings on, never from `eval`.
 

@@ -19,6 +19,8 @@ packaged MiniLM; pass ``model="distilbert-base-uncased"`` where a hub is reachab
 
 from __future__ import annotations
 
+import tempfile
+
 from torch import nn
 
 from .lora import LoRA
@@ -43,17 +45,12 @@ def _prepared(model, data, settings):
     return tokenizer, tokenized, settings
 
 
-def _work_dir():
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="loralab-lab-")
-
-
 def make_finetuned_model(model: str = DEFAULT_MODEL, data=None, settings: TrainSettings | None = None) -> nn.Module:
     """Step 2: the pre-trained model with every parameter fine-tuned."""
     tokenizer, tokenized, settings = _prepared(model, data, settings)
     net = load_model(model)
-    train_model(net, tokenized, settings, _work_dir(), tokenizer=tokenizer)
+    with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:  # checkpoints, logs: not kept
+        train_model(net, tokenized, settings, work, tokenizer=tokenizer)
     return net
 
 
@@ -61,7 +58,8 @@ def make_headtuned_model(model: str = DEFAULT_MODEL, data=None, settings: TrainS
     """Step 3: the pre-trained model with only its classification head trained."""
     tokenizer, tokenized, settings = _prepared(model, data, settings)
     net = freeze_all_but_head(load_model(model))
-    train_head(net, tokenized, settings, _work_dir(), tokenizer)
+    with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:
+        train_head(net, tokenized, settings, work, tokenizer)
     return net
 
 
@@ -71,7 +69,8 @@ def make_lora_model(rank: int, model: str = DEFAULT_MODEL, data=None,
     head trained, every other parameter untouched."""
     tokenizer, tokenized, settings = _prepared(model, data, settings)
     net = inject_lora(load_model(model), rank, alpha=2 * rank)
-    train_model(net, tokenized, settings, _work_dir(), tokenizer=tokenizer)
+    with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:
+        train_model(net, tokenized, settings, work, tokenizer=tokenizer)
     return net
 
 

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-INITS = ("normal", "kaiming", "gaussian")
+from .settings import INITS
 
 
 class LoRA(nn.Module):
@@ -38,10 +38,11 @@ class LoRA(nn.Module):
     def __init__(self, pretrained: nn.Linear, rank: int = 12, alpha: float = 24,
                  dropout: float = 0.0, init: str = "normal", rslora: bool = False):
         super().__init__()
+        if isinstance(pretrained, LoRA):  # checked first: a LoRA layer is no nn.Linear either
+            raise TypeError("this layer already has a LoRA adapter; wrapping it twice would stack two "
+                            "updates (merge_and_unload it first)")
         if not isinstance(pretrained, nn.Linear):
             raise TypeError(f"LoRA wraps nn.Linear layers, got {type(pretrained).__name__}")
-        if isinstance(pretrained, LoRA):  # pragma: no cover - guarded by the isinstance above
-            raise TypeError("this layer already has a LoRA adapter")
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
         if init not in INITS:

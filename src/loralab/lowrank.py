@@ -17,14 +17,12 @@ float64, and every rank of a sweep is read off that one SVD.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from .fileio import atomic_path
 from .surgery import extract, lora_layers, replace
 
 
@@ -211,40 +209,3 @@ def lowest_rank_above(rows: list[dict], threshold: float) -> int | None:
     """The lowest rank whose accuracy is still above `threshold` (None if none is)."""
     above = [row["rank"] for row in rows if row["eval_accuracy"] > threshold]
     return min(above) if above else None
-
-
-def plot_spectrum(spectrum: dict[str, dict], path: str | os.PathLike, title: str = "") -> None:
-    """Two panels: singular values of dW per layer (log y) and captured energy per rank."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    cmap = plt.get_cmap("viridis")
-    for i, (name, layer) in enumerate(spectrum.items()):
-        color = cmap(i / max(1, len(spectrum) - 1))
-        label = short_layer_name(name)
-        ranks = range(1, len(layer["singular_values"]) + 1)
-        ax1.plot(ranks, layer["singular_values"], color=color, lw=1, label=label)
-        ax2.plot(ranks, [100 * e for e in layer["energy"]], color=color, lw=1, label=label)
-    ax1.set(xscale="log", yscale="log", xlabel="index i of singular value (log)",
-            ylabel="singular value s_i of dW (log)", title="Spectrum of dW = W_finetuned - W_pretrained")
-    ax2.set(xscale="log", xlabel="rank r (log)", ylabel="||dW||_F^2 captured by top r (%)",
-            title="Energy captured at rank r", ylim=(0, 101))
-    for p in (50, 90, 99):
-        ax2.axhline(p, color="grey", lw=0.5, ls="--")
-    ax2.legend(fontsize=6, ncol=2, loc="lower right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
-def short_layer_name(name: str) -> str:
-    """'bert.encoder.layer.3.attention.self.query' -> 'L3 query'."""
-    parts = name.split(".")
-    layer = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p == "layer" and parts[i + 1].isdigit()), "?")
-    return f"L{layer} {parts[-1]}"

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from .errors import LoralabError
+from .settings import POOLINGS
 
-POOLINGS = ("cls", "mean")
 CONFIG_KEY = "loralab_pooling"
 
 

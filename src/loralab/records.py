@@ -8,6 +8,7 @@ On disk a run's folder holds `result.json` (a `RunRecord`) and the study's folde
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +19,7 @@ from .errors import LoralabError
 # ---------------------------------------------------------------------------------------
 # Run names: every folder name of a study is made here.
 
+RESULT_NAME = "result.json"  # a run's record, in its folder: the mark that the run finished
 REPLACE_TEST = "replace-test"
 LOWRANK = "lowrank"
 SIMILARITY = "similarity"
@@ -201,7 +203,13 @@ class Environment:
 
 
 # ---------------------------------------------------------------------------------------
-# Files
+# Files and keys
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able settings: a run is redone when its hash changes."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 
 def read_json(path: Path):

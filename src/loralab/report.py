@@ -14,10 +14,26 @@ import math
 import os
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import LoralabError
 from .fileio import atomic_path, write_text
+from .records import (
+    ANALYSES,
+    LOWRANK,
+    REPLACE_TEST,
+    RESULT_NAME,
+    SELECT_PREFIX,
+    SIMILARITY,
+    LowrankSummary,
+    ReplaceTest,
+    Row,
+    RunRecord,
+    Selection,
+    read_rows,
+)
 
 PLOTS = {
     "accuracy_vs_params.png": "Accuracy against trainable parameters",
@@ -33,23 +49,106 @@ COLORS = {"tfidf-lr": "#8c564b", "tfidf-nb": "#e377c2", "full": "#d62728", "head
           "approx1": "#1f77b4", "approx2": "#17becf", "lora": "#2ca02c"}
 
 
-def _read(path: Path):
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError as err:
-        raise LoralabError(f"{path}: not valid JSON ({err}).") from None
+@dataclass
+class Summary:
+    """One method at one rank, over its seeds: the median accuracy, time and memory, the
+    accuracy's min-max, and the run closest to the median (whose history is shown)."""
+
+    row: Row
+    eval_accuracy: float | None
+    accuracy_min: float | None = None
+    accuracy_max: float | None = None
+    seeds: int = 1
+    train_seconds: float | None = None
+    peak_memory_mb: float | None = None
+
+    @property
+    def method(self) -> str:
+        return self.row.method
+
+    @property
+    def rank(self) -> int | None:
+        return self.row.rank
+
+    @property
+    def trainable_params(self) -> int | None:
+        return self.row.trainable_params
+
+    @property
+    def history(self) -> list[dict]:
+        return self.row.history
+
+    @property
+    def label(self) -> str:
+        name = LABELS.get(self.method, self.method)
+        return f"{name} r={self.rank}" if self.rank is not None else name
 
 
-def label(r: dict) -> str:
-    name = LABELS.get(r["method"], r["method"])
-    return f"{name} r={r['rank']}" if r.get("rank") is not None else name
+def aggregate(rows: list[Row]) -> list[Summary]:
+    """One summary per method and rank, in the order the rows first name them."""
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.method, r.rank), []).append(r)
+    out = []
+    for runs in groups.values():
+        accs = [r.eval_accuracy for r in runs if r.eval_accuracy is not None]
+        if len(runs) == 1 or not accs:
+            first = runs[0]
+            out.append(Summary(first, first.eval_accuracy, seeds=len(runs), train_seconds=first.train_seconds,
+                               peak_memory_mb=first.peak_memory_mb))
+            continue
+        mid = statistics.median(accs)
+        middle = min(runs, key=lambda r: abs((r.eval_accuracy if r.eval_accuracy is not None else 9) - mid))
+
+        def median_of(key):
+            values = [getattr(r, key) for r in runs if getattr(r, key) is not None]
+            return statistics.median(values) if values else None
+
+        out.append(Summary(middle, mid, min(accs), max(accs), len(runs), median_of("train_seconds"),
+                           median_of("peak_memory_mb")))
+    return out
 
 
-def _one(rows: list[dict], method: str, rank=None) -> dict | None:
-    found = [r for r in rows if r["method"] == method and (rank is None or r.get("rank") == rank)]
-    return found[0] if found else None
+class RunTime(NamedTuple):
+    """How long a finished run took, when it finished and on what."""
+
+    name: str
+    seconds: float
+    finished: str  # ISO time, "" where unknown
+    device: str    # "" where unknown
+
+
+@dataclass
+class Findings:
+    """Everything the report says, as numbers: computed from a study's folder by `build`,
+    rendered to Markdown, HTML and plots by `write_report`."""
+
+    runs: list[Row]                  # every row of results.json
+    summaries: list[Summary]         # one per method and rank (medians over seeds)
+    full: Summary | None
+    head: Summary | None
+    lora6: Summary | None
+    head_points_below_full: float | None  # (full - head) eval accuracy, in points
+    sweeps: dict[int, list[Summary]]       # approach (1, 2) -> its sweep, as run
+    lowest_rank_above_head: dict[int, int | None]  # per approach whose sweep finished
+    baselines: list[Summary]
+    best_transformer: Summary | None
+    selections: list[Selection]
+    replace_test: ReplaceTest | None
+    lowrank: LowrankSummary | None
+    similarity: dict[str, dict[str, float]] | None
+    spectrum: dict | None
+    times: list[RunTime]
+    busy_seconds: float | None
+    environment: dict | None
+
+    @property
+    def seeds(self) -> int:
+        return max((s.seeds for s in self.summaries), default=1)
+
+
+def _one(summaries: list[Summary], method: str, rank=None) -> Summary | None:
+    return next((s for s in summaries if s.method == method and (rank is None or s.rank == rank)), None)
 
 
 def pct(part, whole) -> str:
@@ -64,119 +163,166 @@ def fmt(value, spec: str = ",", missing: str = "-") -> str:
     return format(value, spec)
 
 
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        raise LoralabError(f"{path}: not valid JSON ({err}).") from None
+
+
+def _record(path: Path) -> RunRecord | None:
+    data = _read(path)
+    return RunRecord.from_json(data, str(path)) if data is not None else None
+
+
+def run_times(out_dir: Path, runs: list[Row]) -> list[RunTime]:
+    """Each finished run of this study, in the order they finished, from the run folders'
+    result.json (folders of runs no longer in results.json are left out)."""
+    names = {r.run for r in runs} | set(ANALYSES)
+    found = []
+    for path in out_dir.glob("*/" + RESULT_NAME):
+        name = path.parent.name
+        if (name in names or name.startswith(SELECT_PREFIX)) and (record := _record(path)):
+            found.append(RunTime(name, record.seconds, record.finished or "", record.device or ""))
+    return sorted(found, key=lambda t: (t.finished, t.name))
+
+
+def busy_seconds(times: list[RunTime]) -> float | None:
+    """Wall time during which at least one run was going: the union of the runs' intervals
+    (runs side by side under `--jobs` overlap, so their times add up to more). None when a
+    run's finishing time is unknown."""
+    import datetime as dt
+
+    if not times or any(not t.finished for t in times):
+        return None
+    spans = sorted((end - t.seconds, end) for t in times for end in [dt.datetime.fromisoformat(t.finished).timestamp()])
+    busy, (start, stop) = 0.0, spans[0]
+    for a, b in spans[1:]:
+        if a > stop:
+            busy, start, stop = busy + stop - start, a, b
+        else:
+            stop = max(stop, b)
+    return busy + stop - start
+
+
+def build(out_dir: str | os.PathLike) -> Findings:
+    """The findings of the study in `out_dir`, from its files."""
+    out_dir = Path(out_dir)
+    runs = read_rows(out_dir / "results.json")
+    if runs is None:
+        raise LoralabError(f"{out_dir}: no results.json; run `loralab run --out {out_dir}` first.")
+    summaries = aggregate(runs)
+    full, head = _one(summaries, "full"), _one(summaries, "head")
+    records = {name: _record(out_dir / name / RESULT_NAME) for name in ANALYSES}
+    lowrank = records[LOWRANK].lowrank if records[LOWRANK] else None
+    sweeps = {a: [s for s in summaries if s.method == f"approx{a}"] for a in (1, 2)}
+    sweeps = {a: sweep for a, sweep in sweeps.items() if sweep}
+    selections = [record.selection for p in sorted(out_dir.glob(SELECT_PREFIX + "*/" + RESULT_NAME))
+                  if (record := _record(p)) and record.selection]
+    baselines = [s for s in summaries if s.method.startswith("tfidf")]
+    times = run_times(out_dir, runs)
+    return Findings(
+        runs=runs, summaries=summaries, full=full, head=head, lora6=_one(summaries, "lora", 6),
+        head_points_below_full=(full.eval_accuracy - head.eval_accuracy) * 100 if full and head else None,
+        sweeps=sweeps,
+        lowest_rank_above_head={a: lowrank.lowest_rank_above_head.get(a) for a in sweeps} if lowrank else {},
+        baselines=baselines,
+        best_transformer=max((s for s in summaries if not s.method.startswith("tfidf")),
+                             key=lambda s: s.eval_accuracy, default=None) if baselines else None,
+        selections=selections,
+        replace_test=records[REPLACE_TEST].replace_test if records[REPLACE_TEST] else None,
+        lowrank=lowrank,
+        similarity=records[SIMILARITY].similarity if records[SIMILARITY] else None,
+        spectrum=_read(out_dir / LOWRANK / "spectrum.json"),
+        times=times, busy_seconds=busy_seconds(times), environment=_read(out_dir / "environment.json"))
+
+
 # ---------------------------------------------------------------------------------------
 # Tables and sentences
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """One row per method and rank. A method run with several seeds gets the median of its
-    accuracies, times and memory peaks, `accuracy_min`/`accuracy_max` and `seeds` (the
-    count); its history is that of the run closest to the median."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], r.get("rank")), []).append(r)
-    out = []
-    for runs in groups.values():
-        accs = [r["eval_accuracy"] for r in runs if r["eval_accuracy"] is not None]
-        if len(runs) == 1 or not accs:
-            out.append({**runs[0], "seeds": len(runs)})
-            continue
-        mid = statistics.median(accs)
-        middle = min(runs, key=lambda r: abs((r["eval_accuracy"] if r["eval_accuracy"] is not None else 9) - mid))
-
-        def median_of(key):
-            values = [r[key] for r in runs if r.get(key) is not None]
-            return statistics.median(values) if values else None
-
-        out.append({**middle, "eval_accuracy": mid, "accuracy_min": min(accs), "accuracy_max": max(accs),
-                    "seeds": len(runs), "seed_list": sorted(r.get("seed") for r in runs),
-                    "train_seconds": median_of("train_seconds"), "peak_memory_mb": median_of("peak_memory_mb")})
-    return out
-
-
-def results_table(rows: list[dict]) -> list[list[str]]:
-    """The results table of aggregated rows (see `aggregate`)."""
-    full = _one(rows, "full")
-    full_params = full["trainable_params"] if full else None
-    full_acc = full["eval_accuracy"] if full else None
-    spread = any(r.get("seeds", 1) > 1 for r in rows)
+def results_table(summaries: list[Summary]) -> list[list[str]]:
+    """The results table of the summaries (see `aggregate`)."""
+    full = _one(summaries, "full")
+    full_params = full.trainable_params if full else None
+    full_acc = full.eval_accuracy if full else None
+    spread = any(s.seeds > 1 for s in summaries)
     table = [["Method", "Trainable parameters", "% of full",
               "Eval accuracy (median)" if spread else "Eval accuracy", *(["Min-max over seeds"] if spread else []),
               "% of full accuracy", "Training time (s)", "Peak memory (MB)"]]
-    for r in rows:
+    for s in summaries:
         extra = []
         if spread:
-            extra = [f"{r['accuracy_min']:.4f}-{r['accuracy_max']:.4f} ({r['seeds']} seeds)"
-                     if r.get("seeds", 1) > 1 else "one run"]
-        table.append([label(r), fmt(r["trainable_params"]), pct(r["trainable_params"], full_params),
-                      fmt(r["eval_accuracy"], ".4f"), *extra, pct(r["eval_accuracy"], full_acc),
-                      fmt(r["train_seconds"], ",.1f"), fmt(r["peak_memory_mb"], ",.0f")])
+            extra = [f"{s.accuracy_min:.4f}-{s.accuracy_max:.4f} ({s.seeds} seeds)" if s.seeds > 1 else "one run"]
+        table.append([s.label, fmt(s.trainable_params), pct(s.trainable_params, full_params),
+                      fmt(s.eval_accuracy, ".4f"), *extra, pct(s.eval_accuracy, full_acc),
+                      fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f")])
     return table
 
 
-def selection_lines(selections: list[dict]) -> list[str]:
+def selection_lines(selections: list[Selection]) -> list[str]:
     """What the validation split chose, one sentence per method."""
     out = []
     for sel in selections:
-        tried = ", ".join(f"{float(lr):g}: {acc:.4f}" for lr, acc in sel["validation_accuracy"].items())
-        rank = f" (at r = {sel['rank']}, used at every rank)" if sel.get("rank") else ""
-        out.append(f"{LABELS.get(sel['method'], sel['method'])}{rank}: learning rate {sel['learning_rate']:g}, "
-                   f"chosen on the validation split ({sel['validation_rows']} reviews held out of train, "
-                   f"{sel['train_rows']} trained on, {sel['epochs']:g} epochs, {sel['pooling']} pooling); "
+        tried = ", ".join(f"{float(lr):g}: {acc:.4f}" for lr, acc in sel.validation_accuracy.items())
+        rank = f" (at r = {sel.rank}, used at every rank)" if sel.rank else ""
+        out.append(f"{LABELS.get(sel.method, sel.method)}{rank}: learning rate {sel.learning_rate:g}, "
+                   f"chosen on the validation split ({sel.validation_rows} reviews held out of train, "
+                   f"{sel.train_rows} trained on, {sel.epochs:g} epochs, {sel.pooling} pooling); "
                    f"validation accuracy per learning rate: {tried}.")
     return out
 
 
-def answers(rows: list[dict], lowrank: dict | None) -> list[str]:
-    """The lab's questions, answered in sentences from the measured results."""
+def answers(f: Findings) -> list[str]:
+    """The lab's questions, answered in sentences from the findings."""
     out = []
-    full, head = _one(rows, "full"), _one(rows, "head")
+    full, head = f.full, f.head
     if full and head:
-        loss = full["eval_accuracy"] - head["eval_accuracy"]
-        out.append(f"Head-tuning trains {head['trainable_params']:,} parameters "
-                   f"({pct(head['trainable_params'], full['trainable_params'])} of full fine-tuning) and "
-                   f"reaches {head['eval_accuracy']:.4f} eval accuracy, {abs(loss) * 100:.1f} points "
-                   f"{'below' if loss >= 0 else 'above'} full fine-tuning ({full['eval_accuracy']:.4f}).")
+        loss = f.head_points_below_full
+        out.append(f"Head-tuning trains {head.trainable_params:,} parameters "
+                   f"({pct(head.trainable_params, full.trainable_params)} of full fine-tuning) and "
+                   f"reaches {head.eval_accuracy:.4f} eval accuracy, {abs(loss):.1f} points "
+                   f"{'below' if loss >= 0 else 'above'} full fine-tuning ({full.eval_accuracy:.4f}).")
     else:
         out.append(f"Head-tuning against full fine-tuning: {_missing(full=full, head=head)}.")
 
     for approach in (1, 2):
         name = f"approximated model {approach}"
-        sweep = [r for r in rows if r["method"] == f"approx{approach}"]
-        if not sweep or not lowrank:
+        sweep = f.sweeps.get(approach)
+        if not sweep or not f.lowrank:
             out.append(f"The lowest rank at which {name} beats head-tuning: the sweep is missing.")
             continue
-        lowest = lowrank.get(f"approx{approach}_lowest_rank_above_head")
-        ranks = ", ".join(str(r["rank"]) for r in sweep)
+        lowest = f.lowest_rank_above_head[approach]
+        ranks = ", ".join(str(s.rank) for s in sweep)
         if lowest is None:
             out.append(f"No rank of {name} (ranks {ranks}) beats the head-tuned model "
-                       f"({lowrank['headtuned_accuracy']:.4f}).")
+                       f"({f.lowrank.headtuned_accuracy:.4f}).")
         else:
-            acc = next(r["eval_accuracy"] for r in sweep if r["rank"] == lowest)
+            acc = next(s.eval_accuracy for s in sweep if s.rank == lowest)
             out.append(f"The lowest rank at which {name} still beats the head-tuned model "
-                       f"({lowrank['headtuned_accuracy']:.4f}) is r = {lowest} ({acc:.4f}); ranks tried: {ranks}.")
+                       f"({f.lowrank.headtuned_accuracy:.4f}) is r = {lowest} ({acc:.4f}); ranks tried: {ranks}.")
 
-    lora6 = _one(rows, "lora", 6)
+    lora6 = f.lora6
     if lora6 and full:
-        out.append(f"LoRA with r = 6 trains {lora6['trainable_params']:,} parameters, "
-                   f"{pct(lora6['trainable_params'], full['trainable_params'])} of full fine-tuning's "
-                   f"{full['trainable_params']:,}, and reaches {lora6['eval_accuracy']:.4f} eval accuracy, "
-                   f"{pct(lora6['eval_accuracy'], full['eval_accuracy'])} of full fine-tuning's "
-                   f"{full['eval_accuracy']:.4f}.")
+        out.append(f"LoRA with r = 6 trains {lora6.trainable_params:,} parameters, "
+                   f"{pct(lora6.trainable_params, full.trainable_params)} of full fine-tuning's "
+                   f"{full.trainable_params:,}, and reaches {lora6.eval_accuracy:.4f} eval accuracy, "
+                   f"{pct(lora6.eval_accuracy, full.eval_accuracy)} of full fine-tuning's "
+                   f"{full.eval_accuracy:.4f}.")
     else:
         out.append(f"LoRA r = 6 against full fine-tuning: {_missing(**{'LoRA r=6': lora6, 'full': full})}.")
 
-    baselines = [r for r in rows if r["method"].startswith("tfidf")]
-    if baselines:
-        best = max((r for r in rows if not r["method"].startswith("tfidf")),
-                   key=lambda r: r["eval_accuracy"], default=None)
-        parts = [f"{label(b)} reaches {b['eval_accuracy']:.4f} in {b['train_seconds']:.2f} s" for b in baselines]
+    if f.baselines:
+        parts = [f"{b.label} reaches {b.eval_accuracy:.4f} in {b.train_seconds:.2f} s" for b in f.baselines]
         sentence = "; ".join(parts) + "."
-        if best and best.get("train_seconds"):
-            sentence += (f" The best Transformer model, {label(best)}, reaches {best['eval_accuracy']:.4f} "
-                         f"({(best['eval_accuracy'] - max(b['eval_accuracy'] for b in baselines)) * 100:+.1f} "
-                         f"points against the better baseline) after {best['train_seconds']:,.0f} s of training, "
-                         f"{best['train_seconds'] / max(b['train_seconds'] for b in baselines):,.0f} times longer.")
+        best = f.best_transformer
+        if best and best.train_seconds:
+            sentence += (f" The best Transformer model, {best.label}, reaches {best.eval_accuracy:.4f} "
+                         f"({(best.eval_accuracy - max(b.eval_accuracy for b in f.baselines)) * 100:+.1f} "
+                         f"points against the better baseline) after {best.train_seconds:,.0f} s of training, "
+                         f"{best.train_seconds / max(b.train_seconds for b in f.baselines):,.0f} times longer.")
         out.append(sentence)
     else:
         out.append("TF-IDF baselines: missing.")
@@ -220,25 +366,25 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_accuracy_vs_params(rows, path: Path) -> bool:
+def plot_accuracy_vs_params(summaries: list[Summary], path: Path) -> bool:
     plt = _plt()
-    data = [r for r in rows if r["trainable_params"] and r["eval_accuracy"] is not None]
+    data = [r for r in summaries if r.trainable_params and r.eval_accuracy is not None]
     if not data:
         return False
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for method in COLORS:
-        pts = [r for r in data if r["method"] == method]
+        pts = [r for r in data if r.method == method]
         if pts:
-            ax.scatter([r["trainable_params"] for r in pts], [r["eval_accuracy"] for r in pts],
+            ax.scatter([r.trainable_params for r in pts], [r.eval_accuracy for r in pts],
                        color=COLORS[method], label=LABELS[method], s=40, zorder=3)
             for r in pts:
-                if r.get("rank") is not None:
-                    ax.annotate(f"r={r['rank']}", (r["trainable_params"], r["eval_accuracy"]), fontsize=7,
+                if r.rank is not None:
+                    ax.annotate(f"r={r.rank}", (r.trainable_params, r.eval_accuracy), fontsize=7,
                                 xytext=(3, 3), textcoords="offset points")
-    front = [data[i] for i in pareto_front([(r["trainable_params"], r["eval_accuracy"]) for r in data])]
-    ax.step([r["trainable_params"] for r in front], [r["eval_accuracy"] for r in front], where="post",
+    front = [data[i] for i in pareto_front([(r.trainable_params, r.eval_accuracy) for r in data])]
+    ax.step([r.trainable_params for r in front], [r.eval_accuracy for r in front], where="post",
             color="black", lw=1, ls="--", zorder=2)
-    ax.scatter([r["trainable_params"] for r in front], [r["eval_accuracy"] for r in front], s=140,
+    ax.scatter([r.trainable_params for r in front], [r.eval_accuracy for r in front], s=140,
                facecolors="none", edgecolors="black", lw=1.2, label="Pareto front (no method better with fewer)",
                zorder=4)
     ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="eval accuracy",
@@ -248,28 +394,28 @@ def plot_accuracy_vs_params(rows, path: Path) -> bool:
     return True
 
 
-def plot_accuracy_vs_rank(rows, path: Path) -> bool:
+def plot_accuracy_vs_rank(summaries: list[Summary], path: Path) -> bool:
     plt = _plt()
-    series = {m: sorted((r for r in rows if r["method"] == m), key=lambda r: r["rank"])
+    series = {m: sorted((r for r in summaries if r.method == m), key=lambda r: r.rank)
               for m in ("approx1", "approx2", "lora")}
     if not any(series.values()):
         return False
     fig, ax = plt.subplots(figsize=(9, 5))
     for method, pts in series.items():
         if pts:
-            ax.plot([r["rank"] for r in pts], [r["eval_accuracy"] for r in pts], marker="o",
+            ax.plot([r.rank for r in pts], [r.eval_accuracy for r in pts], marker="o",
                     color=COLORS[method], label=LABELS[method])
-            spread = [r for r in pts if r.get("seeds", 1) > 1]
+            spread = [r for r in pts if r.seeds > 1]
             if spread:  # min-max over seeds around the median
-                ax.errorbar([r["rank"] for r in spread], [r["eval_accuracy"] for r in spread],
-                            yerr=[[r["eval_accuracy"] - r["accuracy_min"] for r in spread],
-                                  [r["accuracy_max"] - r["eval_accuracy"] for r in spread]],
+                ax.errorbar([r.rank for r in spread], [r.eval_accuracy for r in spread],
+                            yerr=[[r.eval_accuracy - r.accuracy_min for r in spread],
+                                  [r.accuracy_max - r.eval_accuracy for r in spread]],
                             fmt="none", ecolor=COLORS[method], capsize=3)
     for method, style in (("full", "-"), ("head", "--")):
-        r = _one(rows, method)
+        r = _one(summaries, method)
         if r:
-            ax.axhline(r["eval_accuracy"], color=COLORS[method], ls=style, lw=1.2,
-                       label=f"{LABELS[method]} ({r['eval_accuracy']:.3f})")
+            ax.axhline(r.eval_accuracy, color=COLORS[method], ls=style, lw=1.2,
+                       label=f"{LABELS[method]} ({r.eval_accuracy:.3f})")
     ax.set(xscale="log", xlabel="rank r (log scale)", ylabel="eval accuracy", title="Accuracy against rank")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -277,17 +423,17 @@ def plot_accuracy_vs_rank(rows, path: Path) -> bool:
     return True
 
 
-def plot_training_curves(rows, path: Path) -> bool:
+def plot_training_curves(summaries: list[Summary], path: Path) -> bool:
     plt = _plt()
-    trained = [r for r in rows if r.get("history")]
+    trained = [r for r in summaries if r.history]
     if not trained:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     cmap = plt.get_cmap("tab10")
     for i, r in enumerate(trained):
-        epochs = [h["epoch"] for h in r["history"]]
-        ax1.plot(epochs, [h["train_loss"] for h in r["history"]], marker="o", color=cmap(i % 10), label=label(r))
-        ax2.plot(epochs, [h["eval_accuracy"] for h in r["history"]], marker="o", color=cmap(i % 10), label=label(r))
+        epochs = [h["epoch"] for h in r.history]
+        ax1.plot(epochs, [h["train_loss"] for h in r.history], marker="o", color=cmap(i % 10), label=r.label)
+        ax2.plot(epochs, [h["eval_accuracy"] for h in r.history], marker="o", color=cmap(i % 10), label=r.label)
     ax1.set(xlabel="epoch", ylabel="mean training loss (cross-entropy)", title="Training loss per epoch")
     ax2.set(xlabel="epoch", ylabel="eval accuracy", title="Eval accuracy after each epoch")
     ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -295,23 +441,56 @@ def plot_training_curves(rows, path: Path) -> bool:
     return True
 
 
-def plot_cost(rows, path: Path) -> bool:
+def plot_cost(summaries: list[Summary], path: Path) -> bool:
     plt = _plt()
-    trained = [r for r in rows if r.get("train_seconds") is not None]
+    trained = [r for r in summaries if r.train_seconds is not None]
     if not trained:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.4 * len(trained) + 2))
-    names = [label(r) for r in trained]
-    colors = [COLORS.get(r["method"], "grey") for r in trained]
-    ax1.barh(names, [r["train_seconds"] for r in trained], color=colors)
+    names = [r.label for r in trained]
+    colors = [COLORS.get(r.method, "grey") for r in trained]
+    ax1.barh(names, [r.train_seconds for r in trained], color=colors)
     ax1.set(xscale="log", xlabel="training time (s, log scale)", title="Training time")
-    ax2.barh(names, [r["peak_memory_mb"] or 0 for r in trained], color=colors)
+    ax2.barh(names, [r.peak_memory_mb or 0 for r in trained], color=colors)
     ax2.set(xlabel="peak resident memory (MB)", title="Peak memory")
     ax2.set_yticklabels([])
     for ax in (ax1, ax2):
         ax.invert_yaxis()
     _save(fig, path)
     return True
+
+
+def plot_spectrum(spectrum: dict[str, dict], path: str | os.PathLike, title: str = "") -> None:
+    """Two panels: singular values of dW per layer (log y) and captured energy per rank."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    cmap = plt.get_cmap("viridis")
+    for i, (name, layer) in enumerate(spectrum.items()):
+        color = cmap(i / max(1, len(spectrum) - 1))
+        label = short_layer_name(name)
+        ranks = range(1, len(layer["singular_values"]) + 1)
+        ax1.plot(ranks, layer["singular_values"], color=color, lw=1, label=label)
+        ax2.plot(ranks, [100 * e for e in layer["energy"]], color=color, lw=1, label=label)
+    ax1.set(xscale="log", yscale="log", xlabel="index i of singular value (log)",
+            ylabel="singular value s_i of dW (log)", title="Spectrum of dW = W_finetuned - W_pretrained")
+    ax2.set(xscale="log", xlabel="rank r (log)", ylabel="||dW||_F^2 captured by top r (%)",
+            title="Energy captured at rank r", ylim=(0, 101))
+    for p in (50, 90, 99):
+        ax2.axhline(p, color="grey", lw=0.5, ls="--")
+    ax2.legend(fontsize=6, ncol=2, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    fig.clf()
+
+
+def short_layer_name(name: str) -> str:
+    """'bert.encoder.layer.3.attention.self.query' -> 'L3 query'."""
+    parts = name.split(".")
+    layer = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p == "layer" and parts[i + 1].isdigit()), "?")
+    return f"L{layer} {parts[-1]}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,144 +520,86 @@ def footer(env: dict | None) -> list[str]:
             + (f" (it skipped {n} runs finished by an earlier one)" if (n := env.get("skipped_runs")) else "")]
 
 
-def run_times(out_dir: Path, runs: list[dict]) -> list[tuple[str, float, str, str]]:
-    """(run, wall seconds, finished, device) for each finished run of this study, in the
-    order they finished, from the run folders' result.json (folders of runs no longer in
-    results.json are left out); `finished` is an ISO time and `device` what it ran on, each
-    "" where a result has none."""
-    names = {r.get("run") for r in runs} | {"replace-test", "lowrank", "similarity"}
-    found = []
-    for path in out_dir.glob("*/result.json"):
-        name = path.parent.name
-        if (name in names or name.startswith("select-")) and (r := _read(path)) \
-                and isinstance(r.get("seconds"), (int, float)):
-            found.append((r.get("finished") or "", name, r["seconds"], r.get("device") or ""))
-    return [(name, secs, finished, device) for finished, name, secs, device in sorted(found)]
-
-
-def busy_seconds(times: list[tuple]) -> float | None:
-    """Wall time during which at least one run was going: the union of the runs' intervals
-    (runs side by side under `--jobs` overlap, so their times add up to more). None when a
-    run's finishing time is unknown."""
-    import datetime as dt
-
-    if not times or any(not t[2] for t in times):
-        return None
-    spans = sorted((end - secs, end) for _, secs, finished, *_ in times
-                   for end in [dt.datetime.fromisoformat(finished).timestamp()])
-    busy, (start, stop) = 0.0, spans[0]
-    for a, b in spans[1:]:
-        if a > stop:
-            busy, start, stop = busy + stop - start, a, b
-        else:
-            stop = max(stop, b)
-    return busy + stop - start
-
-
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
-def build(out_dir: str | os.PathLike) -> dict:
-    """Everything the report says, computed from the output folder."""
-    out_dir = Path(out_dir)
-    runs = _read(out_dir / "results.json")
-    if runs is None:
-        raise LoralabError(f"{out_dir}: no results.json; run `loralab run --out {out_dir}` first.")
-    rows = aggregate(runs)
-    selections = [r["selection"] for p in sorted(out_dir.glob("select-*/result.json"))
-                  if (r := _read(p)) and "selection" in r]
-    lowrank = (_read(out_dir / "lowrank" / "result.json") or {}).get("lowrank")
-    replace_test = (_read(out_dir / "replace-test" / "result.json") or {}).get("replace_test")
-    similarity = (_read(out_dir / "similarity" / "result.json") or {}).get("similarity")
-    return {"rows": rows, "runs": runs, "table": results_table(rows), "answers": answers(rows, lowrank),
-            "selections": selection_lines(selections),
-            "lowrank": lowrank, "replace_test": replace_test, "similarity": similarity,
-            "spectrum": _read(out_dir / "lowrank" / "spectrum.json"),
-            "times": run_times(out_dir, runs), "environment": _read(out_dir / "environment.json")}
-
-
 def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:
     """Write report.md, report.html and the PNG plots for the study in `out_dir`."""
-    from .lowrank import plot_spectrum, short_layer_name
-
     out_dir = Path(out_dir)
     report_dir = Path(report_dir or out_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    info = build(out_dir)
-    rows = info["rows"]
+    f = build(out_dir)
     made = {
-        "accuracy_vs_params.png": plot_accuracy_vs_params(rows, report_dir / "accuracy_vs_params.png"),
-        "accuracy_vs_rank.png": plot_accuracy_vs_rank(rows, report_dir / "accuracy_vs_rank.png"),
-        "training_curves.png": plot_training_curves(rows, report_dir / "training_curves.png"),
-        "cost.png": plot_cost(rows, report_dir / "cost.png"),
+        "accuracy_vs_params.png": plot_accuracy_vs_params(f.summaries, report_dir / "accuracy_vs_params.png"),
+        "accuracy_vs_rank.png": plot_accuracy_vs_rank(f.summaries, report_dir / "accuracy_vs_rank.png"),
+        "training_curves.png": plot_training_curves(f.summaries, report_dir / "training_curves.png"),
+        "cost.png": plot_cost(f.summaries, report_dir / "cost.png"),
     }
-    if info["spectrum"]:
-        plot_spectrum(info["spectrum"], report_dir / "spectrum.png", "Fine-tuning update dW per layer")
-    made["spectrum.png"] = bool(info["spectrum"])
+    if f.spectrum:
+        plot_spectrum(f.spectrum, report_dir / "spectrum.png", "Fine-tuning update dW per layer")
+    made["spectrum.png"] = bool(f.spectrum)
 
     md = ["# loralab study report", "",
           "Accuracy against trainable parameters on IMDB sentiment classification. Every figure "
           "below is computed from `results.json`.", "", "## The lab's questions", ""]
-    md += [f"- {a}" for a in info["answers"]]
-    seeds = max((r.get("seeds", 1) for r in rows), default=1)
-    if seeds > 1:
-        md += ["", f"Methods run with several seeds (up to {seeds}) are shown by their median eval accuracy, "
+    md += [f"- {a}" for a in answers(f)]
+    if f.seeds > 1:
+        md += ["", f"Methods run with several seeds (up to {f.seeds}) are shown by their median eval accuracy, "
                "with the min-max spread in the table; every run is in results.json."]
-    if info["selections"]:
+    if f.selections:
         md += ["", "## Choices made on the validation split", "",
                "The eval split was not used to choose anything; it only measures the final runs.", ""]
-        md += [f"- {line}" for line in info["selections"]]
-    md += ["", "## Results", "", _md_table(info["table"]), "",
+        md += [f"- {line}" for line in selection_lines(f.selections)]
+    md += ["", "## Results", "", _md_table(results_table(f.summaries)), "",
            "Approximated models train nothing: their parameter count is what storing their change "
            "costs (rank-r factors of each query/value layer plus the head); their training cost is "
            "that of full fine-tuning plus head-tuning.", ""]
-    if info["replace_test"]:
-        t = info["replace_test"]
+    if f.replace_test:
+        t = f.replace_test
         md += ["## The replace test", "",
-               f"Replacing the {t['layers']} query and value layers ({t['parameters']:,} parameters) of the "
-               f"fine-tuned model with random clones takes its accuracy from {t['original_accuracy']:.4f} to "
-               f"{t['random_clones_accuracy']:.4f} (majority class: {t['majority_class_accuracy']:.4f}); putting "
-               f"the originals back gives {t['restored_accuracy']:.4f}, with "
-               f"{'identical' if t['restored_logits_identical'] else 'different'} logits.", ""]
-    if info["spectrum"]:
+               f"Replacing the {t.layers} query and value layers ({t.parameters:,} parameters) of the "
+               f"fine-tuned model with random clones takes its accuracy from {t.original_accuracy:.4f} to "
+               f"{t.random_clones_accuracy:.4f} (majority class: {t.majority_class_accuracy:.4f}); putting "
+               f"the originals back gives {t.restored_accuracy:.4f}, with "
+               f"{'identical' if t.restored_logits_identical else 'different'} logits.", ""]
+    if f.spectrum:
         md += ["## Is the fine-tuning update low-rank?", "",
                "| layer | shape | rank for 50% | 90% | 99% of ‖dW‖² |", "|---|---|---:|---:|---:|"]
         md += [f"| {short_layer_name(n)} | {'x'.join(map(str, s['shape']))} | {s['rank_50']} | {s['rank_90']} "
-               f"| {s['rank_99']} |" for n, s in info["spectrum"].items()]
+               f"| {s['rank_99']} |" for n, s in f.spectrum.items()]
         md += [""]
-    if info["similarity"]:
+    if f.similarity:
         md += ["## LoRA against the fine-tuning update", "",
                "Subspace similarity (Hu et al. 2021, section 7) between the top-r output directions of each "
                "LoRA update and of dW: 1 means the same subspace, r/d is what random directions give.", "",
                "| rank | mean similarity | min | max |", "|---:|---:|---:|---:|"]
-        for rank, sims in info["similarity"].items():
+        for rank, sims in f.similarity.items():
             values = list(sims.values())
             md.append(f"| {rank} | {sum(values) / len(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
         md += [""]
-    if info["times"]:
-        total = sum(t[1] for t in info["times"])
-        busy = busy_seconds(info["times"])
+    if f.times:
+        total = sum(t.seconds for t in f.times)
+        busy = f.busy_seconds
         overlap = (f" Some ran side by side (`--jobs`): the study was busy for {busy:,.0f} s "
                    f"({_duration(busy)}) of wall time." if busy is not None and busy < total - 1 else "")
         md += ["## Time per run", "",
                "Wall time of each run: loading, training and evaluation. A run finished by an earlier, "
                f"interrupted `loralab run` keeps the time it took then. In all: {total:,.0f} s "
                f"({_duration(total)}).{overlap}", ""]
-        devices = {t[3] for t in info["times"]}
-        if len(devices) > 1:  # a study resumed on another machine: say which run ran where
+        if len({t.device for t in f.times}) > 1:  # a study resumed on another machine: say which run ran where
             md += ["| run | wall time (s) | device |", "|---|---:|---|"]
-            md += [f"| {name} | {secs:,.0f} | {device or 'not recorded'} |" for name, secs, _, device in info["times"]]
+            md += [f"| {t.name} | {t.seconds:,.0f} | {t.device or 'not recorded'} |" for t in f.times]
         else:
             md += ["| run | wall time (s) |", "|---|---:|"]
-            md += [f"| {name} | {secs:,.0f} |" for name, secs, *_ in info["times"]]
+            md += [f"| {t.name} | {t.seconds:,.0f} |" for t in f.times]
         md += [""]
     md += ["## Plots", ""]
     for name, title in PLOTS.items():
         md.append(f"![{title}]({name})" if made.get(name) else f"{title}: no data (the runs it needs are missing).")
         md.append("")
-    md += ["## Environment", ""] + [f"- {line}" for line in footer(info["environment"])] + [""]
+    md += ["## Environment", ""] + [f"- {line}" for line in footer(f.environment)] + [""]
     text = "\n".join(md)
     write_text(report_dir / "report.md", text)
     write_text(report_dir / "report.html", to_html(text, report_dir))

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,36 +24,22 @@ from .api import INFO_NAME, load_trained
 from .data import _check_readable, _read_file, normalise_label
 from .errors import DataError, LoralabError
 from .fileio import atomic_dir, atomic_path, write_text
-from .models import ID2LABEL, LABEL2ID, pick_device
+from .models import ID2LABEL, LABEL2ID
 from .pooling import pooling_of
 from .surgery import lora_layers, merge_and_unload
-from .training import EVAL_BATCH_SIZE, TrainSettings, autocast, resolve_precision
+from .training import TrainSettings, map_batches
 
 ID_COLUMNS = ("id", "index")
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def predict_texts(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = EVAL_BATCH_SIZE,
-                  max_length: int = 512, settings: TrainSettings | None = None) -> np.ndarray:
-    """Class probabilities (rows: texts, columns: classes) in batches sorted by length."""
+def predict_texts(model: nn.Module, tokenizer, texts: list[str], settings: TrainSettings | None = None) -> np.ndarray:
+    """Class probabilities (rows: texts, columns: classes), computed in the length-sorted
+    batches of every loralab inference (`training.map_batches`)."""
     settings = settings or TrainSettings()
-    device = pick_device(settings.device)
-    precision = resolve_precision(settings, device)
-    model.eval().to(device)  # outside inference mode: the model stays trainable on a GPU
-    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together
-    with torch.inference_mode():
-        for rows in _chunks(list(order), batch_size):
-            batch = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length,
-                              padding=True, return_tensors="pt").to(device)
-            with autocast(device, precision):
-                logits = model(**batch).logits
-            probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return probs
+    ids = tokenizer(list(texts), truncation=True, max_length=settings.max_length)["input_ids"]
+    logits = map_batches(model, ids, tokenizer, settings, "Predicting", model.config.num_labels,
+                         lambda batch: model(**batch).logits)
+    return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
 
 def read_texts(path: str, text_column: str = "review") -> tuple[list[str], list | None, list | None, str | None]:
@@ -79,8 +65,7 @@ def read_texts(path: str, text_column: str = "review") -> tuple[list[str], list 
 
 def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *, input: str | None = None,
             output: str | os.PathLike | None = None, text_column: str = "review", labels: str | None = None,
-            batch_size: int = EVAL_BATCH_SIZE, max_length: int = 512, chunk_size: int = 4096,
-            settings: TrainSettings | None = None, progress: bool = True) -> dict:
+            chunk_size: int = 4096, settings: TrainSettings | None = None, progress: bool = True) -> dict:
     """Predict sentiment for texts or a file and optionally write the predictions.
 
     Args:
@@ -93,8 +78,8 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
             input's `id`/`index` column if it has one; written atomically.
         labels: a file whose `label` column gives the true labels (or the input's own
             `label` column is used); then accuracy is computed.
-        batch_size, max_length: inference batches; `chunk_size` texts are tokenized at a
-            time, so memory stays bounded for large files.
+        chunk_size: texts tokenized at a time, so memory stays bounded for large files.
+        settings: inference batches (`eval_batch_size`), `max_length`, precision, device.
 
     Returns:
         A dict with `labels` (predicted names), `probabilities` (array) and `accuracy`
@@ -102,6 +87,7 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
     """
     from tqdm.auto import tqdm
 
+    settings = (settings or TrainSettings()).replace(quiet=True)  # one bar, over the chunks
     model, tokenizer = load_trained(model_dir)
     ids, true, id_column = None, None, None
     if texts is None:
@@ -119,8 +105,7 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
     bar = tqdm(total=len(texts), desc="Predicting", unit="review", disable=not progress)
     for start in range(0, len(texts), chunk_size):
         chunk = texts[start:start + chunk_size]
-        probs[start:start + len(chunk)] = predict_texts(model, tokenizer, chunk, batch_size=batch_size,
-                                                        max_length=max_length, settings=settings)
+        probs[start:start + len(chunk)] = predict_texts(model, tokenizer, chunk, settings)
         bar.update(len(chunk))
     bar.close()
     names = [model.config.id2label.get(i, str(i)) for i in range(model.config.num_labels)]
@@ -166,7 +151,10 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
     method = info.get("method", "unknown")
     rank = info.get("rank")
     acc = info.get("eval_accuracy")
-    how = {"lora": f"LoRA (rank {rank}, alpha {info.get('alpha', 2 * (rank or 0))}) on the query and value layers",
+    targets = info.get("targets")
+    layers = ("every linear layer but the head" if targets == "all-linear" else
+              f"the layers matching {targets!r}" if targets else "the query and value layers")
+    how = {"lora": f"LoRA (rank {rank}, alpha {info.get('alpha', 2 * (rank or 0))}) on {layers}",
            "head": "head-tuning (only the classification head trained)",
            "full": "full fine-tuning"}.get(method, method)
     if adapter:

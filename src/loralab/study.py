@@ -5,9 +5,10 @@ test, the low-rank study (approximated models 1 and 2 swept over ranks, the spec
 dW), LoRA at several ranks, and the subspace similarity of each LoRA update to dW.
 
 Each run lives in its own sub-folder of the output folder and is finished only when its
-`result.json` exists (written atomically, last) with the fingerprint of the settings that
-affect it. Running the same command again skips finished runs and redoes the others; a
-changed setting invalidates only the runs it affects. `results.json` lists every
+`result.json` exists (written atomically, last) with its key: the fingerprint of the
+frozen value that holds everything the run reads (`Run.inputs`). Running the same command
+again skips finished runs and redoes the others; a changed setting invalidates only the
+runs that read it. `results.json` lists every
 finished run and is rewritten after each one.
 
 With `jobs` above 1, runs whose inputs are ready train side by side, each in a process of
@@ -18,7 +19,6 @@ results are the same as one at a time.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -27,205 +27,253 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .config import fingerprint, inside, load_config, to_toml
+from .config import to_toml
 from .errors import LoralabError
 from .fileio import write_json, write_text
+from .records import (
+    LOWRANK,
+    REPLACE_TEST,
+    RESULT_NAME,
+    SIMILARITY,
+    Environment,
+    ReplaceTest,
+    Row,
+    RunRecord,
+    fingerprint,
+    method_run,
+    read_record,
+    seed_suffix,
+    select_run,
+)
+from .settings import LoraOptions, TrainSettings
 
 logger = logging.getLogger("loralab")
 
-RESULT_NAME = "result.json"
-PARTIAL_NAME = "partial.json"  # what an unfinished run keeps for its next try, tagged with its key
 
 
 # ---------------------------------------------------------------------------------------
-# Context: data, tokenizer and settings, built once per process
+# Context: data and tokenizers, loaded once per process
 
 
 class Context:
-    """What every run of a study needs, built lazily: data, tokenizer, settings."""
+    """What the runs of a study share, loaded lazily: the data (from the [data] table),
+    tokenizers and tokenized splits. Runs read their settings from their inputs, never
+    from here: the data is identified in their inputs by its digest."""
 
-    def __init__(self, config: dict, quiet: bool = False):
-        self.config = config
+    def __init__(self, data_options: dict, out: str | os.PathLike, quiet: bool = False):
+        self.data_options = data_options
+        self.out = Path(out)
         self.quiet = quiet
-        self.out = Path(config["out"])
-        self._data = self._tokenized = self._tokenizer = None
+        self._data = None
+        self._tokenizers: dict[str, object] = {}
+        self._tokenized: dict[tuple, object] = {}
 
     @property
     def data(self):
         """train (as trained), eval and, with `data.validation`, a validation split."""
         if self._data is None:
-            from .data import DataOptions, limit_data, load_data, split_validation
+            from .data import load_configured
 
-            d = self.config["data"]
-            options = DataOptions(d["text_column"], d["label_column"], d["drop_invalid"])
-            data = load_data(d["dir"] or None, train=d["train"] or None, eval=d["eval"] or None,
-                             options=options)
-            data = limit_data(data, d["limit_train"], d["limit_eval"])
-            if d["validation"]:
-                data = split_validation(data, d["validation"], d["split_seed"])
-            self._data = data
+            self._data = load_configured(self.data_options)
         return self._data
-
-    def _digest(self, splits) -> str:
-        digest = hashlib.sha256()
-        for split in splits:
-            digest.update(split.encode())
-            for text, label in zip(self.data[split]["text"], self.data[split]["label"]):
-                digest.update(text.encode())
-                digest.update(bytes([label]))
-        return digest.hexdigest()[:16]
 
     @property
     def data_key(self) -> str:
         """A hash of every split: a run that trains or evaluates is redone when it changes."""
-        return self._digest(sorted(self.data))
+        from .data import data_digest
+
+        return data_digest(self.data, sorted(self.data))
 
     @property
     def choice_key(self) -> str:
         """A hash of the splits that choices are made on (train and validation, never eval)."""
-        return self._digest([s for s in ("train", "validation") if s in self.data])
+        from .data import data_digest
 
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
+        return data_digest(self.data, [s for s in ("train", "validation") if s in self.data])
+
+    def tokenizer(self, model: str):
+        if model not in self._tokenizers:
             from .models import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.config["model"])
-        return self._tokenizer
+            self._tokenizers[model] = load_tokenizer(model)
+        return self._tokenizers[model]
 
-    @property
-    def tokenized(self):
-        if self._tokenized is None:
+    def tokenized(self, model: str, max_length: int):
+        if (model, max_length) not in self._tokenized:
             from .training import tokenize
 
-            self._tokenized = tokenize(self.data, self.tokenizer, self.config["train"]["max_length"])
-        return self._tokenized
-
-    def settings(self, **changes):
-        from .training import TrainSettings
-
-        c = self.config
-        return TrainSettings(**c["train"], seed=c["seed"], precision=c["precision"], device=c["device"],
-                             quiet=self.quiet).replace(**changes)
+            self._tokenized[model, max_length] = tokenize(self.data, self.tokenizer(model), max_length)
+        return self._tokenized[model, max_length]
 
 
 # ---------------------------------------------------------------------------------------
-# The runs
+# What each run reads: one frozen value per run, whose fingerprint is the run's key
 
 
-@dataclass
-class Run:
-    """One step of the study: a folder, a fingerprint, and the function that does it."""
+@dataclass(frozen=True)
+class Ref:
+    """A run whose result another run reads: its folder and its key."""
 
     name: str
     key: str
-    task: str                        # a name in TASKS
-    params: dict = field(default_factory=dict)
-    isolate: bool = False            # train in a child process (honest peak memory)
-    after: tuple[str, ...] = ()      # names of the runs whose results this one reads
+
+
+@dataclass(frozen=True)
+class BaselineInputs:
+    method: str  # tfidf-lr or tfidf-nb
+    data: str    # digest of the splits
+    seed: int
+
+
+@dataclass(frozen=True)
+class SelectInputs:
+    method: str
+    model: str
+    data: str                     # digest of train and validation: eval chooses nothing
+    settings: TrainSettings       # each candidate's (its learning rate replaced)
+    lora: LoraOptions | None
+    candidates: tuple[float, ...]
+    limit_train: int              # each candidate trains on this many rows (0: all)
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    method: str
+    model: str
+    data: str
+    settings: TrainSettings
+    lora: LoraOptions | None = None
+    learning_rate_from: Ref | None = None  # the select-* run whose choice replaces the learning rate
+
+
+@dataclass(frozen=True)
+class ReplaceInputs:
+    full: Ref
+    model: str
+    data: str
+    settings: TrainSettings  # inference batches, precision, device, max length; the clones' seed
+
+
+@dataclass(frozen=True)
+class LowrankInputs:
+    full: Ref
+    head: Ref
+    model: str
+    data: str
+    settings: TrainSettings
+    targets: str | None
+    ranks: tuple[int, ...]  # () = full rank halving down to 1
+    points: int
+
+
+@dataclass(frozen=True)
+class SimilarityInputs:
+    full: Ref
+    loras: tuple[tuple[int, Ref], ...]  # (rank, adapter run)
+    model: str
+    targets: str | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One step of the study: a folder, what it reads (`inputs`) and the task that does it.
+
+    Its key is the fingerprint of its task and inputs, so nothing it reads can be left out
+    of the key; the runs it waits for are the `Ref`s among its inputs."""
+
+    name: str
+    task: str      # a name in TASKS
+    inputs: object
+    isolate: bool = False  # train in a child process (honest peak memory)
+
+    @property
+    def key(self) -> str:
+        return fingerprint(self.task, asdict(self.inputs))
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        """Names of the runs whose results this one reads."""
+        refs = []
+        for f in fields(self.inputs):
+            value = getattr(self.inputs, f.name)
+            for item in (value if isinstance(value, tuple) else (value,)):
+                item = item[1] if isinstance(item, tuple) else item
+                if isinstance(item, Ref):
+                    refs.append(item.name)
+        return tuple(refs)
+
+    def ref(self) -> Ref:
+        return Ref(self.name, self.key)
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def row(method: str, rank=None, **values) -> dict:
-    base = {"method": method, "rank": rank, "trainable_params": None, "eval_accuracy": None,
-            "train_seconds": None, "peak_memory_mb": None, "history": []}
-    base.update(values)
-    return base
+def _settings(ctx: Context, inputs) -> TrainSettings:
+    return inputs.settings.replace(quiet=ctx.quiet)  # quiet changes no result: it is not in the key
 
 
-def task_baseline(ctx: Context, run_dir: Path, method: str, seed: int) -> dict:
+def task_baseline(ctx: Context, run_dir: Path, inputs: BaselineInputs) -> dict:
     from .baselines import run_baseline
     from .measure import PeakMemory
 
     with PeakMemory() as mem:
-        result = run_baseline(method, ctx.data["train"], ctx.data["eval"], seed=seed)
-    return {"rows": [row(method, **result, peak_memory_mb=mem.peak_mb)]}
+        result = run_baseline(inputs.method, ctx.data["train"], ctx.data["eval"], seed=inputs.seed)
+    return {"rows": [Row(inputs.method, **result, peak_memory_mb=mem.peak_mb)]}
 
 
-def chosen_learning_rate(ctx: Context, method: str) -> float | None:
-    """The learning rate the `select-METHOD` run chose on the validation split (None
-    when the study chooses nothing)."""
-    if not ctx.config["select"]["enabled"]:
-        return None
-    import json
-
-    path = ctx.out / f"select-{method}" / RESULT_NAME
-    try:
-        return json.loads(path.read_text("utf-8"))["selection"]["learning_rate"]
-    except (OSError, ValueError, KeyError):
-        raise LoralabError(f"{path}: the learning-rate choice for {method} is missing; run the study "
-                           "again to redo it.") from None
+def chosen_learning_rate(ctx: Context, ref: Ref) -> float:
+    """The learning rate the `ref` run (select-*) chose on the validation split."""
+    record = read_record(ctx.out / ref.name / RESULT_NAME)
+    if record is None or record.key != ref.key or record.selection is None:
+        raise LoralabError(f"{ctx.out / ref.name / RESULT_NAME}: the learning-rate choice is missing; run the "
+                           "study again to redo it.")
+    return record.selection.learning_rate
 
 
-def method_settings(ctx: Context, method: str, rank: int | None, seed: int,
-                    learning_rate: float | None = None):
-    """(TrainSettings, LoRA options) of one training run: the [train] settings, the
-    learning rate given, chosen on the validation split, or LoRA's own, and the [lora] options."""
-    lora = ctx.config["lora"]
-    lr = learning_rate or chosen_learning_rate(ctx, method)
-    options = {}
-    if method == "lora":
-        lr = lr or lora["learning_rate"] or None
-        options = dict(rank=rank, alpha=lora["alpha_factor"] * rank, targets=lora["targets"] or None,
-                       init=lora["init"], dropout=lora["dropout"], rslora=lora["rslora"],
-                       lr_ratio=lora["lr_ratio"])
-    settings = ctx.settings(seed=seed)
-    return (settings.replace(learning_rate=lr) if lr else settings), options
-
-
-def task_train(ctx: Context, run_dir: Path, method: str, seed: int, rank: int | None = None) -> dict:
+def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> dict:
     from .api import train
 
-    settings, options = method_settings(ctx, method, rank, seed)
-    info = train(method=method, out=run_dir / "model", model=ctx.config["model"], settings=settings,
-                 tokenized=ctx.tokenized, **options)
-    keep = ("trainable_params", "eval_accuracy", "train_seconds", "peak_memory_mb", "history", "precision",
-            "learning_rate", "pooling")
-    result = row(method, rank, **{k: info[k] for k in keep})
-    result["chosen_on"] = "validation" if ctx.config["select"]["enabled"] else None
+    settings = _settings(ctx, inputs)
+    if inputs.learning_rate_from:
+        settings = settings.replace(learning_rate=chosen_learning_rate(ctx, inputs.learning_rate_from))
+    info = train(method=inputs.method, out=run_dir / "model", model=inputs.model, settings=settings,
+                 tokenized=ctx.tokenized(inputs.model, settings.max_length), lora=inputs.lora)
+    row = Row(inputs.method, inputs.lora.rank if inputs.lora else None,
+              **{k: info[k] for k in ("trainable_params", "eval_accuracy", "train_seconds", "peak_memory_mb",
+                                      "history", "precision", "learning_rate", "pooling")},
+              chosen_on="validation" if inputs.learning_rate_from else None)
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
-        result["peak_memory_mb"] = max(result["peak_memory_mb"], peak_rss_mb())
-    return {"rows": [result]}
+        row.peak_memory_mb = max(row.peak_memory_mb, peak_rss_mb())
+    return {"rows": [row]}
 
 
-def task_select(ctx: Context, run_dir: Path, method: str, seed: int) -> dict:
-    """Choose `method`'s learning rate on the validation split (see `choose_learning_rate`)."""
+def task_select(ctx: Context, run_dir: Path, inputs: SelectInputs) -> dict:
+    """Choose a method's learning rate on the validation split (see `choose_learning_rate`).
+    Its candidates' scratch lives beside the run folder, so a killed choice resumes."""
     import datasets
 
     from .api import choose_learning_rate
 
-    sel = ctx.config["select"]
-    data = datasets.DatasetDict(train=ctx.tokenized["train"], validation=ctx.tokenized["validation"])
-    if sel["limit_train"] and sel["limit_train"] < len(data["train"]):
-        data["train"] = data["train"].shuffle(seed=0).select(range(sel["limit_train"]))
-    rank = sel["lora_rank"] if method == "lora" else None
-    settings, options = method_settings(ctx, method, rank, seed, learning_rate=sel[method][0])
-    if sel["epochs"]:
-        settings = settings.replace(epochs=sel["epochs"])
-    # Each candidate's score is saved as it finishes: a killed study redoes only the candidate it was in.
-    partial = read_partial(run_dir)
-    done = partial.setdefault("candidates", {})
-
-    def save(lr, accuracy, history):
-        done[repr(lr)] = {"validation_accuracy": accuracy, "history": history}
-        write_json(run_dir / PARTIAL_NAME, partial)
-
-    selection = choose_learning_rate(method, sel[method], data, model=ctx.config["model"], settings=settings,
-                                     tokenizer=ctx.tokenizer, work=run_dir / "candidates", done=done,
-                                     on_candidate=save, **options)
-    return {"rows": [], "selection": {"rank": rank, **selection}}
+    settings = _settings(ctx, inputs)
+    tokenized = ctx.tokenized(inputs.model, settings.max_length)
+    data = datasets.DatasetDict(train=tokenized["train"], validation=tokenized["validation"])
+    if inputs.limit_train and inputs.limit_train < len(data["train"]):
+        data["train"] = data["train"].shuffle(seed=0).select(range(inputs.limit_train))
+    selection = choose_learning_rate(inputs.method, inputs.candidates, data, model=inputs.model, settings=settings,
+                                     lora=inputs.lora, tokenizer=ctx.tokenizer(inputs.model),
+                                     work=ctx.out / f".{run_dir.name}.candidates", resume=True)
+    return {"selection": selection}
 
 
-def task_replace(ctx: Context, run_dir: Path, seed: int, full: str = "full") -> dict:
+def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> dict:
     """The lab's step 4 on a freshly loaded fine-tuned model: random clones of the query and
     value layers give near-chance accuracy, the originals restore the predictions exactly."""
     import torch
@@ -234,55 +282,51 @@ def task_replace(ctx: Context, run_dir: Path, seed: int, full: str = "full") -> 
     from .surgery import clone_linear, extract, replace
     from .training import predict_logits
 
-    model = load_model(ctx.out / full / "model")
-    settings = ctx.settings(seed=seed)
-    evals = ctx.tokenized["eval"]
+    settings = _settings(ctx, inputs)
+    model = load_model(ctx.out / inputs.full.name / "model")
+    tokenizer = ctx.tokenizer(inputs.model)
+    evals = ctx.tokenized(inputs.model, settings.max_length)["eval"]
     labels = np.asarray(evals["label"])
-    original = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: original")
+    original = predict_logits(model, evals, tokenizer, settings, "Replace test: original")
     layers = extract(model)
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     replace(model, {name: clone_linear(layer) for name, layer in layers.items()})
-    scrambled = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: random clones")
+    scrambled = predict_logits(model, evals, tokenizer, settings, "Replace test: random clones")
     replace(model, layers)
-    restored = predict_logits(model, evals, ctx.tokenizer, settings, "Replace test: restored")
+    restored = predict_logits(model, evals, tokenizer, settings, "Replace test: restored")
     acc = lambda logits: float((logits.argmax(-1) == labels).mean())  # noqa: E731
-    summary = {"layers": len(layers),
-               "parameters": sum(p.numel() for layer in layers.values() for p in layer.parameters()),
-               "original_accuracy": acc(original), "random_clones_accuracy": acc(scrambled),
-               "restored_accuracy": acc(restored),
-               "restored_predictions_identical": bool((original.argmax(-1) == restored.argmax(-1)).all()),
-               "restored_logits_identical": bool(np.array_equal(original, restored)),
-               "majority_class_accuracy": float(max(labels.mean(), 1 - labels.mean()))}
-    return {"rows": [], "replace_test": summary}
+    return {"replace_test": ReplaceTest(
+        layers=len(layers), parameters=sum(p.numel() for layer in layers.values() for p in layer.parameters()),
+        original_accuracy=acc(original), random_clones_accuracy=acc(scrambled), restored_accuracy=acc(restored),
+        restored_predictions_identical=bool((original.argmax(-1) == restored.argmax(-1)).all()),
+        restored_logits_identical=bool(np.array_equal(original, restored)),
+        majority_class_accuracy=float(np.bincount(labels).max() / len(labels)))}
 
 
-def task_lowrank(ctx: Context, run_dir: Path, seed: int, full: str = "full", head: str = "head") -> dict:
+def task_lowrank(ctx: Context, run_dir: Path, inputs: LowrankInputs) -> dict:
     from .api import lowrank
 
-    m = ctx.config["methods"]
-    head_row = _read_json(ctx.out / head / RESULT_NAME)["rows"][0]  # finished before this run (`after`)
-    rows, summary = lowrank(ctx.out / full / "model", ctx.out / head / "model", ctx.config["model"],
-                            out=run_dir, tokenized=ctx.tokenized, tokenizer=ctx.tokenizer,
-                            settings=ctx.settings(seed=seed), ranks=m["sweep_ranks"] or None,
-                            sweep_points=m["sweep_points"], targets=ctx.config["lora"]["targets"] or None,
-                            head_accuracy=head_row["eval_accuracy"])
-    return {"rows": [row(**r) for r in rows], "lowrank": summary}
+    settings = _settings(ctx, inputs)
+    head = read_record(ctx.out / inputs.head.name / RESULT_NAME)  # finished before this run (`after`)
+    rows, summary = lowrank(ctx.out / inputs.full.name / "model", ctx.out / inputs.head.name / "model",
+                            inputs.model, out=run_dir, tokenized=ctx.tokenized(inputs.model, settings.max_length),
+                            tokenizer=ctx.tokenizer(inputs.model), settings=settings,
+                            ranks=list(inputs.ranks) or None, sweep_points=inputs.points, targets=inputs.targets,
+                            head_accuracy=head.rows[0].eval_accuracy)
+    return {"rows": rows, "lowrank": summary}
 
 
-def task_similarity(ctx: Context, run_dir: Path, seed: int, ranks: list[int], full: str = "full",
-                    suffix: str = "") -> dict:
+def task_similarity(ctx: Context, run_dir: Path, inputs: SimilarityInputs) -> dict:
     from .adapters import load_adapter
     from .lowrank import LowRankStudy
     from .models import load_model
 
-    pretrained = load_model(ctx.config["model"])
-    study = LowRankStudy(pretrained, load_model(ctx.out / full / "model"), pretrained,
-                         targets=ctx.config["lora"]["targets"] or None)
-    sims = {}
-    for rank in ranks:
-        adapter = ctx.out / f"lora-r{rank}{suffix}" / "model"
-        sims[str(rank)] = study.lora_similarity(load_adapter(load_model(ctx.config["model"]), adapter))
-    return {"rows": [], "similarity": sims}
+    pretrained = load_model(inputs.model)
+    study = LowRankStudy(pretrained, load_model(ctx.out / inputs.full.name / "model"), pretrained,
+                         targets=inputs.targets)
+    sims = {str(rank): study.lora_similarity(load_adapter(load_model(inputs.model), ctx.out / ref.name / "model"))
+            for rank, ref in inputs.loras}
+    return {"similarity": sims}
 
 
 TASKS: dict[str, Callable] = {"baseline": task_baseline, "select": task_select, "train": task_train,
@@ -297,84 +341,70 @@ def seeds_of(config: dict) -> list[int]:
     return list(config["seeds"]) or [config["seed"]]
 
 
-def plan(ctx: Context) -> list[Run]:
-    """Every run of the study, in order, each with the fingerprint of what it depends on.
+def plan(config: dict, ctx: Context) -> list[Run]:
+    """Every run of the study, in order, each with the inputs it reads.
 
     With `select.enabled`, `select-full`, `select-head` and `select-lora` come first and the
-    runs that use their choice depend on them. With `seeds`, each method runs once per seed
+    runs that use their choice read them. With `seeds`, each method runs once per seed
     (folders end in `-seedN`); the replace test, low-rank study and similarity use the first.
     """
-    c, m, sel = ctx.config, ctx.config["methods"], ctx.config["select"]
+    c, m, sel = config, config["methods"], config["select"]
     isolate = c["isolate"] and int(os.environ.get("WORLD_SIZE", "1")) == 1
     seeds = seeds_of(c)
+    model, base = c["model"], TrainSettings.from_config(c)
+    lora_lr = {"learning_rate": c["lora"]["learning_rate"]} if c["lora"]["learning_rate"] else {}
+    targets = c["lora"]["targets"] or None
     runs: list[Run] = []
-    chosen = {}  # method -> key of the run that chooses its learning rate
+    chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate
     if sel["enabled"]:
         wanted = {"full": m["full"], "head": m["head"], "lora": bool(m["lora_ranks"])}
-        for method in ("full", "head", "lora"):
-            if wanted[method]:
-                chosen[method] = fingerprint("select", method, c["model"], ctx.choice_key, seeds[0], c["precision"],
-                                             c["device"], c["train"], sel, c["lora"] if method == "lora" else None)
-                runs.append(Run(f"select-{method}", chosen[method], "select", {"method": method, "seed": seeds[0]},
-                                isolate))
+        for method in (name for name, on in wanted.items() if on):
+            settings = base.replace(seed=seeds[0], learning_rate=sel[method][0],
+                                    **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
+            lora = LoraOptions.from_config(c, sel["lora_rank"]) if method == "lora" else None
+            run = Run(select_run(method), "select", SelectInputs(method, model, ctx.choice_key, settings, lora,
+                                                                 tuple(sel[method]), sel["limit_train"]), isolate)
+            runs.append(run)
+            chosen[method] = run.ref()
     for seed in seeds:
-        sfx = f"-seed{seed}" if c["seeds"] else ""
-        common = (c["model"], ctx.data_key, seed, c["precision"], c["device"], c["train"])
+        sfx = seed_suffix(seed, bool(c["seeds"]))
+        settings = base.replace(seed=seed)
         if m["baselines"]:
             for method in ("tfidf-lr", "tfidf-nb"):
-                runs.append(Run(method + sfx, fingerprint(method, ctx.data_key, seed), "baseline",
-                                {"method": method, "seed": seed}))
-        keys = {}
+                runs.append(Run(method_run(method, suffix=sfx), "baseline", BaselineInputs(method, ctx.data_key, seed)))
+        trained: dict[str, Ref] = {}
         for method in ("full", "head"):
             if m[method]:
-                keys[method] = fingerprint(method, common, chosen.get(method))
-                runs.append(Run(method + sfx, keys[method], "train", {"method": method, "seed": seed}, isolate,
-                                _selection(chosen, method)))
+                run = Run(method_run(method, suffix=sfx), "train",
+                          TrainInputs(method, model, ctx.data_key, settings, None, chosen.get(method)), isolate)
+                runs.append(run)
+                trained[method] = run.ref()
         first = seed == seeds[0]
-        names = {"full": "full" + sfx, "head": "head" + sfx}
-        if first and m["replace_test"] and "full" in keys:
-            runs.append(Run("replace-test", fingerprint("replace", keys["full"]), "replace",
-                            {"seed": seed, "full": names["full"]}, after=(names["full"],)))
+        if first and m["replace_test"] and "full" in trained:
+            runs.append(Run(REPLACE_TEST, "replace", ReplaceInputs(trained["full"], model, ctx.data_key, settings)))
         if first and m["lowrank"]:
-            sweep = (m["sweep_ranks"], m["sweep_points"])
-            runs.append(Run("lowrank", fingerprint("lowrank", keys["full"], keys["head"], sweep), "lowrank",
-                            {"seed": seed, **names}, after=(names["full"], names["head"])))
-        lora_keys, lora_names = [], []
+            runs.append(Run(LOWRANK, "lowrank", LowrankInputs(trained["full"], trained["head"], model, ctx.data_key,
+                                                              settings, targets, tuple(m["sweep_ranks"]),
+                                                              m["sweep_points"])))
+        loras = []
         for rank in m["lora_ranks"]:
-            key = fingerprint("lora", rank, common, c["lora"], chosen.get("lora"))
-            lora_keys.append(key)
-            lora_names.append(f"lora-r{rank}{sfx}")
-            runs.append(Run(lora_names[-1], key, "train", {"method": "lora", "rank": rank, "seed": seed},
-                            isolate, _selection(chosen, "lora")))
-        if first and m["lora_ranks"] and "full" in keys:
-            runs.append(Run("similarity", fingerprint("similarity", keys["full"], lora_keys), "similarity",
-                            {"seed": seed, "ranks": list(m["lora_ranks"]), "full": names["full"], "suffix": sfx},
-                            after=(names["full"], *lora_names)))
+            run = Run(method_run("lora", rank, sfx), "train",
+                      TrainInputs("lora", model, ctx.data_key, settings.replace(**lora_lr),
+                                  LoraOptions.from_config(c, rank), chosen.get("lora")), isolate)
+            runs.append(run)
+            loras.append((rank, run.ref()))
+        if first and loras and "full" in trained:
+            runs.append(Run(SIMILARITY, "similarity", SimilarityInputs(trained["full"], tuple(loras), model, targets)))
     return runs
 
 
-def _selection(chosen: dict, method: str) -> tuple[str, ...]:
-    """The run that chooses `method`'s learning rate, if the study chooses one."""
-    return (f"select-{method}",) if method in chosen else ()
+def read_result(run_dir: Path, key: str) -> RunRecord | None:
+    """The run's record if it finished with these inputs, else None."""
+    record = read_record(run_dir / RESULT_NAME)
+    return record if record is not None and record.key == key else None
 
 
-def _read_json(path: Path):
-    """The JSON in `path`, or None where it is missing or unreadable (an interrupted write)."""
-    import json
-
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def read_result(run_dir: Path, key: str) -> dict | None:
-    """The run's result if it finished with these settings, else None."""
-    result = _read_json(run_dir / RESULT_NAME)
-    return result if result is not None and result.get("key") == key else None
-
-
-def _child(config: dict, quiet: bool, run: Run, run_dir: str, threads: int = 0,
+def _child(data_options: dict, out: str, quiet: bool, run: Run, threads: int = 0,
            environ: dict | None = None) -> None:
     """Entry point of a child process: do one run and write its result (with `threads`
     CPU threads for torch, when several children share the machine). `environ` is the
@@ -391,7 +421,7 @@ def _child(config: dict, quiet: bool, run: Run, run_dir: str, threads: int = 0,
         import torch
 
         torch.set_num_threads(threads)
-    _execute(Context(config, quiet), run, Path(run_dir))
+    _execute(Context(data_options, out, quiet), run)
 
 
 def _die_with_parent() -> None:
@@ -406,38 +436,30 @@ def _die_with_parent() -> None:
         pass
 
 
-def _execute(ctx: Context, run: Run, run_dir: Path) -> dict:
+def _execute(ctx: Context, run: Run) -> RunRecord:
     import torch
 
-    seed = run.params.get("seed", ctx.config["seed"])
+    run_dir = ctx.out / run.name
+    settings = getattr(run.inputs, "settings", None)
+    seed = settings.seed if settings else getattr(run.inputs, "seed", 0)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    result = TASKS[run.task](ctx, run_dir, **run.params)
-    result.update(name=run.name, key=run.key, seconds=time.perf_counter() - start,
-                  finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  device=device_name(ctx.config["device"]))
-    for r in result["rows"]:
-        r.setdefault("seed", seed)
-        r["run"] = run.name
-    write_json(run_dir / RESULT_NAME, result)  # the completion marker: written last, atomically
-    (run_dir / PARTIAL_NAME).unlink(missing_ok=True)
-    return result
+    out = TASKS[run.task](ctx, run_dir, run.inputs)
+    record = RunRecord(name=run.name, key=run.key, seconds=time.perf_counter() - start,
+                       finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       device=device_name(settings.device if settings else "cpu"), **out)
+    for row in record.rows:
+        row.seed = seed if row.seed is None else row.seed
+        row.run = run.name
+    write_json(run_dir / RESULT_NAME, record.to_json())  # the completion marker: written last, atomically
+    return record
 
 
-def read_partial(run_dir: Path) -> dict:
-    """What an unfinished try of the run in `run_dir` kept (see `prepare_run_dir`), or {}."""
-    partial = _read_json(run_dir / PARTIAL_NAME)
-    return partial if isinstance(partial, dict) else {}
-
-
-def prepare_run_dir(run_dir: Path, key: str) -> None:
-    """Start `run_dir` clean for a run (an unfinished or outdated one is removed), keeping
-    only the partial work of an unfinished try with the same settings (`key`)."""
-    partial = read_partial(run_dir)
+def prepare_run_dir(run_dir: Path) -> None:
+    """Start `run_dir` clean for a run: an unfinished or outdated one is removed."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    write_json(run_dir / PARTIAL_NAME, partial if partial.get("key") == key else {"key": key})
 
 
 # What a fork server imports once for all the runs it starts (a missing one is skipped).
@@ -474,29 +496,27 @@ def warm_up_processes() -> None:
 
 def start_child(ctx: Context, run: Run, threads: int = 0):
     """Start `run` in a process of its own (after clearing its folder)."""
-    run_dir = ctx.out / run.name
-    prepare_run_dir(run_dir, run.key)
+    prepare_run_dir(ctx.out / run.name)
     proc = process_context().Process(
-        target=_child, args=(ctx.config, ctx.quiet, run, str(run_dir), threads, dict(os.environ)),
+        target=_child, args=(ctx.data_options, str(ctx.out), ctx.quiet, run, threads, dict(os.environ)),
         name=f"loralab-{run.name}")
     proc.start()
     return proc
 
 
-def child_result(ctx: Context, run: Run, proc) -> dict:
-    """The result a finished child wrote, or a LoralabError saying that it failed."""
-    result = read_result(ctx.out / run.name, run.key)
-    if proc.exitcode != 0 or result is None:
+def child_result(ctx: Context, run: Run, proc) -> RunRecord:
+    """The record a finished child wrote, or a LoralabError saying that it failed."""
+    record = read_result(ctx.out / run.name, run.key)
+    if proc.exitcode != 0 or record is None:
         raise LoralabError(f"The run {run.name!r} failed (exit code {proc.exitcode}); its messages are "
                            f"above. Finished runs are kept; run the same command again to retry.")
-    return result
+    return record
 
 
-def run_one(ctx: Context, run: Run) -> dict:
+def run_one(ctx: Context, run: Run) -> RunRecord:
     if not run.isolate:
-        run_dir = ctx.out / run.name
-        prepare_run_dir(run_dir, run.key)
-        return _execute(ctx, run, run_dir)
+        prepare_run_dir(ctx.out / run.name)
+        return _execute(ctx, run)
     proc = start_child(ctx, run)
     try:
         proc.join()
@@ -507,12 +527,18 @@ def run_one(ctx: Context, run: Run) -> dict:
     return child_result(ctx, run, proc)
 
 
-def collect(ctx: Context, runs: list[Run]) -> list[dict]:
+def collect(ctx: Context, runs: list[Run]) -> list[Row]:
     rows = []
     for run in runs:
-        result = read_result(ctx.out / run.name, run.key)
-        if result:
-            rows.extend(result["rows"])
+        record = read_result(ctx.out / run.name, run.key)
+        if record:
+            rows.extend(record.rows)
+    return rows
+
+
+def write_results(ctx: Context, runs: list[Run]) -> list[Row]:
+    rows = collect(ctx, runs)
+    write_json(ctx.out / "results.json", [r.to_json() for r in rows])
     return rows
 
 
@@ -526,7 +552,7 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name(picked) if picked.type == "cuda" else "cpu"
 
 
-def environment(ctx: Context, seconds: float, skipped: int = 0) -> dict:
+def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) -> Environment:
     import torch
     import transformers
 
@@ -534,34 +560,59 @@ def environment(ctx: Context, seconds: float, skipped: int = 0) -> dict:
     from .models import pick_device
     from .training import resolve_precision
 
-    device = pick_device(ctx.config["device"])
-    d = ctx.config["data"]
-    return {
-        "model": ctx.config["model"],
-        "data": {"train_rows": len(ctx.data["train"]), "eval_rows": len(ctx.data["eval"]),
-                 "validation_rows": len(ctx.data["validation"]) if "validation" in ctx.data else 0,
-                 "source": d["dir"] or os.environ.get("LORALAB_DATA") or "cache or download",
-                 "train_files": d["train"], "eval_files": d["eval"]},
-        "loralab": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "device": device_name(ctx.config["device"]),
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "precision": resolve_precision(ctx.settings(), device), "seed": ctx.config["seed"],
-        "seeds": seeds_of(ctx.config), "profile": ctx.config["profile"],
-        "pooling": ctx.config["train"]["pooling"],
-        "total_seconds": seconds, "skipped_runs": skipped,
-    }
+    settings = TrainSettings.from_config(config)
+    d = config["data"]
+    return Environment(
+        model=config["model"],
+        data={"train_rows": len(ctx.data["train"]), "eval_rows": len(ctx.data["eval"]),
+              "validation_rows": len(ctx.data["validation"]) if "validation" in ctx.data else 0,
+              "source": d["dir"] or os.environ.get("LORALAB_DATA") or "cache or download",
+              "train_files": d["train"], "eval_files": d["eval"]},
+        loralab=__version__, torch=torch.__version__, transformers=transformers.__version__,
+        python=platform.python_version(), device=device_name(config["device"]),
+        cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+        precision=resolve_precision(settings, pick_device(config["device"])), seed=config["seed"],
+        seeds=seeds_of(config), profile=config["profile"], pooling=config["train"]["pooling"],
+        total_seconds=seconds, skipped_runs=skipped)
 
 
-def _log_done(i: int, total: int, run: Run, result: dict) -> None:
-    accs = [r["eval_accuracy"] for r in result["rows"] if r["eval_accuracy"] is not None]
-    logger.info("[%d/%d] %s: done in %.0f s%s", i, total, run.name, result["seconds"],
-                f", eval accuracy {max(accs):.4f}" if accs else "")
+@dataclass
+class StudyResult:
+    """What `run_study` did: the rows of `results.json`, the runs it planned, which of them
+    it skipped (finished earlier with the same inputs) and, in order, when each of the
+    others started and finished (``("start" | "done", name)``)."""
+
+    rows: list[Row]
+    runs: list[Run]
+    skipped: list[str]
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ran(self) -> list[str]:
+        return [name for what, name in self.events if what == "done"]
 
 
-def run_parallel(ctx: Context, runs: list[Run], todo: list[int], jobs: int) -> None:
-    """Do the runs numbered `todo` (indices into `runs`), up to `jobs` at a time, each in a
-    process of its own, starting each once the runs it reads (`Run.after`) are finished.
+class _Progress:
+    """The study's log lines and its events, in one place for both executors."""
+
+    def __init__(self, runs: list[Run], result: StudyResult):
+        self.index = {run.name: i + 1 for i, run in enumerate(runs)}
+        self.total, self.result = len(runs), result
+
+    def start(self, run: Run) -> None:
+        self.result.events.append(("start", run.name))
+        logger.info("[%d/%d] %s: running", self.index[run.name], self.total, run.name)
+
+    def done(self, run: Run, record: RunRecord) -> None:
+        self.result.events.append(("done", run.name))
+        accs = [r.eval_accuracy for r in record.rows if r.eval_accuracy is not None]
+        logger.info("[%d/%d] %s: done in %.0f s%s", self.index[run.name], self.total, run.name, record.seconds,
+                    f", eval accuracy {max(accs):.4f}" if accs else "")
+
+
+def run_parallel(ctx: Context, runs: list[Run], todo: list[Run], jobs: int, progress: _Progress) -> None:
+    """Do the runs in `todo`, up to `jobs` at a time, each in a process of its own,
+    starting each once the runs it reads (`Run.after`) are finished.
 
     A failed run stops new starts; the runs in progress finish (their work is kept) and a
     LoralabError names the failures.
@@ -569,104 +620,80 @@ def run_parallel(ctx: Context, runs: list[Run], todo: list[int], jobs: int) -> N
     from multiprocessing.connection import wait
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    finished = {run.name for i, run in enumerate(runs) if i not in todo}
+    finished = {run.name for run in runs if run not in todo}
     waiting, running, failed = list(todo), {}, []
     try:
         while waiting or running:
-            ready = [i for i in waiting if set(runs[i].after) <= finished] if not failed else []
-            for i in ready[:jobs - len(running)]:
-                waiting.remove(i)
-                logger.info("[%d/%d] %s: running", i + 1, len(runs), runs[i].name)
-                running[i] = start_child(ctx, runs[i], threads)
+            ready = [run for run in waiting if set(run.after) <= finished] if not failed else []
+            for run in ready[:jobs - len(running)]:
+                waiting.remove(run)
+                progress.start(run)
+                running[run.name] = (run, start_child(ctx, run, threads))
             if not running:
                 break  # what is left waits on a run that failed
-            sentinels = {proc.sentinel: i for i, proc in running.items()}
+            sentinels = {proc.sentinel: name for name, (_, proc) in running.items()}
             for sentinel in wait(list(sentinels)):
-                i = sentinels[sentinel]
-                proc = running.pop(i)
+                run, proc = running.pop(sentinels[sentinel])
                 proc.join()
                 try:
-                    result = child_result(ctx, runs[i], proc)
+                    record = child_result(ctx, run, proc)
                 except LoralabError as err:
                     logger.error("%s", err)
-                    failed.append(runs[i].name)
+                    failed.append(run.name)
                     continue
-                finished.add(runs[i].name)
-                _log_done(i + 1, len(runs), runs[i], result)
-                write_json(ctx.out / "results.json", collect(ctx, runs))
+                finished.add(run.name)
+                progress.done(run, record)
+                write_results(ctx, runs)
     except KeyboardInterrupt:
-        for proc in running.values():
+        for _, proc in running.values():
             proc.terminate()
             proc.join()
         raise
     if waiting and not failed:  # pragma: no cover - plan() names only runs it makes
-        raise LoralabError(f"runs wait on runs that are not in the study: {[runs[i].name for i in waiting]}")
+        raise LoralabError(f"runs wait on runs that are not in the study: {[run.name for run in waiting]}")
     if failed:
         raise LoralabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their messages are above. "
                            "Finished runs are kept; run the same command again to retry.")
 
 
-def run_study(config: dict, quiet: bool = False) -> list[dict]:
-    """Run (or resume) the whole study; returns the rows of `results.json`."""
-    ctx = Context(config, quiet)
+def run_study(config: dict, quiet: bool = False) -> StudyResult:
+    """Run (or resume) the whole study of a resolved configuration (`load_config`)."""
+    ctx = Context(config["data"], config["out"], quiet)
     ctx.out.mkdir(parents=True, exist_ok=True)
     write_text(ctx.out / "config.toml", to_toml(config))
     start = time.perf_counter()
-    runs = plan(ctx)
+    runs = plan(config, ctx)
+    result = StudyResult(rows=[], runs=runs, skipped=[])
+    progress = _Progress(runs, result)
     todo = []
-    for i, run in enumerate(runs):
+    for run in runs:
         if read_result(ctx.out / run.name, run.key):
-            logger.info("[%d/%d] %s: finished earlier, skipped", i + 1, len(runs), run.name)
+            logger.info("[%d/%d] %s: finished earlier, skipped", progress.index[run.name], len(runs), run.name)
+            result.skipped.append(run.name)
         else:
-            todo.append(i)
-    skipped = len(runs) - len(todo)
-    if any(runs[i].isolate for i in todo) or (todo and config["jobs"] > 1):
+            todo.append(run)
+    if any(run.isolate for run in todo) or (todo and config["jobs"] > 1):
         warm_up_processes()
     if config["jobs"] > 1:
-        run_parallel(ctx, runs, todo, config["jobs"])
+        run_parallel(ctx, runs, todo, config["jobs"], progress)
     else:
-        for i in todo:
-            logger.info("[%d/%d] %s: running", i + 1, len(runs), runs[i].name)
-            result = run_one(ctx, runs[i])
-            _log_done(i + 1, len(runs), runs[i], result)
-            write_json(ctx.out / "results.json", collect(ctx, runs))
-    rows = collect(ctx, runs)
-    write_json(ctx.out / "results.json", rows)
-    write_json(ctx.out / "environment.json", environment(ctx, time.perf_counter() - start, skipped))
-    return rows
+        for run in todo:
+            progress.start(run)
+            progress.done(run, run_one(ctx, run))
+            write_results(ctx, runs)
+    result.rows = write_results(ctx, runs)
+    env = environment(config, ctx, time.perf_counter() - start, len(result.skipped))
+    write_json(ctx.out / "environment.json", env.to_json())
+    return result
 
 
-def config_from_args(args) -> dict:
-    flags = {"model": args.model if args.model != "minilm" else None, "out": args.out, "seed": args.seed,
-             "precision": args.precision, "device": args.device,
-             "data.dir": args.data, "data.train": args.train, "data.eval": args.eval,
-             "data.text_column": args.text_column, "data.label_column": args.label_column,
-             "data.drop_invalid": args.drop_invalid or None,
-             "data.limit_train": args.limit_train, "data.limit_eval": args.limit_eval,
-             "seeds": args.seeds, "train.pooling": args.pooling, "jobs": args.jobs}
-    return load_config(args.config, quick=args.quick, profile=args.profile, **flags)
-
-
-def main_run(args) -> None:
-    from .report import write_report
-
-    config = config_from_args(args)
-    rows = run_study(config, quiet=args.quiet)
-    report = write_report(config["out"], inside(config["out"], config["report_dir"], "report_dir"))
-    print(summary_table(rows))
-    print(f"\nResults: {Path(config['out']) / 'results.json'}\nReport: {report} and report.html")
-
-
-def summary_table(rows: list[dict]) -> str:
+def summary_table(rows: list[Row]) -> str:
+    """The results as a plain-text table, for the terminal."""
     lines = [f"{'method':<10} {'rank':>5} {'trainable':>12} {'accuracy':>9} {'train s':>9} {'peak MB':>9}"]
     for r in rows:
-        rank = r["rank"] if r["rank"] is not None else ""
-        secs = f"{r['train_seconds']:.1f}" if r["train_seconds"] is not None else "-"
-        mem = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "-"
-        lines.append(f"{r['method']:<10} {rank:>5} {r['trainable_params'] or 0:>12,} "
-                     f"{r['eval_accuracy']:>9.4f} {secs:>9} {mem:>9}")
+        rank = r.rank if r.rank is not None else ""
+        secs = f"{r.train_seconds:.1f}" if r.train_seconds is not None else "-"
+        mem = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "-"
+        lines.append(f"{r.method:<10} {rank:>5} {r.trainable_params or 0:>12,} "
+                     f"{r.eval_accuracy:>9.4f} {secs:>9} {mem:>9}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use `loralab run`")

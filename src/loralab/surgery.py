@@ -16,6 +16,7 @@ from .arch import ARCHITECTURES, USUAL_HEADS, model_type
 from .errors import LoralabError
 from .lora import LoRA
 
+
 class TargetError(LoralabError):
     """No layer matched the targets, or a target is already wrapped."""
 

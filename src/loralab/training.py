@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,82 +24,11 @@ from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
 from .measure import PeakMemory
 from .models import pick_device
-from .pooling import POOLINGS, masked_mean, pooling_of
+from .pooling import masked_mean, pooling_of
+from .settings import EVAL_BATCH_SIZE, TrainSettings  # noqa: F401 - the training API's settings
 from .surgery import head_modules
 
 logger = logging.getLogger("loralab")
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-# Inference batches, sorted by length. On a CPU 16 beats 64 (100 lab eval reviews: 3.8 s
-# against 5.2 s; 500: 14.7 s against 17.9 s): smaller (batch, heads, seq, seq) attention
-# tensors and less padding. A GPU prefers larger ones; pass them where it matters.
-EVAL_BATCH_SIZE = 16
-
-
-@dataclass
-class TrainSettings:
-    """How a model is trained and evaluated (the lab's defaults).
-
-    Args:
-        epochs: passes over the training data.
-        batch_size: training batch size per device.
-        learning_rate: peak learning rate of AdamW (the Trainer's default, 5e-5).
-        lr_scheduler: a Trainer schedule name; ``"linear"`` decays to zero.
-        warmup_ratio: fraction of steps with a linear warm-up.
-        weight_decay: AdamW weight decay.
-        logging_steps: a training-loss log line every this many steps.
-        eval_batch_size: batch size for evaluation and feature extraction.
-        max_length: longest input in tokens; longer reviews are truncated.
-        precision: ``"bf16"`` (autocast), ``"fp32"``, or ``"auto"`` (bf16 where the CPU
-            or GPU computes it natively).
-        group_by_length: batch reviews of similar length together (less padding).
-        seed: seeds weights of new layers, dropout and data order.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        report_to: experiment trackers, passed to the Trainer (``"none"`` writes nothing).
-        quiet: no progress bars.
-        fast_dropout: train on a CPU with `FastDropout` (a cheaper random mask, see
-            `loralab.fastdropout`); False uses PyTorch's own dropout. GPUs always use
-            PyTorch's: their dropout and attention with dropout are fused kernels.
-        save_steps: also checkpoint every this many steps (0: only at the end of each
-            epoch). Checkpoints let `--resume` continue a killed run.
-        pooling: what the classification head reads: ``"cls"`` (the first token, as the
-            model was built) or ``"mean"`` (the mean of the non-padding tokens; see
-            `loralab.pooling`).
-    """
-
-    epochs: float = 3
-    batch_size: int = 8
-    learning_rate: float = 5e-5
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    logging_steps: int = 5
-    eval_batch_size: int = EVAL_BATCH_SIZE
-    max_length: int = 512
-    precision: str = "auto"
-    group_by_length: bool = True
-    seed: int = 0
-    device: str = "auto"
-    report_to: str = "none"
-    quiet: bool = False
-    fast_dropout: bool = True
-    save_steps: int = 0
-    pooling: str = "cls"
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise LoralabError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.pooling not in POOLINGS:
-            raise LoralabError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise LoralabError("epochs, batch_size and learning_rate must be positive")
-
-    def replace(self, **changes) -> "TrainSettings":
-        known = {f.name for f in fields(self)}
-        return TrainSettings(**{**asdict(self), **{k: v for k, v in changes.items() if k in known}})
-
 
 def is_main_process() -> bool:
     """False on every process but rank 0 of a distributed run (torchrun, accelerate launch)."""
@@ -246,6 +175,29 @@ class StopOnNonFinite:
         return _Callback()
 
 
+def save_after_epoch_evaluation():
+    """A Trainer callback: a step checkpoint (`save_steps`) that falls on an epoch's last
+    step is saved after that epoch's evaluation instead of before it. The Trainer saves at
+    the step's end and evaluates at the epoch's end; a run resumed from a checkpoint saved
+    in between counts the epoch as done and never evaluates it, so its history lacked that
+    epoch's row."""
+    from transformers import TrainerCallback
+
+    class SaveAfterEpochEvaluation(TrainerCallback):
+        deferred = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            ends_epoch = state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-9
+            if control.should_save and ends_epoch and args.eval_strategy == "epoch":
+                control.should_save, self.deferred = False, True
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if self.deferred:
+                control.should_save, self.deferred = True, False
+
+    return SaveAfterEpochEvaluation()
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete Trainer checkpoint in `folder` (incomplete ones are removed:
     a checkpoint is complete once its trainer_state.json, written last, exists)."""
@@ -354,7 +306,8 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     eval_set = _sorted_by_length(tokenized["eval"])
     guard = StopOnNonFinite()
     trainer = _trainer_class()(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
-                               data_collator=collator, compute_metrics=accuracy, callbacks=[guard()],
+                               data_collator=collator, compute_metrics=accuracy,
+                               callbacks=[guard(), save_after_epoch_evaluation()],
                                optimizers=(optimizer_for(model, args, lr_ratio), None))
     _quiet_trainer(trainer, settings)
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
@@ -390,29 +343,32 @@ def _sorted_by_length(ds):
     return ds.select(_longest_first(ds["input_ids"]))
 
 
-def _batches(ds, batch_size: int, tokenizer):
+def _batches(input_ids, batch_size: int, tokenizer):
     """Length-sorted padded batches and the original row order of each."""
-    input_ids = list(ds["input_ids"])  # read the column once, not row by row
     order = _longest_first(input_ids)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         yield rows, tokenizer.pad([{"input_ids": input_ids[i]} for i in rows], return_tensors="pt")
 
 
-def _map_batches(module: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str, width: int,
-                 forward) -> np.ndarray:
-    """`forward(batch)` (a computation of `module`) for every row of a tokenized dataset, in
-    row order, in length-sorted batches with autocast (float32 array of `width` columns)."""
+def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings, desc: str, width: int,
+                forward) -> np.ndarray:
+    """`forward(batch)` (a computation of `module`) for every row of token ids, in row
+    order, in length-sorted batches of `settings.eval_batch_size` under autocast (float32
+    array of `width` columns). Every inference of loralab goes through here: the Trainer's
+    evaluation sees the same batches (`_sorted_by_length`), and so do `evaluate`, the
+    study's sweeps and `predict`."""
     from tqdm.auto import tqdm
 
+    input_ids = list(input_ids)  # a dataset column is read once, not row by row
     device = pick_device(settings.device)
     precision = resolve_precision(settings, device)
     # Moved before inference mode: weights copied to a GPU inside it would be inference
     # tensors, which a later training step (head-tuning after encoding) cannot use.
     module.eval().to(device)
-    out = np.zeros((len(ds), width), dtype=np.float32)
-    total = math.ceil(len(ds) / settings.eval_batch_size)
-    batches = tqdm(_batches(ds, settings.eval_batch_size, tokenizer), total=total, desc=desc,
+    out = np.zeros((len(input_ids), width), dtype=np.float32)
+    total = math.ceil(len(input_ids) / settings.eval_batch_size)
+    batches = tqdm(_batches(input_ids, settings.eval_batch_size, tokenizer), total=total, desc=desc,
                    disable=settings.quiet, leave=False)
     with torch.inference_mode():
         for rows, batch in batches:
@@ -425,8 +381,8 @@ def _map_batches(module: nn.Module, ds, tokenizer, settings: TrainSettings, desc
 
 def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):
     """Logits for every row of a tokenized dataset, in its order (float32 numpy array)."""
-    return _map_batches(model, ds, tokenizer, settings, desc, model.config.num_labels,
-                        lambda batch: model(**batch).logits)
+    return map_batches(model, ds["input_ids"], tokenizer, settings, desc, model.config.num_labels,
+                       lambda batch: model(**batch).logits)
 
 
 def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
@@ -478,7 +434,7 @@ def encode_features(model: nn.Module, ds, tokenizer, settings: TrainSettings, de
     else:
         def features(batch):
             return encoder(model)(**batch).last_hidden_state[:, 0]  # (batch, hidden)
-    return _map_batches(model, ds, tokenizer, settings, desc, model.config.hidden_size, features)
+    return map_batches(model, ds["input_ids"], tokenizer, settings, desc, model.config.hidden_size, features)
 
 
 def head_features(model: nn.Module, tokenized, settings: TrainSettings, tokenizer):
