@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--input", help="CSV/TSV/JSONL/Parquet file, or - for one text per line on stdin")
     p.add_argument("--output", help="write predictions to this .csv or .jsonl file")
-    p.add_argument("--text-column", default="review")
+    p.add_argument("--text-column", help="column with the text in --input (default: review)")
     p.add_argument("--labels", help="a file with a label column: also print accuracy")
     _add_inference_args(p)
 
@@ -244,9 +244,10 @@ def cmd_predict(args) -> None:
 
     if not args.texts and not args.input:
         raise LoralabError("Give texts to classify or --input FILE.")
-    _, settings = _inference(args)
+    config, settings = _inference(args)
     result = predict(args.model_dir, args.texts or None, input=args.input, output=args.output,
-                     text_column=args.text_column, labels=args.labels, settings=settings, progress=not args.quiet)
+                     text_column=config["data"]["text_column"], labels=args.labels, settings=settings,
+                     progress=not args.quiet)
     if not args.output:
         texts = args.texts or [None] * len(result["labels"])
         for text, label, probs in zip(texts, result["labels"], result["probabilities"]):

@@ -38,34 +38,48 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 
 class _MeanPooling:
-    """Forward hooks: the encoder's attention mask and output are recorded, and the first
-    head module is handed their masked mean in place of the first token."""
+    """Forward hooks: within a forward pass of the whole model, the encoder's attention mask
+    and output are recorded, and the first head module is handed their masked mean in
+    place of the first token. The encoder or the head called on its own (head-tuning
+    encodes the data once, then trains the head on the features) is left alone."""
 
     def __init__(self, head_reads_sequence: bool | None):
         self.head_reads_sequence = head_reads_sequence  # None: a family not in loralab.arch, told by shape
         self.mask = None
         self.hidden = None
-        self.active = False
+        self.inside = False  # within the whole model's forward
+        self.done = False    # the head was handed the mean in this forward already
+
+    def enter_model(self, module, args):
+        self.inside, self.done, self.mask, self.hidden = True, False, None, None
+
+    def leave_model(self, module, args, output):
+        self.inside, self.mask, self.hidden = False, None, None
 
     def before_encoder(self, module, args, kwargs):
+        if not self.inside:
+            return
         mask = kwargs.get("attention_mask")
         if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
             mask = args[1]
-        self.mask, self.hidden, self.active = mask, None, True
+        self.mask = mask
 
     def after_encoder(self, module, args, kwargs, output):
-        self.hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        if self.inside:
+            self.hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
     def before_head(self, module, args):
-        if not self.active:  # the head called on its own (head-tuning on cached features)
+        if not self.inside or self.done:  # the head called on its own (head-tuning on cached features)
             return None
-        self.active = False
         (first, *rest) = args
         reads_sequence = first.dim() == 3 if self.head_reads_sequence is None else self.head_reads_sequence
         if reads_sequence:  # the head takes [:, 0] itself (BERT's pooler, RoBERTa's head)
             pooled = masked_mean(first, self.mask).unsqueeze(1)
-        else:  # the model took [:, 0] before the head (DistilBERT): pool the recorded output
+        elif self.hidden is not None:  # the model took [:, 0] before the head (DistilBERT): pool its output
             pooled = masked_mean(self.hidden, self.mask).to(first.dtype)
+        else:
+            return None
+        self.done = True
         return (pooled, *rest)
 
 
@@ -94,6 +108,8 @@ def set_pooling(model: nn.Module, pooling: str) -> nn.Module:
     kind = model_type(model)
     state = _MeanPooling(ARCHITECTURES[kind].head_reads_sequence if kind in ARCHITECTURES else None)
     model._loralab_pooling_hooks = [
+        model.register_forward_pre_hook(state.enter_model),
+        model.register_forward_hook(state.leave_model),
         encoder.register_forward_pre_hook(state.before_encoder, with_kwargs=True),
         encoder.register_forward_hook(state.after_encoder, with_kwargs=True),
         head.register_forward_pre_hook(state.before_head),

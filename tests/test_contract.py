@@ -1,0 +1,125 @@
+"""One place for each kind of knowledge: defaults, flags, settings, layers; and the small
+contract points that used to fail quietly."""
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from loralab.config import defaults, load_config
+from loralab.errors import LoralabError
+from loralab.settings import LoraOptions, TrainSettings
+
+
+def test_settings_defaults_are_those_of_defaults_toml():
+    config = defaults()
+    assert TrainSettings() == TrainSettings.from_config(config)
+    assert {f.name for f in dataclasses.fields(TrainSettings)} == set(config["train"]) | {
+        "seed", "precision", "device", "quiet"}
+    lora = LoraOptions()
+    assert LoraOptions.from_config(config, lora.rank) == lora.replace(alpha=config["lora"]["alpha_factor"] * lora.rank)
+
+
+def test_no_flag_has_a_default_of_its_own():
+    """Every default a flag stands for comes from defaults.toml: a flag not given is None."""
+    from loralab.cli import FLAG_KEYS, build_parser
+
+    parser = build_parser()
+    for argv in (["run"], ["train", "--method", "lora", "--out", "x"], ["evaluate", "m"], ["predict", "m", "t"],
+                 ["lowrank", "--finetuned", "a", "--headtuned", "b"], ["data"]):
+        args = parser.parse_args(argv)
+        given = {name: getattr(args, name) for name in FLAG_KEYS if getattr(args, name, None) is not None}
+        assert given == {}, (argv, given)
+
+
+def test_model_flag_overrides_a_config_files_model_even_when_it_names_the_default(tmp_path):
+    from loralab.cli import build_parser, config_of
+
+    path = tmp_path / "c.toml"
+    path.write_text('model = "some/other-model"\n')
+    args = build_parser().parse_args(["run", "--config", str(path), "--model", "minilm"])
+    assert config_of(args)["model"] == "minilm"
+    assert config_of(build_parser().parse_args(["run", "--config", str(path)]))["model"] == "some/other-model"
+
+
+def test_unknown_settings_are_refused_not_dropped():
+    with pytest.raises(LoralabError, match="no setting 'epoch'"):
+        TrainSettings().replace(epoch=2)
+    with pytest.raises(LoralabError, match="no setting 'ranks'"):
+        LoraOptions().replace(ranks=4)
+    with pytest.raises(LoralabError, match="config: train.pooling must be one of cls, mean"):
+        load_config(None, **{"train.pooling": "max"})
+
+
+def test_wrapping_a_lora_layer_again_says_so():
+    from loralab.lora import LoRA
+
+    with pytest.raises(TypeError, match="already has a LoRA adapter"):
+        LoRA(LoRA(torch.nn.Linear(4, 4), rank=2))
+
+
+@pytest.mark.parametrize("targets, says", [(None, "on the query and value layers"),
+                                           ("all-linear", "on every linear layer but the head"),
+                                           ("query,key,value", "on the layers matching 'query,key,value'")])
+def test_model_card_names_the_layers_the_adapter_wraps(targets, says):
+    from loralab.serve import model_card
+
+    card = model_card({"method": "lora", "rank": 4, "alpha": 8, "targets": targets}, "base", merged=False,
+                      adapter=True)
+    assert f"LoRA (rank 4, alpha 8) {says}" in card
+
+
+def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synthetic_data_dir, monkeypatch):
+    import tempfile
+
+    from loralab.data import limit_data, load_data
+    from loralab.lab import make_headtuned_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = limit_data(load_data(synthetic_data_dir), 16, 8)
+    make_headtuned_model(str(tiny_model_dir), data, TrainSettings(epochs=1, max_length=16, quiet=True))
+    assert list(tmp_path.iterdir()) == []
+
+
+# The layers, lowest first: a module may import from its own layer and the ones below.
+LAYERS = {
+    "core": {"errors", "fileio", "settings", "records", "arch", "lora", "surgery", "adapters", "lowrank",
+             "pooling", "models"},
+    "training": {"data", "training", "fastdropout", "measure", "baselines", "logs"},
+    "library": {"config", "api", "study", "report", "serve", "lab"},
+    "cli": {"cli", "__init__"},
+}
+
+
+HEAVY = ("<matplotlib", "<transformers.trainer", "<transformers.Trainer")  # never in the core
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loralab."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom):  # third-party: "<module.name>"
+            found |= {f"<{node.module}.{alias.name}>" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {f"<{alias.name}>" for alias in node.names}
+    return found
+
+
+def test_dependencies_run_one_way_cli_library_training_core():
+    package = ROOT / "src" / "loralab"
+    rank = {module: i for i, layer in enumerate(LAYERS.values()) for module in layer}
+    modules = {p.stem for p in package.glob("*.py")}
+    assert modules == set(rank), modules ^ set(rank)
+    for module in modules:
+        imports = _imports(package / f"{module}.py")
+        upward = {m for m in imports if m in rank and rank[m] > rank[module]}
+        assert not upward, f"{module} ({list(LAYERS)[rank[module]]}) imports {upward} from a higher layer"
+        if rank[module] == 0:  # the core: no Trainer, no plotting
+            heavy = {m for m in imports if m.startswith(HEAVY)}
+            assert not heavy, f"{module} imports {heavy}"
