@@ -89,7 +89,7 @@ LAYERS = {
     "core": {"errors", "fileio", "settings", "records", "arch", "lora", "surgery", "adapters", "lowrank",
              "pooling", "models"},
     "training": {"data", "training", "fastdropout", "measure", "baselines", "logs"},
-    "library": {"config", "api", "study", "report", "serve", "lab"},
+    "library": {"config", "api", "plan", "tasks", "study", "plots", "report", "serve", "lab"},
     "cli": {"cli", "__init__"},
 }
 

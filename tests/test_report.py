@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
+from loralab.plots import pareto_front
 from loralab.records import LowrankSummary, RunRecord
-from loralab.report import RunTime, build, pareto_front, write_report
+from loralab.report import RunTime, build, write_report
 
 
 def write_record(folder, name, seconds=60.0, finished="2026-01-01T10:00:00", device="cpu", **parts):

@@ -257,7 +257,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
 
     from .data import load_data
     from .lowrank import LowRankStudy, halving_ranks, lowest_rank_above
-    from .report import plot_spectrum
+    from .plots import plot_spectrum
 
     settings = settings or TrainSettings()
     out = Path(out)

@@ -1,0 +1,238 @@
+"""The plan of a study: its runs, each with one frozen value holding everything it reads.
+
+A run's key is the fingerprint of its task and inputs (`Run.key`), so no setting can be
+left out of it by hand, and the runs it waits for are the `Ref`s among its inputs
+(`Run.after`). `plan` makes every run of a resolved configuration, in order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .records import (
+    LOWRANK,
+    REPLACE_TEST,
+    SIMILARITY,
+    fingerprint,
+    method_run,
+    seed_suffix,
+    select_run,
+)
+from .settings import LoraOptions, TrainSettings
+
+# ---------------------------------------------------------------------------------------
+# Context: data and tokenizers, loaded once per process
+
+
+class Context:
+    """What the runs of a study share, loaded lazily: the data (from the [data] table),
+    tokenizers and tokenized splits. Runs read their settings from their inputs, never
+    from here: the data is identified in their inputs by its digest."""
+
+    def __init__(self, data_options: dict, out: str | os.PathLike, quiet: bool = False):
+        self.data_options = data_options
+        self.out = Path(out)
+        self.quiet = quiet
+        self._data = None
+        self._tokenizers: dict[str, object] = {}
+        self._tokenized: dict[tuple, object] = {}
+
+    @property
+    def data(self):
+        """train (as trained), eval and, with `data.validation`, a validation split."""
+        if self._data is None:
+            from .data import load_configured
+
+            self._data = load_configured(self.data_options)
+        return self._data
+
+    @property
+    def data_key(self) -> str:
+        """A hash of every split: a run that trains or evaluates is redone when it changes."""
+        from .data import data_digest
+
+        return data_digest(self.data, sorted(self.data))
+
+    @property
+    def choice_key(self) -> str:
+        """A hash of the splits that choices are made on (train and validation, never eval)."""
+        from .data import data_digest
+
+        return data_digest(self.data, [s for s in ("train", "validation") if s in self.data])
+
+    def tokenizer(self, model: str):
+        if model not in self._tokenizers:
+            from .models import load_tokenizer
+
+            self._tokenizers[model] = load_tokenizer(model)
+        return self._tokenizers[model]
+
+    def tokenized(self, model: str, max_length: int):
+        if (model, max_length) not in self._tokenized:
+            from .training import tokenize
+
+            self._tokenized[model, max_length] = tokenize(self.data, self.tokenizer(model), max_length)
+        return self._tokenized[model, max_length]
+
+
+# ---------------------------------------------------------------------------------------
+# What each run reads: one frozen value per run, whose fingerprint is the run's key
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A run whose result another run reads: its folder and its key."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class BaselineInputs:
+    method: str  # tfidf-lr or tfidf-nb
+    data: str    # digest of the splits
+    seed: int
+
+
+@dataclass(frozen=True)
+class SelectInputs:
+    method: str
+    model: str
+    data: str                     # digest of train and validation: eval chooses nothing
+    settings: TrainSettings       # each candidate's (its learning rate replaced)
+    lora: LoraOptions | None
+    candidates: tuple[float, ...]
+    limit_train: int              # each candidate trains on this many rows (0: all)
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    method: str
+    model: str
+    data: str
+    settings: TrainSettings
+    lora: LoraOptions | None = None
+    learning_rate_from: Ref | None = None  # the select-* run whose choice replaces the learning rate
+
+
+@dataclass(frozen=True)
+class ReplaceInputs:
+    full: Ref
+    model: str
+    data: str
+    settings: TrainSettings  # inference batches, precision, device, max length; the clones' seed
+
+
+@dataclass(frozen=True)
+class LowrankInputs:
+    full: Ref
+    head: Ref
+    model: str
+    data: str
+    settings: TrainSettings
+    targets: str | None
+    ranks: tuple[int, ...]  # () = full rank halving down to 1
+    points: int
+
+
+@dataclass(frozen=True)
+class SimilarityInputs:
+    full: Ref
+    loras: tuple[tuple[int, Ref], ...]  # (rank, adapter run)
+    model: str
+    targets: str | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One step of the study: a folder, what it reads (`inputs`) and the task that does it.
+
+    Its key is the fingerprint of its task and inputs, so nothing it reads can be left out
+    of the key; the runs it waits for are the `Ref`s among its inputs."""
+
+    name: str
+    task: str      # a name in TASKS
+    inputs: object
+    isolate: bool = False  # train in a child process (honest peak memory)
+
+    @property
+    def key(self) -> str:
+        return fingerprint(self.task, asdict(self.inputs))
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        """Names of the runs whose results this one reads."""
+        refs = []
+        for f in fields(self.inputs):
+            value = getattr(self.inputs, f.name)
+            for item in (value if isinstance(value, tuple) else (value,)):
+                item = item[1] if isinstance(item, tuple) else item
+                if isinstance(item, Ref):
+                    refs.append(item.name)
+        return tuple(refs)
+
+    def ref(self) -> Ref:
+        return Ref(self.name, self.key)
+
+
+def seeds_of(config: dict) -> list[int]:
+    return list(config["seeds"]) or [config["seed"]]
+
+
+def plan(config: dict, ctx: Context) -> list[Run]:
+    """Every run of the study, in order, each with the inputs it reads.
+
+    With `select.enabled`, `select-full`, `select-head` and `select-lora` come first and the
+    runs that use their choice read them. With `seeds`, each method runs once per seed
+    (folders end in `-seedN`); the replace test, low-rank study and similarity use the first.
+    """
+    c, m, sel = config, config["methods"], config["select"]
+    isolate = c["isolate"] and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    seeds = seeds_of(c)
+    model, base = c["model"], TrainSettings.from_config(c)
+    lora_lr = {"learning_rate": c["lora"]["learning_rate"]} if c["lora"]["learning_rate"] else {}
+    targets = c["lora"]["targets"] or None
+    runs: list[Run] = []
+    chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate
+    if sel["enabled"]:
+        wanted = {"full": m["full"], "head": m["head"], "lora": bool(m["lora_ranks"])}
+        for method in (name for name, on in wanted.items() if on):
+            settings = base.replace(seed=seeds[0], learning_rate=sel[method][0],
+                                    **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
+            lora = LoraOptions.from_config(c, sel["lora_rank"]) if method == "lora" else None
+            run = Run(select_run(method), "select", SelectInputs(method, model, ctx.choice_key, settings, lora,
+                                                                 tuple(sel[method]), sel["limit_train"]), isolate)
+            runs.append(run)
+            chosen[method] = run.ref()
+    for seed in seeds:
+        sfx = seed_suffix(seed, bool(c["seeds"]))
+        settings = base.replace(seed=seed)
+        if m["baselines"]:
+            for method in ("tfidf-lr", "tfidf-nb"):
+                runs.append(Run(method_run(method, suffix=sfx), "baseline", BaselineInputs(method, ctx.data_key, seed)))
+        trained: dict[str, Ref] = {}
+        for method in ("full", "head"):
+            if m[method]:
+                run = Run(method_run(method, suffix=sfx), "train",
+                          TrainInputs(method, model, ctx.data_key, settings, None, chosen.get(method)), isolate)
+                runs.append(run)
+                trained[method] = run.ref()
+        first = seed == seeds[0]
+        if first and m["replace_test"] and "full" in trained:
+            runs.append(Run(REPLACE_TEST, "replace", ReplaceInputs(trained["full"], model, ctx.data_key, settings)))
+        if first and m["lowrank"]:
+            runs.append(Run(LOWRANK, "lowrank", LowrankInputs(trained["full"], trained["head"], model, ctx.data_key,
+                                                              settings, targets, tuple(m["sweep_ranks"]),
+                                                              m["sweep_points"])))
+        loras = []
+        for rank in m["lora_ranks"]:
+            run = Run(method_run("lora", rank, sfx), "train",
+                      TrainInputs("lora", model, ctx.data_key, settings.replace(**lora_lr),
+                                  LoraOptions.from_config(c, rank), chosen.get("lora")), isolate)
+            runs.append(run)
+            loras.append((rank, run.ref()))
+        if first and loras and "full" in trained:
+            runs.append(Run(SIMILARITY, "similarity", SimilarityInputs(trained["full"], tuple(loras), model, targets)))
+    return runs

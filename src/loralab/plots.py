@@ -1,0 +1,176 @@
+"""The report's plots, as PNG files: accuracy against parameters and rank, training
+curves, cost, and the spectrum of dW. Each takes the report's summaries (one per method
+and rank; see `loralab.report.Summary`) and writes its file atomically."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .fileio import atomic_path
+
+if TYPE_CHECKING:  # the report's type; plots only read its attributes
+    from .report import Summary
+
+LABELS = {"tfidf-lr": "TF-IDF + logistic regression", "tfidf-nb": "TF-IDF + naive Bayes",
+          "full": "Full fine-tuning", "head": "Head-tuning", "approx1": "Approximated model 1",
+          "approx2": "Approximated model 2", "lora": "LoRA"}
+COLORS = {"tfidf-lr": "#8c564b", "tfidf-nb": "#e377c2", "full": "#d62728", "head": "#7f7f7f",
+          "approx1": "#1f77b4", "approx2": "#17becf", "lora": "#2ca02c"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    fig.clf()
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points that no other point beats with fewer (or equal) parameters and
+    higher (or equal) accuracy, sorted by parameters."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_accuracy_vs_params(summaries: list[Summary], path: Path) -> bool:
+    plt = _plt()
+    data = [r for r in summaries if r.trainable_params and r.eval_accuracy is not None]
+    if not data:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for method in COLORS:
+        pts = [r for r in data if r.method == method]
+        if pts:
+            ax.scatter([r.trainable_params for r in pts], [r.eval_accuracy for r in pts],
+                       color=COLORS[method], label=LABELS[method], s=40, zorder=3)
+            for r in pts:
+                if r.rank is not None:
+                    ax.annotate(f"r={r.rank}", (r.trainable_params, r.eval_accuracy), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points")
+    front = [data[i] for i in pareto_front([(r.trainable_params, r.eval_accuracy) for r in data])]
+    ax.step([r.trainable_params for r in front], [r.eval_accuracy for r in front], where="post",
+            color="black", lw=1, ls="--", zorder=2)
+    ax.scatter([r.trainable_params for r in front], [r.eval_accuracy for r in front], s=140,
+               facecolors="none", edgecolors="black", lw=1.2, label="Pareto front (no method better with fewer)",
+               zorder=4)
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="eval accuracy",
+           title="Accuracy against trainable parameters")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _save(fig, path)
+    return True
+
+
+def plot_accuracy_vs_rank(summaries: list[Summary], path: Path) -> bool:
+    plt = _plt()
+    series = {m: sorted((r for r in summaries if r.method == m), key=lambda r: r.rank)
+              for m in ("approx1", "approx2", "lora")}
+    if not any(series.values()):
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for method, pts in series.items():
+        if pts:
+            ax.plot([r.rank for r in pts], [r.eval_accuracy for r in pts], marker="o",
+                    color=COLORS[method], label=LABELS[method])
+            spread = [r for r in pts if r.seeds > 1]
+            if spread:  # min-max over seeds around the median
+                ax.errorbar([r.rank for r in spread], [r.eval_accuracy for r in spread],
+                            yerr=[[r.eval_accuracy - r.accuracy_min for r in spread],
+                                  [r.accuracy_max - r.eval_accuracy for r in spread]],
+                            fmt="none", ecolor=COLORS[method], capsize=3)
+    for method, style in (("full", "-"), ("head", "--")):
+        r = next((s for s in summaries if s.method == method), None)  # the first seed's
+        if r:
+            ax.axhline(r.eval_accuracy, color=COLORS[method], ls=style, lw=1.2,
+                       label=f"{LABELS[method]} ({r.eval_accuracy:.3f})")
+    ax.set(xscale="log", xlabel="rank r (log scale)", ylabel="eval accuracy", title="Accuracy against rank")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _save(fig, path)
+    return True
+
+
+def plot_training_curves(summaries: list[Summary], path: Path) -> bool:
+    plt = _plt()
+    trained = [r for r in summaries if r.history]
+    if not trained:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    cmap = plt.get_cmap("tab10")
+    for i, r in enumerate(trained):
+        epochs = [h["epoch"] for h in r.history]
+        ax1.plot(epochs, [h["train_loss"] for h in r.history], marker="o", color=cmap(i % 10), label=r.label)
+        ax2.plot(epochs, [h["eval_accuracy"] for h in r.history], marker="o", color=cmap(i % 10), label=r.label)
+    ax1.set(xlabel="epoch", ylabel="mean training loss (cross-entropy)", title="Training loss per epoch")
+    ax2.set(xlabel="epoch", ylabel="eval accuracy", title="Eval accuracy after each epoch")
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _save(fig, path)
+    return True
+
+
+def plot_cost(summaries: list[Summary], path: Path) -> bool:
+    plt = _plt()
+    trained = [r for r in summaries if r.train_seconds is not None]
+    if not trained:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.4 * len(trained) + 2))
+    names = [r.label for r in trained]
+    colors = [COLORS.get(r.method, "grey") for r in trained]
+    ax1.barh(names, [r.train_seconds for r in trained], color=colors)
+    ax1.set(xscale="log", xlabel="training time (s, log scale)", title="Training time")
+    ax2.barh(names, [r.peak_memory_mb or 0 for r in trained], color=colors)
+    ax2.set(xlabel="peak resident memory (MB)", title="Peak memory")
+    ax2.set_yticklabels([])
+    for ax in (ax1, ax2):
+        ax.invert_yaxis()
+    _save(fig, path)
+    return True
+
+
+def plot_spectrum(spectrum: dict[str, dict], path: str | os.PathLike, title: str = "") -> None:
+    """Two panels: singular values of dW per layer (log y) and captured energy per rank."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    cmap = plt.get_cmap("viridis")
+    for i, (name, layer) in enumerate(spectrum.items()):
+        color = cmap(i / max(1, len(spectrum) - 1))
+        label = short_layer_name(name)
+        ranks = range(1, len(layer["singular_values"]) + 1)
+        ax1.plot(ranks, layer["singular_values"], color=color, lw=1, label=label)
+        ax2.plot(ranks, [100 * e for e in layer["energy"]], color=color, lw=1, label=label)
+    ax1.set(xscale="log", yscale="log", xlabel="index i of singular value (log)",
+            ylabel="singular value s_i of dW (log)", title="Spectrum of dW = W_finetuned - W_pretrained")
+    ax2.set(xscale="log", xlabel="rank r (log)", ylabel="||dW||_F^2 captured by top r (%)",
+            title="Energy captured at rank r", ylim=(0, 101))
+    for p in (50, 90, 99):
+        ax2.axhline(p, color="grey", lw=0.5, ls="--")
+    ax2.legend(fontsize=6, ncol=2, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    fig.clf()
+
+
+def short_layer_name(name: str) -> str:
+    """'bert.encoder.layer.3.attention.self.query' -> 'L3 query'."""
+    parts = name.split(".")
+    layer = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p == "layer" and parts[i + 1].isdigit()), "?")
+    return f"L{layer} {parts[-1]}"

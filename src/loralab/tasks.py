@@ -1,0 +1,148 @@
+"""What each kind of run does: a function of the study's shared `Context`, the run's
+folder and its inputs (`loralab.plan`), returning the parts of its `RunRecord`. A task
+reads its settings from its inputs only, so every setting it reads is in the run's key.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import LoralabError
+from .plan import (
+    BaselineInputs,
+    Context,
+    LowrankInputs,
+    Ref,
+    ReplaceInputs,
+    SelectInputs,
+    SimilarityInputs,
+    TrainInputs,
+)
+from .records import RESULT_NAME, ReplaceTest, Row, read_record
+from .settings import TrainSettings
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _settings(ctx: Context, inputs) -> TrainSettings:
+    return inputs.settings.replace(quiet=ctx.quiet)  # quiet changes no result: it is not in the key
+
+
+def task_baseline(ctx: Context, run_dir: Path, inputs: BaselineInputs) -> dict:
+    from .baselines import run_baseline
+    from .measure import PeakMemory
+
+    with PeakMemory() as mem:
+        result = run_baseline(inputs.method, ctx.data["train"], ctx.data["eval"], seed=inputs.seed)
+    return {"rows": [Row(inputs.method, **result, peak_memory_mb=mem.peak_mb)]}
+
+
+def chosen_learning_rate(ctx: Context, ref: Ref) -> float:
+    """The learning rate the `ref` run (select-*) chose on the validation split."""
+    record = read_record(ctx.out / ref.name / RESULT_NAME)
+    if record is None or record.key != ref.key or record.selection is None:
+        raise LoralabError(f"{ctx.out / ref.name / RESULT_NAME}: the learning-rate choice is missing; run the "
+                           "study again to redo it.")
+    return record.selection.learning_rate
+
+
+def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> dict:
+    from .api import train
+
+    settings = _settings(ctx, inputs)
+    if inputs.learning_rate_from:
+        settings = settings.replace(learning_rate=chosen_learning_rate(ctx, inputs.learning_rate_from))
+    info = train(method=inputs.method, out=run_dir / "model", model=inputs.model, settings=settings,
+                 tokenized=ctx.tokenized(inputs.model, settings.max_length), lora=inputs.lora)
+    row = Row(inputs.method, inputs.lora.rank if inputs.lora else None,
+              **{k: info[k] for k in ("trainable_params", "eval_accuracy", "train_seconds", "peak_memory_mb",
+                                      "history", "precision", "learning_rate", "pooling")},
+              chosen_on="validation" if inputs.learning_rate_from else None)
+    if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
+        row.peak_memory_mb = max(row.peak_memory_mb, peak_rss_mb())
+    return {"rows": [row]}
+
+
+def task_select(ctx: Context, run_dir: Path, inputs: SelectInputs) -> dict:
+    """Choose a method's learning rate on the validation split (see `choose_learning_rate`).
+    Its candidates' scratch lives beside the run folder, so a killed choice resumes."""
+    import datasets
+
+    from .api import choose_learning_rate
+
+    settings = _settings(ctx, inputs)
+    tokenized = ctx.tokenized(inputs.model, settings.max_length)
+    data = datasets.DatasetDict(train=tokenized["train"], validation=tokenized["validation"])
+    if inputs.limit_train and inputs.limit_train < len(data["train"]):
+        data["train"] = data["train"].shuffle(seed=0).select(range(inputs.limit_train))
+    selection = choose_learning_rate(inputs.method, inputs.candidates, data, model=inputs.model, settings=settings,
+                                     lora=inputs.lora, tokenizer=ctx.tokenizer(inputs.model),
+                                     work=ctx.out / f".{run_dir.name}.candidates", resume=True)
+    return {"selection": selection}
+
+
+def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> dict:
+    """The lab's step 4 on a freshly loaded fine-tuned model: random clones of the query and
+    value layers give near-chance accuracy, the originals restore the predictions exactly."""
+    import torch
+
+    from .models import load_model
+    from .surgery import clone_linear, extract, replace
+    from .training import predict_logits
+
+    settings = _settings(ctx, inputs)
+    model = load_model(ctx.out / inputs.full.name / "model")
+    tokenizer = ctx.tokenizer(inputs.model)
+    evals = ctx.tokenized(inputs.model, settings.max_length)["eval"]
+    labels = np.asarray(evals["label"])
+    original = predict_logits(model, evals, tokenizer, settings, "Replace test: original")
+    layers = extract(model)
+    torch.manual_seed(settings.seed)
+    replace(model, {name: clone_linear(layer) for name, layer in layers.items()})
+    scrambled = predict_logits(model, evals, tokenizer, settings, "Replace test: random clones")
+    replace(model, layers)
+    restored = predict_logits(model, evals, tokenizer, settings, "Replace test: restored")
+    acc = lambda logits: float((logits.argmax(-1) == labels).mean())  # noqa: E731
+    return {"replace_test": ReplaceTest(
+        layers=len(layers), parameters=sum(p.numel() for layer in layers.values() for p in layer.parameters()),
+        original_accuracy=acc(original), random_clones_accuracy=acc(scrambled), restored_accuracy=acc(restored),
+        restored_predictions_identical=bool((original.argmax(-1) == restored.argmax(-1)).all()),
+        restored_logits_identical=bool(np.array_equal(original, restored)),
+        majority_class_accuracy=float(np.bincount(labels).max() / len(labels)))}
+
+
+def task_lowrank(ctx: Context, run_dir: Path, inputs: LowrankInputs) -> dict:
+    from .api import lowrank
+
+    settings = _settings(ctx, inputs)
+    head = read_record(ctx.out / inputs.head.name / RESULT_NAME)  # finished before this run (`after`)
+    rows, summary = lowrank(ctx.out / inputs.full.name / "model", ctx.out / inputs.head.name / "model",
+                            inputs.model, out=run_dir, tokenized=ctx.tokenized(inputs.model, settings.max_length),
+                            tokenizer=ctx.tokenizer(inputs.model), settings=settings,
+                            ranks=list(inputs.ranks) or None, sweep_points=inputs.points, targets=inputs.targets,
+                            head_accuracy=head.rows[0].eval_accuracy)
+    return {"rows": rows, "lowrank": summary}
+
+
+def task_similarity(ctx: Context, run_dir: Path, inputs: SimilarityInputs) -> dict:
+    from .adapters import load_adapter
+    from .lowrank import LowRankStudy
+    from .models import load_model
+
+    pretrained = load_model(inputs.model)
+    study = LowRankStudy(pretrained, load_model(ctx.out / inputs.full.name / "model"), pretrained,
+                         targets=inputs.targets)
+    sims = {str(rank): study.lora_similarity(load_adapter(load_model(inputs.model), ctx.out / ref.name / "model"))
+            for rank, ref in inputs.loras}
+    return {"similarity": sims}
+
+
+TASKS: dict[str, Callable] = {"baseline": task_baseline, "select": task_select, "train": task_train,
+                              "replace": task_replace, "lowrank": task_lowrank, "similarity": task_similarity}
