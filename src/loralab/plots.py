@@ -31,10 +31,12 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, **options) -> None:
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    fig.clf()
+        fig.savefig(tmp, dpi=110, format="png", **{"bbox_inches": "tight", **options})
+    plt.close(fig)  # pyplot keeps every figure until closed
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -164,9 +166,7 @@ def plot_spectrum(spectrum: dict[str, dict], path: str | os.PathLike, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    fig.clf()
+    _save(fig, path, bbox_inches=None)
 
 
 def short_layer_name(name: str) -> str:
