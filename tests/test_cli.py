@@ -18,7 +18,10 @@ def folder_with(tmp_path, train: bytes, eval_: bytes = b"review,label\nfine film
 BAD_INPUTS = {
     "missing file": (lambda p: ["--train", p / "nope.csv", "--eval", p / "nope.csv"], "Data file not found"),
     "misspelt column": (lambda p: ["--data", folder_with(p, b"text,label\nx,1\n")], "Columns found: 'text', 'label'"),
-    "unknown label": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\ny,7\n")], "row 2: unknown label 7"),
+    "unseen label": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\ny,0\n", b"review,label\nz,7\n")],
+                     "eval.csv: row 1: label '7' in column 'label' is not one of the training data's labels"),
+    "one class": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\ny,1\n")],
+                  "every row has the label 'positive'; a classifier needs at least two classes"),
     "empty text": (lambda p: ["--data", folder_with(p, b"review,label\nx,1\n  ,0\n")],
                    "rows 2. Fix them, or pass --drop-invalid"),
     "not utf-8": (lambda p: ["--data", folder_with(p, b"review,label\ncaf\xe9,1\n")], "line 2 is not valid UTF-8"),
@@ -38,17 +41,17 @@ def test_bad_input_gives_message_and_exit_code(tmp_path, run_cli, case):
 def test_drop_invalid_and_overlap_warning(tmp_path, run_cli, caplog):
     folder = folder_with(tmp_path, b"review,label\nfine film,1\n  ,0\nbad,0\n")
     code, out, err = run_cli("data", "--data", folder, "--drop-invalid")
-    assert code == 0 and "train: 2 reviews" in out
+    assert code == 0 and "train: 2 rows (1 negative, 1 positive)" in out
     assert "dropped 1 row(s)" in caplog.text
     assert "1 eval review(s) also appear in the training data" in caplog.text
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):
-    folder = folder_with(tmp_path, b"review,label\nx,maybe\n")
+    folder = folder_with(tmp_path, b"review,label\nx,maybe\n")  # one class
     proc = subprocess.run([sys.executable, "-m", "loralab.cli", "data", "--data", str(folder)],
                           capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == 2
-    assert "unknown label 'maybe'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "every row has the label 'maybe'" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "loralab.cli", "--debug", "data", "--data", str(folder)],
                           capture_output=True, text=True)
     assert "Traceback" in proc.stderr
@@ -58,5 +61,5 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 def test_data_command_on_lab_sample(run_cli):
     code, out, _ = run_cli("data")
     assert code == 0
-    assert "train: 2000 reviews (1040 positive, 960 negative)" in out
-    assert "eval: 500 reviews (237 positive, 263 negative)" in out
+    assert "train: 2000 rows (960 negative, 1040 positive)" in out  # the lab sample's counts, as before
+    assert "eval: 500 rows (263 negative, 237 positive)" in out

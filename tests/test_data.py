@@ -86,10 +86,39 @@ def test_misspelt_column_lists_columns_found(tmp_path):
     assert "Did you mean 'reviw'" in str(err.value)
 
 
-def test_unknown_label_names_file_row_and_value(tmp_path):
-    path = write_csv(tmp_path / "d.csv", [("ok", 1), ("fine", 0), ("meh", "maybe")])
-    with pytest.raises(DataError, match=r"d\.csv: row 3: unknown label 'maybe'"):
-        load_file(path)
+def test_a_label_training_never_saw_names_file_row_value_and_the_known_labels(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [("ok", 1), ("fine", 0)])
+    evals = write_csv(tmp_path / "eval.csv", [("ok", 1), ("meh", "maybe")])
+    with pytest.raises(DataError, match=r"eval\.csv: row 2: label 'maybe' in column 'label' is not one of the "
+                                        r"training data's labels \('negative', 'positive'\)"):
+        load_data(train=train, eval=evals)
+
+
+@pytest.mark.parametrize("labels, names, ids", [
+    ([1, 0, "pos", "Negative"], ("negative", "positive"), [1, 0, 1, 0]),  # the binary spellings
+    ([3, 1, 4, 1, 2], ("1", "2", "3", "4"), [2, 0, 3, 0, 1]),           # integers, by value
+    (["b", "a", "c", "a"], ("a", "b", "c"), [1, 0, 2, 0]),              # strings, alphabetically
+])
+def test_label_sets_and_their_order_come_from_the_training_data(tmp_path, labels, names, ids):
+    path = write_csv(tmp_path / "d.csv", [(f"text {i}", label) for i, label in enumerate(labels)])
+    ds = load_file(path)
+    assert tuple(ds.features["label"].names) == names and ds["label"] == ids
+
+
+def test_labels_option_fixes_the_order_of_ordinal_classes(tmp_path):
+    order = ("very negative", "negative", "neutral", "positive", "very positive")
+    rows = [(f"s{i}", name) for i, name in enumerate(reversed(order))]
+    ds = load_file(write_csv(tmp_path / "d.csv", rows), DataOptions(labels=order))
+    assert tuple(ds.features["label"].names) == order and ds["label"] == [4, 3, 2, 1, 0]
+
+
+def test_one_class_is_an_error_and_a_rare_class_a_warning(tmp_path, caplog):
+    one = write_csv(tmp_path / "one.csv", [("a", "x"), ("b", "x")])
+    with pytest.raises(DataError, match="one.csv: every row has the label 'x'; a classifier needs at least two"):
+        load_data(train=one, eval=one)
+    rare = write_csv(tmp_path / "rare.csv", [(f"t{i}", "common") for i in range(20)] + [("r", "rare")])
+    load_data(train=rare, eval=rare)
+    assert "the class 'rare' has only 1 row(s)" in caplog.text
 
 
 def test_empty_texts_are_named_and_can_be_dropped(tmp_path, caplog):

@@ -290,7 +290,7 @@ def test_choosing_skips_candidates_evaluated_before_and_saves_each_new_one(tmp_p
         choose([1e-3, 1e-2], stop_after=1)
     kept = read_json(work / "candidates.json")
     assert list(kept["candidates"]) == [repr(1e-3)]
-    kept["candidates"][repr(1e-3)]["validation_accuracy"] = 1.5  # 1.5: proves it is not trained again
+    kept["candidates"][repr(1e-3)]["scores"]["accuracy"] = 1.5  # 1.5: proves it is not trained again
     (work / "candidates.json").write_text(json.dumps(kept))
     result = choose([1e-3, 1e-2])
     assert result.learning_rate == 1e-3 and result.validation_accuracy[repr(1e-3)] == 1.5
@@ -299,7 +299,7 @@ def test_choosing_skips_candidates_evaluated_before_and_saves_each_new_one(tmp_p
     with pytest.raises(KeyboardInterrupt):  # other settings: what was kept is not theirs
         choose([1e-3, 1e-2], stop_after=1)
     kept = read_json(work / "candidates.json")
-    kept["candidates"][repr(1e-3)]["validation_accuracy"] = 1.5
+    kept["candidates"][repr(1e-3)]["scores"]["accuracy"] = 1.5
     (work / "candidates.json").write_text(json.dumps(kept))
     result = choose([1e-3, 1e-2], max_length=12)
     assert result.validation_accuracy[repr(1e-3)] <= 1

@@ -162,11 +162,20 @@ def _write_csv(path, rows, sep):
 
 
 def _expect(rows):
-    from loralab.data import normalise_label
-
-    labels = [normalise_label(label) for _, label in rows]
-    if any(label is None for label in labels) or any(not text.strip() for text, _ in rows):
+    """What loading must give, by the documented rule: binary spellings are 0 negative and
+    1 positive, integers are numbered by value, other strings alphabetically."""
+    binary = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1, "false": 0, "true": 1}
+    raw = [label.strip() for _, label in rows]
+    if any(not label for label in raw) or any(not text.strip() for text, _ in rows):
         return None
+    if all(label.lower() in binary for label in raw):
+        labels = [binary[label.lower()] for label in raw]
+    elif all(label.lstrip("-").isdigit() for label in raw):
+        order = sorted({int(label) for label in raw})
+        labels = [order.index(int(label)) for label in raw]
+    else:
+        order = sorted(set(raw))
+        labels = [order.index(label) for label in raw]
     return [text for text, _ in rows], labels
 
 

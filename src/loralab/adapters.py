@@ -121,11 +121,18 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     }
     metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
                 "loralab_init": first.init, "loralab_pooling": pooling_of(model),
+                "loralab_labels": json.dumps(class_names(model)),
                 **{k: str(v) for k, v in (extra or {}).items()}}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     write_json(directory / CONFIG_NAME, config)
     return directory
+
+
+def class_names(model: nn.Module) -> list[str]:
+    """The names of a classifier's classes, in order (`config.id2label`)."""
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(model.config.num_labels)]
 
 
 def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
@@ -190,15 +197,20 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
     """
     config, tensors, metadata = read_adapter(directory)
     where = Path(directory) / CONFIG_NAME
+    labels = json.loads(metadata["loralab_labels"]) if "loralab_labels" in metadata else None
     if isinstance(model_or_base, nn.Module):
         model = model_or_base
+        if labels and class_names(model) != labels:
+            raise ModelLoadError(f"{directory}: this adapter was trained for the classes "
+                                 f"{', '.join(map(repr, labels))}; the model given has "
+                                 f"{', '.join(map(repr, class_names(model)))}.")
     else:
         base = model_or_base or config.get("base_model_name_or_path")
         if base == MINILM_HUB_ID:
             base = "minilm"
         if not base:
             raise ModelLoadError(f"{where}: names no base model; pass one.")
-        model = load_model(base)
+        model = load_model(base, labels)
     if lora_layers(model):
         raise ModelLoadError("The model already has LoRA layers; load the adapter onto a base model.")
 

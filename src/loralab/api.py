@@ -19,7 +19,7 @@ from pathlib import Path
 from datasets import DatasetDict
 from torch import nn
 
-from .adapters import CONFIG_NAME, load_adapter, save_adapter
+from .adapters import CONFIG_NAME, class_names, load_adapter, save_adapter
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
@@ -30,6 +30,7 @@ from .surgery import freeze_all_but_head, inject_lora
 from .training import (
     RunResult,
     TrainSettings,
+    evaluate_metrics,
     evaluate_model,
     head_features,
     is_main_process,
@@ -44,13 +45,14 @@ INFO_NAME = "loralab.json"
 
 
 def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: LoraOptions | None = None,
-                  pooling: str = "cls", **lora_options) -> nn.Module:
-    """A model set up for `method`: its head reading the first token (``pooling="cls"``) or
+                  pooling: str = "cls", labels=None, **lora_options) -> nn.Module:
+    """A model set up for `method`: a head for the classes `labels` (names in order; None:
+    the model's own, or negative/positive), reading the first token (``pooling="cls"``) or
     the mean of the tokens (``"mean"``), and adapters injected (`lora`, or its fields as
     keywords) or everything but the head frozen."""
     if method not in TRAIN_METHODS:
         raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
-    net = load_model(model) if not isinstance(model, nn.Module) else model
+    net = load_model(model, labels) if not isinstance(model, nn.Module) else model
     set_pooling(net, pooling)
     if method == "lora":
         lora = (lora or LoraOptions()).replace(**lora_options)
@@ -77,6 +79,13 @@ def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: 
         tokenizer.save_pretrained(tmp)
         write_json(tmp / INFO_NAME, info)
     return Path(directory)
+
+
+def check_labels(net: nn.Module, names, where) -> None:
+    """Refuse to score a model on data of other classes (both sets named)."""
+    if list(names) != class_names(net):
+        raise ModelLoadError(f"{where} was trained for the classes {', '.join(map(repr, class_names(net)))}; "
+                             f"the data has {', '.join(map(repr, names))}.")
 
 
 def load_trained(directory: str | os.PathLike):
@@ -117,7 +126,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     """
     import torch
 
-    from .data import load_data
+    from .data import class_names_of, load_data
 
     if method not in TRAIN_METHODS:
         raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
@@ -131,7 +140,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     tokenizer = load_tokenizer(model)
     if tokenized is None:
         tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
-    net = prepare_model(method, model, lora=lora, pooling=settings.pooling)
+    labels = class_names_of(tokenized["train"])
+    net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
     trainable = num_trainable_parameters(net)
     if method == "head":
         result: RunResult = train_head(net, tokenized, settings, work, tokenizer)
@@ -141,6 +151,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     info = {"method": method, "base_model": str(model), "rank": lora.rank if lora else None,
             "targets": lora.targets if lora else None, "alpha": (lora.alpha or 2 * lora.rank) if lora else None,
             "trainable_params": trainable, "eval_accuracy": result.eval_accuracy,
+            "eval_macro_f1": result.eval_macro_f1, "per_class": result.per_class, "labels": list(labels),
             "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb,
             "precision": result.precision, "history": result.history, "seed": settings.seed,
             "pooling": settings.pooling, "learning_rate": settings.learning_rate,
@@ -155,9 +166,9 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
 def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,
                          settings: TrainSettings | None = None, lora: LoraOptions | None = None,
                          tokenizer=None, work: str | os.PathLike = "runs/.choose",
-                         resume: bool = True) -> Selection:
-    """The learning rate of `candidates` that gives `method` the best accuracy on the
-    `validation` split of `data` (trained on its `train` split; `eval` is not read).
+                         resume: bool = True, metric: str = "accuracy") -> Selection:
+    """The learning rate of `candidates` that gives `method` the best `metric` (accuracy or
+    macro_f1) on the `validation` split of `data` (trained on its `train` split; `eval` is not read).
     `data` may be tokenized already; see `loralab.split_validation` to make the split.
 
     Each candidate trains a fresh model with `settings` (seed included); head-tuning
@@ -175,7 +186,7 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
     """
     import torch
 
-    from .data import data_digest
+    from .data import class_names_of, data_digest
 
     settings = settings or TrainSettings()
     lora = (lora or LoraOptions()) if method == "lora" else None
@@ -194,39 +205,45 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
     scores, histories, features = {}, {}, None
     for lr in candidates:
         if repr(lr) in done:
-            scores[lr], histories[lr] = done[repr(lr)]["validation_accuracy"], done[repr(lr)]["history"]
-            logger.info("%s, learning rate %g: validation accuracy %.4f (evaluated before)", method, lr, scores[lr])
+            scores[lr], histories[lr] = done[repr(lr)]["scores"], done[repr(lr)]["history"]
+            logger.info("%s, learning rate %g: validation %s %.4f (evaluated before)", method, lr, metric,
+                        scores[lr][metric])
             continue
         trial = settings.replace(learning_rate=lr)
         if method == "head":
             torch.manual_seed(trial.seed)
-            net = prepare_model("head", model, pooling=trial.pooling)
+            net = prepare_model("head", model, pooling=trial.pooling, labels=class_names_of(data["train"]))
             if features is None:
                 features = head_features(net, data, trial, tokenizer)
             result = train_head(net, data, trial, work / "model", tokenizer, features=features)
-            scores[lr], histories[lr] = result.eval_accuracy, result.history
+            scores[lr] = {"accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1}
+            histories[lr] = result.history
         else:
             info = train(method, work / "model", model, settings=trial, tokenized=data, lora=lora)
-            scores[lr], histories[lr] = info["eval_accuracy"], info["history"]
+            scores[lr] = {"accuracy": info["eval_accuracy"], "macro_f1": info["eval_macro_f1"]}
+            histories[lr] = info["history"]
         shutil.rmtree(work / "model", ignore_errors=True)
-        logger.info("%s, learning rate %g: validation accuracy %.4f", method, lr, scores[lr])
-        done[repr(lr)] = {"validation_accuracy": scores[lr], "history": histories[lr]}
+        logger.info("%s, learning rate %g: validation %s %.4f", method, lr, metric, scores[lr][metric])
+        done[repr(lr)] = {"scores": scores[lr], "history": histories[lr]}
         write_json(progress, {"key": tag, "candidates": done})
-    best = max(candidates, key=lambda lr: scores[lr])  # max keeps the first of equal scores
+    best = max(candidates, key=lambda lr: scores[lr][metric])  # max keeps the first of equal scores
     shutil.rmtree(work, ignore_errors=True)
     return Selection(method=method, learning_rate=best, train_rows=len(data["train"]),
                      validation_rows=len(data["eval"]), epochs=settings.epochs, pooling=settings.pooling,
-                     validation_accuracy={repr(lr): scores[lr] for lr in candidates},
-                     history={repr(lr): histories[lr] for lr in candidates}, rank=lora.rank if lora else None)
+                     validation_accuracy={repr(lr): scores[lr]["accuracy"] for lr in candidates},
+                     validation_macro_f1={repr(lr): scores[lr]["macro_f1"] for lr in candidates},
+                     history={repr(lr): histories[lr] for lr in candidates}, rank=lora.rank if lora else None,
+                     metric=metric)
 
 
 def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None) -> float:
     """Accuracy of a saved model or adapter on the eval split."""
-    from .data import load_data
+    from .data import class_names_of, load_data
 
     settings = settings or TrainSettings()
     net, tokenizer = load_trained(model_dir)
     data = data if data is not None else load_data()
+    check_labels(net, class_names_of(data["eval"]), model_dir)
     tokenized = tokenize(data, tokenizer, settings.max_length)
     return evaluate_model(net, tokenized["eval"], tokenizer, settings)
 
@@ -272,17 +289,18 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
         picks = np.linspace(0, len(ranks) - 1, sweep_points).round().astype(int)
         ranks = [ranks[i] for i in sorted(set(picks))]
 
-    def accuracy_of(net):
-        return evaluate_model(net, tokenized["eval"], tokenizer, settings)
+    def metrics_of(net):
+        m = evaluate_metrics(net, tokenized["eval"], tokenizer, settings)
+        return {"eval_accuracy": m["accuracy"], "eval_macro_f1": m["macro_f1"]}
 
-    head_acc = accuracy_of(head_model) if head_accuracy is None else head_accuracy
+    head_acc = metrics_of(head_model)["eval_accuracy"] if head_accuracy is None else head_accuracy
     head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(head_model)))
     rows = []
     summary = LowrankSummary(headtuned_accuracy=head_acc, ranks=ranks, full_rank=study.full_rank,
                              lowest_rank_above_head={})
     for approach in (1, 2):
         start = time.perf_counter()
-        sweep = study.sweep(approach, ranks, accuracy_of, progress=not settings.quiet)
+        sweep = study.sweep(approach, ranks, metrics_of, progress=not settings.quiet)
         summary.sweep_seconds[approach] = time.perf_counter() - start
         summary.lowest_rank_above_head[approach] = lowest_rank_above(sweep, head_acc)
         for entry in sweep:
@@ -293,7 +311,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
             params = head_params + sum(min(r * (m.in_features + m.out_features), m.in_features * m.out_features)
                                        for m in study.tuned.values())
             rows.append(Row(method=f"approx{approach}", rank=r, trainable_params=params,
-                            eval_accuracy=entry["eval_accuracy"]))
+                            eval_accuracy=entry["eval_accuracy"], eval_macro_f1=entry.get("eval_macro_f1")))
     spectrum = study.spectrum()
     write_json(out / "spectrum.json", spectrum)
     plot_spectrum(spectrum, out / "spectrum.png", "Fine-tuning update dW per layer")
@@ -301,6 +319,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
                         for name, layer in spectrum.items()}
     if lora_dirs:
         summary.lora_similarity = {
-            str(d): study.lora_similarity(load_adapter(load_model(pretrained), d)) for d in lora_dirs}
+            str(d): study.lora_similarity(load_adapter(copy.deepcopy(pretrained) if isinstance(pretrained, nn.Module)
+                                                       else pretrained, d)) for d in lora_dirs}
     write_json(out / "lowrank.json", {"rows": [r.to_json() for r in rows], **summary.to_json()})
     return rows, summary

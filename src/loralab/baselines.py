@@ -8,6 +8,7 @@ import time
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import make_pipeline
 
@@ -21,8 +22,8 @@ def run_baseline(method: str, train, eval_, seed: int = 0) -> dict:
     """Fit one TF-IDF baseline on `train` and score it on `eval_`.
 
     Returns:
-        A dict with `eval_accuracy`, `train_seconds` (vectorising and fitting) and
-        `trainable_params` (the classifier's coefficients).
+        A dict with `eval_accuracy`, `eval_macro_f1`, `train_seconds` (vectorising and
+        fitting) and `trainable_params` (the classifier's coefficients).
     """
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose from {sorted(BASELINES)}")
@@ -32,9 +33,11 @@ def run_baseline(method: str, train, eval_, seed: int = 0) -> dict:
     seconds = time.perf_counter() - start
     predictions = pipeline.predict(eval_["text"])
     accuracy = float((predictions == np.asarray(eval_["label"])).mean())
+    macro_f1 = float(f1_score(eval_["label"], predictions, average="macro", zero_division=0))
     clf = pipeline[-1]
     if isinstance(clf, LogisticRegression):
         params = clf.coef_.size + clf.intercept_.size
     else:  # one log-probability per class and feature, plus the class priors
         params = clf.feature_log_prob_.size + clf.class_log_prior_.size
-    return {"eval_accuracy": accuracy, "train_seconds": seconds, "trainable_params": int(params)}
+    return {"eval_accuracy": accuracy, "eval_macro_f1": macro_f1, "train_seconds": seconds,
+            "trainable_params": int(params)}

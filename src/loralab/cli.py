@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 
 from .errors import LoralabError
-from .settings import DEVICES, INITS, POOLINGS, PRECISIONS, PROFILES, TRAIN_METHODS
+from .settings import CLASS_WEIGHTS, DEVICES, INITS, POOLINGS, PRECISIONS, PROFILES, TRAIN_METHODS
 
 logger = logging.getLogger("loralab")
 
@@ -26,6 +26,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval", nargs="+", help="evaluation files or globs")
     g.add_argument("--text-column", help="column with the review text (default: review)")
     g.add_argument("--label-column", help="column with the label (default: label)")
+    g.add_argument("--labels", type=_name_list, help="the classes in order, comma-separated (default: from the "
+                   "training data: 0/1 and the like are negative/positive, integers by value, strings alphabetically)")
     g.add_argument("--drop-invalid", action="store_true", default=None, help="skip rows with empty text")
     g.add_argument("--limit-train", type=int, help="use only the first N training reviews (after a seeded shuffle)")
     g.add_argument("--limit-eval", type=int, help="use only the first N eval reviews (after a seeded shuffle)")
@@ -51,6 +53,11 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     _add_device_args(p)
 
 
+def _add_class_weights(p) -> None:
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS,
+                   help="balanced: weigh each class's loss by its inverse frequency (default: none)")
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: src/loralab/defaults.toml, [train])")
     g.add_argument("--epochs", type=float)
@@ -60,6 +67,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report-to", help="experiment trackers, passed to the Trainer "
                    "(tensorboard, wandb, ...; default: none, nothing written outside --out)")
     g.add_argument("--save-steps", type=int, help="also checkpoint every N steps (default: each epoch)")
+    _add_class_weights(g)
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
 
@@ -69,9 +77,11 @@ FLAG_KEYS = {
     "model": "model", "seed": "seed", "precision": "precision", "device": "device", "seeds": "seeds",
     "jobs": "jobs", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "learning_rate": "train.learning_rate", "max_length": "train.max_length", "report_to": "train.report_to",
-    "save_steps": "train.save_steps", "pooling": "train.pooling", "eval_batch_size": "train.eval_batch_size",
+    "save_steps": "train.save_steps", "class_weights": "train.class_weights", "pooling": "train.pooling",
+    "eval_batch_size": "train.eval_batch_size",
     "data": "data.dir", "train": "data.train", "eval": "data.eval", "text_column": "data.text_column",
-    "label_column": "data.label_column", "drop_invalid": "data.drop_invalid", "limit_train": "data.limit_train",
+    "label_column": "data.label_column", "labels": "data.labels", "drop_invalid": "data.drop_invalid",
+    "limit_train": "data.limit_train",
     "limit_eval": "data.limit_eval", "targets": "lora.targets", "init": "lora.init", "dropout": "lora.dropout",
     "rslora": "lora.rslora", "lr_ratio": "lora.lr_ratio",
 }
@@ -101,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "split, mean pooling")
     p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: every method once per seed")
     p.add_argument("--pooling", choices=POOLINGS, help="what the classification head reads")
+    _add_class_weights(p)
     p.add_argument("--jobs", type=int, help="runs at a time, each in its own process (default: 1; on a GPU, "
                                             "several fill it)")
     _add_model_args(p)
@@ -146,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="CSV/TSV/JSONL/Parquet file, or - for one text per line on stdin")
     p.add_argument("--output", help="write predictions to this .csv or .jsonl file")
     p.add_argument("--text-column", help="column with the text in --input (default: review)")
-    p.add_argument("--labels", help="a file with a label column: also print accuracy")
+    p.add_argument("--labels", dest="labels_file", help="a file with a label column: also print accuracy")
     _add_inference_args(p)
 
     p = sub.add_parser("export", help="a plain Hugging Face folder (merged model or PEFT adapter) with a model card")
@@ -170,10 +181,22 @@ def _data(config: dict):
 
 
 def cmd_data(args) -> None:
+    from .data import class_names_of
+
     data = _data(config_of(args))
-    for split in ("train", "eval"):
-        labels = data[split]["label"]
-        print(f"{split}: {len(labels)} reviews ({sum(labels)} positive, {len(labels) - sum(labels)} negative)")
+    names = class_names_of(data["train"])
+    for split in data:
+        counts = [0] * len(names)
+        for label in data[split]["label"]:
+            counts[label] += 1
+        print(f"{split}: {len(data[split])} rows ({', '.join(f'{c} {n}' for n, c in zip(names, counts))})")
+
+
+def _name_list(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"--labels names at least two classes, comma-separated; got {text!r}")
+    return names
 
 
 def _seed_list(text: str) -> list[int]:
@@ -196,7 +219,8 @@ def cmd_train(args) -> None:
         sel = config["select"]
         trial = settings.replace(epochs=sel["epochs"]) if sel["epochs"] else settings
         selection = choose_learning_rate(args.method, sel[args.method], data, model=config["model"], settings=trial,
-                                         lora=lora, work=f"{args.out}.choose", resume=args.resume)
+                                         lora=lora, work=f"{args.out}.choose", resume=args.resume,
+                                         metric=sel["metric"])
         notes = {"selection": asdict(selection)}
         settings = settings.replace(learning_rate=selection.learning_rate)
         print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
@@ -246,7 +270,7 @@ def cmd_predict(args) -> None:
         raise LoralabError("Give texts to classify or --input FILE.")
     config, settings = _inference(args)
     result = predict(args.model_dir, args.texts or None, input=args.input, output=args.output,
-                     text_column=config["data"]["text_column"], labels=args.labels, settings=settings,
+                     text_column=config["data"]["text_column"], labels=args.labels_file, settings=settings,
                      progress=not args.quiet)
     if not args.output:
         texts = args.texts or [None] * len(result["labels"])

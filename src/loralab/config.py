@@ -14,7 +14,16 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import LoralabError
-from .settings import DEVICES, INITS, POOLINGS, PRECISIONS, PROFILES, LoraOptions, TrainSettings
+from .settings import (
+    DEVICES,
+    INITS,
+    POOLINGS,
+    PRECISIONS,
+    PROFILES,
+    SELECT_METRICS,
+    LoraOptions,
+    TrainSettings,
+)
 
 QUICK_KEYS = {"limit_train": "data", "limit_eval": "data", "epochs": "train", "max_length": "train",
               "lora_ranks": "methods", "sweep_points": "methods", "sweep_ranks": "methods"}
@@ -124,6 +133,9 @@ def validate(config: dict) -> None:
         if not config["data"]["validation"]:
             raise LoralabError("config: select.enabled chooses learning rates on a validation split; "
                                "set data.validation (for example 0.1).")
+        if sel["metric"] not in SELECT_METRICS:
+            raise LoralabError(f"config: select.metric must be one of {', '.join(SELECT_METRICS)}, "
+                               f"not {sel['metric']!r}.")
         for method in ("full", "head", "lora"):
             if not sel[method] or any(lr <= 0 for lr in sel[method]):
                 raise LoralabError(f"config: select.{method} must list positive learning rates.")

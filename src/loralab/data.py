@@ -1,8 +1,9 @@
 """The data layer: one loader for CSV, TSV, JSON Lines and Parquet that refuses bad input.
 
 Every split comes back as a `datasets.Dataset` with two columns, `text` (str) and
-`label` (int, 1 positive, 0 negative). Problems are reported as `DataError`s that name
-the file, the row (1-based data rows, the header not counted) and the column.
+`label`, a `datasets.ClassLabel` whose names are the task's classes in order (see
+`label_names`): for IMDB 0 negative, 1 positive. Problems are reported as `DataError`s
+that name the file, the row (1-based data rows, the header not counted) and the column.
 
 Where the IMDB lab sample comes from, in order: `--data DIR`, `$LORALAB_DATA`, the
 cache folder `~/.cache/loralab/imdb-lab`, and last a download of the official aclImdb
@@ -45,12 +46,16 @@ FORMATS = {
 }
 TEXT_FORMATS = {".csv", ".tsv", ".jsonl", ".json"}
 
+# The binary spellings: a training split whose labels are all among these is the binary
+# sentiment task, 0 negative and 1 positive, whatever the spelling.
 LABEL_VALUES = {
     "0": 0, "1": 1,
     "neg": 0, "pos": 1,
     "negative": 0, "positive": 1,
     "false": 0, "true": 1,
 }
+BINARY_NAMES = ("negative", "positive")
+FEW_ROWS = 10  # a class with fewer training rows than this gets a warning
 
 
 @dataclass
@@ -59,13 +64,17 @@ class DataOptions:
 
     Args:
         text_column: column holding the review text.
-        label_column: column holding the label (0/1, neg/pos, negative/positive, false/true).
+        label_column: column holding the label: the binary spellings (0/1, neg/pos,
+            negative/positive, false/true), or any integers or strings, one per class.
         drop_invalid: skip rows with empty or whitespace-only text instead of failing.
+        labels: the classes in order (``("very negative", ..., "very positive")``); None
+            takes them from the training split (see `label_names`).
     """
 
     text_column: str = "review"
     label_column: str = "label"
     drop_invalid: bool = False
+    labels: tuple[str, ...] | None = None
 
 
 def expand_files(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -151,20 +160,68 @@ def _missing_column(path: Path, column: str, flag: str, found: Sequence[str]) ->
                      f"{', '.join(repr(c) for c in found)}.{hint}")
 
 
-def normalise_label(value) -> int | None:
-    """Map a label value to 0/1, or None when it is not a known label."""
+def raw_label(value) -> str | None:
+    """A label value as text ("1" for 1, 1.0 or "1 "), or None where it is missing."""
     if value is None or isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, bool):
-        return int(value)
+        return str(value).lower()
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return LABEL_VALUES.get(str(value).strip().lower())
+    text = str(value).strip()
+    return text or None
 
 
-def load_file(path: str | os.PathLike, options: DataOptions | None = None):
-    """Load one data file into a `Dataset` with columns `text` and `label`."""
-    options = options or DataOptions()
+def normalise_label(value) -> int | None:
+    """Map a binary spelling to 0 (negative) or 1 (positive), or None when it is not one."""
+    text = raw_label(value)
+    return None if text is None else LABEL_VALUES.get(text.lower())
+
+
+def _as_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def label_names(raw: Sequence[str], given: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The classes of a training split, in order: `given` where the user named them; the
+    binary sentiment task (negative, positive) where every label is a binary spelling;
+    integers in numeric order; otherwise strings in alphabetical order."""
+    if given:
+        return tuple(given)
+    values = set(raw)
+    if all(v.lower() in LABEL_VALUES for v in values):
+        return BINARY_NAMES
+    if all(_as_int(v) is not None for v in values):
+        return tuple(str(i) for i in sorted({_as_int(v) for v in values}))
+    return tuple(sorted(values))
+
+
+def label_ids(raw: Sequence[str], names: Sequence[str], path, column: str) -> list[int]:
+    """Each raw label's class number among `names`; a label that is not one of them is a
+    `DataError` naming the file, row, value and the known labels."""
+    def canonical(text: str) -> str:  # integers by value ("01" is 1), binary spellings in any case
+        number = _as_int(text)
+        return str(number) if number is not None else text.lower() if binary else text
+
+    binary = tuple(names) == BINARY_NAMES
+    lookup = {canonical(n): i for i, n in enumerate(names)} | (LABEL_VALUES if binary else {})
+    ids = []
+    for row, value in enumerate(raw, start=1):
+        found = lookup.get(canonical(value))
+        if found is None:
+            known = ", ".join(map(repr, names))
+            raise DataError(f"{path}: row {row}: label {value!r} in column {column!r} is not one of the "
+                            f"training data's labels ({known}). Fix the row, or name every class with --labels.")
+        ids.append(found)
+    return ids
+
+
+def _read_rows(path: str | os.PathLike, options: DataOptions) -> tuple[list[str], list[str]]:
+    """(texts, raw labels) of one data file, checked: columns present, no missing label,
+    no empty text (or those rows dropped with `drop_invalid`)."""
     path = Path(path)
     _check_readable(path)
     ds = _read_file(path)
@@ -175,15 +232,10 @@ def load_file(path: str | os.PathLike, options: DataOptions | None = None):
             raise _missing_column(path, column, flag, ds.column_names)
 
     texts = ds[options.text_column]
-    raw_labels = ds[options.label_column]
-    labels = []
-    for row, value in enumerate(raw_labels, start=1):
-        label = normalise_label(value)
-        if label is None:
-            raise DataError(f"{path}: row {row}: unknown label {value!r} in column "
-                            f"{options.label_column!r}. Labels may be 0/1, neg/pos, "
-                            "negative/positive or false/true.")
-        labels.append(label)
+    raw = [raw_label(v) for v in ds[options.label_column]]
+    missing = next((row for row, value in enumerate(raw, start=1) if value is None), None)
+    if missing:
+        raise DataError(f"{path}: row {missing}: no label in column {options.label_column!r}.")
 
     invalid = [row for row, text in enumerate(texts, start=1)
                if not isinstance(text, str) or not text.strip()]
@@ -197,26 +249,66 @@ def load_file(path: str | os.PathLike, options: DataOptions | None = None):
         bad = set(invalid)
         keep = [i for i in range(len(texts)) if i + 1 not in bad]
         texts = [texts[i] for i in keep]
-        labels = [labels[i] for i in keep]
+        raw = [raw[i] for i in keep]
         if not texts:
             raise DataError(f"{path}: no rows left after dropping invalid ones.")
+    return list(texts), raw
 
-    return _make_dataset(texts, labels)
 
-
-def _make_dataset(texts: list[str], labels: list[int]):
+def _make_dataset(texts: list[str], labels: list[int], names: Sequence[str]):
     import datasets
 
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
     return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
 
 
-def load_split(patterns, options: DataOptions | None = None):
-    """Load one split from one or more files or globs, concatenated in order."""
-    import datasets
+def load_file(path: str | os.PathLike, options: DataOptions | None = None, names: Sequence[str] | None = None):
+    """Load one data file into a `Dataset` with columns `text` and `label` (a ClassLabel of
+    `names`, or of the file's own labels)."""
+    return load_split(path, options, names)
 
-    parts = [load_file(f, options) for f in expand_files(patterns)]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+def load_split(patterns, options: DataOptions | None = None, names: Sequence[str] | None = None):
+    """Load one split from one or more files or globs, concatenated in order, its labels
+    numbered among `names` (default: the split's own classes, see `label_names`)."""
+    options = options or DataOptions()
+    files = expand_files(patterns)
+    parts = [(path, *_read_rows(path, options)) for path in files]
+    if names is None:
+        names = label_names([v for _, _, raw in parts for v in raw], options.labels)
+    if options.labels and len(set(names)) != len(names):
+        raise DataError(f"--labels names a class twice: {', '.join(names)}.")
+    texts, ids = [], []
+    for path, part_texts, raw in parts:
+        texts += part_texts
+        ids += label_ids(raw, names, path, options.label_column)
+    return _make_dataset(texts, ids, names)
+
+
+def class_names_of(split) -> list[str]:
+    """The class names of a split: its ClassLabel's, or, for a plain integer label column,
+    negative/positive where it holds only 0 and 1, else "0", "1", ... up to its largest."""
+    names = getattr(split.features["label"], "names", None)
+    if names:
+        return list(names)
+    top = max(split["label"])
+    return list(BINARY_NAMES) if top <= 1 else [str(i) for i in range(top + 1)]
+
+
+def check_classes(train, where: str = "the training data") -> None:
+    """Refuse a training split with fewer than two classes; warn about classes with very
+    few rows (or none)."""
+    names = class_names_of(train)
+    counts = [0] * len(names)
+    for label in train["label"]:
+        counts[label] += 1
+    present = [n for n, c in zip(names, counts) if c]
+    if len(present) < 2:
+        raise DataError(f"{where}: every row has the label {present[0]!r}; a classifier needs at least two "
+                        "classes.")
+    for name, count in zip(names, counts):
+        if count < FEW_ROWS:
+            logger.warning("%s: the class %r has only %d row(s); its scores will be noisy.", where, name, count)
 
 
 def warn_overlap(train, eval_) -> int:
@@ -245,7 +337,9 @@ def load_data(data_dir: str | os.PathLike | None = None, *, train=None, eval=Non
         folder = resolve_data_dir(data_dir, download=download)
         train = train if train is not None else folder / LAB_FILES["train"]
         eval = eval if eval is not None else folder / LAB_FILES["eval"]
-    splits = {"train": load_split(train, options), "eval": load_split(eval, options)}
+    train_split = load_split(train, options)
+    check_classes(train_split, ", ".join(map(str, expand_files(train))))
+    splits = {"train": train_split, "eval": load_split(eval, options, class_names_of(train_split))}
     warn_overlap(splits["train"], splits["eval"])
     return datasets.DatasetDict(splits)
 
@@ -264,7 +358,8 @@ def limit_data(data, train: int | None = None, eval: int | None = None):
 def load_configured(table: dict):
     """The data a configuration's [data] table names: its files read and checked, limited
     to seeded random subsets, and split into train and validation where it asks for one."""
-    options = DataOptions(table["text_column"], table["label_column"], table["drop_invalid"])
+    options = DataOptions(table["text_column"], table["label_column"], table["drop_invalid"],
+                          tuple(table["labels"]) or None)
     data = load_data(table["dir"] or None, train=table["train"] or None, eval=table["eval"] or None,
                      options=options)
     data = limit_data(data, table["limit_train"], table["limit_eval"])
@@ -282,6 +377,7 @@ def data_digest(data, splits) -> str:
     digest = hashlib.sha256()
     for split in splits:
         ds = data[split]
+        digest.update(json.dumps([split, class_names_of(ds)]).encode())  # the names reach the model
         column = "text" if "text" in ds.column_names else "input_ids"
         digest.update(split.encode())
         for value, label in zip(ds[column], ds["label"]):
@@ -314,7 +410,8 @@ def split_validation(data, fraction: float, seed: int = 0):
         raise DataError(f"A validation fraction of {fraction} of {len(texts)} training reviews leaves too "
                         "few reviews on one side; use more data or another fraction.")
     strata = [first[t] for t in candidates]
-    stratify = strata if min(np.bincount(strata)) >= 2 else None
+    counts = np.bincount(strata)
+    stratify = strata if counts[counts > 0].min() >= 2 else None
     _, held_out = train_test_split(candidates, test_size=wanted, random_state=seed, stratify=stratify)
     held_out = set(held_out)
     keep = [i for i, t in enumerate(texts) if t not in held_out]

@@ -155,14 +155,16 @@ class LowRankStudy:
                 layer.weight.copy_(weight.to(layer.weight.dtype))
         return self._model
 
-    def sweep(self, approach: int, ranks: Iterable[int], evaluate: Callable[[nn.Module], float],
+    def sweep(self, approach: int, ranks: Iterable[int], evaluate: Callable[[nn.Module], float | dict],
               progress: bool = True) -> list[dict]:
-        """Accuracy at each rank: [{"rank": r, "eval_accuracy": acc}, ...]."""
+        """Accuracy at each rank: [{"rank": r, "eval_accuracy": acc}, ...]; `evaluate`
+        returns the accuracy, or a dict of metrics with `eval_accuracy` among them."""
         from tqdm.auto import tqdm
 
         rows = []
         for rank in tqdm(list(ranks), desc=f"Approximated model {approach}", disable=not progress):
-            rows.append({"rank": rank, "eval_accuracy": evaluate(self.model(approach, rank))})
+            result = evaluate(self.model(approach, rank))
+            rows.append({"rank": rank, **(result if isinstance(result, dict) else {"eval_accuracy": result})})
         return rows
 
     def spectrum(self) -> dict[str, dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -16,8 +17,7 @@ from .errors import ModelLoadError
 from .pooling import pooling_of, set_pooling
 
 DEFAULT_MODEL = "minilm"
-ID2LABEL = {0: "negative", 1: "positive"}
-LABEL2ID = {v: k for k, v in ID2LABEL.items()}
+BINARY_NAMES = ("negative", "positive")  # a model that names no classes: the binary sentiment task
 
 
 def minilm_path() -> str:
@@ -81,26 +81,44 @@ def load_tokenizer(name: str | os.PathLike = DEFAULT_MODEL):
         raise _offline_error(str(name), err) from err
 
 
-def load_model(name: str | os.PathLike = DEFAULT_MODEL, num_labels: int = 2, **kwargs) -> nn.Module:
-    """Load a sequence-classification model with a `num_labels`-way head.
+def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | None = None,
+               **kwargs) -> nn.Module:
+    """Load a sequence-classification model with a head for the classes `labels` (their
+    names, in order: `config.id2label`). Without `labels`, a saved classifier keeps its
+    own classes, and a model that names none gets the binary sentiment task's two
+    (negative, positive).
 
     Weights load from safetensors only; remote code is never trusted.
+
+    Raises:
+        ModelLoadError: where the folder's classifier was trained for other classes than
+            `labels` (both sets are named).
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(name)
     if Path(path).is_dir():
         _check_weight_files(Path(path))
-    kwargs.setdefault("id2label", ID2LABEL if num_labels == 2 else None)
-    kwargs.setdefault("label2id", LABEL2ID if num_labels == 2 else None)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is expected here
     try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        saved = saved_labels(config)
+        if labels is None:
+            labels = saved or BINARY_NAMES
+        elif saved and tuple(saved) != tuple(labels):
+            raise ModelLoadError(f"{name}: this model was trained for the classes "
+                                 f"{', '.join(map(repr, saved))}, not {', '.join(map(repr, labels))}.")
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {n: i for i, n in enumerate(labels)}
+        # A folder whose head names no classes (placeholders) gets a new head of the right size.
+        kwargs.setdefault("ignore_mismatched_sizes", saved is None)
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, use_safetensors=True, trust_remote_code=False, **kwargs
-        )
+            path, config=config, use_safetensors=True, trust_remote_code=False, **kwargs)
+    except ModelLoadError:
+        raise
     except Exception as err:  # a damaged file raises several types; name the folder either way
         if Path(path).is_dir():
             raise ModelLoadError(f"Could not load a model from {path}: {type(err).__name__}: "
@@ -112,6 +130,16 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, num_labels: int = 2, **k
     finally:
         hf_logging.set_verbosity(verbosity)
     return set_pooling(model, pooling_of(model))  # a saved mean-pooled model pools by the mean again
+
+
+def saved_labels(config) -> list[str] | None:
+    """The class names a model's config was trained for, or None where it names none (a
+    base model, or transformers' LABEL_0, LABEL_1 placeholders)."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [id2label[k] for k in sorted(id2label, key=int)]
+    if not names or names == [f"LABEL_{i}" for i in range(len(names))]:
+        return None
+    return names
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

@@ -105,6 +105,7 @@ class SelectInputs:
     lora: LoraOptions | None
     candidates: tuple[float, ...]
     limit_train: int              # each candidate trains on this many rows (0: all)
+    metric: str = "accuracy"      # what the validation split chooses on
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def plan(config: dict, ctx: Context) -> list[Run]:
                                     **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
             lora = LoraOptions.from_config(c, sel["lora_rank"]) if method == "lora" else None
             run = Run(select_run(method), "select", SelectInputs(method, model, ctx.choice_key, settings, lora,
-                                                                 tuple(sel[method]), sel["limit_train"]), isolate)
+                                                                 tuple(sel[method]), sel["limit_train"], sel["metric"]),
+                      isolate)
             runs.append(run)
             chosen[method] = run.ref()
     for seed in seeds:

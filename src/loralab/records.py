@@ -63,6 +63,7 @@ class Row:
     rank: int | None = None               # LoRA or approximation rank
     trainable_params: int | None = None   # approximations: what storing their change costs
     eval_accuracy: float | None = None
+    eval_macro_f1: float | None = None    # the unweighted mean of the classes' F1
     train_seconds: float | None = None    # None where nothing was trained
     peak_memory_mb: float | None = None   # peak of the process that trained it
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, eval_loss, eval_accuracy
@@ -72,6 +73,7 @@ class Row:
     learning_rate: float | None = None
     pooling: str | None = None            # cls or mean
     chosen_on: str | None = None          # "validation" where the learning rate was chosen there
+    per_class: dict[str, dict] | None = None  # trained models: class -> precision, recall, f1, support
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -92,9 +94,11 @@ class Selection:
     epochs: float
     pooling: str
     validation_accuracy: dict[str, float]  # repr(lr) -> accuracy, in the order tried
+    validation_macro_f1: dict[str, float] = field(default_factory=dict)
     history: dict[str, list] = field(default_factory=dict)
     rank: int | None = None  # LoRA's rate is chosen at this rank and used at every rank
     chosen_on: str = "validation"
+    metric: str = "accuracy"  # what the choice maximised: accuracy or macro_f1
 
 
 @dataclass

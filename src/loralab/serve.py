@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import CONFIG_NAME, MINILM_HUB_ID
+from .adapters import CONFIG_NAME, MINILM_HUB_ID, class_names
 from .api import INFO_NAME, load_trained
-from .data import _check_readable, _read_file, normalise_label
+from .data import BINARY_NAMES, _check_readable, _read_file, label_ids, raw_label
 from .errors import DataError, LoralabError
 from .fileio import atomic_dir, atomic_path, write_text
-from .models import ID2LABEL, LABEL2ID
 from .pooling import pooling_of
 from .surgery import lora_layers, merge_and_unload
 from .training import TrainSettings, map_batches
@@ -108,14 +107,15 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
         probs[start:start + len(chunk)] = predict_texts(model, tokenizer, chunk, settings)
         bar.update(len(chunk))
     bar.close()
-    names = [model.config.id2label.get(i, str(i)) for i in range(model.config.num_labels)]
+    names = class_names(model)
     predicted = [names[i] for i in probs.argmax(-1)]
     accuracy = None
     if true is not None:
-        gold = [normalise_label(v) for v in true]
-        if any(g is None for g in gold):
-            row = next(i for i, g in enumerate(gold) if g is None) + 1
-            raise DataError(f"{labels or input}: row {row}: unknown label {true[row - 1]!r}.")
+        raw = [raw_label(v) for v in true]
+        missing = next((row for row, value in enumerate(raw, start=1) if value is None), None)
+        if missing:
+            raise DataError(f"{labels or input}: row {missing}: no label.")
+        gold = label_ids(raw, names, labels or input, "label")
         accuracy = float((probs.argmax(-1) == np.asarray(gold)).mean())
     if output:
         write_predictions(Path(output), predicted, probs, names, ids, id_column)
@@ -157,28 +157,38 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
     how = {"lora": f"LoRA (rank {rank}, alpha {info.get('alpha', 2 * (rank or 0))}) on {layers}",
            "head": "head-tuning (only the classification head trained)",
            "full": "full fine-tuning"}.get(method, method)
+    labels = list(info.get("labels") or BINARY_NAMES)
+    sentiment = tuple(labels) == BINARY_NAMES
     if adapter:
         load = ("```python\nfrom transformers import AutoModelForSequenceClassification\n"
                 "from peft import PeftModel\n\n"
-                f"base = AutoModelForSequenceClassification.from_pretrained(\"{base_model}\", num_labels=2)\n"
+                f"labels = {labels!r}\n"
+                f"base = AutoModelForSequenceClassification.from_pretrained(\n    \"{base_model}\", "
+                "num_labels=len(labels), id2label=dict(enumerate(labels)),\n"
+                "    label2id={name: i for i, name in enumerate(labels)})\n"
                 f"model = PeftModel.from_pretrained(base, \"PATH/TO/THIS/FOLDER\")\n```")
     else:
         load = ("```python\nfrom transformers import pipeline\n\n"
                 "classify = pipeline(\"text-classification\", model=\"PATH/TO/THIS/FOLDER\")\n"
-                "classify(\"A wonderful film.\")\n```")
+                f"classify(\"{'A wonderful film.' if sentiment else 'Some text to classify.'}\")\n```")
     front = ["---", "library_name: " + ("peft" if adapter else "transformers"), f"base_model: {base_model}",
              "pipeline_tag: text-classification", "tags:", "- loralab", f"- {method}",
-             "- sentiment-analysis", "datasets:", "- imdb", "metrics:", "- accuracy", "---", ""]
-    body = [f"# {base_model} fine-tuned for IMDB sentiment ({method}{f', r={rank}' if rank else ''})", "",
+             *(["- sentiment-analysis", "datasets:", "- imdb"] if sentiment else []),
+             "metrics:", "- accuracy", "- f1", "---", ""]
+    task = "IMDB sentiment" if sentiment else f"{len(labels)}-class text classification"
+    f1 = info.get("eval_macro_f1")
+    body = [f"# {base_model} fine-tuned for {task} ({method}{f', r={rank}' if rank else ''})", "",
             f"Made with [loralab](https://pypi.org/project/loralab/) by {how}"
             f"{', with the adapter merged into the weights' if merged else ''}.", "",
             "| | |", "|---|---|",
             f"| base model | {base_model} |", f"| method | {method} |",
             f"| rank | {rank if rank is not None else '-'} |",
             f"| trainable parameters | {info.get('trainable_params', 0):,} |",
-            "| training data | IMDB movie reviews (Maas et al. 2011), lab sample |",
+            *(["| training data | IMDB movie reviews (Maas et al. 2011), lab sample |"] if sentiment else []),
             f"| eval accuracy | {acc:.4f} |" if acc is not None else "| eval accuracy | not measured |",
-            "| labels | 0 = negative, 1 = positive |", "", "## How to load it", "", load, ""]
+            *([f"| eval macro-F1 | {f1:.4f} |"] if f1 is not None else []),
+            "", "## Labels", "", "| id | label |", "|---:|---|",
+            *[f"| {i} | {name} |" for i, name in enumerate(labels)], "", "## How to load it", "", load, ""]
     return "\n".join(front + body)
 
 
@@ -211,9 +221,9 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
         else:
             if lora_layers(model):
                 model = merge_and_unload(model)
-            model.config.id2label, model.config.label2id = dict(ID2LABEL), dict(LABEL2ID)
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+        info = {**info, "labels": class_names(model)}
         write_text(tmp / "README.md", model_card(info, base, merged=merge and is_adapter,
                                                  adapter=is_adapter and not merge))
     return Path(out)

@@ -22,6 +22,8 @@ POOLINGS = ("cls", "mean")
 INITS = ("normal", "kaiming", "gaussian")
 TRAIN_METHODS = ("lora", "head", "full")
 PROFILES = ("lab", "tuned")
+CLASS_WEIGHTS = ("none", "balanced")
+SELECT_METRICS = ("accuracy", "macro_f1")
 
 # Inference batches, sorted by length. On a CPU 16 beats 64 (100 lab eval reviews: 3.8 s
 # against 5.2 s; 500: 14.7 s against 17.9 s): smaller (batch, heads, seq, seq) attention
@@ -67,6 +69,8 @@ class TrainSettings:
         save_steps: also checkpoint every this many steps (0: only at the end of each
             epoch). Checkpoints let `--resume` continue a killed run.
         report_to: experiment trackers, passed to the Trainer (``"none"`` writes nothing).
+        class_weights: ``"none"``, or ``"balanced"``: the loss weighs each class by
+            n / (K n_class), its inverse frequency in the data trained on (imbalanced tasks).
         precision: ``"bf16"`` (autocast), ``"fp32"``, or ``"auto"`` (bf16 where the CPU
             or GPU computes it natively).
         seed: seeds weights of new layers, dropout and data order.
@@ -88,6 +92,7 @@ class TrainSettings:
     pooling: str = "cls"
     save_steps: int = 0
     report_to: str = "none"
+    class_weights: str = "none"
     precision: str = "auto"
     seed: int = 0
     device: str = "auto"
@@ -97,6 +102,7 @@ class TrainSettings:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.eval_batch_size < 1:
             raise LoralabError("epochs, batch_size, eval_batch_size and learning_rate must be positive.")
         if self.max_length < 2:

@@ -62,8 +62,9 @@ def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> dict:
     info = train(method=inputs.method, out=run_dir / "model", model=inputs.model, settings=settings,
                  tokenized=ctx.tokenized(inputs.model, settings.max_length), lora=inputs.lora)
     row = Row(inputs.method, inputs.lora.rank if inputs.lora else None,
-              **{k: info[k] for k in ("trainable_params", "eval_accuracy", "train_seconds", "peak_memory_mb",
-                                      "history", "precision", "learning_rate", "pooling")},
+              **{k: info[k] for k in ("trainable_params", "eval_accuracy", "eval_macro_f1", "train_seconds",
+                                      "peak_memory_mb", "history", "precision", "learning_rate", "pooling",
+                                      "per_class")},
               chosen_on="validation" if inputs.learning_rate_from else None)
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
         row.peak_memory_mb = max(row.peak_memory_mb, peak_rss_mb())
@@ -84,7 +85,8 @@ def task_select(ctx: Context, run_dir: Path, inputs: SelectInputs) -> dict:
         data["train"] = data["train"].shuffle(seed=0).select(range(inputs.limit_train))
     selection = choose_learning_rate(inputs.method, inputs.candidates, data, model=inputs.model, settings=settings,
                                      lora=inputs.lora, tokenizer=ctx.tokenizer(inputs.model),
-                                     work=ctx.out / f".{run_dir.name}.candidates", resume=True)
+                                     work=ctx.out / f".{run_dir.name}.candidates", resume=True,
+                                     metric=inputs.metric)
     return {"selection": selection}
 
 
@@ -139,7 +141,7 @@ def task_similarity(ctx: Context, run_dir: Path, inputs: SimilarityInputs) -> di
     pretrained = load_model(inputs.model)
     study = LowRankStudy(pretrained, load_model(ctx.out / inputs.full.name / "model"), pretrained,
                          targets=inputs.targets)
-    sims = {str(rank): study.lora_similarity(load_adapter(load_model(inputs.model), ctx.out / ref.name / "model"))
+    sims = {str(rank): study.lora_similarity(load_adapter(inputs.model, ctx.out / ref.name / "model"))
             for rank, ref in inputs.loras}
     return {"similarity": sims}
 

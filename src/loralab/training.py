@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapters import class_names
 from .arch import architecture, head_dropout
 from .errors import LoralabError
 from .fastdropout import fast_dropout_enabled
@@ -66,9 +67,62 @@ def tokenize(data, tokenizer, max_length: int = 512):
     return data.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing")
 
 
-def accuracy(eval_pred) -> dict:
-    logits, labels = eval_pred
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+def classification_metrics(predictions, labels) -> dict:
+    """Accuracy and macro-F1 (the unweighted mean of the classes' F1, over the classes
+    that occur in `labels` or `predictions`, as scikit-learn computes it)."""
+    from sklearn.metrics import f1_score
+
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return {"accuracy": float((predictions == labels).mean()),
+            "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
+
+
+def per_class_metrics(predictions, labels, names) -> dict[str, dict]:
+    """Precision, recall, F1 and support of each class, by name."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, n = precision_recall_fscore_support(labels, predictions, labels=list(range(len(names))),
+                                                 zero_division=0)
+    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(n[i])}
+            for i, name in enumerate(names)}
+
+
+def class_weights(labels, num_labels: int, kind: str) -> torch.Tensor | None:
+    """The loss's weight of each class: None for ``"none"``; for ``"balanced"``
+    n / (K n_class), the inverse of the class's frequency in `labels` (scikit-learn's
+    "balanced"; a class absent from `labels` gets weight 0)."""
+    if kind == "none":
+        return None
+    counts = torch.bincount(torch.as_tensor(list(labels)), minlength=num_labels).float()
+    return torch.where(counts > 0, counts.sum() / (int((counts > 0).sum()) * counts.clamp(min=1)), 0.0)
+
+
+def weighted_loss(weights: torch.Tensor | None):
+    """The Trainer's `compute_loss_func` for class weights (None keeps the model's loss)."""
+    if weights is None:
+        return None
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        return nn.functional.cross_entropy(logits.float(), labels, weight=weights.to(logits.device))
+
+    return loss
+
+
+class EvalMetrics:
+    """The Trainer's `compute_metrics`: accuracy and macro-F1 after each evaluation, with
+    the last evaluation's predictions kept for the per-class scores."""
+
+    def __init__(self):
+        self.last = None  # (predictions, labels) of the last evaluation
+
+    def __call__(self, eval_pred) -> dict:
+        logits, labels = eval_pred
+        self.last = (np.argmax(logits, axis=-1), np.asarray(labels))
+        return classification_metrics(*self.last)
+
+    def per_class(self, names) -> dict[str, dict] | None:
+        return per_class_metrics(*self.last, names) if self.last is not None else None
 
 
 def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.device, precision: str,
@@ -126,7 +180,8 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
             rows.append({"epoch": round(entry["epoch"], 4),
                          "train_loss": float(np.mean(losses)) if losses else None,
                          "eval_loss": entry.get("eval_loss"),
-                         "eval_accuracy": entry["eval_accuracy"]})
+                         "eval_accuracy": entry["eval_accuracy"],
+                         "eval_macro_f1": entry.get("eval_macro_f1")})
             losses = []
     return rows
 
@@ -140,6 +195,8 @@ class RunResult:
     peak_memory_mb: float
     history: list = field(default_factory=list)
     precision: str = "fp32"
+    eval_macro_f1: float | None = None
+    per_class: dict[str, dict] | None = None  # class name -> precision, recall, f1, support (last evaluation)
 
 
 class StopOnNonFinite:
@@ -304,9 +361,11 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     args = _training_arguments(settings, out_dir, device, precision)
     collator = collator or DataCollatorWithPadding(tokenizer)
     eval_set = _sorted_by_length(tokenized["eval"])
-    guard = StopOnNonFinite()
+    guard, metrics = StopOnNonFinite(), EvalMetrics()
+    weights = class_weights(tokenized["train"]["label"], model.config.num_labels, settings.class_weights)
     trainer = _trainer_class()(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
-                               data_collator=collator, compute_metrics=accuracy,
+                               data_collator=collator, compute_metrics=metrics,
+                               compute_loss_func=weighted_loss(weights),
                                callbacks=[guard(), save_after_epoch_evaluation()],
                                optimizers=(optimizer_for(model, args, lr_ratio), None))
     _quiet_trainer(trainer, settings)
@@ -328,7 +387,8 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     model.eval()
     return RunResult(eval_accuracy=history[-1]["eval_accuracy"] if history else float("nan"),
                      train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
-                     precision=precision)
+                     precision=precision, eval_macro_f1=history[-1]["eval_macro_f1"] if history else None,
+                     per_class=metrics.per_class(class_names(model)))
 
 
 def _longest_first(input_ids) -> np.ndarray:
@@ -387,8 +447,13 @@ def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, des
 
 def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
     """Accuracy of `model` on a tokenized dataset with `label`s."""
+    return evaluate_metrics(model, ds, tokenizer, settings, desc)["accuracy"]
+
+
+def evaluate_metrics(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> dict:
+    """Accuracy and macro-F1 of `model` on a tokenized dataset with `label`s."""
     logits = predict_logits(model, ds, tokenizer, settings, desc)
-    return float((logits.argmax(-1) == np.asarray(ds["label"])).mean())
+    return classification_metrics(logits.argmax(-1), ds["label"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -401,9 +466,10 @@ class HeadOnFeatures(nn.Module):
     The head modules are shared with the model, so training this trains the model's head.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, weights: torch.Tensor | None = None):
         super().__init__()
         self.arch = architecture(model, "Head-tuning on cached features")
+        self.weights = weights  # the classes' loss weights (None: plain cross-entropy)
         self.heads = nn.ModuleDict({n.replace(".", "_"): model.get_submodule(n) for n in head_modules(model)})
         self.model = [model]  # a list keeps it out of this module's parameters
         self.dropout = head_dropout(model)
@@ -412,7 +478,7 @@ class HeadOnFeatures(nn.Module):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         logits = self.arch.head_forward(self.model[0], features, self.dropout)
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.weights) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
@@ -462,12 +528,14 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
     device = pick_device(settings.device)
     with PeakMemory(device) as mem:
         cached = features if features is not None else head_features(model, tokenized, settings, tokenizer)
-        head = HeadOnFeatures(model)
+        head = HeadOnFeatures(model, class_weights(tokenized["train"]["label"], model.config.num_labels,
+                                                  settings.class_weights))
         # The head is tiny: float32 is as fast as bfloat16 here and needs no autocast.
         args = _training_arguments(settings.replace(group_by_length=False), out_dir, device, "fp32",
                                    save_strategy="no")
+        metrics = EvalMetrics()
         trainer = Trainer(model=head, args=args, train_dataset=cached["train"], eval_dataset=cached["eval"],
-                          data_collator=default_data_collator, compute_metrics=accuracy)
+                          data_collator=default_data_collator, compute_metrics=metrics)
         _quiet_trainer(trainer, settings)
         trainer.train()
     history = epoch_history(trainer.state.log_history)
@@ -475,4 +543,5 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
         write_json(out_dir / "train_log.json", trainer.state.log_history)
     model.eval()
     return RunResult(eval_accuracy=history[-1]["eval_accuracy"], train_seconds=mem.seconds,
-                     peak_memory_mb=mem.peak_mb, history=history, precision=resolve_precision(settings, device))
+                     peak_memory_mb=mem.peak_mb, history=history, precision=resolve_precision(settings, device),
+                     eval_macro_f1=history[-1]["eval_macro_f1"], per_class=metrics.per_class(class_names(model)))
