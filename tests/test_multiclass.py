@@ -122,7 +122,13 @@ def test_a_three_class_study_runs_every_method_and_writes_its_report(tmp_path, t
     assert lr.trainable_params == 3 * (features + 1)  # one weight per class and feature, and an intercept
     replace = build(tmp_path / "out").replace_test
     assert replace.majority_class_accuracy == pytest.approx(1 / 3)
-    assert write_report(tmp_path / "out").exists()
+    findings = build(tmp_path / "out")
+    assert findings.labels == ["apple", "banana", "cherry"] and not findings.sentiment
+    assert findings.majority_class == ("apple", pytest.approx(1 / 3))
+    md = write_report(tmp_path / "out").read_text()
+    assert "on fruit (3 classes: apple, banana, cherry)" in md and "| method | apple | banana | cherry |" in md
+    assert "review" not in md and "positive" not in md and "IMDB" not in md
+    assert "Eval macro-F1" in md and (tmp_path / "out" / "confusion.png").stat().st_size > 5_000
 
 
 def test_balanced_class_weights_are_the_inverse_frequencies_and_reach_the_loss(tmp_path, tiny_model_dir):

@@ -28,6 +28,7 @@ from typing import Sequence
 
 from .errors import DataError
 from .fileio import atomic_path
+from .settings import BINARY_NAMES
 
 logger = logging.getLogger("loralab")
 
@@ -54,7 +55,6 @@ LABEL_VALUES = {
     "negative": 0, "positive": 1,
     "false": 0, "true": 1,
 }
-BINARY_NAMES = ("negative", "positive")
 FEW_ROWS = 10  # a class with fewer training rows than this gets a warning
 
 

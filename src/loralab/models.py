@@ -15,9 +15,9 @@ from torch import nn
 
 from .errors import ModelLoadError
 from .pooling import pooling_of, set_pooling
+from .settings import BINARY_NAMES
 
 DEFAULT_MODEL = "minilm"
-BINARY_NAMES = ("negative", "positive")  # a model that names no classes: the binary sentiment task
 
 
 def minilm_path() -> str:

@@ -145,6 +145,33 @@ def plot_cost(summaries: list[Summary], path: Path) -> bool:
     return True
 
 
+def plot_confusion(summaries: list[Summary], labels: list[str], path: Path) -> bool:
+    """One heat map per model: rows the true class, columns the predicted one, each row
+    as shares of its class (the counts written in the cells)."""
+    import numpy as np
+
+    if not summaries:
+        return False
+    plt = _plt()
+    size = 2.2 + 0.45 * len(labels)
+    fig, axes = plt.subplots(1, len(summaries), figsize=(size * len(summaries) + 1, size), squeeze=False)
+    for k, (ax, s) in enumerate(zip(axes[0], summaries)):
+        counts = np.asarray(s.row.confusion)
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if shares[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true" if k == 0 else "", title=s.label)
+        ax.grid(False)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
 def plot_spectrum(spectrum: dict[str, dict], path: str | os.PathLike, title: str = "") -> None:
     """Two panels: singular values of dW per layer (log y) and captured energy per rank."""
     plt = _plt()

@@ -74,6 +74,7 @@ class Row:
     pooling: str | None = None            # cls or mean
     chosen_on: str | None = None          # "validation" where the learning rate was chosen there
     per_class: dict[str, dict] | None = None  # trained models: class -> precision, recall, f1, support
+    confusion: list[list[int]] | None = None   # trained models: true class x predicted class, counts
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -197,6 +198,8 @@ class Environment:
     pooling: str
     total_seconds: float
     skipped_runs: int = 0
+    labels: list[str] = field(default_factory=list)  # the classes, in order
+    class_counts: dict[str, list[int]] = field(default_factory=dict)  # split -> rows per class
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -24,6 +24,7 @@ from .plots import (
     LABELS,
     plot_accuracy_vs_params,
     plot_accuracy_vs_rank,
+    plot_confusion,
     plot_cost,
     plot_spectrum,
     plot_training_curves,
@@ -43,6 +44,7 @@ from .records import (
     Selection,
     read_rows,
 )
+from .settings import BINARY_NAMES
 
 PLOTS = {
     "accuracy_vs_params.png": "Accuracy against trainable parameters",
@@ -50,6 +52,7 @@ PLOTS = {
     "training_curves.png": "Training loss and eval accuracy per epoch",
     "spectrum.png": "Spectrum of the fine-tuning update dW",
     "cost.png": "Training time and peak memory",
+    "confusion.png": "Confusion matrices of full fine-tuning and the best LoRA rank",
 }
 @dataclass
 class Summary:
@@ -143,10 +146,29 @@ class Findings:
     times: list[RunTime]
     busy_seconds: float | None
     environment: dict | None
+    labels: list[str]                      # the classes, in order
+    majority_class: tuple[str, float] | None  # the eval split's largest class and its share (what always
+                                           # predicting it scores)
+    best_lora: Summary | None              # the LoRA rank with the best eval accuracy
 
     @property
     def seeds(self) -> int:
         return max((s.seeds for s in self.summaries), default=1)
+
+    @property
+    def sentiment(self) -> bool:
+        """The binary sentiment task (IMDB's), whose report speaks of reviews."""
+        return tuple(self.labels) == BINARY_NAMES
+
+    @property
+    def unit(self) -> str:
+        return "reviews" if self.sentiment else "rows"
+
+    @property
+    def task(self) -> str:
+        if self.sentiment:
+            return "IMDB sentiment classification"
+        return f"{data_name(self.environment)} ({len(self.labels)} classes: {', '.join(self.labels)})"
 
 
 def _one(summaries: list[Summary], method: str, rank=None) -> Summary | None:
@@ -209,6 +231,22 @@ def busy_seconds(times: list[RunTime]) -> float | None:
     return busy + stop - start
 
 
+def data_name(env: dict | None) -> str:
+    """What the study's data is called: its training file's folder (``sst5``), else its name."""
+    d = (env or {}).get("data", {})
+    first = (d.get("train_files") or [d.get("source") or "the data"])[0]
+    path = Path(first)
+    return path.parent.name or path.stem if path.suffix else path.name or str(first)
+
+
+def majority_class(env: dict | None, labels: list[str]) -> tuple[str, float] | None:
+    counts = ((env or {}).get("class_counts") or {}).get("eval")
+    if not counts or not sum(counts):
+        return None
+    top = max(range(len(counts)), key=counts.__getitem__)
+    return labels[top], counts[top] / sum(counts)
+
+
 def build(out_dir: str | os.PathLike) -> Findings:
     """The findings of the study in `out_dir`, from its files."""
     out_dir = Path(out_dir)
@@ -225,6 +263,8 @@ def build(out_dir: str | os.PathLike) -> Findings:
                   if (record := _record(p)) and record.selection]
     baselines = [s for s in summaries if s.method.startswith("tfidf")]
     times = run_times(out_dir, runs)
+    env = _read(out_dir / "environment.json")
+    labels = list((env or {}).get("labels") or BINARY_NAMES)
     return Findings(
         runs=runs, summaries=summaries, full=full, head=head, lora6=_one(summaries, "lora", 6),
         head_points_below_full=(full.eval_accuracy - head.eval_accuracy) * 100 if full and head else None,
@@ -238,7 +278,9 @@ def build(out_dir: str | os.PathLike) -> Findings:
         lowrank=lowrank,
         similarity=records[SIMILARITY].similarity if records[SIMILARITY] else None,
         spectrum=_read(out_dir / LOWRANK / "spectrum.json"),
-        times=times, busy_seconds=busy_seconds(times), environment=_read(out_dir / "environment.json"))
+        times=times, busy_seconds=busy_seconds(times), environment=env, labels=labels,
+        majority_class=majority_class(env, labels),
+        best_lora=max((s for s in summaries if s.method == "lora"), key=lambda s: s.eval_accuracy, default=None))
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,27 +295,28 @@ def results_table(summaries: list[Summary]) -> list[list[str]]:
     spread = any(s.seeds > 1 for s in summaries)
     table = [["Method", "Trainable parameters", "% of full",
               "Eval accuracy (median)" if spread else "Eval accuracy", *(["Min-max over seeds"] if spread else []),
-              "% of full accuracy", "Training time (s)", "Peak memory (MB)"]]
+              "% of full accuracy", "Eval macro-F1", "Training time (s)", "Peak memory (MB)"]]
     for s in summaries:
         extra = []
         if spread:
             extra = [f"{s.accuracy_min:.4f}-{s.accuracy_max:.4f} ({s.seeds} seeds)" if s.seeds > 1 else "one run"]
         table.append([s.label, fmt(s.trainable_params), pct(s.trainable_params, full_params),
                       fmt(s.eval_accuracy, ".4f"), *extra, pct(s.eval_accuracy, full_acc),
-                      fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f")])
+                      fmt(s.row.eval_macro_f1, ".4f"), fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f")])
     return table
 
 
-def selection_lines(selections: list[Selection]) -> list[str]:
+def selection_lines(selections: list[Selection], unit: str = "reviews") -> list[str]:
     """What the validation split chose, one sentence per method."""
     out = []
     for sel in selections:
-        tried = ", ".join(f"{float(lr):g}: {acc:.4f}" for lr, acc in sel.validation_accuracy.items())
+        scores = sel.validation_macro_f1 if sel.metric == "macro_f1" else sel.validation_accuracy
+        tried = ", ".join(f"{float(lr):g}: {acc:.4f}" for lr, acc in scores.items())
         rank = f" (at r = {sel.rank}, used at every rank)" if sel.rank else ""
         out.append(f"{LABELS.get(sel.method, sel.method)}{rank}: learning rate {sel.learning_rate:g}, "
-                   f"chosen on the validation split ({sel.validation_rows} reviews held out of train, "
+                   f"chosen on the validation split ({sel.validation_rows} {unit} held out of train, "
                    f"{sel.train_rows} trained on, {sel.epochs:g} epochs, {sel.pooling} pooling); "
-                   f"validation accuracy per learning rate: {tried}.")
+                   f"validation {sel.metric.replace('_', '-')} per learning rate: {tried}.")
     return out
 
 
@@ -346,14 +389,14 @@ def _md_table(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def footer(env: dict | None) -> list[str]:
+def footer(env: dict | None, unit: str = "reviews") -> list[str]:
     if not env:
         return ["Environment: environment.json is missing."]
     d = env.get("data", {})
     files = ", ".join(d.get("train_files") or []) or d.get("source", "?")
     return [f"Model: {env.get('model')}",
-            f"Data: {files} ({d.get('train_rows')} training, {d.get('eval_rows')} eval reviews"
-            + (f", {d['validation_rows']} validation reviews held out of train)" if d.get("validation_rows") else ")"),
+            f"Data: {files} ({d.get('train_rows')} training, {d.get('eval_rows')} eval {unit}"
+            + (f", {d['validation_rows']} validation {unit} held out of train)" if d.get("validation_rows") else ")"),
             f"loralab {env.get('loralab')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
             f"Python {env.get('python')}",
             f"Device: {env.get('device')} ({env.get('threads')} threads), precision {env.get('precision')}, "
@@ -379,13 +422,15 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
         "accuracy_vs_rank.png": plot_accuracy_vs_rank(f.summaries, report_dir / "accuracy_vs_rank.png"),
         "training_curves.png": plot_training_curves(f.summaries, report_dir / "training_curves.png"),
         "cost.png": plot_cost(f.summaries, report_dir / "cost.png"),
+        "confusion.png": plot_confusion([s for s in (f.full, f.best_lora) if s and s.row.confusion], f.labels,
+                                        report_dir / "confusion.png"),
     }
     if f.spectrum:
         plot_spectrum(f.spectrum, report_dir / "spectrum.png", "Fine-tuning update dW per layer")
     made["spectrum.png"] = bool(f.spectrum)
 
     md = ["# loralab study report", "",
-          "Accuracy against trainable parameters on IMDB sentiment classification. Every figure "
+          f"Accuracy against trainable parameters on {f.task}. Every figure "
           "below is computed from `results.json`.", "", "## The lab's questions", ""]
     md += [f"- {a}" for a in answers(f)]
     if f.seeds > 1:
@@ -394,11 +439,22 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
     if f.selections:
         md += ["", "## Choices made on the validation split", "",
                "The eval split was not used to choose anything; it only measures the final runs.", ""]
-        md += [f"- {line}" for line in selection_lines(f.selections)]
+        md += [f"- {line}" for line in selection_lines(f.selections, f.unit)]
     md += ["", "## Results", "", _md_table(results_table(f.summaries)), "",
            "Approximated models train nothing: their parameter count is what storing their change "
            "costs (rank-r factors of each query/value layer plus the head); their training cost is "
-           "that of full fine-tuning plus head-tuning.", ""]
+           "that of full fine-tuning plus head-tuning. Macro-F1 is the unweighted mean of the classes' F1.", ""]
+    if f.majority_class:
+        name, share = f.majority_class
+        md += [f"Always predicting the eval split's largest class ({name}) would score {share:.4f} accuracy.", ""]
+    per_class = [s for s in f.summaries if s.row.per_class]
+    if per_class:
+        md += ["## F1 per class", "", "Of each trained model (the run closest to the median where several seeds "
+               "ran), on the eval split.", "",
+               "| method | " + " | ".join(f.labels) + " |", "|---|" + "---:|" * len(f.labels)]
+        md += [f"| {s.label} | " + " | ".join(fmt(s.row.per_class.get(name, {}).get("f1"), ".3f") for name in f.labels)
+               + " |" for s in per_class]
+        md += [""]
     if f.replace_test:
         t = f.replace_test
         md += ["## The replace test", "",
@@ -442,7 +498,7 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
     for name, title in PLOTS.items():
         md.append(f"![{title}]({name})" if made.get(name) else f"{title}: no data (the runs it needs are missing).")
         md.append("")
-    md += ["## Environment", ""] + [f"- {line}" for line in footer(f.environment)] + [""]
+    md += ["## Environment", ""] + [f"- {line}" for line in footer(f.environment, f.unit)] + [""]
     text = "\n".join(md)
     write_text(report_dir / "report.md", text)
     write_text(report_dir / "report.html", to_html(text, report_dir))

@@ -22,6 +22,7 @@ POOLINGS = ("cls", "mean")
 INITS = ("normal", "kaiming", "gaussian")
 TRAIN_METHODS = ("lora", "head", "full")
 PROFILES = ("lab", "tuned")
+BINARY_NAMES = ("negative", "positive")  # the binary sentiment task's classes (IMDB's), 0 and 1
 CLASS_WEIGHTS = ("none", "balanced")
 SELECT_METRICS = ("accuracy", "macro_f1")
 

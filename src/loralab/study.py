@@ -195,10 +195,12 @@ def device_name(device: str) -> str:
 
 
 def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) -> Environment:
+    import numpy as np
     import torch
     import transformers
 
     from . import __version__
+    from .data import class_names_of
     from .models import pick_device
     from .training import resolve_precision
 
@@ -215,7 +217,9 @@ def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) ->
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
         precision=resolve_precision(settings, pick_device(config["device"])), seed=config["seed"],
         seeds=seeds_of(config), profile=config["profile"], pooling=config["train"]["pooling"],
-        total_seconds=seconds, skipped_runs=skipped)
+        total_seconds=seconds, skipped_runs=skipped, labels=class_names_of(ctx.data["train"]),
+        class_counts={split: np.bincount(ctx.data[split]["label"], minlength=len(class_names_of(ctx.data["train"])))
+                      .tolist() for split in ctx.data})
 
 
 @dataclass

@@ -124,6 +124,15 @@ class EvalMetrics:
     def per_class(self, names) -> dict[str, dict] | None:
         return per_class_metrics(*self.last, names) if self.last is not None else None
 
+    def confusion(self, num_labels: int) -> list[list[int]] | None:
+        """Rows: true class, columns: predicted class (counts of the last evaluation)."""
+        from sklearn.metrics import confusion_matrix
+
+        if self.last is None:
+            return None
+        predictions, labels = self.last
+        return confusion_matrix(labels, predictions, labels=list(range(num_labels))).tolist()
+
 
 def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.device, precision: str,
                         **overrides):
@@ -197,6 +206,7 @@ class RunResult:
     precision: str = "fp32"
     eval_macro_f1: float | None = None
     per_class: dict[str, dict] | None = None  # class name -> precision, recall, f1, support (last evaluation)
+    confusion: list[list[int]] | None = None   # true class x predicted class, counts (last evaluation)
 
 
 class StopOnNonFinite:
@@ -388,7 +398,8 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     return RunResult(eval_accuracy=history[-1]["eval_accuracy"] if history else float("nan"),
                      train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
                      precision=precision, eval_macro_f1=history[-1]["eval_macro_f1"] if history else None,
-                     per_class=metrics.per_class(class_names(model)))
+                     per_class=metrics.per_class(class_names(model)),
+                     confusion=metrics.confusion(model.config.num_labels))
 
 
 def _longest_first(input_ids) -> np.ndarray:
@@ -544,4 +555,5 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
     model.eval()
     return RunResult(eval_accuracy=history[-1]["eval_accuracy"], train_seconds=mem.seconds,
                      peak_memory_mb=mem.peak_mb, history=history, precision=resolve_precision(settings, device),
-                     eval_macro_f1=history[-1]["eval_macro_f1"], per_class=metrics.per_class(class_names(model)))
+                     eval_macro_f1=history[-1]["eval_macro_f1"], per_class=metrics.per_class(class_names(model)),
+                     confusion=metrics.confusion(model.config.num_labels))
