@@ -102,30 +102,31 @@ def test_an_adapter_or_model_for_other_classes_is_refused_with_both_sets(tmp_pat
     assert load_data(fruit, options=DataOptions(text_column="text"))["eval"].features["label"].num_classes == 3
 
 
-def test_a_three_class_study_runs_every_method_and_writes_its_report(tmp_path, tiny_model_dir):
-    from loralab.config import load_config
-    from loralab.report import build, write_report
-    from loralab.study import run_study
+def test_a_three_class_study_runs_every_method_and_writes_its_report(tmp_path, tiny_model_dir, run_cli):
+    """`loralab run --quick` on a made-up 3-class data set: every method, then the report."""
+    from loralab.records import read_rows
+    from loralab.report import build
 
     data = write_fruit(tmp_path / "fruit")
-    config = load_config(None, out=str(tmp_path / "out"), model=str(tiny_model_dir), **{
-        "data.dir": str(data), "data.text_column": "text", "train.epochs": 1.0, "train.max_length": 16,
-        "train.learning_rate": 1e-3, "methods.lora_ranks": [2], "methods.sweep_points": 3})
-    result = run_study(config, quiet=True)
-    assert {r.method for r in result.rows} == {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora"}
-    assert all(r.eval_macro_f1 is not None for r in result.rows)
+    config = tmp_path / "fruit.toml"
+    config.write_text(f'model = "{tiny_model_dir}"\n[data]\ndir = "{data}"\ntext_column = "text"\n'
+                      '[train]\nmax_length = 16\nlearning_rate = 1e-3\n')
+    code, out, err = run_cli("run", "--quick", "--config", config, "--out", tmp_path / "out", "--quiet")
+    assert code == 0, err
+    rows = read_rows(tmp_path / "out" / "results.json")
+    assert {r.method for r in rows} == {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora"}
+    assert all(r.eval_macro_f1 is not None for r in rows)
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     train_texts = [row[0] for row in list(csv.reader(open(data / "train.csv")))[1:]]
     features = len(TfidfVectorizer().fit(train_texts).vocabulary_)
-    lr = next(r for r in result.rows if r.method == "tfidf-lr")
+    lr = next(r for r in rows if r.method == "tfidf-lr")
     assert lr.trainable_params == 3 * (features + 1)  # one weight per class and feature, and an intercept
-    replace = build(tmp_path / "out").replace_test
-    assert replace.majority_class_accuracy == pytest.approx(1 / 3)
     findings = build(tmp_path / "out")
+    assert findings.replace_test.majority_class_accuracy == pytest.approx(1 / 3)
     assert findings.labels == ["apple", "banana", "cherry"] and not findings.sentiment
     assert findings.majority_class == ("apple", pytest.approx(1 / 3))
-    md = write_report(tmp_path / "out").read_text()
+    md = (tmp_path / "out" / "report.md").read_text()
     assert "on fruit (3 classes: apple, banana, cherry)" in md and "| method | apple | banana | cherry |" in md
     assert "review" not in md and "positive" not in md and "IMDB" not in md
     assert "Eval macro-F1" in md and (tmp_path / "out" / "confusion.png").stat().st_size > 5_000
