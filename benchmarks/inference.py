@@ -38,8 +38,9 @@ def main() -> None:
         merge_and_unload,
     )
     from loralab.data import limit_data, load_data
+    from loralab.inference import bf16_supported
     from loralab.serve import predict_texts
-    from loralab.training import TrainSettings, bf16_supported
+    from loralab.training import TrainSettings
 
     tokenizer = load_tokenizer(args.model)
     texts = list(limit_data(load_data(), 1, args.reviews)["eval"]["text"])

@@ -128,7 +128,7 @@ def main() -> None:
         args.reviews, args.repeats, args.max_length = 16, 1, 64
 
     from loralab import load_tokenizer
-    from loralab.training import bf16_supported
+    from loralab.inference import bf16_supported
 
     precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
     tokenizer = load_tokenizer(args.model)

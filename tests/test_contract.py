@@ -88,7 +88,7 @@ def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synth
 LAYERS = {
     "core": {"errors", "fileio", "settings", "records", "arch", "lora", "surgery", "adapters", "lowrank",
              "pooling", "models"},
-    "training": {"data", "training", "fastdropout", "measure", "baselines", "logs"},
+    "training": {"data", "training", "inference", "metrics", "fastdropout", "measure", "baselines", "logs"},
     "library": {"config", "api", "plan", "tasks", "study", "plots", "report", "serve", "lab"},
     "cli": {"cli", "__init__"},
 }

@@ -5,11 +5,8 @@ import os
 import subprocess
 import sys
 
-from conftest import needs_lab_data
 
-
-@needs_lab_data
-def test_two_processes_finish_and_write_once(tmp_path, tiny_model_dir):
+def test_two_processes_finish_and_write_once(tmp_path, tiny_model_dir, synthetic_data):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",

@@ -135,7 +135,7 @@ def test_a_three_class_study_runs_every_method_and_writes_its_report(tmp_path, t
 def test_balanced_class_weights_are_the_inverse_frequencies_and_reach_the_loss(tmp_path, tiny_model_dir):
     import torch
 
-    from loralab.training import class_weights, weighted_loss
+    from loralab.metrics import class_weights, weighted_loss
 
     weights = class_weights([0, 0, 0, 1, 2, 2], 4, "balanced")  # class 3 is absent
     torch.testing.assert_close(weights, torch.tensor([6 / (3 * 3), 6 / (3 * 1), 6 / (3 * 2), 0.0]))

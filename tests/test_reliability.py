@@ -12,7 +12,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import needs_lab_data
 from loralab.data import load_file
 from loralab.errors import DataError, LoralabError, ModelLoadError
 from loralab.models import load_model
@@ -24,8 +23,7 @@ def train_cmd(model_dir, out, *extra):
             "--save-steps", "4", "--out", str(out), "--quiet", *extra]
 
 
-@needs_lab_data
-def test_train_resume_after_sigkill_matches_uninterrupted(tmp_path, tiny_model_dir):
+def test_train_resume_after_sigkill_matches_uninterrupted(tmp_path, tiny_model_dir, synthetic_data):
     subprocess.run(train_cmd(tiny_model_dir, tmp_path / "whole"), check=True, capture_output=True)
     whole = json.loads((tmp_path / "whole" / "loralab.json").read_text())
 
@@ -75,8 +73,7 @@ def test_killed_writer_leaves_old_file_or_none(tmp_path):
     assert json.loads(target.read_text()) == {"old": True}
 
 
-@needs_lab_data
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, tiny_model_dir):
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, tiny_model_dir, synthetic_data):
     from loralab.data import limit_data, load_data
     from loralab.models import load_tokenizer
     from loralab.training import TrainSettings, tokenize, train_model
@@ -266,8 +263,7 @@ def test_100k_reviews_load_and_tokenize_in_bounded_memory(tmp_path, tiny_model_d
     assert result["growth_mb"] < 1024, (result, size_mb)
 
 
-@needs_lab_data
-def test_seed_changes_results_and_is_recorded(tmp_path, tiny_model_dir, run_cli):
+def test_seed_changes_results_and_is_recorded(tmp_path, tiny_model_dir, run_cli, synthetic_data):
     infos = {}
     for seed in (0, 0, 1):
         out = tmp_path / f"seed{seed}-{len(infos)}"
@@ -282,8 +278,7 @@ def test_seed_changes_results_and_is_recorded(tmp_path, tiny_model_dir, run_cli)
     assert first["history"] != other["history"]          # another seed: different
 
 
-@needs_lab_data
-def test_predict_streams_100k_reviews_in_bounded_memory(tmp_path, tiny_model_dir):
+def test_predict_streams_100k_reviews_in_bounded_memory(tmp_path, tiny_model_dir, synthetic_data):
     from loralab.cli import main
 
     model = tmp_path / "head"

@@ -7,11 +7,10 @@ import datasets
 import torch
 from transformers import DataCollatorWithPadding
 
+from loralab.inference import _batches, _sorted_by_length
 from loralab.models import load_model, load_tokenizer
 from loralab.training import (
     TrainSettings,
-    _batches,
-    _sorted_by_length,
     _trainer_class,
     _training_arguments,
     latest_checkpoint,

@@ -22,6 +22,7 @@ from torch import nn
 from .adapters import CONFIG_NAME, class_names, load_adapter, save_adapter
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
+from .inference import evaluate_metrics, evaluate_model
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
 from .pooling import set_pooling
 from .records import LowrankSummary, Row, Selection, fingerprint, read_json
@@ -30,8 +31,6 @@ from .surgery import freeze_all_but_head, inject_lora
 from .training import (
     RunResult,
     TrainSettings,
-    evaluate_metrics,
-    evaluate_model,
     head_features,
     is_main_process,
     tokenize,

@@ -23,11 +23,12 @@ import tempfile
 
 from torch import nn
 
+from .inference import evaluate_model
 from .lora import LoRA
 from .lowrank import approximate, make_approximated_model_1, make_approximated_model_2
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
 from .surgery import clone_linear, extract, freeze_all_but_head, inject_lora, replace
-from .training import TrainSettings, evaluate_model, tokenize, train_head, train_model
+from .training import TrainSettings, tokenize, train_head, train_model
 
 __all__ = [
     "LoRA", "approximate", "clone_linear", "evaluate", "extract", "make_approximated_model_1",

@@ -24,9 +24,10 @@ from .api import INFO_NAME, load_trained
 from .data import BINARY_NAMES, _check_readable, _read_file, label_ids, raw_label
 from .errors import DataError, LoralabError
 from .fileio import atomic_dir, atomic_path, write_text
+from .inference import map_batches
 from .pooling import pooling_of
+from .settings import TrainSettings
 from .surgery import lora_layers, merge_and_unload
-from .training import TrainSettings, map_batches
 
 ID_COLUMNS = ("id", "index")
 

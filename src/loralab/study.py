@@ -201,8 +201,8 @@ def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) ->
 
     from . import __version__
     from .data import class_names_of
+    from .inference import resolve_precision
     from .models import pick_device
-    from .training import resolve_precision
 
     settings = TrainSettings.from_config(config)
     d = config["data"]

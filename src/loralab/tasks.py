@@ -95,9 +95,9 @@ def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> dict:
     value layers give near-chance accuracy, the originals restore the predictions exactly."""
     import torch
 
+    from .inference import predict_logits
     from .models import load_model
     from .surgery import clone_linear, extract, replace
-    from .training import predict_logits
 
     settings = _settings(ctx, inputs)
     model = load_model(ctx.out / inputs.full.name / "model")

@@ -23,7 +23,9 @@ from .arch import architecture, head_dropout
 from .errors import LoralabError
 from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
+from .inference import _sorted_by_length, map_batches, resolve_precision
 from .measure import PeakMemory
+from .metrics import EvalMetrics, class_weights, weighted_loss
 from .models import pick_device
 from .pooling import masked_mean, pooling_of
 from .settings import EVAL_BATCH_SIZE, TrainSettings  # noqa: F401 - the training API's settings
@@ -40,98 +42,12 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """True where bfloat16 matrix products run natively (and so faster than float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((probe and probe()) or (amx and amx()))
-
-
-def resolve_precision(settings: TrainSettings, device: torch.device) -> str:
-    if settings.precision == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
-    return settings.precision
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def tokenize(data, tokenizer, max_length: int = 512):
     """Tokenize every split without padding; batches are padded as they are made."""
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
     return data.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing")
-
-
-def classification_metrics(predictions, labels) -> dict:
-    """Accuracy and macro-F1 (the unweighted mean of the classes' F1, over the classes
-    that occur in `labels` or `predictions`, as scikit-learn computes it)."""
-    from sklearn.metrics import f1_score
-
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    return {"accuracy": float((predictions == labels).mean()),
-            "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
-
-
-def per_class_metrics(predictions, labels, names) -> dict[str, dict]:
-    """Precision, recall, F1 and support of each class, by name."""
-    from sklearn.metrics import precision_recall_fscore_support
-
-    p, r, f, n = precision_recall_fscore_support(labels, predictions, labels=list(range(len(names))),
-                                                 zero_division=0)
-    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(n[i])}
-            for i, name in enumerate(names)}
-
-
-def class_weights(labels, num_labels: int, kind: str) -> torch.Tensor | None:
-    """The loss's weight of each class: None for ``"none"``; for ``"balanced"``
-    n / (K n_class), the inverse of the class's frequency in `labels` (scikit-learn's
-    "balanced"; a class absent from `labels` gets weight 0)."""
-    if kind == "none":
-        return None
-    counts = torch.bincount(torch.as_tensor(list(labels)), minlength=num_labels).float()
-    return torch.where(counts > 0, counts.sum() / (int((counts > 0).sum()) * counts.clamp(min=1)), 0.0)
-
-
-def weighted_loss(weights: torch.Tensor | None):
-    """The Trainer's `compute_loss_func` for class weights (None keeps the model's loss)."""
-    if weights is None:
-        return None
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        return nn.functional.cross_entropy(logits.float(), labels, weight=weights.to(logits.device))
-
-    return loss
-
-
-class EvalMetrics:
-    """The Trainer's `compute_metrics`: accuracy and macro-F1 after each evaluation, with
-    the last evaluation's predictions kept for the per-class scores."""
-
-    def __init__(self):
-        self.last = None  # (predictions, labels) of the last evaluation
-
-    def __call__(self, eval_pred) -> dict:
-        logits, labels = eval_pred
-        self.last = (np.argmax(logits, axis=-1), np.asarray(labels))
-        return classification_metrics(*self.last)
-
-    def per_class(self, names) -> dict[str, dict] | None:
-        return per_class_metrics(*self.last, names) if self.last is not None else None
-
-    def confusion(self, num_labels: int) -> list[list[int]] | None:
-        """Rows: true class, columns: predicted class (counts of the last evaluation)."""
-        from sklearn.metrics import confusion_matrix
-
-        if self.last is None:
-            return None
-        predictions, labels = self.last
-        return confusion_matrix(labels, predictions, labels=list(range(num_labels))).tolist()
 
 
 def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.device, precision: str,
@@ -400,71 +316,6 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
                      precision=precision, eval_macro_f1=history[-1]["eval_macro_f1"] if history else None,
                      per_class=metrics.per_class(class_names(model)),
                      confusion=metrics.confusion(model.config.num_labels))
-
-
-def _longest_first(input_ids) -> np.ndarray:
-    """Row order by length, longest first: batches of similar length have little padding,
-    and the largest batch comes first, so a lack of memory shows at once."""
-    return np.argsort([-len(ids) for ids in input_ids], kind="stable")
-
-
-def _sorted_by_length(ds):
-    """The rows longest first. Order doesn't change accuracy; the Trainer's evaluation
-    batches of it are the batches of `_batches`, so both see the same numbers."""
-    return ds.select(_longest_first(ds["input_ids"]))
-
-
-def _batches(input_ids, batch_size: int, tokenizer):
-    """Length-sorted padded batches and the original row order of each."""
-    order = _longest_first(input_ids)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        yield rows, tokenizer.pad([{"input_ids": input_ids[i]} for i in rows], return_tensors="pt")
-
-
-def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings, desc: str, width: int,
-                forward) -> np.ndarray:
-    """`forward(batch)` (a computation of `module`) for every row of token ids, in row
-    order, in length-sorted batches of `settings.eval_batch_size` under autocast (float32
-    array of `width` columns). Every inference of loralab goes through here: the Trainer's
-    evaluation sees the same batches (`_sorted_by_length`), and so do `evaluate`, the
-    study's sweeps and `predict`."""
-    from tqdm.auto import tqdm
-
-    input_ids = list(input_ids)  # a dataset column is read once, not row by row
-    device = pick_device(settings.device)
-    precision = resolve_precision(settings, device)
-    # Moved before inference mode: weights copied to a GPU inside it would be inference
-    # tensors, which a later training step (head-tuning after encoding) cannot use.
-    module.eval().to(device)
-    out = np.zeros((len(input_ids), width), dtype=np.float32)
-    total = math.ceil(len(input_ids) / settings.eval_batch_size)
-    batches = tqdm(_batches(input_ids, settings.eval_batch_size, tokenizer), total=total, desc=desc,
-                   disable=settings.quiet, leave=False)
-    with torch.inference_mode():
-        for rows, batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(device, precision):
-                values = forward(batch)
-            out[rows] = values.float().cpu().numpy()
-    return out
-
-
-def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):
-    """Logits for every row of a tokenized dataset, in its order (float32 numpy array)."""
-    return map_batches(model, ds["input_ids"], tokenizer, settings, desc, model.config.num_labels,
-                       lambda batch: model(**batch).logits)
-
-
-def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
-    """Accuracy of `model` on a tokenized dataset with `label`s."""
-    return evaluate_metrics(model, ds, tokenizer, settings, desc)["accuracy"]
-
-
-def evaluate_metrics(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> dict:
-    """Accuracy and macro-F1 of `model` on a tokenized dataset with `label`s."""
-    logits = predict_logits(model, ds, tokenizer, settings, desc)
-    return classification_metrics(logits.argmax(-1), ds["label"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Inference in loralab: the precision a device computes in, and length-sorted batches
+under autocast (`map_batches`), which every evaluation and prediction goes through: the
+Trainer's evaluation after each epoch (its eval set is `_sorted_by_length`), `evaluate`,
+the study's replace test and sweeps, head-tuning's features and `predict`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import classification_metrics
+from .models import pick_device
+from .settings import TrainSettings
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bfloat16 matrix products run natively (and so faster than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((probe and probe()) or (amx and amx()))
+
+
+def resolve_precision(settings: TrainSettings, device: torch.device) -> str:
+    if settings.precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return settings.precision
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _longest_first(input_ids) -> np.ndarray:
+    """Row order by length, longest first: batches of similar length have little padding,
+    and the largest batch comes first, so a lack of memory shows at once."""
+    return np.argsort([-len(ids) for ids in input_ids], kind="stable")
+
+
+def _sorted_by_length(ds):
+    """The rows longest first. Order doesn't change accuracy; the Trainer's evaluation
+    batches of it are the batches of `_batches`, so both see the same numbers."""
+    return ds.select(_longest_first(ds["input_ids"]))
+
+
+def _batches(input_ids, batch_size: int, tokenizer):
+    """Length-sorted padded batches and the original row order of each."""
+    order = _longest_first(input_ids)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        yield rows, tokenizer.pad([{"input_ids": input_ids[i]} for i in rows], return_tensors="pt")
+
+
+def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings, desc: str, width: int,
+                forward) -> np.ndarray:
+    """`forward(batch)` (a computation of `module`) for every row of token ids, in row
+    order, in length-sorted batches of `settings.eval_batch_size` under autocast (float32
+    array of `width` columns). Every inference of loralab goes through here: the Trainer's
+    evaluation sees the same batches (`_sorted_by_length`), and so do `evaluate`, the
+    study's sweeps and `predict`."""
+    from tqdm.auto import tqdm
+
+    input_ids = list(input_ids)  # a dataset column is read once, not row by row
+    device = pick_device(settings.device)
+    precision = resolve_precision(settings, device)
+    # Moved before inference mode: weights copied to a GPU inside it would be inference
+    # tensors, which a later training step (head-tuning after encoding) cannot use.
+    module.eval().to(device)
+    out = np.zeros((len(input_ids), width), dtype=np.float32)
+    total = math.ceil(len(input_ids) / settings.eval_batch_size)
+    batches = tqdm(_batches(input_ids, settings.eval_batch_size, tokenizer), total=total, desc=desc,
+                   disable=settings.quiet, leave=False)
+    with torch.inference_mode():
+        for rows, batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, precision):
+                values = forward(batch)
+            out[rows] = values.float().cpu().numpy()
+    return out
+
+
+def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):
+    """Logits for every row of a tokenized dataset, in its order (float32 numpy array)."""
+    return map_batches(model, ds["input_ids"], tokenizer, settings, desc, model.config.num_labels,
+                       lambda batch: model(**batch).logits)
+
+
+def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
+    """Accuracy of `model` on a tokenized dataset with `label`s."""
+    return evaluate_metrics(model, ds, tokenizer, settings, desc)["accuracy"]
+
+
+def evaluate_metrics(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> dict:
+    """Accuracy and macro-F1 of `model` on a tokenized dataset with `label`s."""
+    logits = predict_logits(model, ds, tokenizer, settings, desc)
+    return classification_metrics(logits.argmax(-1), ds["label"])

@@ -1,0 +1,75 @@
+"""What a classifier scores: accuracy and macro-F1, per-class precision, recall and F1,
+the confusion matrix, and the class weights of an imbalanced task's loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def classification_metrics(predictions, labels) -> dict:
+    """Accuracy and macro-F1 (the unweighted mean of the classes' F1, over the classes
+    that occur in `labels` or `predictions`, as scikit-learn computes it)."""
+    from sklearn.metrics import f1_score
+
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return {"accuracy": float((predictions == labels).mean()),
+            "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
+
+
+def per_class_metrics(predictions, labels, names) -> dict[str, dict]:
+    """Precision, recall, F1 and support of each class, by name."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, n = precision_recall_fscore_support(labels, predictions, labels=list(range(len(names))),
+                                                 zero_division=0)
+    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(n[i])}
+            for i, name in enumerate(names)}
+
+
+def class_weights(labels, num_labels: int, kind: str) -> torch.Tensor | None:
+    """The loss's weight of each class: None for ``"none"``; for ``"balanced"``
+    n / (K n_class), the inverse of the class's frequency in `labels` (scikit-learn's
+    "balanced"; a class absent from `labels` gets weight 0)."""
+    if kind == "none":
+        return None
+    counts = torch.bincount(torch.as_tensor(list(labels)), minlength=num_labels).float()
+    return torch.where(counts > 0, counts.sum() / (int((counts > 0).sum()) * counts.clamp(min=1)), 0.0)
+
+
+def weighted_loss(weights: torch.Tensor | None):
+    """The Trainer's `compute_loss_func` for class weights (None keeps the model's loss)."""
+    if weights is None:
+        return None
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        return nn.functional.cross_entropy(logits.float(), labels, weight=weights.to(logits.device))
+
+    return loss
+
+
+class EvalMetrics:
+    """The Trainer's `compute_metrics`: accuracy and macro-F1 after each evaluation, with
+    the last evaluation's predictions kept for the per-class scores."""
+
+    def __init__(self):
+        self.last = None  # (predictions, labels) of the last evaluation
+
+    def __call__(self, eval_pred) -> dict:
+        logits, labels = eval_pred
+        self.last = (np.argmax(logits, axis=-1), np.asarray(labels))
+        return classification_metrics(*self.last)
+
+    def per_class(self, names) -> dict[str, dict] | None:
+        return per_class_metrics(*self.last, names) if self.last is not None else None
+
+    def confusion(self, num_labels: int) -> list[list[int]] | None:
+        """Rows: true class, columns: predicted class (counts of the last evaluation)."""
+        from sklearn.metrics import confusion_matrix
+
+        if self.last is None:
+            return None
+        predictions, labels = self.last
+        return confusion_matrix(labels, predictions, labels=list(range(num_labels))).tolist()
