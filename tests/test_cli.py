@@ -43,7 +43,7 @@ def test_drop_invalid_and_overlap_warning(tmp_path, run_cli, caplog):
     code, out, err = run_cli("data", "--data", folder, "--drop-invalid")
     assert code == 0 and "train: 2 rows (1 negative, 1 positive)" in out
     assert "dropped 1 row(s)" in caplog.text
-    assert "1 eval review(s) also appear in the training data" in caplog.text
+    assert "1 eval row(s) also appear in the training data" in caplog.text
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):

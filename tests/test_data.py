@@ -150,7 +150,7 @@ def test_overlap_between_splits_warns_with_count(tmp_path, caplog):
     write_csv(tmp_path / "train.csv", [("same review", 1), ("only train", 0)])
     write_csv(tmp_path / "eval.csv", [("same review", 1), ("only eval", 0)])
     load_data(tmp_path)
-    assert "1 eval review(s) also appear in the training data" in caplog.text
+    assert "1 eval row(s) also appear in the training data" in caplog.text
 
 
 def test_data_source_order(tmp_path, monkeypatch):

@@ -242,7 +242,7 @@ def test_train_cli_tuned_profile_records_its_choice(tmp_path, tiny_model_dir, ru
                              tiny_model_dir, "--out", tmp_path / "lora", "--limit-train", "60", "--limit-eval",
                              "20", "--epochs", "1", "--max-length", "32", "--lr-ratio", "4", "--quiet")
     assert code == 0, err
-    assert "chosen on 6 validation reviews" in out
+    assert "chosen on 6 validation rows" in out
     info = json.loads((tmp_path / "lora" / "loralab.json").read_text())
     assert info["pooling"] == "mean" and info["lr_ratio"] == 4
     assert info["learning_rate"] == info["selection"]["learning_rate"]

@@ -29,8 +29,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", type=_name_list, help="the classes in order, comma-separated (default: from the "
                    "training data: 0/1 and the like are negative/positive, integers by value, strings alphabetically)")
     g.add_argument("--drop-invalid", action="store_true", default=None, help="skip rows with empty text")
-    g.add_argument("--limit-train", type=int, help="use only the first N training reviews (after a seeded shuffle)")
-    g.add_argument("--limit-eval", type=int, help="use only the first N eval reviews (after a seeded shuffle)")
+    g.add_argument("--limit-train", type=int, help="use only N training rows (a seeded random subset)")
+    g.add_argument("--limit-eval", type=int, help="use only N eval rows (a seeded random subset)")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -224,7 +224,7 @@ def cmd_train(args) -> None:
         notes = {"selection": asdict(selection)}
         settings = settings.replace(learning_rate=selection.learning_rate)
         print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
-              f"{selection.validation_rows} validation reviews")
+              f"{selection.validation_rows} validation rows")
         del data["validation"]
     result = train(method=args.method, out=args.out, model=config["model"], data=data, settings=settings,
                    lora=lora, resume=args.resume, notes=notes)

@@ -316,7 +316,7 @@ def warn_overlap(train, eval_) -> int:
     train_texts = set(train["text"])
     overlap = sum(1 for t in eval_["text"] if t in train_texts)
     if overlap:
-        logger.warning("%d eval review(s) also appear in the training data; eval accuracy "
+        logger.warning("%d eval row(s) also appear in the training data; eval scores "
                        "will be optimistic.", overlap)
     return overlap
 
@@ -407,8 +407,8 @@ def split_validation(data, fraction: float, seed: int = 0):
     candidates = [t for t in first if t not in in_eval]
     wanted = round(fraction * len(texts))
     if wanted < 2 or len(candidates) - wanted < 2:
-        raise DataError(f"A validation fraction of {fraction} of {len(texts)} training reviews leaves too "
-                        "few reviews on one side; use more data or another fraction.")
+        raise DataError(f"A validation fraction of {fraction} of {len(texts)} training rows leaves too "
+                        "few rows on one side; use more data or another fraction.")
     strata = [first[t] for t in candidates]
     counts = np.bincount(strata)
     stratify = strata if counts[counts > 0].min() >= 2 else None
