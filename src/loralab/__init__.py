@@ -1,5 +1,6 @@
 """loralab: from-scratch LoRA for Hugging Face Transformers encoders, and a reproducible
-study of accuracy against trainable parameters on IMDB sentiment classification."""
+study of accuracy against trainable parameters on IMDB sentiment classification or any
+text-classification task."""
 
 from .adapters import load_adapter, save_adapter
 from .api import choose_learning_rate, evaluate, load_trained, prepare_model, save_trained, train
@@ -9,6 +10,7 @@ from .lora import LoRA, LoRALinear
 from .models import load_model, load_tokenizer, num_trainable_parameters
 from .pooling import pooling_of, set_pooling
 from .serve import export, predict
+from .settings import LoraOptions, TrainSettings
 from .surgery import (
     extract,
     find_targets,
@@ -23,7 +25,8 @@ from .surgery import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataError", "DataOptions", "LoRA", "LoRALinear", "LoralabError", "ModelLoadError",
+    "DataError", "DataOptions", "LoRA", "LoRALinear", "LoraOptions", "LoralabError", "ModelLoadError",
+    "TrainSettings",
     "choose_learning_rate", "evaluate", "export", "extract", "find_targets", "freeze_all_but_head",
     "head_modules", "inject_lora", "load_adapter", "load_data", "load_model", "load_split",
     "load_tokenizer", "load_trained", "lora_layers", "merge_and_unload", "num_trainable_parameters",

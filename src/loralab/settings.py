@@ -79,7 +79,7 @@ class TrainSettings:
         quiet: no progress bars (changes no result).
     """
 
-    epochs: float = 3
+    epochs: float = 3.0
     batch_size: int = 8
     learning_rate: float = 5e-5
     lr_scheduler: str = "linear"
