@@ -181,14 +181,12 @@ def _data(config: dict):
 
 
 def cmd_data(args) -> None:
-    from .data import class_names_of
+    from .data import class_counts, class_names_of
 
     data = _data(config_of(args))
     names = class_names_of(data["train"])
     for split in data:
-        counts = [0] * len(names)
-        for label in data[split]["label"]:
-            counts[label] += 1
+        counts = class_counts(data[split])
         print(f"{split}: {len(data[split])} rows ({', '.join(f'{c} {n}' for n, c in zip(names, counts))})")
 
 

@@ -172,10 +172,13 @@ def raw_label(value) -> str | None:
     return text or None
 
 
-def normalise_label(value) -> int | None:
-    """Map a binary spelling to 0 (negative) or 1 (positive), or None when it is not one."""
-    text = raw_label(value)
-    return None if text is None else LABEL_VALUES.get(text.lower())
+def raw_labels(values, path, column: str) -> list[str]:
+    """Every label of a file as text (`raw_label`); a row without one is a `DataError`."""
+    raw = [raw_label(v) for v in values]
+    missing = next((row for row, value in enumerate(raw, start=1) if value is None), None)
+    if missing:
+        raise DataError(f"{path}: row {missing}: no label in column {column!r}.")
+    return raw
 
 
 def _as_int(text: str) -> int | None:
@@ -232,10 +235,7 @@ def _read_rows(path: str | os.PathLike, options: DataOptions) -> tuple[list[str]
             raise _missing_column(path, column, flag, ds.column_names)
 
     texts = ds[options.text_column]
-    raw = [raw_label(v) for v in ds[options.label_column]]
-    missing = next((row for row, value in enumerate(raw, start=1) if value is None), None)
-    if missing:
-        raise DataError(f"{path}: row {missing}: no label in column {options.label_column!r}.")
+    raw = raw_labels(ds[options.label_column], path, options.label_column)
 
     invalid = [row for row, text in enumerate(texts, start=1)
                if not isinstance(text, str) or not text.strip()]
@@ -295,13 +295,18 @@ def class_names_of(split) -> list[str]:
     return list(BINARY_NAMES) if top <= 1 else [str(i) for i in range(top + 1)]
 
 
+def class_counts(split) -> list[int]:
+    """Rows per class of a split, in the order of its classes (`class_names_of`)."""
+    counts = [0] * len(class_names_of(split))
+    for label in split["label"]:
+        counts[label] += 1
+    return counts
+
+
 def check_classes(train, where: str = "the training data") -> None:
     """Refuse a training split with fewer than two classes; warn about classes with very
     few rows (or none)."""
-    names = class_names_of(train)
-    counts = [0] * len(names)
-    for label in train["label"]:
-        counts[label] += 1
+    names, counts = class_names_of(train), class_counts(train)
     present = [n for n, c in zip(names, counts) if c]
     if len(present) < 2:
         raise DataError(f"{where}: every row has the label {present[0]!r}; a classifier needs at least two "
@@ -379,7 +384,6 @@ def data_digest(data, splits) -> str:
         ds = data[split]
         digest.update(json.dumps([split, class_names_of(ds)]).encode())  # the names reach the model
         column = "text" if "text" in ds.column_names else "input_ids"
-        digest.update(split.encode())
         for value, label in zip(ds[column], ds["label"]):
             digest.update((value if isinstance(value, str) else json.dumps(list(value))).encode())
             digest.update(f"\0{label}\0".encode())

@@ -21,7 +21,7 @@ from torch import nn
 
 from .adapters import CONFIG_NAME, MINILM_HUB_ID, class_names
 from .api import INFO_NAME, load_trained
-from .data import BINARY_NAMES, _check_readable, _read_file, label_ids, raw_label
+from .data import BINARY_NAMES, _check_readable, _read_file, label_ids, raw_labels
 from .errors import DataError, LoralabError
 from .fileio import atomic_dir, atomic_path, write_text
 from .inference import map_batches
@@ -112,11 +112,7 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
     predicted = [names[i] for i in probs.argmax(-1)]
     accuracy = None
     if true is not None:
-        raw = [raw_label(v) for v in true]
-        missing = next((row for row, value in enumerate(raw, start=1) if value is None), None)
-        if missing:
-            raise DataError(f"{labels or input}: row {missing}: no label.")
-        gold = label_ids(raw, names, labels or input, "label")
+        gold = label_ids(raw_labels(true, labels or input, "label"), names, labels or input, "label")
         accuracy = float((probs.argmax(-1) == np.asarray(gold)).mean())
     if output:
         write_predictions(Path(output), predicted, probs, names, ids, id_column)

@@ -195,12 +195,11 @@ def device_name(device: str) -> str:
 
 
 def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) -> Environment:
-    import numpy as np
     import torch
     import transformers
 
     from . import __version__
-    from .data import class_names_of
+    from .data import class_counts, class_names_of
     from .inference import resolve_precision
     from .models import pick_device
 
@@ -218,8 +217,7 @@ def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) ->
         precision=resolve_precision(settings, pick_device(config["device"])), seed=config["seed"],
         seeds=seeds_of(config), profile=config["profile"], pooling=config["train"]["pooling"],
         total_seconds=seconds, skipped_runs=skipped, labels=class_names_of(ctx.data["train"]),
-        class_counts={split: np.bincount(ctx.data[split]["label"], minlength=len(class_names_of(ctx.data["train"])))
-                      .tolist() for split in ctx.data})
+        class_counts={split: class_counts(ctx.data[split]) for split in ctx.data})
 
 
 @dataclass
