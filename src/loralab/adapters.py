@@ -25,7 +25,7 @@ from torch import nn
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_path, write_json
 from .lora import LoRA
-from .models import load_model, minilm_path
+from .models import load_model, minilm_path, refuse_other_classes
 from .pooling import pooling_of, set_pooling
 from .surgery import find_targets, head_modules, inject_lora, lora_layers
 
@@ -200,10 +200,8 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
     labels = json.loads(metadata["loralab_labels"]) if "loralab_labels" in metadata else None
     if isinstance(model_or_base, nn.Module):
         model = model_or_base
-        if labels and class_names(model) != labels:
-            raise ModelLoadError(f"{directory}: this adapter was trained for the classes "
-                                 f"{', '.join(map(repr, labels))}; the model given has "
-                                 f"{', '.join(map(repr, class_names(model)))}.")
+        if labels:
+            refuse_other_classes(directory, "adapter", labels, class_names(model), "the model given")
     else:
         base = model_or_base or config.get("base_model_name_or_path")
         if base == MINILM_HUB_ID:

@@ -23,7 +23,7 @@ from .adapters import CONFIG_NAME, class_names, load_adapter, save_adapter
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
 from .inference import evaluate_metrics, evaluate_model
-from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
+from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
 from .records import LowrankSummary, Row, Selection, fingerprint, read_json
 from .settings import TRAIN_METHODS, LoraOptions
@@ -78,13 +78,6 @@ def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: 
         tokenizer.save_pretrained(tmp)
         write_json(tmp / INFO_NAME, info)
     return Path(directory)
-
-
-def check_labels(net: nn.Module, names, where) -> None:
-    """Refuse to score a model on data of other classes (both sets named)."""
-    if list(names) != class_names(net):
-        raise ModelLoadError(f"{where} was trained for the classes {', '.join(map(repr, class_names(net)))}; "
-                             f"the data has {', '.join(map(repr, names))}.")
 
 
 def load_trained(directory: str | os.PathLike):
@@ -243,7 +236,7 @@ def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | 
     settings = settings or TrainSettings()
     net, tokenizer = load_trained(model_dir)
     data = data if data is not None else load_data()
-    check_labels(net, class_names_of(data["eval"]), model_dir)
+    refuse_other_classes(model_dir, "model", class_names(net), class_names_of(data["eval"]), "the data")
     tokenized = tokenize(data, tokenizer, settings.max_length)
     return evaluate_model(net, tokenized["eval"], tokenizer, settings)
 

@@ -107,9 +107,8 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | 
         saved = saved_labels(config)
         if labels is None:
             labels = saved or BINARY_NAMES
-        elif saved and tuple(saved) != tuple(labels):
-            raise ModelLoadError(f"{name}: this model was trained for the classes "
-                                 f"{', '.join(map(repr, saved))}, not {', '.join(map(repr, labels))}.")
+        elif saved:
+            refuse_other_classes(name, "model", saved, labels, "the head asked for")
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {n: i for i, n in enumerate(labels)}
@@ -130,6 +129,14 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | 
     finally:
         hf_logging.set_verbosity(verbosity)
     return set_pooling(model, pooling_of(model))  # a saved mean-pooled model pools by the mean again
+
+
+def refuse_other_classes(where, what: str, trained, other, other_what: str) -> None:
+    """A `ModelLoadError` when a model (or adapter) trained for the classes `trained` is used
+    with the classes `other`, both sets named; nothing when they are the same."""
+    if list(trained) != list(other):
+        raise ModelLoadError(f"{where}: this {what} was trained for the classes {', '.join(map(repr, trained))}; "
+                             f"{other_what} has {', '.join(map(repr, other))}.")
 
 
 def saved_labels(config) -> list[str] | None:

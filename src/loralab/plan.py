@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 from .records import (
@@ -48,14 +49,14 @@ class Context:
             self._data = load_configured(self.data_options)
         return self._data
 
-    @property
+    @cached_property  # plan() reads it for every run: hash the splits once
     def data_key(self) -> str:
         """A hash of every split: a run that trains or evaluates is redone when it changes."""
         from .data import data_digest
 
         return data_digest(self.data, sorted(self.data))
 
-    @property
+    @cached_property
     def choice_key(self) -> str:
         """A hash of the splits that choices are made on (train and validation, never eval)."""
         from .data import data_digest
