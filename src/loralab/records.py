@@ -241,12 +241,18 @@ def read_record(path: Path) -> RunRecord | None:
         return None
 
 
-def read_rows(path: Path) -> list[Row] | None:
-    """The rows of a `results.json`; None where it does not exist."""
+def load_json(path: Path):
+    """The JSON in `path`; None where the file does not exist, a `LoralabError` where it is
+    not valid JSON (the report reads finished results: a damaged one must not pass quietly)."""
     try:
-        data = json.loads(Path(path).read_text("utf-8"))
+        return json.loads(Path(path).read_text("utf-8"))
     except FileNotFoundError:
         return None
     except ValueError as err:
         raise LoralabError(f"{path}: not valid JSON ({err}).") from None
-    return [Row.from_json(r, str(path)) for r in data]
+
+
+def read_rows(path: Path) -> list[Row] | None:
+    """The rows of a `results.json`; None where it does not exist."""
+    data = load_json(path)
+    return None if data is None else [Row.from_json(r, str(path)) for r in data]

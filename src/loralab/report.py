@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 import re
@@ -42,6 +41,7 @@ from .records import (
     Row,
     RunRecord,
     Selection,
+    load_json,
     read_rows,
 )
 from .settings import BINARY_NAMES
@@ -187,17 +187,8 @@ def fmt(value, spec: str = ",", missing: str = "-") -> str:
     return format(value, spec)
 
 
-def _read(path: Path):
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError as err:
-        raise LoralabError(f"{path}: not valid JSON ({err}).") from None
-
-
 def _record(path: Path) -> RunRecord | None:
-    data = _read(path)
+    data = load_json(path)
     return RunRecord.from_json(data, str(path)) if data is not None else None
 
 
@@ -263,7 +254,7 @@ def build(out_dir: str | os.PathLike) -> Findings:
                   if (record := _record(p)) and record.selection]
     baselines = [s for s in summaries if s.method.startswith("tfidf")]
     times = run_times(out_dir, runs)
-    env = _read(out_dir / "environment.json")
+    env = load_json(out_dir / "environment.json")
     labels = list((env or {}).get("labels") or BINARY_NAMES)
     return Findings(
         runs=runs, summaries=summaries, full=full, head=head, lora6=_one(summaries, "lora", 6),
@@ -277,7 +268,7 @@ def build(out_dir: str | os.PathLike) -> Findings:
         replace_test=records[REPLACE_TEST].replace_test if records[REPLACE_TEST] else None,
         lowrank=lowrank,
         similarity=records[SIMILARITY].similarity if records[SIMILARITY] else None,
-        spectrum=_read(out_dir / LOWRANK / "spectrum.json"),
+        spectrum=load_json(out_dir / LOWRANK / "spectrum.json"),
         times=times, busy_seconds=busy_seconds(times), environment=env, labels=labels,
         majority_class=majority_class(env, labels),
         best_lora=max((s for s in summaries if s.method == "lora"), key=lambda s: s.eval_accuracy, default=None))
