@@ -86,7 +86,7 @@ def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synth
 
 # The layers, lowest first: a module may import from its own layer and the ones below.
 LAYERS = {
-    "core": {"errors", "fileio", "settings", "records", "arch", "lora", "surgery", "adapters", "lowrank",
+    "core": {"errors", "fileio", "settings", "records", "arch", "lora", "surgery", "adapters", "lowrank", "extraction",
              "pooling", "models"},
     "training": {"data", "training", "inference", "metrics", "fastdropout", "measure", "baselines", "logs"},
     "library": {"config", "api", "plan", "tasks", "study", "plots", "report", "serve", "lab"},

@@ -38,6 +38,25 @@ def test_forward_is_base_plus_scaled_low_rank():
     torch.testing.assert_close(lora(x), expected)
 
 
+def test_bias_of_the_update_is_scaled_merged_and_unmerged():
+    base = int_layer()
+    lora = LoRA(base, rank=2, alpha=4, bias=True)  # scale 2
+    x = torch.tensor([[1.0, 0.0, -1.0]])
+    assert torch.equal(lora(x), base(x))  # b starts at zero too
+    with torch.no_grad():
+        lora.B.fill_(1.0)
+        lora.b.copy_(torch.tensor([0.5, -2.0]))
+    expected = base(x) + 2.0 * (x @ lora.A @ lora.B + lora.b)
+    torch.testing.assert_close(lora(x), expected)
+    lora.merge()
+    assert torch.equal(base.bias, torch.tensor([2.0, -5.0]))
+    torch.testing.assert_close(lora(x), expected)
+    lora.unmerge()
+    assert torch.equal(base.bias, torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="bias to merge into"):
+        LoRA(nn.Linear(3, 2, bias=False), rank=1, bias=True)
+
+
 def test_forward_never_forms_the_full_product(monkeypatch):
     lora = LoRA(nn.Linear(64, 48), rank=2)
     shapes = []

@@ -6,6 +6,7 @@ from .adapters import load_adapter, save_adapter
 from .api import choose_learning_rate, evaluate, load_trained, prepare_model, save_trained, train
 from .data import DataOptions, load_data, load_split, split_validation
 from .errors import DataError, LoralabError, ModelLoadError
+from .extraction import extract_adapter, save_extraction
 from .lora import LoRA, LoRALinear
 from .models import load_model, load_tokenizer, num_trainable_parameters
 from .pooling import pooling_of, set_pooling
@@ -27,9 +28,10 @@ __version__ = "0.1.0"
 __all__ = [
     "DataError", "DataOptions", "LoRA", "LoRALinear", "LoraOptions", "LoralabError", "ModelLoadError",
     "TrainSettings",
-    "choose_learning_rate", "evaluate", "export", "extract", "find_targets", "freeze_all_but_head",
+    "choose_learning_rate", "evaluate", "export", "extract", "extract_adapter", "find_targets", "freeze_all_but_head",
     "head_modules", "inject_lora", "load_adapter", "load_data", "load_model", "load_split",
     "load_tokenizer", "load_trained", "lora_layers", "merge_and_unload", "num_trainable_parameters",
-    "pooling_of", "predict", "prepare_model", "replace", "save_adapter", "save_trained", "set_pooling",
+    "pooling_of", "predict", "prepare_model", "replace", "save_adapter", "save_extraction", "save_trained",
+    "set_pooling",
     "split_validation", "train",
 ]

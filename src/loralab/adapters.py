@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,13 +29,14 @@ from .fileio import atomic_path, write_json
 from .lora import LoRA
 from .models import load_model, minilm_path, refuse_other_classes
 from .pooling import pooling_of, set_pooling
-from .surgery import find_targets, head_modules, inject_lora, lora_layers
+from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
 PREFIX = "base_model.model."
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+WHOLE_ATTR = "loralab_whole_modules"  # a model attribute: modules beyond the head its adapter holds whole
 
 
 def base_model_name(model: nn.Module) -> str | None:
@@ -42,6 +45,13 @@ def base_model_name(model: nn.Module) -> str | None:
     if name and os.path.realpath(name) == os.path.realpath(minilm_path()):
         return MINILM_HUB_ID
     return name
+
+
+def adapter_base(config: dict) -> str | None:
+    """The base model an adapter config names, as `load_model` takes it (the packaged
+    all-MiniLM-L6-v2 for its Hub id)."""
+    name = config.get("base_model_name_or_path")
+    return "minilm" if name == MINILM_HUB_ID else name
 
 
 def base_fingerprint(layers: dict[str, nn.Module]) -> str:
@@ -62,35 +72,65 @@ def base_fingerprint(layers: dict[str, nn.Module]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _expected_shapes(model: nn.Module, layers: dict[str, nn.Module], rank: int) -> dict[str, tuple]:
-    """PEFT key -> shape of everything an adapter of `rank` on `layers` must hold."""
-    shapes: dict[str, tuple] = {}
-    for name, layer in layers.items():
-        shapes[f"{PREFIX}{name}.lora_A.weight"] = (rank, layer.in_features)
-        shapes[f"{PREFIX}{name}.lora_B.weight"] = (layer.out_features, rank)
-    for head in head_modules(model):
-        for pname, param in model.get_submodule(head).named_parameters():
-            shapes[f"{PREFIX}{head}.{pname}"] = tuple(param.shape)
-    return shapes
+def whole_modules(model: nn.Module) -> tuple[str, ...]:
+    """The modules an adapter of `model` holds whole (PEFT's `modules_to_save`): the
+    classification head, then any others the model was given (an extracted adapter's
+    layer norms, see `loralab.extract`)."""
+    heads = head_modules(model)
+    return heads + tuple(m for m in getattr(model, WHOLE_ATTR, ()) if m not in heads)
+
+
+def _layer_keys(name: str, layer: "_LayerPlan") -> dict[str, tuple]:
+    """PEFT key -> shape of one adapted layer's tensors."""
+    keys = {f"{PREFIX}{name}.lora_A.weight": (layer.rank, layer.in_features),
+            f"{PREFIX}{name}.lora_B.weight": (layer.out_features, layer.rank)}
+    if layer.bias:
+        keys[f"{PREFIX}{name}.lora_B.bias"] = (layer.out_features,)
+    return keys
+
+
+def _module_keys(model: nn.Module, modules) -> dict[str, tuple]:
+    return {f"{PREFIX}{module}.{pname}": tuple(param.shape)
+            for module in modules for pname, param in model.get_submodule(module).named_parameters()}
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter and head tensors under PEFT's key names."""
+    """Adapter, head and other whole-module tensors under PEFT's key names."""
     layers = lora_layers(model)
     if not layers:
         raise ModelLoadError("This model has no LoRA layers to save.")
     state: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
-        state[f"{PREFIX}{name}.lora_A.weight"] = layer.A.detach().T.contiguous().float().cpu()
-        state[f"{PREFIX}{name}.lora_B.weight"] = layer.B.detach().T.contiguous().float().cpu()
-    for head in head_modules(model):
-        for pname, param in model.get_submodule(head).named_parameters():
-            state[f"{PREFIX}{head}.{pname}"] = param.detach().contiguous().float().cpu()
-    return state
+        state[f"{PREFIX}{name}.lora_A.weight"] = layer.A.detach().T
+        state[f"{PREFIX}{name}.lora_B.weight"] = layer.B.detach().T
+        if layer.b is not None:
+            state[f"{PREFIX}{name}.lora_B.bias"] = layer.b.detach()
+    for module in whole_modules(model):
+        for pname, param in model.get_submodule(module).named_parameters():
+            state[f"{PREFIX}{module}.{pname}"] = param.detach()
+    return {k: v.contiguous().float().cpu() for k, v in state.items()}
+
+
+def _common_and_pattern(values: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """The most common value, and the layers that differ from it (PEFT's `*_pattern`)."""
+    common = Counter(values.values()).most_common(1)[0][0]
+    return common, {name: v for name, v in values.items() if v != common}
+
+
+def _from_pattern(pattern: dict, name: str, default):
+    """A layer's value from a PEFT `rank_pattern` / `alpha_pattern`: the first key that
+    matches the end of its name, by PEFT's rule (`peft.utils.other.get_pattern_key`)."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """Save only adapter and head weights, as PEFT does, to `directory`.
+
+    Layers of other ranks or alphas than the most common go into PEFT's `rank_pattern` /
+    `alpha_pattern`; adapters with a bias of their own set `lora_bias`.
 
     Args:
         model: a model with LoRA layers (see `inject_lora`).
@@ -104,20 +144,27 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     layers = lora_layers(model)
     state = adapter_state_dict(model)
     first = next(iter(layers.values()))
+    if len({layer.b is not None for layer in layers.values()}) > 1:
+        raise ModelLoadError("PEFT's lora_bias is one setting for every layer: give every adapter a bias or none.")
+    rank, rank_pattern = _common_and_pattern({n: layer.rank for n, layer in layers.items()})
+    alpha, alpha_pattern = _common_and_pattern({n: layer.alpha for n, layer in layers.items()})
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
         "base_model_name_or_path": base_model_name(model),
-        "r": first.rank,
-        "lora_alpha": first.alpha,
+        "r": rank,
+        "lora_alpha": alpha,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
         "lora_dropout": float(getattr(first.dropout, "p", 0.0)),
         "use_rslora": first.rslora,
         "target_modules": sorted(layers),
-        "modules_to_save": list(head_modules(model)),
+        "modules_to_save": list(whole_modules(model)),
         "bias": "none",
         "fan_in_fan_out": False,
         "init_lora_weights": True,
         "inference_mode": True,
+        **({"lora_bias": True} if first.b is not None else {}),  # only where set: older PEFT lacks the field
     }
     metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
                 "loralab_init": first.init, "loralab_pooling": pooling_of(model),
@@ -203,32 +250,33 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         if labels:
             refuse_other_classes(directory, "adapter", labels, class_names(model), "the model given")
     else:
-        base = model_or_base or config.get("base_model_name_or_path")
-        if base == MINILM_HUB_ID:
-            base = "minilm"
+        base = model_or_base or adapter_base(config)
         if not base:
             raise ModelLoadError(f"{where}: names no base model; pass one.")
         model = load_model(base, labels)
     if lora_layers(model):
         raise ModelLoadError("The model already has LoRA layers; load the adapter onto a base model.")
 
-    rank, alpha = int(config["r"]), config["lora_alpha"]
-    lora_keys = [k for k in tensors if k.endswith((".lora_A.weight", ".lora_B.weight"))]
-    ranks = {tensors[k].shape[0] if k.endswith("lora_A.weight") else tensors[k].shape[1] for k in lora_keys}
-    if ranks and ranks != {rank}:
-        raise ModelLoadError(f"{where}: says r={rank}, but the weights have rank "
-                             f"{', '.join(map(str, sorted(ranks)))}.")
     try:
         layers = find_targets(model, _resolve_targets(model, config["target_modules"]))
     except LoralabError as err:
         raise ModelLoadError(f"{where}: its target_modules {config['target_modules']!r} do not fit "
                              f"this model: {err}") from None
+    extra = _resolve_modules(model, config.get("modules_to_save") or [])
     if check_base:
         _check_base(model, layers, config, metadata, where)
 
     # Check everything before the model is touched: nothing is ever loaded partially.
-    expected = _expected_shapes(model, layers, rank)
+    bias = bool(config.get("lora_bias", False))
+    plans = {name: _LayerPlan(int(_from_pattern(config.get("rank_pattern") or {}, name, config["r"])),
+                              _from_pattern(config.get("alpha_pattern") or {}, name, config["lora_alpha"]),
+                              layer.in_features, layer.out_features, bias)
+             for name, layer in layers.items()}
+    expected = _module_keys(model, head_modules(model) + extra)
+    for name, plan in plans.items():
+        expected.update(_layer_keys(name, plan))
     saved = {k if k.startswith(PREFIX) else PREFIX + k: v for k, v in tensors.items()}
+    _check_ranks(saved, plans, where)
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
@@ -244,16 +292,57 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
             raise ModelLoadError(f"{directory}: {key} has shape {tuple(value.shape)}, the model "
                                  f"needs {expected[key]}. Nothing was loaded.")
 
-    inject_lora(model, rank, alpha, targets=list(layers), dropout=float(config.get("lora_dropout", 0.0)),
-                rslora=bool(config.get("use_rslora", False)))
+    inject_lora(model, {n: p.rank for n, p in plans.items()}, {n: p.alpha for n, p in plans.items()},
+                dropout=float(config.get("lora_dropout", 0.0)), rslora=bool(config.get("use_rslora", False)),
+                bias=bias)
     with torch.no_grad():
         for name, layer in lora_layers(model).items():
             layer.A.copy_(saved[f"{PREFIX}{name}.lora_A.weight"].T)
             layer.B.copy_(saved[f"{PREFIX}{name}.lora_B.weight"].T)
-        for head in head_modules(model):
-            for pname, param in model.get_submodule(head).named_parameters():
-                param.copy_(saved[f"{PREFIX}{head}.{pname}"])
+            if bias:
+                layer.b.copy_(saved[f"{PREFIX}{name}.lora_B.bias"])
+        for module in head_modules(model) + extra:
+            for pname, param in model.get_submodule(module).named_parameters():
+                param.copy_(saved[f"{PREFIX}{module}.{pname}"])
+    if extra:
+        setattr(model, WHOLE_ATTR, extra)
     return set_pooling(model, metadata.get("loralab_pooling", "cls"))
+
+
+@dataclass(frozen=True)
+class _LayerPlan:
+    """What an adapter says of one layer, checked before anything is loaded."""
+
+    rank: int
+    alpha: float
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+def _check_ranks(saved: dict[str, torch.Tensor], plans: dict[str, _LayerPlan], where: Path) -> None:
+    wrong = {}
+    for name, plan in plans.items():
+        a = saved.get(f"{PREFIX}{name}.lora_A.weight")
+        if a is not None and a.dim() == 2 and a.shape[0] != plan.rank:
+            wrong[name] = (plan.rank, a.shape[0])
+    if wrong:
+        name, (said, has) = next(iter(wrong.items()))
+        raise ModelLoadError(f"{where}: says r={said}, but the weights have rank {has} ({name}"
+                             f"{f' and {len(wrong) - 1} more layer(s)' if len(wrong) > 1 else ''}).")
+
+
+def _resolve_modules(model: nn.Module, modules_to_save) -> tuple[str, ...]:
+    """Fully qualified names of the `modules_to_save` beyond the head. PEFT matches them as
+    name suffixes and passes over names the model lacks (its SEQ_CLS task adds "classifier"
+    and "score" to every list); tensors saved for a module the model lacks are refused
+    as unexpected keys."""
+    heads = head_modules(model)
+    found: list[str] = []
+    for wanted in modules_to_save:
+        found += [n for n, _ in model.named_modules()
+                  if (n == wanted or n.endswith("." + wanted)) and not inside(n, heads) and n not in found]
+    return tuple(found)
 
 
 def _check_base(model: nn.Module, layers: dict[str, nn.Module], config: dict, metadata: dict,

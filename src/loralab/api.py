@@ -19,7 +19,7 @@ from pathlib import Path
 from datasets import DatasetDict
 from torch import nn
 
-from .adapters import CONFIG_NAME, class_names, load_adapter, save_adapter
+from .adapters import CONFIG_NAME, adapter_base, class_names, load_adapter, save_adapter
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
 from .inference import evaluate_metrics, evaluate_model
@@ -89,7 +89,7 @@ def load_trained(directory: str | os.PathLike):
     if (directory / CONFIG_NAME).exists():
         net = load_adapter(None, directory)
         tok_source = directory if (directory / "tokenizer_config.json").exists() else \
-            json.loads((directory / CONFIG_NAME).read_text())["base_model_name_or_path"]
+            adapter_base(json.loads((directory / CONFIG_NAME).read_text()))
         return net, load_tokenizer(tok_source)
     return load_model(directory), load_tokenizer(directory)
 

@@ -151,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_args(p)
     _add_data_args(p)
 
+    p = sub.add_parser("extract", help="a LoRA adapter from a fully fine-tuned model (truncated SVD of its update)")
+    p.add_argument("--finetuned", required=True, help="the fully fine-tuned model's folder")
+    p.add_argument("--base", help="the model it was fine-tuned from (default: minilm)")
+    p.add_argument("--out", required=True, help="folder for the adapter")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--rank", type=int, help="one rank for every target layer")
+    size.add_argument("--energy", type=float,
+                      help="per layer, the smallest rank keeping this fraction of ||dW||^2, e.g. 0.9")
+    p.add_argument("--max-rank", type=int, help="the largest rank a layer gets (with --energy)")
+    p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
+    p.add_argument("--keep", action="append", default=[], metavar="MODULE",
+                   help="also save this module whole, e.g. embeddings (repeatable)")
+    p.add_argument("--no-norms", action="store_true", help="leave out the layer norms (saved whole by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("predict", help="predict sentiment for texts or a file")
     p.add_argument("model_dir", help="a trained model or adapter folder")
     p.add_argument("texts", nargs="*", help="texts to classify")
@@ -281,6 +296,18 @@ def cmd_predict(args) -> None:
         print(f"accuracy: {result['accuracy']:.4f}")
 
 
+def cmd_extract(args) -> None:
+    from .extraction import extract_adapter, save_extraction
+    from .models import DEFAULT_MODEL
+
+    result = extract_adapter(args.finetuned, args.base or DEFAULT_MODEL, rank=args.rank, energy=args.energy,
+                             max_rank=args.max_rank, targets=args.targets, keep=args.keep,
+                             keep_norms=not args.no_norms, progress=not args.quiet)
+    save_extraction(result, args.out, source=args.finetuned)
+    print(result.summary())
+    print(f"adapter written to {args.out} (its README.md lists every layer)")
+
+
 def cmd_export(args) -> None:
     from .serve import export
 
@@ -308,7 +335,7 @@ def cmd_run(args) -> None:
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "lowrank": cmd_lowrank,
-            "predict": cmd_predict, "export": cmd_export, "report": cmd_report, "run": cmd_run}
+            "predict": cmd_predict, "extract": cmd_extract, "export": cmd_export, "report": cmd_report, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,9 @@ A frozen linear layer y = x W0^T + b is adapted by a trainable low-rank update:
     y = base(x) + s * (x A) B,    A: (in, r),  B: (r, out),  s = alpha / r
 
 (or s = alpha / sqrt(r) with rsLoRA, Kalajdzievski 2023, arXiv:2312.03732). B starts at
-zero, so an adapter begins as the identity change. The forward pass multiplies by A and
+zero, so an adapter begins as the identity change. With `bias=True` the update has a bias
+of its own, s * b (PEFT's `lora_bias`): an adapter extracted from a full fine-tune carries
+the change of the layer's bias in it. The forward pass multiplies by A and
 then by B and never forms the (in x out) product A B, which costs r (in + out) per token
 instead of in x out.
 """
@@ -33,10 +35,11 @@ class LoRA(nn.Module):
             (PEFT's default: uniform with bound 1/sqrt(in)) or ``"gaussian"``
             (normal with variance 1/r). B always starts at zero.
         rslora: scale by alpha / sqrt(r) instead of alpha / r.
+        bias: give the update a bias `b` of its own (zeros at first), added as s * b.
     """
 
     def __init__(self, pretrained: nn.Linear, rank: int = 12, alpha: float = 24,
-                 dropout: float = 0.0, init: str = "normal", rslora: bool = False):
+                 dropout: float = 0.0, init: str = "normal", rslora: bool = False, bias: bool = False):
         super().__init__()
         if isinstance(pretrained, LoRA):  # checked first: a LoRA layer is no nn.Linear either
             raise TypeError("this layer already has a LoRA adapter; wrapping it twice would stack two "
@@ -59,6 +62,9 @@ class LoRA(nn.Module):
         device = pretrained.weight.device
         self.A = nn.Parameter(torch.empty(pretrained.in_features, rank, device=device))
         self.B = nn.Parameter(torch.zeros(rank, pretrained.out_features, device=device))
+        if bias and pretrained.bias is None:
+            raise ValueError("bias=True needs a layer with a bias to merge into")
+        self.b = nn.Parameter(torch.zeros(pretrained.out_features, device=device)) if bias else None
         self.merged = False
         self.reset_parameters()
 
@@ -89,14 +95,21 @@ class LoRA(nn.Module):
         if not torch.is_autocast_enabled(h.device.type) and h.dtype != self.A.dtype:
             h = h.to(self.A.dtype)
         update = (h @ self.A) @ self.B  # (..., r) then (..., out)
+        if self.b is not None:
+            update = update + self.b
         return y + (self.scaling * update).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """The update in `nn.Linear` layout, (out, in): s * (A B)^T, in float32."""
         return self.scaling * (self.A.detach().float() @ self.B.detach().float()).T
 
+    def delta_bias(self) -> torch.Tensor | None:
+        """The update's bias, s * b, in float32 (None without `bias`)."""
+        return None if self.b is None else self.scaling * self.b.detach().float()
+
     def _check_finite(self) -> None:
-        if not (torch.isfinite(self.A).all() and torch.isfinite(self.B).all()):
+        params = [self.A, self.B] + ([self.b] if self.b is not None else [])
+        if not all(torch.isfinite(p).all() for p in params):
             raise ValueError("refusing to merge: the adapter weights contain NaN or inf")
 
     @torch.no_grad()
@@ -105,8 +118,7 @@ class LoRA(nn.Module):
         if self.merged:
             return
         self._check_finite()
-        weight = self.base.weight
-        weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
+        self._add(+1)
         self.merged = True
 
     @torch.no_grad()
@@ -114,13 +126,20 @@ class LoRA(nn.Module):
         """Subtract the update from the base weight; harmless when not merged."""
         if not self.merged:
             return
-        weight = self.base.weight
-        weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
+        self._add(-1)
         self.merged = False
+
+    def _add(self, sign: int) -> None:
+        weight = self.base.weight
+        weight.copy_((weight.float() + sign * self.delta_weight()).to(weight.dtype))
+        if self.b is not None:
+            bias = self.base.bias
+            bias.copy_((bias.float() + sign * self.delta_bias()).to(bias.dtype))
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
-                f"alpha={self.alpha}, init={self.init!r}, rslora={self.rslora}, merged={self.merged}")
+                f"alpha={self.alpha}, init={self.init!r}, rslora={self.rslora}, bias={self.b is not None}, "
+                f"merged={self.merged}")
 
 
 LoRALinear = LoRA

@@ -8,7 +8,7 @@ classification head is found, from the table in `loralab.arch`.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -33,8 +33,9 @@ def head_modules(model: nn.Module) -> tuple[str, ...]:
     return heads
 
 
-def _in_head(name: str, heads: Sequence[str]) -> bool:
-    return any(name == h or name.startswith(h + ".") for h in heads)
+def inside(name: str, modules: Sequence[str]) -> bool:
+    """Whether module `name` is one of `modules` or within one of them."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
 def parse_targets(targets: str | Iterable[str] | None) -> list[str] | str | None:
@@ -76,7 +77,7 @@ def find_targets(model: nn.Module, targets: str | Iterable[str] | None = None,
             continue  # the base layer inside a LoRA wrapper is not a separate target
         if isinstance(module, LoRA):
             inside_lora.add(name)
-        if not isinstance(module, (nn.Linear, LoRA)) or _in_head(name, heads):
+        if not isinstance(module, (nn.Linear, LoRA)) or inside(name, heads):
             continue
         if parsed == "all-linear" or any(name == t or name.endswith("." + t) for t in parsed):
             found[name] = module
@@ -129,25 +130,34 @@ def lora_layers(model: nn.Module) -> dict[str, LoRA]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRA)}
 
 
-def inject_lora(model: nn.Module, rank: int, alpha: float | None = None,
+def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | Mapping[str, float] | None = None,
                 targets: str | Iterable[str] | None = None, **lora_options) -> nn.Module:
     """Wrap the target layers in LoRA adapters and train only adapters and head.
 
     Args:
         model: a sequence-classification model; changed in place and returned.
-        rank: the adapters' rank.
-        alpha: scale numerator; defaults to 2 * rank as in the lab.
+        rank: the adapters' rank, or a rank per layer name (PEFT's `rank_pattern`; those
+            layers are then the targets).
+        alpha: scale numerator, or one per layer name; defaults to 2 * rank as in the lab.
         targets: names or suffixes, ``"all-linear"``, or None for the defaults.
-        **lora_options: `dropout`, `init`, `rslora`, passed to `LoRA`.
+        **lora_options: `dropout`, `init`, `rslora`, `bias`, passed to `LoRA`.
     """
-    alpha = 2 * rank if alpha is None else alpha
+    if isinstance(rank, Mapping) and targets is None:
+        targets = list(rank)
     layers = find_targets(model, targets)
-    replace(model, {name: LoRA(layer, rank=rank, alpha=alpha, **lora_options)
-                    for name, layer in layers.items()})
+
+    def each(value, name):
+        return value[name] if isinstance(value, Mapping) else value
+
+    wrapped = {}
+    for name, layer in layers.items():
+        r = each(rank, name)
+        wrapped[name] = LoRA(layer, rank=r, alpha=2 * r if alpha is None else each(alpha, name), **lora_options)
+    replace(model, wrapped)
     freeze_all_but_head(model)
     for layer in lora_layers(model).values():
-        layer.A.requires_grad_(True)
-        layer.B.requires_grad_(True)
+        layer.requires_grad_(True)
+        layer.base.requires_grad_(False)
     return model
 
 
