@@ -135,6 +135,8 @@ learning_rate = 1e-3
 [methods]
 lora_ranks = [2]
 sweep_points = 3
+extract_ranks = [1, 4]
+extract_energies = [0.9]
 """
 
 

@@ -75,6 +75,35 @@ def test_numbers_and_sentences(tmp_path):
     assert lora_row[1:5] == ["30,000", "3.00%", "0.8820", "98.00%"]
 
 
+def test_extracted_adapters_against_trained_lora_and_full(tmp_path):
+    from loralab.records import Extracted
+    from loralab.report import extraction_lines
+
+    folder = hand_made(tmp_path)
+    rows = json.loads((folder / "results.json").read_text())
+    made = [("lora", 1, None, 12_000, 0.85), ("lora", 4, None, 20_000, 0.88),
+            ("extract", 1, None, 12_500, 0.80), ("extract", 4, None, 21_000, 0.895),
+            ("extract", None, 0.9, 40_000, 0.893), ("extract-all", 4, None, 50_000, 0.897)]
+    rows += [{"method": m, "rank": r, "energy": e, "trainable_params": p, "eval_accuracy": a}
+             for m, r, e, p, a in made]
+    (folder / "results.json").write_text(json.dumps(rows))
+    write_record(folder, "extract", extracted=[
+        Extracted(m, "all-linear" if m == "extract-all" else "query,value", r, e, [r or 2, r or 7], p, 4 * p, 0.5,
+                  0.2, f"{m}-{r or e}") for m, r, e, p, _ in made if m != "lora"])
+    findings = build(folder)
+    text = " ".join(extraction_lines(findings))
+    # 0.895 and 0.893 are within 1 point of full's 0.9; the smaller of the two is the rank-4 one
+    assert ("smallest extracted adapter within 1 point of full fine-tuning (0.9000) is Extracted LoRA "
+            "(query, value) r=4: 21,000 parameters (2.10% of the model), 0.8950") in text
+    assert "trained LoRA is the better adapter: trained LoRA is more accurate at 1 of 2 ranks" not in text
+    assert "neither is better: trained LoRA is more accurate at 1 of 2 ranks, by +1.7 points on average" in text
+    write_report(folder)
+    md = (folder / "report.md").read_text()
+    assert "## Adapters extracted from full fine-tuning" in md
+    assert "| query,value | energy 0.9 | 2-7 | 40,000 | 156 | 50.0% | 0.2 | 0.8930 | - |" in md
+    assert "| Extracted LoRA (query, value) e=0.9 | 40,000 |" in md  # a row of its own in the results table
+
+
 def test_missing_runs_are_said_missing(tmp_path):
     from loralab.report import answers
 

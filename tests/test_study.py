@@ -16,7 +16,7 @@ from loralab.errors import LoralabError
 from loralab.study import run_study
 
 pytestmark = pytest.mark.usefixtures("synthetic_data")  # no test here measures accuracy on IMDB
-METHODS = {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora"}
+METHODS = {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora", "extract", "extract-all"}
 
 
 def accuracies(rows):
@@ -57,6 +57,24 @@ def test_every_method_is_in_results(finished):
     assert json.loads((out / "full" / "result.json").read_text())["device"] == "cpu"  # what it ran on
 
 
+def test_extract_step_saves_and_evaluates_each_adapter(finished):
+    from loralab import load_adapter
+    from loralab.records import read_record
+
+    _, rows, out = finished
+    record = read_record(out / "extract" / "result.json")
+    sizes = [(e.method, e.rank, e.energy) for e in record.extracted]
+    assert sizes == [(m, r, e) for m in ("extract", "extract-all") for r, e in ((1, None), (4, None), (None, 0.9))]
+    assert [(r.method, r.rank, r.energy) for r in rows if r.method.startswith("extract")] == sizes
+    for e in record.extracted:
+        folder = out / "extract" / e.folder
+        assert e.file_bytes == (folder / "adapter_model.safetensors").stat().st_size
+        assert 0 < e.kept_share <= 1 and e.ranks[0] <= e.ranks[1]
+        assert (folder / "README.md").exists()
+    model = load_adapter(None, out / "extract" / "extract-all-r4")
+    assert len([m for m in model.modules() if type(m).__name__ == "LoRA"]) == 2 * 6  # 2 layers x 6 linear
+
+
 def test_replace_test_restores_predictions(finished):
     _, rows, out = finished
     result = json.loads((out / "replace-test" / "result.json").read_text())["replace_test"]
@@ -74,7 +92,7 @@ def test_same_seed_same_accuracies_and_rerun_skips(finished, tmp_path):
     assert accuracies(again.rows) == accuracies(rows)
     resumed = run_study(config, quiet=True)
     assert accuracies(resumed.rows) == accuracies(rows)
-    assert len(resumed.skipped) == 8 and resumed.ran == []
+    assert len(resumed.skipped) == 9 and resumed.ran == []
 
 
 @pytest.mark.parametrize("setting, value, redone", [
@@ -90,7 +108,7 @@ def test_changed_setting_redoes_exactly_the_runs_that_read_it(finished, tmp_path
     assert set(run_study(changed, quiet=True).ran) == redone
 
 
-TRANSFORMER_RUNS = {"full", "head", "replace-test", "lowrank", "lora-r2", "similarity"}
+TRANSFORMER_RUNS = {"full", "head", "replace-test", "lowrank", "extract", "lora-r2", "similarity"}
 EVERY_RUN = TRANSFORMER_RUNS | {"tfidf-lr", "tfidf-nb"}
 
 
@@ -112,6 +130,9 @@ EVERY_RUN = TRANSFORMER_RUNS | {"tfidf-lr", "tfidf-nb"}
     ("methods.sweep_points", 2, {"lowrank"}),
     ("methods.sweep_ranks", [4, 1], {"lowrank"}),
     ("methods.lora_ranks", [2, 4], {"lora-r4"}),  # a new run; similarity reads both
+    ("methods.extract_ranks", [2], {"extract"}),
+    ("methods.extract_energies", [0.5], {"extract"}),
+    ("methods.extract_targets", ["all-linear"], {"extract"}),
     ("jobs", 2, set()),
     ("isolate", False, set()),
 ])
@@ -174,7 +195,7 @@ def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finish
     events = [(name, what) for what, name in parallel.events]
     started = [name for name, what in events if what == "start"]
     assert sorted(started) == sorted(parallel.ran)
-    assert len(set(started)) == len(started) == 8  # every run of the tiny study, once
+    assert len(set(started)) == len(started) == 9  # every run of the tiny study, once
     at_once, most, done = 0, 0, []
     for name, what in events:
         at_once += 1 if what == "start" else -1
@@ -182,7 +203,8 @@ def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finish
         if what == "done":
             done.append(name)
         else:  # a run starts only once the runs whose results it reads are finished
-            needs = {"replace-test": {"full"}, "lowrank": {"full", "head"}, "similarity": {"full", "lora-r2"}}
+            needs = {"replace-test": {"full"}, "lowrank": {"full", "head"}, "similarity": {"full", "lora-r2"},
+                     "extract": {"full"}}
             assert needs.get(name, set()) <= set(done), f"{name} started before {needs[name] - set(done)}"
     assert most == 3
     with pytest.raises(LoralabError, match="jobs must be at least 1"):

@@ -26,7 +26,8 @@ from .settings import (
 )
 
 QUICK_KEYS = {"limit_train": "data", "limit_eval": "data", "epochs": "train", "max_length": "train",
-              "lora_ranks": "methods", "sweep_points": "methods", "sweep_ranks": "methods"}
+              "lora_ranks": "methods", "sweep_points": "methods", "sweep_ranks": "methods",
+              "extract_ranks": "methods", "extract_energies": "methods"}
 
 
 def defaults() -> dict:
@@ -112,6 +113,15 @@ def validate(config: dict) -> None:
         raise LoralabError("config: ranks must be positive integers.")
     if m["lowrank"] and not (m["full"] and m["head"]):
         raise LoralabError("config: methods.lowrank needs methods.full and methods.head.")
+    if m["extract"]:
+        if not m["full"]:
+            raise LoralabError("config: methods.extract needs methods.full (adapters are extracted from it).")
+        if any(r < 1 for r in m["extract_ranks"]) or any(not 0 < e <= 1 for e in m["extract_energies"]):
+            raise LoralabError("config: methods.extract_ranks must be positive integers and "
+                               "methods.extract_energies fractions in (0, 1].")
+        if not set(m["extract_targets"]) <= {"", "all-linear"}:
+            raise LoralabError(f"config: methods.extract_targets may hold \"\" (query and value) and "
+                               f"\"all-linear\", not {m['extract_targets']!r}; `loralab extract` takes any.")
     for name, value, choices in (("precision", config["precision"], PRECISIONS),
                                  ("device", config["device"], DEVICES), ("train.pooling", t["pooling"], POOLINGS),
                                  ("lora.init", config["lora"]["init"], INITS)):

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .records import (
+    EXTRACT,
     LOWRANK,
     REPLACE_TEST,
     SIMILARITY,
@@ -148,6 +149,17 @@ class SimilarityInputs:
 
 
 @dataclass(frozen=True)
+class ExtractInputs:
+    full: Ref
+    model: str
+    data: str
+    settings: TrainSettings            # inference batches, precision, device, max length
+    targets: tuple[str, ...]           # "" (query and value) and/or "all-linear"
+    ranks: tuple[int, ...]
+    energies: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Run:
     """One step of the study: a folder, what it reads (`inputs`) and the task that does it.
 
@@ -229,6 +241,10 @@ def plan(config: dict, ctx: Context) -> list[Run]:
             runs.append(Run(LOWRANK, "lowrank", LowrankInputs(trained["full"], trained["head"], model, ctx.data_key,
                                                               settings, targets, tuple(m["sweep_ranks"]),
                                                               m["sweep_points"])))
+        if first and m["extract"] and "full" in trained:
+            runs.append(Run(EXTRACT, "extract", ExtractInputs(trained["full"], model, ctx.data_key, settings,
+                                                              tuple(m["extract_targets"]), tuple(m["extract_ranks"]),
+                                                              tuple(m["extract_energies"]))))
         loras = []
         for rank in m["lora_ranks"]:
             run = Run(method_run("lora", rank, sfx), "train",

@@ -16,9 +16,11 @@ if TYPE_CHECKING:  # the report's type; plots only read its attributes
 
 LABELS = {"tfidf-lr": "TF-IDF + logistic regression", "tfidf-nb": "TF-IDF + naive Bayes",
           "full": "Full fine-tuning", "head": "Head-tuning", "approx1": "Approximated model 1",
-          "approx2": "Approximated model 2", "lora": "LoRA"}
+          "approx2": "Approximated model 2", "lora": "LoRA", "extract": "Extracted LoRA (query, value)",
+          "extract-all": "Extracted LoRA (all linear)"}
 COLORS = {"tfidf-lr": "#8c564b", "tfidf-nb": "#e377c2", "full": "#d62728", "head": "#7f7f7f",
-          "approx1": "#1f77b4", "approx2": "#17becf", "lora": "#2ca02c"}
+          "approx1": "#1f77b4", "approx2": "#17becf", "lora": "#2ca02c", "extract": "#ff7f0e",
+          "extract-all": "#9467bd"}
 
 
 def _plt():
@@ -63,8 +65,8 @@ def plot_accuracy_vs_params(summaries: list[Summary], path: Path) -> bool:
             ax.scatter([r.trainable_params for r in pts], [r.eval_accuracy for r in pts],
                        color=COLORS[method], label=LABELS[method], s=40, zorder=3)
             for r in pts:
-                if r.rank is not None:
-                    ax.annotate(f"r={r.rank}", (r.trainable_params, r.eval_accuracy), fontsize=7,
+                if r.size:
+                    ax.annotate(r.size, (r.trainable_params, r.eval_accuracy), fontsize=7,
                                 xytext=(3, 3), textcoords="offset points")
     front = [data[i] for i in pareto_front([(r.trainable_params, r.eval_accuracy) for r in data])]
     ax.step([r.trainable_params for r in front], [r.eval_accuracy for r in front], where="post",

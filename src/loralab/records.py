@@ -23,8 +23,9 @@ RESULT_NAME = "result.json"  # a run's record, in its folder: the mark that the 
 REPLACE_TEST = "replace-test"
 LOWRANK = "lowrank"
 SIMILARITY = "similarity"
+EXTRACT = "extract"
 SELECT_PREFIX = "select-"
-ANALYSES = (REPLACE_TEST, LOWRANK, SIMILARITY)  # runs that train nothing and add no rows
+ANALYSES = (REPLACE_TEST, LOWRANK, SIMILARITY, EXTRACT)  # runs that train nothing
 
 
 def seed_suffix(seed: int, several_seeds: bool) -> str:
@@ -59,8 +60,9 @@ def _from_dict(cls, data: dict, where: str):
 class Row:
     """One trained or evaluated model: a line of `results.json` and of the report's table."""
 
-    method: str                           # tfidf-lr, tfidf-nb, full, head, approx1, approx2, lora
-    rank: int | None = None               # LoRA or approximation rank
+    method: str                           # tfidf-lr, tfidf-nb, full, head, approx1, approx2, lora,
+                                          # extract (query, value), extract-all (all linear layers)
+    rank: int | None = None               # LoRA, approximation or extraction rank
     trainable_params: int | None = None   # approximations: what storing their change costs
     eval_accuracy: float | None = None
     eval_macro_f1: float | None = None    # the unweighted mean of the classes' F1
@@ -75,6 +77,7 @@ class Row:
     chosen_on: str | None = None          # "validation" where the learning rate was chosen there
     per_class: dict[str, dict] | None = None  # trained models: class -> precision, recall, f1, support
     confusion: list[list[int]] | None = None   # trained models: true class x predicted class, counts
+    energy: float | None = None           # extracted adapters sized by energy: the share of ||dW||^2 kept
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -143,6 +146,22 @@ class LowrankSummary:
 
 
 @dataclass
+class Extracted:
+    """An adapter the `extract` step took from full fine-tuning (see `loralab.extraction`)."""
+
+    method: str              # extract or extract-all
+    targets: str             # the layers adapted: "query,value" or "all-linear"
+    rank: int | None         # one rank for every layer, or
+    energy: float | None     # each layer's smallest rank keeping this share of its ||dW||^2
+    ranks: list[int]         # the smallest and largest rank given to a layer
+    parameters: int          # low-rank factors, biases, head and layer norms
+    file_bytes: int          # adapter_model.safetensors
+    kept_share: float        # of the fine-tune's ||dW||^2 outside the head
+    seconds: float           # the extraction (SVDs and building the model), not its evaluation
+    folder: str              # within the run folder
+
+
+@dataclass
 class RunRecord:
     """A finished run: its `result.json`, written last and atomically (the completion mark)."""
 
@@ -156,6 +175,7 @@ class RunRecord:
     replace_test: ReplaceTest | None = None
     lowrank: LowrankSummary | None = None
     similarity: dict[str, dict[str, float]] | None = None  # LoRA rank -> layer -> similarity to dW
+    extracted: list[Extracted] | None = None
 
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -163,6 +183,7 @@ class RunRecord:
         for name in ("selection", "replace_test"):
             data[name] = asdict(data[name]) if data[name] is not None else None
         data["lowrank"] = self.lowrank.to_json() if self.lowrank else None
+        data["extracted"] = [asdict(e) for e in self.extracted] if self.extracted is not None else None
         return data
 
     @classmethod
@@ -175,6 +196,8 @@ class RunRecord:
             data["replace_test"] = _from_dict(ReplaceTest, data["replace_test"], where)
         if data.get("lowrank") is not None:
             data["lowrank"] = LowrankSummary.from_json(data["lowrank"], where)
+        if data.get("extracted") is not None:
+            data["extracted"] = [_from_dict(Extracted, e, where) for e in data["extracted"]]
         return _from_dict(cls, data, where)
 
 

@@ -31,11 +31,13 @@ from .plots import (
 )
 from .records import (
     ANALYSES,
+    EXTRACT,
     LOWRANK,
     REPLACE_TEST,
     RESULT_NAME,
     SELECT_PREFIX,
     SIMILARITY,
+    Extracted,
     LowrankSummary,
     ReplaceTest,
     Row,
@@ -76,6 +78,15 @@ class Summary:
         return self.row.rank
 
     @property
+    def energy(self) -> float | None:
+        return self.row.energy
+
+    @property
+    def size(self) -> str:
+        """``r=4``, ``e=0.9`` (an extracted adapter sized by energy) or nothing."""
+        return f"r={self.rank}" if self.rank is not None else f"e={self.energy:g}" if self.energy is not None else ""
+
+    @property
     def trainable_params(self) -> int | None:
         return self.row.trainable_params
 
@@ -86,14 +97,14 @@ class Summary:
     @property
     def label(self) -> str:
         name = LABELS.get(self.method, self.method)
-        return f"{name} r={self.rank}" if self.rank is not None else name
+        return f"{name} {self.size}" if self.size else name
 
 
 def aggregate(rows: list[Row]) -> list[Summary]:
-    """One summary per method and rank, in the order the rows first name them."""
+    """One summary per method and rank (or energy), in the order the rows first name them."""
     groups: dict[tuple, list[Row]] = {}
     for r in rows:
-        groups.setdefault((r.method, r.rank), []).append(r)
+        groups.setdefault((r.method, r.rank, r.energy), []).append(r)
     out = []
     for runs in groups.values():
         accs = [r.eval_accuracy for r in runs if r.eval_accuracy is not None]
@@ -150,6 +161,7 @@ class Findings:
     majority_class: tuple[str, float] | None  # the eval split's largest class and its share (what always
                                            # predicting it scores)
     best_lora: Summary | None              # the LoRA rank with the best eval accuracy
+    extracted: list[Extracted]             # adapters extracted from full fine-tuning (the first seed's)
 
     @property
     def seeds(self) -> int:
@@ -271,7 +283,8 @@ def build(out_dir: str | os.PathLike) -> Findings:
         spectrum=load_json(out_dir / LOWRANK / "spectrum.json"),
         times=times, busy_seconds=busy_seconds(times), environment=env, labels=labels,
         majority_class=majority_class(env, labels),
-        best_lora=max((s for s in summaries if s.method == "lora"), key=lambda s: s.eval_accuracy, default=None))
+        best_lora=max((s for s in summaries if s.method == "lora"), key=lambda s: s.eval_accuracy, default=None),
+        extracted=(records[EXTRACT].extracted or []) if records[EXTRACT] else [])
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,6 +378,37 @@ def answers(f: Findings) -> list[str]:
     return out
 
 
+def extraction_lines(f: Findings) -> list[str]:
+    """What extraction gives against trained LoRA and full fine-tuning, from the numbers."""
+    extracted = [s for s in f.summaries if s.method.startswith("extract")]
+    if not extracted or not f.full:
+        return []
+    out = []
+    near = [s for s in extracted if s.eval_accuracy >= f.full.eval_accuracy - 0.01]
+    if near:
+        best = min(near, key=lambda s: s.trainable_params)
+        out.append(f"The smallest extracted adapter within 1 point of full fine-tuning ({f.full.eval_accuracy:.4f}) "
+                   f"is {best.label}: {best.trainable_params:,} parameters "
+                   f"({pct(best.trainable_params, f.full.trainable_params)} of the model), {best.eval_accuracy:.4f}.")
+    else:
+        top = max(extracted, key=lambda s: s.eval_accuracy)
+        out.append(f"No extracted adapter comes within 1 point of full fine-tuning ({f.full.eval_accuracy:.4f}); "
+                   f"the best, {top.label} ({top.trainable_params:,} parameters), reaches {top.eval_accuracy:.4f}.")
+    pairs = [(e, t) for e in extracted if e.method == "extract" and e.rank is not None
+             for t in [_one(f.summaries, "lora", e.rank)] if t]
+    if pairs:
+        diffs = [100 * (t.eval_accuracy - e.eval_accuracy) for e, t in pairs]
+        wins = sum(d > 0 for d in diffs)
+        detail = "; ".join(f"r = {e.rank}: trained {t.eval_accuracy:.4f} ({t.trainable_params:,} parameters), "
+                           f"extracted {e.eval_accuracy:.4f} ({e.trainable_params:,})" for e, t in pairs)
+        verdict = ("trained LoRA is the better adapter" if wins > len(pairs) / 2 else
+                   "the extracted adapter is the better one" if wins < len(pairs) / 2 else "neither is better")
+        out.append(f"At equal size (the same rank on the query and value layers), {verdict}: trained LoRA is more "
+                   f"accurate at {wins} of {len(pairs)} ranks, by {statistics.mean(diffs):+.1f} points on average "
+                   f"({detail}).")
+    return out
+
+
 def _missing(**runs) -> str:
     absent = [name for name, run in runs.items() if run is None]
     return f"missing ({', '.join(absent)} not run)"
@@ -454,6 +498,23 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
                f"{t.random_clones_accuracy:.4f} (majority class: {t.majority_class_accuracy:.4f}); putting "
                f"the originals back gives {t.restored_accuracy:.4f}, with "
                f"{'identical' if t.restored_logits_identical else 'different'} logits.", ""]
+    if f.extracted:
+        md += ["## Adapters extracted from full fine-tuning", "",
+               "`loralab extract`: each layer's fine-tuning update dW factored by truncated SVD into a LoRA "
+               "adapter (alpha = rank), with the change of its bias, the head and the changed layer norms saved "
+               "whole; sized by one rank for every layer or by the share of each layer's ‖dW‖² to keep. "
+               "Extracted from the first seed's full fine-tuning.", ""]
+        md += [f"- {line}" for line in extraction_lines(f)] + [""]
+        md += ["| targets | size | ranks given | parameters | file (KB) | ‖dW‖² kept | extraction (s) "
+               "| eval accuracy | eval macro-F1 |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        rows = {(r.method, r.rank, r.energy): r for r in f.runs if r.method.startswith("extract")}
+        for e in f.extracted:
+            row = rows.get((e.method, e.rank, e.energy))
+            md.append(f"| {e.targets} | {f'r = {e.rank}' if e.rank else f'energy {e.energy:g}'} | "
+                      f"{e.ranks[0]}-{e.ranks[1]} | {e.parameters:,} | {e.file_bytes / 1024:,.0f} | "
+                      f"{100 * e.kept_share:.1f}% | {e.seconds:.1f} | {fmt(row and row.eval_accuracy, '.4f')} | "
+                      f"{fmt(row and row.eval_macro_f1, '.4f')} |")
+        md += [""]
     if f.spectrum:
         md += ["## Is the fine-tuning update low-rank?", "",
                "| layer | shape | rank for 50% | 90% | 99% of ‖dW‖² |", "|---|---|---:|---:|---:|"]

@@ -333,11 +333,13 @@ def run_study(config: dict, quiet: bool = False) -> StudyResult:
 
 def summary_table(rows: list[Row]) -> str:
     """The results as a plain-text table, for the terminal."""
-    lines = [f"{'method':<10} {'rank':>5} {'trainable':>12} {'accuracy':>9} {'train s':>9} {'peak MB':>9}"]
+    lines = [f"{'method':<11} {'rank':>6} {'trainable':>12} {'accuracy':>9} {'macro-F1':>9} {'train s':>9} "
+             f"{'peak MB':>9}"]
     for r in rows:
-        rank = r.rank if r.rank is not None else ""
+        rank = r.rank if r.rank is not None else f"e{r.energy:g}" if r.energy is not None else ""
         secs = f"{r.train_seconds:.1f}" if r.train_seconds is not None else "-"
         mem = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "-"
-        lines.append(f"{r.method:<10} {rank:>5} {r.trainable_params or 0:>12,} "
-                     f"{r.eval_accuracy:>9.4f} {secs:>9} {mem:>9}")
+        f1 = f"{r.eval_macro_f1:.4f}" if r.eval_macro_f1 is not None else "-"
+        lines.append(f"{r.method:<11} {rank:>6} {r.trainable_params or 0:>12,} "
+                     f"{r.eval_accuracy:>9.4f} {f1:>9} {secs:>9} {mem:>9}")
     return "\n".join(lines)

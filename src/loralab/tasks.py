@@ -16,6 +16,7 @@ from .errors import LoralabError
 from .plan import (
     BaselineInputs,
     Context,
+    ExtractInputs,
     LowrankInputs,
     Ref,
     ReplaceInputs,
@@ -23,7 +24,7 @@ from .plan import (
     SimilarityInputs,
     TrainInputs,
 )
-from .records import RESULT_NAME, ReplaceTest, Row, read_record
+from .records import RESULT_NAME, Extracted, ReplaceTest, Row, read_record
 from .settings import TrainSettings
 
 
@@ -146,5 +147,39 @@ def task_similarity(ctx: Context, run_dir: Path, inputs: SimilarityInputs) -> di
     return {"similarity": sims}
 
 
+def task_extract(ctx: Context, run_dir: Path, inputs: ExtractInputs) -> dict:
+    """Adapters extracted from the full fine-tune at each rank and energy (`loralab extract`),
+    each saved in the run folder and evaluated on eval."""
+    from .adapters import WEIGHTS_NAME, class_names
+    from .extraction import extract_adapter, save_extraction
+    from .inference import evaluate_metrics
+    from .models import load_model
+
+    settings = _settings(ctx, inputs)
+    full_dir = ctx.out / inputs.full.name / "model"
+    tuned = load_model(full_dir)
+    base = load_model(inputs.model, class_names(tuned))
+    evals = ctx.tokenized(inputs.model, settings.max_length)["eval"]
+    rows, extracted = [], []
+    for targets in inputs.targets:
+        method = "extract-all" if targets == "all-linear" else "extract"
+        sizes = [(r, None) for r in inputs.ranks] + [(None, e) for e in inputs.energies]
+        for rank, energy in sizes:
+            result = extract_adapter(tuned, base, rank=rank, energy=energy, targets=targets or None, progress=False)
+            folder = f"{method}-r{rank}" if rank else f"{method}-e{energy:g}"
+            save_extraction(result, run_dir / folder, source=str(full_dir))
+            size = f"r = {rank}" if rank else f"energy {energy:g}"
+            metrics = evaluate_metrics(result.model, evals, ctx.tokenizer(inputs.model), settings,
+                                       f"Extracted {targets or 'query,value'} {size}")
+            rows.append(Row(method, rank, result.parameters, metrics["accuracy"], metrics["macro_f1"],
+                            energy=energy))
+            ranks = [m.rank for m in result.modules]
+            extracted.append(Extracted(method, targets or "query,value", rank, energy, [min(ranks), max(ranks)],
+                                       result.parameters, (run_dir / folder / WEIGHTS_NAME).stat().st_size,
+                                       result.kept_share, result.seconds, folder))
+    return {"rows": rows, "extracted": extracted}
+
+
 TASKS: dict[str, Callable] = {"baseline": task_baseline, "select": task_select, "train": task_train,
-                              "replace": task_replace, "lowrank": task_lowrank, "similarity": task_similarity}
+                              "replace": task_replace, "lowrank": task_lowrank, "similarity": task_similarity,
+                              "extract": task_extract}
