@@ -89,7 +89,7 @@ LAYERS = {
     "core": {"errors", "fileio", "settings", "records", "arch", "lora", "surgery", "adapters", "lowrank", "extraction",
              "pooling", "models"},
     "training": {"data", "training", "inference", "metrics", "fastdropout", "measure", "baselines", "logs"},
-    "library": {"config", "api", "plan", "tasks", "study", "plots", "report", "serve", "lab"},
+    "library": {"config", "api", "plan", "tasks", "study", "plots", "report", "serve", "lab", "checks"},
     "cli": {"cli", "__init__"},
 }
 

@@ -11,6 +11,9 @@
     LoRA(pretrained_linear, rank=12, alpha=24)  # step 8
     make_lora_model(6)                          # step 9
 
+`check` holds the lab's "Test your code" cells as functions to call on your own code
+(`check.lora(MyLoRA)`, `check.replace(my_replace)`, ...; see `loralab.checks`).
+
 Each is a thin layer over the general API (`loralab.surgery`, `loralab.lowrank`,
 `loralab.training`); the models train with the lab's settings (3 epochs, batch 8,
 learning rate 5e-5) on the lab data unless told otherwise. The default model is the
@@ -23,6 +26,7 @@ import tempfile
 
 from torch import nn
 
+from . import checks as check
 from .inference import evaluate_model
 from .lora import LoRA
 from .lowrank import approximate, make_approximated_model_1, make_approximated_model_2
@@ -31,7 +35,7 @@ from .surgery import clone_linear, extract, freeze_all_but_head, inject_lora, re
 from .training import TrainSettings, tokenize, train_head, train_model
 
 __all__ = [
-    "LoRA", "approximate", "clone_linear", "evaluate", "extract", "make_approximated_model_1",
+    "LoRA", "approximate", "check", "clone_linear", "evaluate", "extract", "make_approximated_model_1",
     "make_approximated_model_2", "make_finetuned_model", "make_headtuned_model", "make_lora_model",
     "num_trainable_parameters", "replace",
 ]
