@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_distilbert
 from torch import nn
 
+from conftest import tiny_distilbert
 from loralab.lab import check
 
 
