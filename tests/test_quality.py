@@ -203,7 +203,7 @@ def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tin
 
     config_file = tmp_path / "seeds.toml"
     config_file.write_text(TINY_STUDY.format(model=tiny_model_dir).replace(
-        "[methods]", "[methods]\nlowrank = false\nreplace_test = false\nfull = false"))
+        "[methods]", "[methods]\nlowrank = false\nreplace_test = false\nfull = false\nextract = false"))
     config = load_config(config_file, out=str(tmp_path / "out"), seeds=[0, 1])
     rows = run_study(config, quiet=True).rows
     for method in ("head", "lora", "tfidf-lr"):
@@ -215,6 +215,8 @@ def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tin
     assert (lora.eval_accuracy, lora.accuracy_min, lora.accuracy_max, lora.seeds) == (np.median(accs), *accs, 2)
     row = next(r for r in results_table(findings.summaries) if r[0] == "LoRA r=2")
     assert row[3] == f"{np.median(accs):.4f}" and row[4] == f"{accs[0]:.4f}-{accs[1]:.4f} (2 seeds)"
+    f1s = sorted(r.eval_macro_f1 for r in rows if r.method == "lora")
+    assert row[6] == f"{np.median(f1s):.4f}" and row[7] == f"{f1s[0]:.4f}-{f1s[1]:.4f}"  # macro-F1 over seeds too
 
 
 def test_lora_plus_gives_b_its_own_learning_rate(tmp_path):

@@ -68,6 +68,9 @@ class Summary:
     seeds: int = 1
     train_seconds: float | None = None
     peak_memory_mb: float | None = None
+    macro_f1: float | None = None       # median over seeds
+    macro_f1_min: float | None = None
+    macro_f1_max: float | None = None
 
     @property
     def method(self) -> str:
@@ -111,7 +114,7 @@ def aggregate(rows: list[Row]) -> list[Summary]:
         if len(runs) == 1 or not accs:
             first = runs[0]
             out.append(Summary(first, first.eval_accuracy, seeds=len(runs), train_seconds=first.train_seconds,
-                               peak_memory_mb=first.peak_memory_mb))
+                               peak_memory_mb=first.peak_memory_mb, macro_f1=first.eval_macro_f1))
             continue
         mid = statistics.median(accs)
         middle = min(runs, key=lambda r: abs((r.eval_accuracy if r.eval_accuracy is not None else 9) - mid))
@@ -120,8 +123,10 @@ def aggregate(rows: list[Row]) -> list[Summary]:
             values = [getattr(r, key) for r in runs if getattr(r, key) is not None]
             return statistics.median(values) if values else None
 
+        f1s = [r.eval_macro_f1 for r in runs if r.eval_macro_f1 is not None]
         out.append(Summary(middle, mid, min(accs), max(accs), len(runs), median_of("train_seconds"),
-                           median_of("peak_memory_mb")))
+                           median_of("peak_memory_mb"), median_of("eval_macro_f1"),
+                           min(f1s, default=None), max(f1s, default=None)))
     return out
 
 
@@ -299,14 +304,18 @@ def results_table(summaries: list[Summary]) -> list[list[str]]:
     spread = any(s.seeds > 1 for s in summaries)
     table = [["Method", "Trainable parameters", "% of full",
               "Eval accuracy (median)" if spread else "Eval accuracy", *(["Min-max over seeds"] if spread else []),
-              "% of full accuracy", "Eval macro-F1", "Training time (s)", "Peak memory (MB)"]]
+              "% of full accuracy", "Eval macro-F1 (median)" if spread else "Eval macro-F1",
+              *(["Min-max over seeds"] if spread else []), "Training time (s)", "Peak memory (MB)"]]
     for s in summaries:
-        extra = []
+        acc_spread, f1_spread = [], []
         if spread:
-            extra = [f"{s.accuracy_min:.4f}-{s.accuracy_max:.4f} ({s.seeds} seeds)" if s.seeds > 1 else "one run"]
+            several = s.seeds > 1
+            acc_spread = [f"{s.accuracy_min:.4f}-{s.accuracy_max:.4f} ({s.seeds} seeds)" if several else "one run"]
+            f1_spread = [f"{s.macro_f1_min:.4f}-{s.macro_f1_max:.4f}" if several and s.macro_f1_min is not None
+                         else "one run" if not several else "-"]
         table.append([s.label, fmt(s.trainable_params), pct(s.trainable_params, full_params),
-                      fmt(s.eval_accuracy, ".4f"), *extra, pct(s.eval_accuracy, full_acc),
-                      fmt(s.row.eval_macro_f1, ".4f"), fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f")])
+                      fmt(s.eval_accuracy, ".4f"), *acc_spread, pct(s.eval_accuracy, full_acc),
+                      fmt(s.macro_f1, ".4f"), *f1_spread, fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f")])
     return table
 
 
