@@ -114,7 +114,8 @@ def test_a_three_class_study_runs_every_method_and_writes_its_report(tmp_path, t
     code, out, err = run_cli("run", "--quick", "--config", config, "--out", tmp_path / "out", "--quiet")
     assert code == 0, err
     rows = read_rows(tmp_path / "out" / "results.json")
-    assert {r.method for r in rows} == {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora"}
+    assert {r.method for r in rows} == {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora",
+                                        "extract", "extract-all"}
     assert all(r.eval_macro_f1 is not None for r in rows)
     from sklearn.feature_extraction.text import TfidfVectorizer
 

@@ -203,7 +203,7 @@ def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tin
 
     config_file = tmp_path / "seeds.toml"
     config_file.write_text(TINY_STUDY.format(model=tiny_model_dir).replace(
-        "[methods]", "[methods]\nlowrank = false\nreplace_test = false\nfull = false\nextract = false"))
+        "[methods]", "[methods]\nlowrank = false\nreplace_test = false\nfull = false"))
     config = load_config(config_file, out=str(tmp_path / "out"), seeds=[0, 1])
     rows = run_study(config, quiet=True).rows
     for method in ("head", "lora", "tfidf-lr"):

@@ -113,9 +113,7 @@ def validate(config: dict) -> None:
         raise LoralabError("config: ranks must be positive integers.")
     if m["lowrank"] and not (m["full"] and m["head"]):
         raise LoralabError("config: methods.lowrank needs methods.full and methods.head.")
-    if m["extract"]:
-        if not m["full"]:
-            raise LoralabError("config: methods.extract needs methods.full (adapters are extracted from it).")
+    if m["extract"]:  # it extracts from full fine-tuning, and is left out where that is
         if any(r < 1 for r in m["extract_ranks"]) or any(not 0 < e <= 1 for e in m["extract_energies"]):
             raise LoralabError("config: methods.extract_ranks must be positive integers and "
                                "methods.extract_energies fractions in (0, 1].")
