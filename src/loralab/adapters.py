@@ -29,7 +29,7 @@ from .fileio import atomic_path, write_json
 from .lora import LoRA
 from .models import load_model, minilm_path, refuse_other_classes
 from .pooling import pooling_of, set_pooling
-from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers
+from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers, matches
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -340,8 +340,7 @@ def _resolve_modules(model: nn.Module, modules_to_save) -> tuple[str, ...]:
     heads = head_modules(model)
     found: list[str] = []
     for wanted in modules_to_save:
-        found += [n for n, _ in model.named_modules()
-                  if (n == wanted or n.endswith("." + wanted)) and not inside(n, heads) and n not in found]
+        found += [n for n, _ in model.named_modules() if matches(n, wanted) and not inside(n, heads) and n not in found]
     return tuple(found)
 
 

@@ -67,12 +67,6 @@ def lab_model(num_labels: int = 2) -> nn.Module:
     return DistilBertForSequenceClassification(DistilBertConfig(num_labels=num_labels)).eval()
 
 
-def _head_frozen(model: nn.Module) -> nn.Module:
-    from .surgery import freeze_all_but_head
-
-    return freeze_all_but_head(model)
-
-
 def num_trainable_parameters(fn: Callable[[nn.Module], int]) -> bool:
     """Task 1: the float-valued parameters that require gradients."""
     report = _Report("num_trainable_parameters")
@@ -89,7 +83,9 @@ def num_trainable_parameters(fn: Callable[[nn.Module], int]) -> bool:
                         f"{LAB_PARAMETERS:,} in all")
         else:
             report.fail(f"got {got:,} for the lab's model, expected {LAB_PARAMETERS:,}")
-    got = _run(report, "num_trainable_parameters(head-tuned model)", fn, _head_frozen(model))
+    from .surgery import freeze_all_but_head
+
+    got = _run(report, "num_trainable_parameters(head-tuned model)", fn, freeze_all_but_head(model))
     if got is not None:
         if got == LAB_HEAD_PARAMETERS:
             report.ok(f"with all but the head frozen: {LAB_HEAD_PARAMETERS:,}")
@@ -103,18 +99,17 @@ def num_trainable_parameters(fn: Callable[[nn.Module], int]) -> bool:
 
 def headtuned(model: nn.Module) -> bool:
     """Task 3: a head-tuned model has its encoder frozen and its head trained."""
-    from .surgery import head_modules
+    from .surgery import head_modules, inside
 
     report = _Report("head-tuned model")
     heads = head_modules(model)
-    inside = lambda name: any(name == h or name.startswith(h + ".") for h in heads)  # noqa: E731
-    trainable_outside = [n for n, p in model.named_parameters() if p.requires_grad and not inside(n)]
+    trainable_outside = [n for n, p in model.named_parameters() if p.requires_grad and not inside(n, heads)]
     if trainable_outside:
         report.fail(f"{len(trainable_outside)} parameter(s) outside the head require gradients (e.g. "
                     f"{trainable_outside[0]}): freeze everything but {', '.join(heads)}")
     else:
         report.ok("every parameter outside the head is frozen")
-    biases = {n: p for n, p in model.named_parameters() if inside(n) and n.endswith("bias")}
+    biases = {n: p for n, p in model.named_parameters() if inside(n, heads) and n.endswith("bias")}
     if biases and all(torch.count_nonzero(p) == 0 for p in biases.values()):
         report.fail("the head's biases are all zeros, as transformers initialises them: this head was never "
                     "trained. Its predictions are those of a random head (in the lab, both approximated "

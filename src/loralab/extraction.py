@@ -41,7 +41,7 @@ from .errors import LoralabError, ModelLoadError
 from .lowrank import SVD, rank_for_energy
 from .models import DEFAULT_MODEL, load_model, load_tokenizer
 from .pooling import pooling_of, set_pooling
-from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers, replace
+from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers, matches, replace
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def _whole_modules(model: nn.Module, changed: dict[str, float], keep: Iterable[s
     names = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
     for wanted in keep:
-        found = [n for n in names if n == wanted or n.endswith("." + wanted)]
+        found = [n for n in names if matches(n, wanted)]
         if not found:
             raise LoralabError(f"No module named {wanted!r} to keep whole in {type(model).__name__}.")
         chosen += [n for n in found if not inside(n, heads + tuple(chosen))]

@@ -33,6 +33,12 @@ def head_modules(model: nn.Module) -> tuple[str, ...]:
     return heads
 
 
+def matches(name: str, wanted: str) -> bool:
+    """Whether module `name` is `wanted` or ends in it (``"query"`` matches
+    ``bert.encoder.layer.0.attention.self.query``), as PEFT matches targets and modules to save."""
+    return name == wanted or name.endswith("." + wanted)
+
+
 def inside(name: str, modules: Sequence[str]) -> bool:
     """Whether module `name` is one of `modules` or within one of them."""
     return any(name == m or name.startswith(m + ".") for m in modules)
@@ -79,7 +85,7 @@ def find_targets(model: nn.Module, targets: str | Iterable[str] | None = None,
             inside_lora.add(name)
         if not isinstance(module, (nn.Linear, LoRA)) or inside(name, heads):
             continue
-        if parsed == "all-linear" or any(name == t or name.endswith("." + t) for t in parsed):
+        if parsed == "all-linear" or any(matches(name, t) for t in parsed):
             found[name] = module
     if not found:
         raise TargetError(f"No linear layer matches targets {parsed!r} in {type(model).__name__}.")
