@@ -45,6 +45,21 @@ def test_model_flag_overrides_a_config_files_model_even_when_it_names_the_defaul
     assert config_of(build_parser().parse_args(["run", "--config", str(path)]))["model"] == "some/other-model"
 
 
+def test_quick_applies_its_tables_over_the_profile_and_flags_over_it():
+    lab, quick = load_config(None), load_config(None, quick=True)
+    assert (quick["data"]["limit_train"], quick["train"]["max_length"], quick["train"]["pooling"]) == (256, 128, "mean")
+    assert quick["lora"]["init"] == "kaiming" and quick["methods"]["lora_ranks"] == [2, 8]
+    rates = {m: TrainSettings.from_config(quick, m).learning_rate for m in ("full", "head", "lora")}
+    assert rates == {"full": quick["train"]["learning_rate"], "head": quick["head"]["learning_rate"],
+                     "lora": quick["lora"]["learning_rate"]}
+    assert rates["head"] != rates["full"]  # a head alone wants a larger rate
+    assert TrainSettings.from_config(quick, "head", learning_rate=0.5).learning_rate == 0.5  # changes given win
+    assert {TrainSettings.from_config(lab, m).learning_rate for m in ("full", "head", "lora")} == {5e-5}
+    assert load_config(None, quick=True, **{"train.max_length": 64})["train"]["max_length"] == 64
+    tuned_quick = load_config(None, quick=True, profile="tuned")
+    assert tuned_quick["select"]["enabled"] and tuned_quick["data"]["limit_train"] == 256
+
+
 def test_unknown_settings_are_refused_not_dropped():
     with pytest.raises(LoralabError, match="no setting 'epoch'"):
         TrainSettings().replace(epoch=2)

@@ -127,6 +127,7 @@ EVERY_RUN = TRANSFORMER_RUNS | {"tfidf-lr", "tfidf-nb"}
     ("lora.alpha_factor", 1.0, {"lora-r2", "similarity"}),
     ("lora.rslora", True, {"lora-r2", "similarity"}),
     ("lora.learning_rate", 3e-3, {"lora-r2", "similarity"}),
+    ("head.learning_rate", 1e-2, {"head", "lowrank"}),
     ("methods.sweep_points", 2, {"lowrank"}),
     ("methods.sweep_ranks", [4, 1], {"lowrank"}),
     ("methods.lora_ranks", [2, 4], {"lora-r4"}),  # a new run; similarity reads both

@@ -11,19 +11,20 @@ pytestmark = pytest.mark.usefixtures("synthetic_data")  # but the test that meas
 
 
 @needs_lab_data
-def test_lora_rank6_on_default_model_beats_chance(tmp_path, run_cli):
+def test_lora_rank6_on_default_model_saves_a_small_adapter_that_evaluates_alike(tmp_path, run_cli):
+    """The CLI on the real model and data (that LoRA there learns is the notebook test's:
+    tests/test_notebook.py asserts every method above the majority class)."""
     out = tmp_path / "lora"
-    code, stdout, err = run_cli("train", "--data", LAB_DATA, "--method", "lora", "--rank", "6", "--limit-train", 200,
-                                "--limit-eval", 100, "--epochs", 3, "--lr", "1e-3", "--max-length", 256,
+    code, stdout, err = run_cli("train", "--data", LAB_DATA, "--method", "lora", "--rank", "6", "--limit-train", 64,
+                                "--limit-eval", 64, "--epochs", 1, "--lr", "1e-3", "--max-length", 64,
                                 "--out", out, "--quiet")
     assert code == 0, err
     info = json.loads((out / "loralab.json").read_text())
     assert info["trainable_params"] == 203_906 and info["rank"] == 6
-    assert info["eval_accuracy"] > 0.6, info["history"]
     assert (out / "adapter_model.safetensors").stat().st_size < 1_000_000
-    code, stdout, _ = run_cli("evaluate", out, "--data", LAB_DATA, "--limit-eval", 100, "--max-length", 256, "--quiet")
+    code, stdout, _ = run_cli("evaluate", out, "--data", LAB_DATA, "--limit-eval", 64, "--max-length", 64, "--quiet")
     assert code == 0
-    assert float(stdout.split()[-1]) == pytest.approx(info["eval_accuracy"], abs=0.011)
+    assert float(stdout.split()[-1]) == pytest.approx(info["eval_accuracy"], abs=1 / 64 + 1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +78,17 @@ def test_lab_module_names():
 
 
 def test_lab_make_lora_model_trains_in_memory(tiny_model_dir):
+    from loralab import lora_layers, pooling_of
     from loralab.data import limit_data, load_data
     from loralab.lab import evaluate, make_lora_model, num_trainable_parameters
     from loralab.training import TrainSettings
 
     data = limit_data(load_data(), 32, 16)
-    settings = TrainSettings(epochs=1, max_length=64, quiet=True)
-    model = make_lora_model(2, model=str(tiny_model_dir), data=data, settings=settings)
+    settings = TrainSettings(epochs=1, max_length=64, quiet=True, pooling="mean")
+    model = make_lora_model(2, model=str(tiny_model_dir), data=data, settings=settings, init="kaiming", alpha=8)
     assert num_trainable_parameters(model) < 5000
+    assert pooling_of(model) == "mean"  # the settings' pooling, and the LoRA options given
+    assert {(layer.alpha, layer.init) for layer in lora_layers(model).values()} == {(8, "kaiming")}
     assert 0 <= evaluate(model, data, model_name=str(tiny_model_dir), settings=settings) <= 1
 
 

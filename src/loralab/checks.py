@@ -3,7 +3,7 @@
     from loralab.lab import check
 
     check.num_trainable_parameters(num_trainable_parameters)   # task 1
-    check.headtuned(headtuned_model)                            # task 3
+    check.headtuned(headtuned_model)                            # task 2
     check.extract(extract)                                      # task 3
     check.replace(replace)                                      # task 4
     check.approximate(approximate)                              # task 5
@@ -98,7 +98,7 @@ def num_trainable_parameters(fn: Callable[[nn.Module], int]) -> bool:
 
 
 def headtuned(model: nn.Module) -> bool:
-    """Task 3: a head-tuned model has its encoder frozen and its head trained."""
+    """Task 2: a head-tuned model has its encoder frozen and its head trained."""
     from .surgery import head_modules, inside
 
     report = _Report("head-tuned model")

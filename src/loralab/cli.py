@@ -225,7 +225,8 @@ def cmd_train(args) -> None:
 
     config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
     data, notes = _data(config), None
-    settings = TrainSettings.from_config(config, quiet=args.quiet)
+    settings = TrainSettings.from_config(config, args.method, quiet=args.quiet,  # a --learning-rate given wins
+                                         **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     lora = LoraOptions.from_config(config, args.rank, **({"alpha": args.alpha} if args.alpha else {}))
     lora = lora if args.method == "lora" else None
     if config["select"]["enabled"]:  # --profile tuned

@@ -25,10 +25,6 @@ from .settings import (
     TrainSettings,
 )
 
-QUICK_KEYS = {"limit_train": "data", "limit_eval": "data", "epochs": "train", "max_length": "train",
-              "lora_ranks": "methods", "sweep_points": "methods", "sweep_ranks": "methods",
-              "extract_ranks": "methods", "extract_energies": "methods"}
-
 
 def defaults() -> dict:
     text = resources.files("loralab").joinpath("defaults.toml").read_text("utf-8")
@@ -83,8 +79,7 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
     if config["profile"] == "tuned":
         config = _merge(config, config["tuned"], "the tuned profile ([tuned] table)")
     if quick:
-        for key, value in config["quick"].items():
-            config[QUICK_KEYS[key]][key] = value
+        config = _merge(config, config["quick"], "the quick setting ([quick] table)")
     for key, value in flags.items():
         if value is None:
             continue

@@ -14,6 +14,10 @@
 `check` holds the lab's "Test your code" cells as functions to call on your own code
 (`check.lora(MyLoRA)`, `check.replace(my_replace)`, ...; see `loralab.checks`).
 
+A model that `make_finetuned_model`, `make_headtuned_model` or `make_lora_model` returns
+carries what its training measured as `model.loralab_result` (a `loralab.training.RunResult`:
+`eval_accuracy`, `history` with the eval accuracy after each epoch, `train_seconds`).
+
 Each is a thin layer over the general API (`loralab.surgery`, `loralab.lowrank`,
 `loralab.training`); the models train with the lab's settings (3 epochs, batch 8,
 learning rate 5e-5) on the lab data unless told otherwise. The default model is the
@@ -27,11 +31,12 @@ import tempfile
 from torch import nn
 
 from . import checks as check
+from .api import prepare_model
 from .inference import evaluate_model
 from .lora import LoRA
 from .lowrank import approximate, make_approximated_model_1, make_approximated_model_2
-from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters
-from .surgery import clone_linear, extract, freeze_all_but_head, inject_lora, replace
+from .models import DEFAULT_MODEL, load_tokenizer, num_trainable_parameters
+from .surgery import clone_linear, extract, replace
 from .training import TrainSettings, tokenize, train_head, train_model
 
 __all__ = [
@@ -42,45 +47,56 @@ __all__ = [
 
 
 def _prepared(model, data, settings):
-    from .data import load_data
+    import torch
+
+    from .data import class_names_of, load_data
 
     settings = settings or TrainSettings()
+    torch.manual_seed(settings.seed)  # the new head's (and adapters') initial weights
     tokenizer = load_tokenizer(model)
     tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
-    return tokenizer, tokenized, settings
+    return tokenizer, tokenized, settings, class_names_of(tokenized["train"])
+
+
+def _trained(method: str, model, data, settings, **lora_options) -> nn.Module:
+    tokenizer, tokenized, settings, labels = _prepared(model, data, settings)
+    net = prepare_model(method, model, pooling=settings.pooling, labels=labels, **lora_options)
+    with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:  # checkpoints, logs: not kept
+        if method == "head":
+            result = train_head(net, tokenized, settings, work, tokenizer)
+        else:
+            result = train_model(net, tokenized, settings, work, tokenizer=tokenizer)
+    net.loralab_result = result  # eval accuracy after each epoch, training time: no second evaluation needed
+    return net
 
 
 def make_finetuned_model(model: str = DEFAULT_MODEL, data=None, settings: TrainSettings | None = None) -> nn.Module:
     """Step 2: the pre-trained model with every parameter fine-tuned."""
-    tokenizer, tokenized, settings = _prepared(model, data, settings)
-    net = load_model(model)
-    with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:  # checkpoints, logs: not kept
-        train_model(net, tokenized, settings, work, tokenizer=tokenizer)
-    return net
+    return _trained("full", model, data, settings)
 
 
 def make_headtuned_model(model: str = DEFAULT_MODEL, data=None, settings: TrainSettings | None = None) -> nn.Module:
     """Step 3: the pre-trained model with only its classification head trained."""
-    tokenizer, tokenized, settings = _prepared(model, data, settings)
-    net = freeze_all_but_head(load_model(model))
-    with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:
-        train_head(net, tokenized, settings, work, tokenizer)
-    return net
+    return _trained("head", model, data, settings)
 
 
 def make_lora_model(rank: int, model: str = DEFAULT_MODEL, data=None,
-                    settings: TrainSettings | None = None) -> nn.Module:
+                    settings: TrainSettings | None = None, **lora_options) -> nn.Module:
     """Step 9: query and value layers wrapped in LoRA (alpha = 2 * rank), adapters and
-    head trained, every other parameter untouched."""
-    tokenizer, tokenized, settings = _prepared(model, data, settings)
-    net = inject_lora(load_model(model), rank, alpha=2 * rank)
-    with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:
-        train_model(net, tokenized, settings, work, tokenizer=tokenizer)
-    return net
+    head trained, every other parameter untouched. `lora_options` (`init`, `alpha`,
+    `targets`, ...; see `LoraOptions`) change the lab's adapter."""
+    return _trained("lora", model, data, settings, rank=rank, **lora_options)
 
 
 def evaluate(model: nn.Module, data=None, model_name: str = DEFAULT_MODEL,
              settings: TrainSettings | None = None) -> float:
     """Accuracy on the eval split (the lab's `evaluate`, without the Trainer)."""
-    tokenizer, tokenized, settings = _prepared(model_name, data, settings)
-    return evaluate_model(model, tokenized["eval"], tokenizer, settings)
+    from datasets import DatasetDict
+
+    from .data import load_data
+
+    settings = settings or TrainSettings()
+    tokenizer = load_tokenizer(model_name)
+    split = (data if data is not None else load_data())["eval"]
+    tokenized = tokenize(DatasetDict(eval=split), tokenizer, settings.max_length)["eval"]
+    return evaluate_model(model, tokenized, tokenizer, settings)

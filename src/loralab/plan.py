@@ -22,7 +22,7 @@ from .records import (
     seed_suffix,
     select_run,
 )
-from .settings import LoraOptions, TrainSettings
+from .settings import TRAIN_METHODS, LoraOptions, TrainSettings
 
 # ---------------------------------------------------------------------------------------
 # Context: data and tokenizers, loaded once per process
@@ -205,16 +205,15 @@ def plan(config: dict, ctx: Context) -> list[Run]:
     c, m, sel = config, config["methods"], config["select"]
     isolate = c["isolate"] and int(os.environ.get("WORLD_SIZE", "1")) == 1
     seeds = seeds_of(c)
-    model, base = c["model"], TrainSettings.from_config(c)
-    lora_lr = {"learning_rate": c["lora"]["learning_rate"]} if c["lora"]["learning_rate"] else {}
+    model = c["model"]
     targets = c["lora"]["targets"] or None
     runs: list[Run] = []
     chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate
     if sel["enabled"]:
         wanted = {"full": m["full"], "head": m["head"], "lora": bool(m["lora_ranks"])}
         for method in (name for name, on in wanted.items() if on):
-            settings = base.replace(seed=seeds[0], learning_rate=sel[method][0],
-                                    **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
+            settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=sel[method][0],
+                                                 **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
             lora = LoraOptions.from_config(c, sel["lora_rank"]) if method == "lora" else None
             run = Run(select_run(method), "select", SelectInputs(method, model, ctx.choice_key, settings, lora,
                                                                  tuple(sel[method]), sel["limit_train"], sel["metric"]),
@@ -223,7 +222,7 @@ def plan(config: dict, ctx: Context) -> list[Run]:
             chosen[method] = run.ref()
     for seed in seeds:
         sfx = seed_suffix(seed, bool(c["seeds"]))
-        settings = base.replace(seed=seed)
+        settings = {method: TrainSettings.from_config(c, method, seed=seed) for method in TRAIN_METHODS}
         if m["baselines"]:
             for method in ("tfidf-lr", "tfidf-nb"):
                 runs.append(Run(method_run(method, suffix=sfx), "baseline", BaselineInputs(method, ctx.data_key, seed)))
@@ -231,24 +230,26 @@ def plan(config: dict, ctx: Context) -> list[Run]:
         for method in ("full", "head"):
             if m[method]:
                 run = Run(method_run(method, suffix=sfx), "train",
-                          TrainInputs(method, model, ctx.data_key, settings, None, chosen.get(method)), isolate)
+                          TrainInputs(method, model, ctx.data_key, settings[method], None, chosen.get(method)),
+                          isolate)
                 runs.append(run)
                 trained[method] = run.ref()
         first = seed == seeds[0]
         if first and m["replace_test"] and "full" in trained:
-            runs.append(Run(REPLACE_TEST, "replace", ReplaceInputs(trained["full"], model, ctx.data_key, settings)))
+            runs.append(Run(REPLACE_TEST, "replace",
+                            ReplaceInputs(trained["full"], model, ctx.data_key, settings["full"])))
         if first and m["lowrank"]:
             runs.append(Run(LOWRANK, "lowrank", LowrankInputs(trained["full"], trained["head"], model, ctx.data_key,
-                                                              settings, targets, tuple(m["sweep_ranks"]),
+                                                              settings["full"], targets, tuple(m["sweep_ranks"]),
                                                               m["sweep_points"])))
         if first and m["extract"] and "full" in trained:
-            runs.append(Run(EXTRACT, "extract", ExtractInputs(trained["full"], model, ctx.data_key, settings,
+            runs.append(Run(EXTRACT, "extract", ExtractInputs(trained["full"], model, ctx.data_key, settings["full"],
                                                               tuple(m["extract_targets"]), tuple(m["extract_ranks"]),
                                                               tuple(m["extract_energies"]))))
         loras = []
         for rank in m["lora_ranks"]:
             run = Run(method_run("lora", rank, sfx), "train",
-                      TrainInputs("lora", model, ctx.data_key, settings.replace(**lora_lr),
+                      TrainInputs("lora", model, ctx.data_key, settings["lora"],
                                   LoraOptions.from_config(c, rank), chosen.get("lora")), isolate)
             runs.append(run)
             loras.append((rank, run.ref()))

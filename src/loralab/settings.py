@@ -114,11 +114,14 @@ class TrainSettings:
         return _replace(self, changes)
 
     @classmethod
-    def from_config(cls, config: dict, **changes) -> "TrainSettings":
+    def from_config(cls, config: dict, method: str | None = None, **changes) -> "TrainSettings":
         """The settings of a resolved configuration (`loralab.config.load_config`): its
-        [train] table with the top-level `seed`, `precision` and `device`."""
-        return cls(**config["train"], seed=config["seed"], precision=config["precision"],
-                   device=config["device"]).replace(**changes)
+        [train] table with the top-level `seed`, `precision` and `device`; for `method`
+        ``"head"`` or ``"lora"``, that table's own learning rate where it sets one."""
+        settings = cls(**config["train"], seed=config["seed"], precision=config["precision"],
+                       device=config["device"])
+        own_rate = config[method]["learning_rate"] if method in ("head", "lora") else 0.0
+        return settings.replace(**{**({"learning_rate": own_rate} if own_rate else {}), **changes})
 
 
 @dataclass(frozen=True)
