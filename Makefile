@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 
-.PHONY: setup run test quick clean
+.PHONY: setup run test quick notebook clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ run: $(STAMP)
 
 quick: $(STAMP)
 	$(BIN)/loralab run --quick $(RUN_ARGS)
+
+# examples/lab.ipynb executed top to bottom into examples/lab.executed.ipynb, outputs and all
+# (the quick setting; LORALAB_LAB_SIZE=full for the full lab).
+notebook: $(STAMP)
+	$(BIN)/jupyter execute examples/lab.ipynb --output=lab.executed --timeout=-1
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10
