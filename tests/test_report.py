@@ -104,6 +104,22 @@ def test_extracted_adapters_against_trained_lora_and_full(tmp_path):
     assert "| Extracted LoRA (query, value) e=0.9 | 40,000 |" in md  # a row of its own in the results table
 
 
+@pytest.mark.parametrize("eval_counts, says", [
+    ([50, 50], "Every trained Transformer model is above the majority class (negative, 0.5000); the lowest, "
+               "Head-tuning, reaches 0.8000."),
+    ([15, 85], "At or below the majority class (positive, 0.8500), so no better than always predicting it: "
+               "Head-tuning."),
+])
+def test_the_answers_say_whether_each_trained_model_beats_the_majority_class(tmp_path, eval_counts, says):
+    from loralab.report import answers
+
+    folder = hand_made(tmp_path)
+    env = json.loads((folder / "environment.json").read_text())
+    env["class_counts"] = {"train": [1000, 1000], "eval": eval_counts}
+    (folder / "environment.json").write_text(json.dumps(env))
+    assert says in " ".join(answers(build(folder)))
+
+
 def test_missing_runs_are_said_missing(tmp_path):
     from loralab.report import answers
 

@@ -384,6 +384,15 @@ def answers(f: Findings) -> list[str]:
         out.append(sentence)
     else:
         out.append("TF-IDF baselines: missing.")
+    trained = [s for s in f.summaries if s.method in ("full", "head", "lora")]
+    if trained and f.majority_class:
+        name, share = f.majority_class
+        below = [s.label for s in trained if s.eval_accuracy <= share]
+        low = min(trained, key=lambda s: s.eval_accuracy)
+        out.append(f"Every trained Transformer model is above the majority class ({name}, {share:.4f}); the lowest, "
+                   f"{low.label}, reaches {low.eval_accuracy:.4f}." if not below else
+                   f"At or below the majority class ({name}, {share:.4f}), so no better than always predicting "
+                   f"it: {', '.join(below)}.")
     return out
 
 
