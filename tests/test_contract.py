@@ -48,7 +48,7 @@ def test_model_flag_overrides_a_config_files_model_even_when_it_names_the_defaul
 def test_quick_applies_its_tables_over_the_profile_and_flags_over_it():
     lab, quick = load_config(None), load_config(None, quick=True)
     assert (quick["data"]["limit_train"], quick["train"]["max_length"], quick["train"]["pooling"]) == (256, 128, "mean")
-    assert quick["lora"]["init"] == "kaiming" and quick["methods"]["lora_ranks"] == [2, 8]
+    assert quick["lora"]["init"] == "kaiming" and quick["methods"]["lora_ranks"] == [2, 6]
     rates = {m: TrainSettings.from_config(quick, m).learning_rate for m in ("full", "head", "lora")}
     assert rates == {"full": quick["train"]["learning_rate"], "head": quick["head"]["learning_rate"],
                      "lora": quick["lora"]["learning_rate"]}

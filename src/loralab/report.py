@@ -493,10 +493,12 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
         md += ["", "## Choices made on the validation split", "",
                "The eval split was not used to choose anything; it only measures the final runs.", ""]
         md += [f"- {line}" for line in selection_lines(f.selections, f.unit)]
+    approximated = any(s.method.startswith("approx") for s in f.summaries)
     md += ["", "## Results", "", _md_table(results_table(f.summaries)), "",
-           "Approximated models train nothing: their parameter count is what storing their change "
-           "costs (rank-r factors of each query/value layer plus the head); their training cost is "
-           "that of full fine-tuning plus head-tuning. Macro-F1 is the unweighted mean of the classes' F1.", ""]
+           *(["Approximated models train nothing: their parameter count is what storing their change "
+              "costs (rank-r factors of each query/value layer plus the head); their training cost is "
+              "that of full fine-tuning plus head-tuning."] if approximated else []),
+           "Macro-F1 is the unweighted mean of the classes' F1.", ""]
     if f.majority_class:
         name, share = f.majority_class
         md += [f"Always predicting the eval split's largest class ({name}) would score {share:.4f} accuracy.", ""]
