@@ -94,6 +94,17 @@ def load_trained(directory: str | os.PathLike):
     return load_model(directory), load_tokenizer(directory)
 
 
+def fit(net: nn.Module, method: str, tokenized, settings: TrainSettings, work, tokenizer, *,
+        lora: LoraOptions | None = None, resume: bool = False) -> RunResult:
+    """Train a model `prepare_model` set up for `method` in place: the head alone (on its
+    cached inputs) or every trainable parameter, B at LoRA+'s `lora.lr_ratio` times the rate.
+    Checkpoints and logs go to `work`."""
+    if method == "head":
+        return train_head(net, tokenized, settings, work, tokenizer)
+    return train_model(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume,
+                       lr_ratio=lora.lr_ratio if lora else 1.0)
+
+
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
           data=None, settings: TrainSettings | None = None, *, lora: LoraOptions | None = None,
           tokenized=None, resume: bool = False, notes: dict | None = None, **lora_options) -> dict:
@@ -135,11 +146,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     labels = class_names_of(tokenized["train"])
     net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
     trainable = num_trainable_parameters(net)
-    if method == "head":
-        result: RunResult = train_head(net, tokenized, settings, work, tokenizer)
-    else:
-        result = train_model(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume,
-                             lr_ratio=lora.lr_ratio if lora else 1.0)
+    result = fit(net, method, tokenized, settings, work, tokenizer, lora=lora, resume=resume)
     info = {"method": method, "base_model": str(model), "rank": lora.rank if lora else None,
             "targets": lora.targets if lora else None, "alpha": (lora.alpha or 2 * lora.rank) if lora else None,
             "trainable_params": trainable, "eval_accuracy": result.eval_accuracy,

@@ -31,13 +31,14 @@ import tempfile
 from torch import nn
 
 from . import checks as check
-from .api import prepare_model
+from .api import fit, prepare_model
 from .inference import evaluate_model
 from .lora import LoRA
 from .lowrank import approximate, make_approximated_model_1, make_approximated_model_2
 from .models import DEFAULT_MODEL, load_tokenizer, num_trainable_parameters
+from .settings import LoraOptions
 from .surgery import clone_linear, extract, replace
-from .training import TrainSettings, tokenize, train_head, train_model
+from .training import TrainSettings, tokenize
 
 __all__ = [
     "LoRA", "approximate", "check", "clone_linear", "evaluate", "extract", "make_approximated_model_1",
@@ -58,14 +59,11 @@ def _prepared(model, data, settings):
     return tokenizer, tokenized, settings, class_names_of(tokenized["train"])
 
 
-def _trained(method: str, model, data, settings, **lora_options) -> nn.Module:
+def _trained(method: str, model, data, settings, lora: LoraOptions | None = None) -> nn.Module:
     tokenizer, tokenized, settings, labels = _prepared(model, data, settings)
-    net = prepare_model(method, model, pooling=settings.pooling, labels=labels, **lora_options)
+    net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
     with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:  # checkpoints, logs: not kept
-        if method == "head":
-            result = train_head(net, tokenized, settings, work, tokenizer)
-        else:
-            result = train_model(net, tokenized, settings, work, tokenizer=tokenizer)
+        result = fit(net, method, tokenized, settings, work, tokenizer, lora=lora)
     net.loralab_result = result  # eval accuracy after each epoch, training time: no second evaluation needed
     return net
 
@@ -85,7 +83,7 @@ def make_lora_model(rank: int, model: str = DEFAULT_MODEL, data=None,
     """Step 9: query and value layers wrapped in LoRA (alpha = 2 * rank), adapters and
     head trained, every other parameter untouched. `lora_options` (`init`, `alpha`,
     `targets`, ...; see `LoraOptions`) change the lab's adapter."""
-    return _trained("lora", model, data, settings, rank=rank, **lora_options)
+    return _trained("lora", model, data, settings, LoraOptions(rank=rank).replace(**lora_options))
 
 
 def evaluate(model: nn.Module, data=None, model_name: str = DEFAULT_MODEL,
