@@ -5,9 +5,10 @@ default MiniLM), same rank, alpha, targets and trainable head, the same batches 
 lab's train data in the same order, the same precision (bf16 autocast where supported)
 and optimiser. Also: (a) end to end as each is used by default (`loralab.train` against
 PEFT + the Trainer with its defaults), (b) the LoRA layer alone against PEFT's
-`lora.Linear`.
+`lora.Linear`, (c) `loralab train` with batches padded to multiples of 32 (the default)
+against exact lengths, the time bounded shapes cost or save.
 
-    python benchmarks/lora_train.py [--reviews 96] [--repeats 5] [--tiny]
+    python benchmarks/lora_train.py [--reviews 96] [--repeats 5] [--padding-reviews 256] [--tiny]
 
 Last line: `ratio: X`, loralab's reviews/s over PEFT's in the main figure.
 """
@@ -116,16 +117,42 @@ def end_to_end(model_name: str, n_reviews: int, tiny: bool) -> dict[str, float]:
     return {k: median(v) for k, v in runs.items()}
 
 
+def padding_sides(model_name: str, n_reviews: int, tiny: bool) -> dict[str, list[float]]:
+    """Seconds of one `loralab train` epoch (LoRA r=6, training and its evaluation, PeakMemory's
+    clock), batches padded to multiples of 32 against exact lengths, alternating."""
+    import tempfile
+
+    from loralab import load_tokenizer, train
+    from loralab.data import limit_data, load_data
+    from loralab.training import TrainSettings, tokenize
+
+    tokenizer = load_tokenizer(model_name)
+    max_length = 128 if tiny else 512
+    tokenized = tokenize(limit_data(load_data(), n_reviews, 16 if tiny else 100), tokenizer, max_length)
+
+    def side(multiple: int):
+        def run() -> float:
+            settings = TrainSettings(epochs=1, quiet=True, max_length=max_length, pad_to_multiple_of=multiple)
+            with tempfile.TemporaryDirectory() as tmp:
+                return train("lora", f"{tmp}/out", model_name, settings=settings, rank=RANK,
+                             tokenized=tokenized)["train_seconds"]
+        return run
+
+    return alternate({"multiples of 32 (default)": side(32), "exact lengths": side(1)},
+                     repeats=1 if tiny else 3, warmup=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--reviews", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--padding-reviews", type=int, default=256, help="reviews of section (c)")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: few reviews, short sequences")
     args = parser.parse_args()
     if args.tiny:
-        args.reviews, args.repeats, args.max_length = 16, 1, 64
+        args.reviews, args.repeats, args.max_length, args.padding_reviews = 16, 1, 64, 16
 
     from loralab import load_tokenizer
     from loralab.inference import bf16_supported
@@ -175,6 +202,13 @@ def main() -> None:
           "(reviews/s)")
     print(table(["side", "reviews/s"], [[k, v] for k, v in e2e.items()]))
     print(f"end-to-end ratio: {e2e[names[0]] / e2e[names[1]]:.2f}")
+
+    pads = padding_sides(args.model, args.padding_reviews, args.tiny)
+    exact = median(pads["exact lengths"])
+    print(f"\n(c) loralab train, LoRA r={RANK}, one epoch of {args.padding_reviews} reviews and its evaluation: "
+          "seconds (median, alternating)")
+    print(table(["padding", "seconds", "min", "max", "x exact"],
+                [[k, median(v), min(v), max(v), median(v) / exact] for k, v in pads.items()]))
     done(median(main_runs["loralab (fast dropout)"]) / peft)
 
 

@@ -1,15 +1,22 @@
-"""Peak resident memory of training: full fine-tuning, head-tuning and LoRA r=6, each in a
-process of its own (`loralab train` with its defaults), on the same lab reviews.
+"""Resident memory of training: LoRA r=6 against full fine-tuning, each in a process of its
+own (`loralab train` with its defaults), on the lab's reviews, with the memory after each
+epoch; and the padding that bounded batch lengths cost.
 
-    python benchmarks/memory.py [--reviews 64] [--tiny]
+    python benchmarks/memory.py [--reviews 2000] [--eval-reviews 500] [--epochs 1]
+                                [--before] [--levers] [--tiny]
 
-Target: LoRA below full fine-tuning. Last line: `ratio: X`, LoRA's peak over full
-fine-tuning's.
+`--before` adds both methods with batches padded to their longest review (the behaviour
+before bounded lengths); `--levers` adds LoRA with exact padding and one other lever each
+(oneDNN's primitive cache, glibc's arenas, jemalloc where installed). Targets (#19): LoRA's
+peak at most 2,000 MB and at most half of full fine-tuning's; resident memory after the
+last epoch within 10% of after the first. Last line: `ratio: X`, LoRA's peak over full
+fine-tuning's (both with the defaults).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -21,41 +28,109 @@ from _common import done, machine, table
 CHILD = """
 import json, resource, sys
 from loralab.cli import main
-code = main(sys.argv[1:])
-print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+code = main(sys.argv[2:])
+info = json.load(open(sys.argv[1] + "/loralab.json")) if code == 0 else {}
+print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "history": info.get("history"), "seconds": info.get("train_seconds"),
+                  "accuracy": info.get("eval_accuracy"), "precision": info.get("precision")}))
 """
 
+JEMALLOC = sorted(glob.glob("/usr/lib/*/libjemalloc.so.2") + glob.glob("/usr/lib/libjemalloc.so.2"))
 
-def measure(method: str, args, out: str) -> float:
-    cmd = [sys.executable, "-c", CHILD, "train", "--method", method, "--rank", "6", "--model", args.model,
-           "--limit-train", str(args.reviews), "--limit-eval", "16", "--epochs", "1",
-           "--max-length", str(args.max_length), "--out", out, "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+
+def sides(args) -> list[tuple[str, str, list[str], dict]]:
+    """(name, method, extra flags, extra environment) of every process to measure."""
+    exact = ["--pad-to-multiple-of", "1"]
+    out = [("full", "full", [], {}), ("LoRA r=6", "lora", [], {})]
+    if args.before or args.levers:
+        out += [("full, exact padding (before)", "full", exact, {}),
+                ("LoRA r=6, exact padding (before)", "lora", exact, {})]
+    if args.levers:
+        out += [("LoRA, exact padding, oneDNN cache 8", "lora", exact, {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "8"}),
+                ("LoRA, exact padding, MALLOC_ARENA_MAX=2", "lora", exact, {"MALLOC_ARENA_MAX": "2"})]
+        if JEMALLOC:
+            out.append(("LoRA, exact padding, jemalloc", "lora", exact, {"LD_PRELOAD": JEMALLOC[0]}))
+    return out
+
+
+def measure(method: str, flags: list[str], env: dict, args, out: str) -> dict:
+    cmd = [sys.executable, "-c", CHILD, out, "train", "--method", method, "--rank", "6", "--model", args.model,
+           "--limit-train", str(args.reviews), "--limit-eval", str(args.eval_reviews), "--epochs", str(args.epochs),
+           "--max-length", str(args.max_length), "--out", out, "--quiet", *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+    result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {"code": proc.returncode}
     if result["code"] != 0:
-        sys.exit(f"{method} failed: {proc.stderr[-2000:]}")
-    return result["peak_mb"]
+        sys.exit(f"{method} {flags} failed: {proc.stderr[-2000:]}")
+    return result
+
+
+def padding(args) -> list[list]:
+    """Tokens computed per real token, over one epoch of `loralab train`'s length-grouped
+    batches (the Trainer's sampler, seed 0), for each padding multiple."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from loralab import load_tokenizer
+    from loralab.data import limit_data, load_data
+    from loralab.inference import bucket_length
+
+    data = limit_data(load_data(), args.reviews, 1)
+    lengths = [len(ids) for ids in load_tokenizer(args.model)(list(data["train"]["text"]), truncation=True,
+                                                               max_length=args.max_length)["input_ids"]]
+    order = list(LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator().manual_seed(0)))
+    batches = [[lengths[i] for i in order[start:start + 8]] for start in range(0, len(order), 8)]
+    real = sum(lengths)
+    rows = []
+    for multiple in (1, 8, 16, 32, 64):
+        padded = [bucket_length(max(b), multiple, args.max_length) for b in batches]
+        rows.append([multiple, sum(p * len(b) for p, b in zip(padded, batches)) / real, len(set(padded))])
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--reviews", type=int, default=64)
+    parser.add_argument("--reviews", type=int, default=2000)
+    parser.add_argument("--eval-reviews", type=int, default=500)
+    parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--before", action="store_true", help="also measure exact padding (the old behaviour)")
+    parser.add_argument("--levers", action="store_true", help="also LoRA with exact padding and each other lever")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     if args.tiny:
-        args.reviews, args.max_length = 16, 64
-    peaks = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in ("full", "head", "lora"):
-            peaks[method] = measure(method, args, f"{tmp}/{method}")
+        args.reviews, args.eval_reviews, args.max_length = 16, 16, 64
+
     print(f"# memory: {machine()}")
-    print(f"# model {args.model}, `loralab train` defaults (bf16 autocast where supported, dynamic padding, "
-          f"batch 8), {args.reviews} lab train reviews, 1 epoch, max {args.max_length} tokens; peak RSS "
-          f"(ru_maxrss) of each process, model loading and evaluation included\n")
-    print(table(["method", "peak MB", "x full"], [[m, p, p / peaks["full"]] for m, p in peaks.items()]))
-    done(peaks["lora"] / peaks["full"])
+    print(f"# model {args.model}, `loralab train` defaults (batch 8, length-grouped, bf16 autocast where "
+          f"supported), {args.reviews} lab train / {args.eval_reviews} eval reviews, {args.epochs:g} epoch(s), "
+          f"max {args.max_length} tokens; peak RSS (ru_maxrss) of each process, loading and evaluation "
+          "included; RSS after each epoch's training steps and after its evaluation\n")
+    print("Padding: tokens computed per real token, one epoch of length-grouped batches")
+    print(table(["multiple of", "tokens / real", "distinct lengths"], padding(args)))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, method, flags, env) in enumerate(sides(args)):
+            results[name] = measure(method, flags, env, args, f"{tmp}/{i}")
+            print(f"measured {name}", file=sys.stderr, flush=True)
+    rows = []
+    for name, r in results.items():
+        history = r["history"] or [{}]
+        rss = [row.get("rss_mb") for row in history]
+        growth = rss[-1] / rss[0] if len(rss) > 1 and rss[0] else float("nan")
+        rows.append([name, r["peak_mb"], r["peak_mb"] / results["full"]["peak_mb"],
+                     " / ".join(f"{row.get('train_rss_mb', 0):,.0f}" for row in history),
+                     " / ".join(f"{value or 0:,.0f}" for value in rss), growth, r["seconds"], r["accuracy"]])
+    print(f"\nResident memory ({results['full']['precision']}; after each epoch: MB after its training steps, "
+          "and after its evaluation)")
+    print(table(["side", "peak MB", "x full", "after training", "after eval", "last / first", "train s",
+                 "eval acc"], rows))
+    lora, full = results["LoRA r=6"]["peak_mb"], results["full"]["peak_mb"]
+    if not args.tiny:
+        met = lora <= 2000 and lora <= full / 2
+        print(f"\nLoRA r=6 peak {lora:,.0f} MB, {lora / full:.2f}x full fine-tuning's: {'met' if met else 'not met'} "
+              "(target: at most 2,000 MB and at most half of full's)")
+    done(lora / full)
 
 
 if __name__ == "__main__":

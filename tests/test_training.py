@@ -5,9 +5,8 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import DataCollatorWithPadding
 
-from loralab.inference import _batches, _sorted_by_length
+from loralab.inference import BucketedPadding, _batches, _sorted_by_length
 from loralab.models import load_model, load_tokenizer
 from loralab.training import (
     TrainSettings,
@@ -30,11 +29,14 @@ def test_trainer_evaluates_the_length_sorted_batches_of_predict(tmp_path, tiny_m
     evals = tokenize(data, tokenizer)["eval"]
     settings = TrainSettings(eval_batch_size=4, group_by_length=True, quiet=True)
     args = _training_arguments(settings, Path(tmp_path), torch.device("cpu"), "fp32")
+    collator = BucketedPadding(tokenizer, 8, settings.max_length)  # train_model's collator
     trainer = _trainer_class()(model=load_model(tiny_model_dir), args=args, eval_dataset=_sorted_by_length(evals),
-                               data_collator=DataCollatorWithPadding(tokenizer))
-    widths = [batch["input_ids"].shape[1] for batch in trainer.get_eval_dataloader()]
-    assert widths == [batch["input_ids"].shape[1] for _, batch in _batches(evals["input_ids"], 4, tokenizer)]
-    assert widths == sorted(widths, reverse=True) and len(set(widths)) == 3
+                               data_collator=collator)
+    batches = list(trainer.get_eval_dataloader())
+    ours = list(_batches(evals["input_ids"], 4, tokenizer, 8, settings.max_length))
+    widths = [batch["input_ids"].shape[1] for batch in batches]
+    assert widths == [batch["input_ids"].shape[1] for _, batch in ours] == [64, 32, 16]
+    assert all(a["input_ids"].equal(b["input_ids"]) for a, (_, b) in zip(batches, ours))
 
 
 def test_a_checkpoint_at_an_epochs_end_holds_its_evaluation_and_resumes_with_every_row(tmp_path, tiny_model_dir):

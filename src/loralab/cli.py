@@ -64,6 +64,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--learning-rate", "--lr", type=float)
     g.add_argument("--max-length", type=int)
+    g.add_argument("--pad-to-multiple-of", type=int,
+                   help="pad each batch to a multiple of N tokens (default: 32; 1: to its longest review)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile training and evaluation (inductor; needs a C++ compiler on a CPU)")
     g.add_argument("--report-to", help="experiment trackers, passed to the Trainer "
                    "(tensorboard, wandb, ...; default: none, nothing written outside --out)")
     g.add_argument("--save-steps", type=int, help="also checkpoint every N steps (default: each epoch)")
@@ -76,7 +80,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 FLAG_KEYS = {
     "model": "model", "seed": "seed", "precision": "precision", "device": "device", "seeds": "seeds",
     "jobs": "jobs", "epochs": "train.epochs", "batch_size": "train.batch_size",
-    "learning_rate": "train.learning_rate", "max_length": "train.max_length", "report_to": "train.report_to",
+    "learning_rate": "train.learning_rate", "max_length": "train.max_length",
+    "pad_to_multiple_of": "train.pad_to_multiple_of", "compile": "train.compile", "report_to": "train.report_to",
     "save_steps": "train.save_steps", "class_weights": "train.class_weights", "pooling": "train.pooling",
     "eval_batch_size": "train.eval_batch_size",
     "data": "data.dir", "train": "data.train", "eval": "data.eval", "text_column": "data.text_column",

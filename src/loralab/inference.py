@@ -48,12 +48,40 @@ def _sorted_by_length(ds):
     return ds.select(_longest_first(ds["input_ids"]))
 
 
-def _batches(input_ids, batch_size: int, tokenizer):
-    """Length-sorted padded batches and the original row order of each."""
+def bucket_length(longest: int, multiple: int, max_length: int) -> int:
+    """The length a batch is padded to: its longest row's length rounded up to a multiple of
+    `multiple`, never past `max_length` (nor below the longest row).
+
+    Bounded shapes keep memory flat: with a length of its own for nearly every batch, the
+    allocator's free blocks rarely fit the next batch's tensors and resident memory grew
+    over a run (1.2 to 2.1 GB in 150 steps of a 2-layer model here; flat with multiples
+    of 32), and every cache keyed by shape (oneDNN's primitives) kept growing too."""
+    return max(longest, min(-(-longest // multiple) * multiple, max_length))
+
+
+class BucketedPadding:
+    """The training collator: `DataCollatorWithPadding`, padding each batch to its
+    `bucket_length` instead of exactly to its longest row."""
+
+    def __init__(self, tokenizer, multiple: int, max_length: int):
+        self.tokenizer, self.multiple, self.max_length = tokenizer, multiple, max_length
+
+    def __call__(self, features: list[dict]) -> dict:
+        from transformers import DataCollatorWithPadding
+
+        length = bucket_length(max(len(f["input_ids"]) for f in features), self.multiple, self.max_length)
+        return DataCollatorWithPadding(self.tokenizer, padding="max_length", max_length=length)(features)
+
+
+def _batches(input_ids, batch_size: int, tokenizer, multiple: int = 1, max_length: int = 512):
+    """Length-sorted batches, each padded to its `bucket_length`, and the original row order
+    of each."""
     order = _longest_first(input_ids)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        yield rows, tokenizer.pad([{"input_ids": input_ids[i]} for i in rows], return_tensors="pt")
+        length = bucket_length(max(len(input_ids[i]) for i in rows), multiple, max_length)
+        yield rows, tokenizer.pad([{"input_ids": input_ids[i]} for i in rows], padding="max_length",
+                                  max_length=length, return_tensors="pt")
 
 
 def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings, desc: str, width: int,
@@ -71,9 +99,12 @@ def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings
     # Moved before inference mode: weights copied to a GPU inside it would be inference
     # tensors, which a later training step (head-tuning after encoding) cannot use.
     module.eval().to(device)
+    if settings.compile:
+        forward = torch.compile(forward)
     out = np.zeros((len(input_ids), width), dtype=np.float32)
     total = math.ceil(len(input_ids) / settings.eval_batch_size)
-    batches = tqdm(_batches(input_ids, settings.eval_batch_size, tokenizer), total=total, desc=desc,
+    batches = tqdm(_batches(input_ids, settings.eval_batch_size, tokenizer, settings.pad_to_multiple_of,
+                            settings.max_length), total=total, desc=desc,
                    disable=settings.quiet, leave=False)
     with torch.inference_mode():
         for rows, batch in batches:

@@ -61,9 +61,15 @@ class TrainSettings:
         eval_batch_size: batch size for evaluation and feature extraction.
         max_length: longest input in tokens; longer reviews are truncated.
         group_by_length: batch reviews of similar length together (less padding).
+        pad_to_multiple_of: pad every batch, in training and inference, to a multiple of
+            this many tokens (at most `max_length`; 1 pads to the longest row): a few
+            shapes instead of one per batch, so memory stays flat over a run.
         fast_dropout: train on a CPU with `FastDropout` (a cheaper random mask, see
             `loralab.fastdropout`); False uses PyTorch's own dropout. GPUs always use
             PyTorch's: their dropout and attention with dropout are fused kernels.
+        compile: run training and evaluation through `torch.compile` (inductor; on a
+            CPU it needs a C++ compiler). Off by default: see benchmarks/README.md for
+            what it gains here.
         pooling: what the classification head reads: ``"cls"`` (the first token, as the
             model was built) or ``"mean"`` (the mean of the non-padding tokens; see
             `loralab.pooling`).
@@ -89,7 +95,9 @@ class TrainSettings:
     eval_batch_size: int = EVAL_BATCH_SIZE
     max_length: int = 512
     group_by_length: bool = True
+    pad_to_multiple_of: int = 32
     fast_dropout: bool = True
+    compile: bool = False
     pooling: str = "cls"
     save_steps: int = 0
     report_to: str = "none"
@@ -106,6 +114,8 @@ class TrainSettings:
         _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.eval_batch_size < 1:
             raise LoralabError("epochs, batch_size, eval_batch_size and learning_rate must be positive.")
+        if self.pad_to_multiple_of < 1:
+            raise LoralabError(f"pad_to_multiple_of must be at least 1, got {self.pad_to_multiple_of}.")
         if self.max_length < 2:
             raise LoralabError(f"max_length must be at least 2 tokens, got {self.max_length}.")
 

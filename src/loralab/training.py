@@ -23,8 +23,8 @@ from .arch import architecture, head_dropout
 from .errors import LoralabError
 from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
-from .inference import _sorted_by_length, map_batches, resolve_precision
-from .measure import PeakMemory
+from .inference import BucketedPadding, _sorted_by_length, map_batches, resolve_precision
+from .measure import PeakMemory, rss_bytes
 from .metrics import EvalMetrics, class_weights, weighted_loss
 from .models import pick_device
 from .pooling import masked_mean, pooling_of
@@ -73,6 +73,7 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
         save_total_limit=1,  # the last good checkpoint is all a resume needs
         seed=settings.seed,
         bf16=precision == "bf16",
+        torch_compile=settings.compile,
         use_cpu=device.type == "cpu",
         report_to=settings.report_to,
         disable_tqdm=settings.quiet,
@@ -106,7 +107,8 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
                          "train_loss": float(np.mean(losses)) if losses else None,
                          "eval_loss": entry.get("eval_loss"),
                          "eval_accuracy": entry["eval_accuracy"],
-                         "eval_macro_f1": entry.get("eval_macro_f1")})
+                         "eval_macro_f1": entry.get("eval_macro_f1"),
+                         **{k: entry[k] for k in ("train_rss_mb", "rss_mb", "peak_rss_mb") if k in entry}})
             losses = []
     return rows
 
@@ -179,6 +181,30 @@ def save_after_epoch_evaluation():
                 control.should_save, self.deferred = True, False
 
     return SaveAfterEpochEvaluation()
+
+
+def memory_log(mem: PeakMemory):
+    """A Trainer callback that adds the process's resident memory to each epoch's evaluation
+    entry of the log: after the epoch's training steps (`train_rss_mb`), after its
+    evaluation (`rss_mb`), and the peak so far (`peak_rss_mb`), in MB. A run whose memory
+    grows with its steps shows it here, epoch by epoch."""
+    from transformers import TrainerCallback
+
+    class MemoryLog(TrainerCallback):
+        after_training = None
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.after_training = rss_bytes()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            entry = state.log_history[-1] if state.log_history else {}
+            if "eval_loss" not in entry or mem.device.type != "cpu":
+                return
+            now = rss_bytes()
+            entry.update(train_rss_mb=round((self.after_training or now) / 2**20, 1),
+                         rss_mb=round(now / 2**20, 1), peak_rss_mb=round(max(mem.peak, now) / 2**20, 1))
+
+    return MemoryLog()
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -279,27 +305,27 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     Raises:
         LoralabError: when the loss becomes NaN or infinite; the last good checkpoint is kept.
     """
-    from transformers import DataCollatorWithPadding
-
     out_dir = Path(out_dir)
     device = pick_device(settings.device)
     precision = resolve_precision(settings, device)
     args = _training_arguments(settings, out_dir, device, precision)
-    collator = collator or DataCollatorWithPadding(tokenizer)
+    collator = collator or BucketedPadding(tokenizer, settings.pad_to_multiple_of, settings.max_length)
     eval_set = _sorted_by_length(tokenized["eval"])
-    guard, metrics = StopOnNonFinite(), EvalMetrics()
+    guard, metrics, mem = StopOnNonFinite(), EvalMetrics(), PeakMemory(device)
     weights = class_weights(tokenized["train"]["label"], model.config.num_labels, settings.class_weights)
     trainer = _trainer_class()(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
                                data_collator=collator, compute_metrics=metrics,
                                compute_loss_func=weighted_loss(weights),
-                               callbacks=[guard(), save_after_epoch_evaluation()],
+                               callbacks=[guard(), save_after_epoch_evaluation(), memory_log(mem)],
                                optimizers=(optimizer_for(model, args, lr_ratio), None))
     _quiet_trainer(trainer, settings)
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
         logger.warning("--resume: no checkpoint in %s; training from the start.", out_dir / "checkpoints")
-    fast = settings.fast_dropout and device.type == "cpu"
-    with PeakMemory(device) as mem, fast_dropout_enabled(model, fast):
+    # Compiled, dropout is inductor's own fused kernel; FastDropout's reinterpreted random
+    # words do not trace (an aliasing dtype view).
+    fast = settings.fast_dropout and device.type == "cpu" and not settings.compile
+    with mem, fast_dropout_enabled(model, fast):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.is_world_process_zero():
         write_json(out_dir / "train_log.json", trainer.state.log_history)
@@ -393,7 +419,7 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
         head = HeadOnFeatures(model, class_weights(tokenized["train"]["label"], model.config.num_labels,
                                                   settings.class_weights))
         # The head is tiny: float32 is as fast as bfloat16 here and needs no autocast.
-        args = _training_arguments(settings.replace(group_by_length=False), out_dir, device, "fp32",
+        args = _training_arguments(settings.replace(group_by_length=False, compile=False), out_dir, device, "fp32",
                                    save_strategy="no")
         metrics = EvalMetrics()
         trainer = Trainer(model=head, args=args, train_dataset=cached["train"], eval_dataset=cached["eval"],
