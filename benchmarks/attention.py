@@ -2,9 +2,9 @@
 
 Forward + backward of one self-attention core (scores, mask, softmax, dropout on the
 probabilities, the product with the values) at the default model's shape, bf16 autocast
-where the CPU has it (else float32) as in training, attention dropout 0.1, a padding mask as `loralab train`'s batches have.
-On a CPU this (batch, heads, seq, seq) work, not the matrix products, is most of a LoRA
-training step (see `roofline.py`).
+where the CPU has it (else float32) as in training, attention dropout 0.1, a padding mask
+as `loralab train`'s batches have. On a CPU this (batch, heads, seq, seq) work, not the
+matrix products, is most of a LoRA training step (see `roofline.py`).
 
 Sides: transformers' eager attention with PyTorch's dropout (what the model runs in
 training when dropout is on: the peer), loralab's (`loralab.fastdropout.attention`), and,
