@@ -31,7 +31,7 @@ from loralab.cli import main
 code = main(sys.argv[2:])
 info = json.load(open(sys.argv[1] + "/loralab.json")) if code == 0 else {}
 print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "history": info.get("history"), "seconds": info.get("train_seconds"),
+                  "memory": info.get("memory"), "seconds": info.get("train_seconds"),
                   "accuracy": info.get("eval_accuracy"), "precision": info.get("precision")}))
 """
 
@@ -115,7 +115,7 @@ def main() -> None:
             print(f"measured {name}", file=sys.stderr, flush=True)
     rows = []
     for name, r in results.items():
-        history = r["history"] or [{}]
+        history = r["memory"] or [{}]
         rss = [row.get("rss_mb") for row in history]
         growth = rss[-1] / rss[0] if len(rss) > 1 and rss[0] else float("nan")
         rows.append([name, r["peak_mb"], r["peak_mb"] / results["full"]["peak_mb"],

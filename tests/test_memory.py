@@ -37,7 +37,7 @@ settings = TrainSettings(epochs=3, quiet=True, logging_steps=1000, **json.loads(
 with tempfile.TemporaryDirectory() as out:
     result = train_model(BertForSequenceClassification(config), tokenize(data, tokenizer, 512), settings, out,
                          tokenizer=tokenizer)
-print(json.dumps(result.history))
+print(json.dumps(result.memory))
 """
 
 
@@ -47,9 +47,10 @@ def test_resident_memory_does_not_grow_with_steps():
     proc = subprocess.run([sys.executable, "-c", GROWTH_CHILD, json.dumps({})], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    history = json.loads(proc.stdout.strip().splitlines()[-1])
-    rss = [row["rss_mb"] for row in history]
-    assert len(rss) == 3 and all(row["train_rss_mb"] > 0 and row["peak_rss_mb"] >= row["rss_mb"] for row in history)
+    memory = json.loads(proc.stdout.strip().splitlines()[-1])
+    rss = [row["rss_mb"] for row in memory]
+    assert [row["epoch"] for row in memory] == [1, 2, 3]
+    assert all(row["train_rss_mb"] > 0 and row["peak_rss_mb"] >= row["rss_mb"] for row in memory)
     assert rss[-1] <= 1.10 * rss[0], f"resident memory after each epoch grew: {rss} MB"
 
 

@@ -153,7 +153,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             "eval_macro_f1": result.eval_macro_f1, "per_class": result.per_class, "confusion": result.confusion,
             "labels": list(labels),
             "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb,
-            "precision": result.precision, "history": result.history, "seed": settings.seed,
+            "precision": result.precision, "history": result.history, "memory": result.memory,
+            "seed": settings.seed,
             "pooling": settings.pooling, "learning_rate": settings.learning_rate,
             "lr_ratio": lora.lr_ratio if lora else None, **(notes or {})}
     if is_main_process():  # under torchrun every rank trains; one writes

@@ -78,6 +78,7 @@ class Row:
     per_class: dict[str, dict] | None = None  # trained models: class -> precision, recall, f1, support
     confusion: list[list[int]] | None = None   # trained models: true class x predicted class, counts
     energy: float | None = None           # extracted adapters sized by energy: the share of ||dW||^2 kept
+    memory: list[dict] = field(default_factory=list)  # per epoch: resident MB after training, after eval, peak
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -65,7 +65,7 @@ def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> dict:
     row = Row(inputs.method, inputs.lora.rank if inputs.lora else None,
               **{k: info[k] for k in ("trainable_params", "eval_accuracy", "eval_macro_f1", "train_seconds",
                                       "peak_memory_mb", "history", "precision", "learning_rate", "pooling",
-                                      "per_class", "confusion")},
+                                      "per_class", "confusion", "memory")},
               chosen_on="validation" if inputs.learning_rate_from else None)
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
         row.peak_memory_mb = max(row.peak_memory_mb, peak_rss_mb())

@@ -107,10 +107,20 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
                          "train_loss": float(np.mean(losses)) if losses else None,
                          "eval_loss": entry.get("eval_loss"),
                          "eval_accuracy": entry["eval_accuracy"],
-                         "eval_macro_f1": entry.get("eval_macro_f1"),
-                         **{k: entry[k] for k in ("train_rss_mb", "rss_mb", "peak_rss_mb") if k in entry}})
+                         "eval_macro_f1": entry.get("eval_macro_f1")})
             losses = []
     return rows
+
+
+MEMORY_KEYS = ("train_rss_mb", "rss_mb", "peak_rss_mb")
+
+
+def epoch_memory(log_history: list[dict]) -> list[dict]:
+    """Per-epoch resident memory from the Trainer's log (`memory_log`): MB after the epoch's
+    training steps, after its evaluation, and the peak so far. Measurements, kept apart
+    from `epoch_history`'s results, which a rerun with the same seed reproduces exactly."""
+    return [{"epoch": round(entry["epoch"], 4), **{k: entry[k] for k in MEMORY_KEYS}}
+            for entry in log_history if "rss_mb" in entry]
 
 
 @dataclass
@@ -125,6 +135,7 @@ class RunResult:
     eval_macro_f1: float | None = None
     per_class: dict[str, dict] | None = None  # class name -> precision, recall, f1, support (last evaluation)
     confusion: list[list[int]] | None = None   # true class x predicted class, counts (last evaluation)
+    memory: list = field(default_factory=list)  # per epoch: resident MB after training, after eval, peak
 
 
 class StopOnNonFinite:
@@ -341,7 +352,8 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
                      train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
                      precision=precision, eval_macro_f1=history[-1]["eval_macro_f1"] if history else None,
                      per_class=metrics.per_class(class_names(model)),
-                     confusion=metrics.confusion(model.config.num_labels))
+                     confusion=metrics.confusion(model.config.num_labels),
+                     memory=epoch_memory(trainer.state.log_history))
 
 
 # ---------------------------------------------------------------------------------------
