@@ -13,10 +13,10 @@ from loralab.inference import BucketedPadding, _batches, bucket_length
 from loralab.models import load_tokenizer
 from loralab.training import TrainSettings
 
-# A tiny BERT (hidden 128, 2 layers, 512 positions) trained for 3 epochs on 160 rows of
+# A tiny BERT (hidden 128, 2 layers, 512 positions) trained for 2 epochs on 160 rows of
 # 4-500 words: nearly every batch has a length of its own. Padded to exact lengths, the
-# process's resident memory after each epoch went 860, 1,123, 1,170, 1,231 MB here (+43%);
-# padded to multiples of 32 (the default), 972, 953, 974, 974 MB.
+# process's resident memory after each epoch went 876, 1,210 MB here (+38%; 1,271 after a
+# third); padded to multiples of 32 (the default), 831, 849 MB (833 after a third).
 GROWTH_CHILD = r"""
 import json, random, sys, tempfile
 import datasets, torch
@@ -33,7 +33,7 @@ data = datasets.DatasetDict({
     "eval": datasets.Dataset.from_dict({"text": texts[:32], "label": [i % 2 for i in range(32)]})})
 config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                     intermediate_size=512, max_position_embeddings=512, num_labels=2)
-settings = TrainSettings(epochs=3, quiet=True, logging_steps=1000, **json.loads(sys.argv[1]))
+settings = TrainSettings(epochs=2, quiet=True, logging_steps=1000, **json.loads(sys.argv[1]))
 with tempfile.TemporaryDirectory() as out:
     result = train_model(BertForSequenceClassification(config), tokenize(data, tokenizer, 512), settings, out,
                          tokenizer=tokenizer)
@@ -49,7 +49,7 @@ def test_resident_memory_does_not_grow_with_steps():
     assert proc.returncode == 0, proc.stderr[-3000:]
     memory = json.loads(proc.stdout.strip().splitlines()[-1])
     rss = [row["rss_mb"] for row in memory]
-    assert [row["epoch"] for row in memory] == [1, 2, 3]
+    assert [row["epoch"] for row in memory] == [1, 2]
     assert all(row["train_rss_mb"] > 0 and row["peak_rss_mb"] >= row["rss_mb"] for row in memory)
     assert rss[-1] <= 1.10 * rss[0], f"resident memory after each epoch grew: {rss} MB"
 
