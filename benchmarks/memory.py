@@ -115,11 +115,11 @@ def main() -> None:
             print(f"measured {name}", file=sys.stderr, flush=True)
     rows = []
     for name, r in results.items():
-        history = r["memory"] or [{}]
-        rss = [row.get("rss_mb") for row in history]
+        epochs = r["memory"] or [{}]
+        rss = [row.get("rss_mb") for row in epochs]
         growth = rss[-1] / rss[0] if len(rss) > 1 and rss[0] else float("nan")
         rows.append([name, r["peak_mb"], r["peak_mb"] / results["full"]["peak_mb"],
-                     " / ".join(f"{row.get('train_rss_mb', 0):,.0f}" for row in history),
+                     " / ".join(f"{row.get('train_rss_mb', 0):,.0f}" for row in epochs),
                      " / ".join(f"{value or 0:,.0f}" for value in rss), growth, r["seconds"], r["accuracy"]])
     print(f"\nResident memory ({results['full']['precision']}; after each epoch: MB after its training steps, "
           "and after its evaluation)")
