@@ -58,3 +58,53 @@ def test_a_checkpoint_at_an_epochs_end_holds_its_evaluation_and_resumes_with_eve
     resumed = train_model(load_model(tiny_model_dir), tokenized, settings, tmp_path, tokenizer=tokenizer,
                           resume=True)
     assert resumed.history == result.history
+
+
+def test_micro_batches_take_the_same_steps_as_whole_batches(tmp_path, tiny_model_dir):
+    """`micro_batch_size` splits each batch into passes whose gradients add up to the whole
+    batch's: without dropout, the trained weights match. Both losses are checked: the
+    model's own, and the class-weighted one (here with equal classes, so weights of 1),
+    which the Trainer leaves unscaled, so it scales itself."""
+    tokenizer = load_tokenizer(tiny_model_dir)
+    texts = [" ".join(["good" if i % 3 else "bad"] * (3 + 5 * i)) for i in range(16)]
+    data = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * 8})
+                                 for split in ("train", "eval")})
+    tokenized = tokenize(data, tokenizer, 64)
+
+    def trained(micro: int, weights: str) -> dict:
+        model = load_model(tiny_model_dir)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        settings = TrainSettings(epochs=1, batch_size=8, micro_batch_size=micro, learning_rate=1e-2, max_length=64,
+                                 class_weights=weights, fast_dropout=False, quiet=True, precision="fp32")
+        train_model(model, tokenized, settings, tmp_path / f"{micro}-{weights}", tokenizer=tokenizer)
+        return dict(model.named_parameters())
+
+    whole = trained(0, "none")
+    start = dict(load_model(tiny_model_dir).named_parameters())
+    assert max((whole[name] - p).abs().max().item() for name, p in start.items()) > 1e-3  # the steps moved
+    for micro, weights in ((4, "none"), (2, "none"), (4, "balanced"), (2, "balanced")):
+        for name, value in trained(micro, weights).items():
+            torch.testing.assert_close(value, whole[name], rtol=1e-4, atol=1e-5, msg=f"{weights} {micro} {name}")
+
+
+def test_the_weighted_loss_of_micro_batches_adds_up_to_the_batchs():
+    from loralab.metrics import weighted_loss
+
+    loss, weights = torch.nn.functional.cross_entropy, torch.tensor([0.5, 2.0, 1.0])
+    logits, labels = torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 1, 0, 2, 0])  # halves with equal classes
+    whole = loss(logits, labels, weight=weights)
+    parts = [weighted_loss(weights)({"logits": logits[s]}, labels[s], num_items_in_batch=torch.tensor(8))
+             for s in (slice(0, 4), slice(4, 8))]
+    torch.testing.assert_close(parts[0] + parts[1], whole)
+    torch.testing.assert_close(weighted_loss(weights)({"logits": logits}, labels), whole)
+
+
+def test_micro_batch_size_must_divide_the_batch():
+    import pytest
+
+    from loralab.errors import LoralabError
+
+    with pytest.raises(LoralabError, match="micro_batch_size must divide batch_size"):
+        TrainSettings(batch_size=8, micro_batch_size=3)

@@ -62,6 +62,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: src/loralab/defaults.toml, [train])")
     g.add_argument("--epochs", type=float)
     g.add_argument("--batch-size", type=int)
+    g.add_argument("--micro-batch-size", type=int,
+                   help="examples per forward/backward pass, accumulated into each batch (default: the batch)")
     g.add_argument("--learning-rate", "--lr", type=float)
     g.add_argument("--max-length", type=int)
     g.add_argument("--pad-to-multiple-of", type=int,
@@ -80,6 +82,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 FLAG_KEYS = {
     "model": "model", "seed": "seed", "precision": "precision", "device": "device", "seeds": "seeds",
     "jobs": "jobs", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "micro_batch_size": "train.micro_batch_size",
     "learning_rate": "train.learning_rate", "max_length": "train.max_length",
     "pad_to_multiple_of": "train.pad_to_multiple_of", "compile": "train.compile", "report_to": "train.report_to",
     "save_steps": "train.save_steps", "class_weights": "train.class_weights", "pooling": "train.pooling",

@@ -45,7 +45,10 @@ def weighted_loss(weights: torch.Tensor | None):
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        return nn.functional.cross_entropy(logits.float(), labels, weight=weights.to(logits.device))
+        mean = nn.functional.cross_entropy(logits.float(), labels, weight=weights.to(logits.device))
+        # The Trainer leaves a custom loss unscaled for gradient accumulation: this micro-batch's
+        # share of the step's examples does it (1 without accumulation).
+        return mean if num_items_in_batch is None else mean * (labels.numel() / num_items_in_batch)
 
     return loss
 

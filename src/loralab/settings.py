@@ -52,7 +52,10 @@ class TrainSettings:
 
     Args:
         epochs: passes over the training data.
-        batch_size: training batch size per device.
+        batch_size: training batch size per device: the examples of one optimizer step.
+        micro_batch_size: examples per forward and backward pass (0: `batch_size`). A
+            smaller one accumulates `batch_size / micro_batch_size` passes into each step:
+            the same batches and updates, a fraction of the activation memory.
         learning_rate: peak learning rate of AdamW (the Trainer's default, 5e-5).
         lr_scheduler: a Trainer schedule name; ``"linear"`` decays to zero.
         warmup_ratio: fraction of steps with a linear warm-up.
@@ -87,6 +90,7 @@ class TrainSettings:
 
     epochs: float = 3.0
     batch_size: int = 8
+    micro_batch_size: int = 0
     learning_rate: float = 5e-5
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.0
@@ -114,6 +118,9 @@ class TrainSettings:
         _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.eval_batch_size < 1:
             raise LoralabError("epochs, batch_size, eval_batch_size and learning_rate must be positive.")
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
+            raise LoralabError(f"micro_batch_size must divide batch_size ({self.batch_size}), "
+                               f"got {self.micro_batch_size} (0 = batch_size).")
         if self.pad_to_multiple_of < 1:
             raise LoralabError(f"pad_to_multiple_of must be at least 1, got {self.pad_to_multiple_of}.")
         if self.max_length < 2:

@@ -58,7 +58,8 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
     kwargs = dict(
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=settings.micro_batch_size or settings.batch_size,
+        gradient_accumulation_steps=settings.batch_size // (settings.micro_batch_size or settings.batch_size),
         per_device_eval_batch_size=settings.eval_batch_size,
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler,
@@ -285,6 +286,14 @@ def _trainer_class():
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class LoralabTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # A classifier's forward takes **kwargs, so the Trainer thinks its loss divides by
+            # the step's `num_items_in_batch` and stops dividing by the accumulated passes; its
+            # loss is a mean of its own batch. Micro-batches would add up to a gradient
+            # `batch_size / micro_batch_size` times too large (and clipped as such).
+            self.model_accepts_loss_kwargs = False
+
         def _get_train_sampler(self, *args, **kwargs):
             sampler = super()._get_train_sampler(*args, **kwargs)
             if isinstance(sampler, LengthGroupedSampler):
