@@ -50,7 +50,8 @@ def test_resident_memory_does_not_grow_with_steps():
     memory = json.loads(proc.stdout.strip().splitlines()[-1])
     rss = [row["rss_mb"] for row in memory]
     assert [row["epoch"] for row in memory] == [1, 2]
-    assert all(row["train_rss_mb"] > 0 and row["peak_rss_mb"] >= row["rss_mb"] for row in memory)
+    assert all(row["train_rss_mb"] > 0 and row["peak_rss_mb"] >= row["rss_mb"]
+               and row["peak_rss_mb"] >= row["train_peak_rss_mb"] >= row["train_rss_mb"] for row in memory)
     assert rss[-1] <= 1.10 * rss[0], f"resident memory after each epoch grew: {rss} MB"
 
 

@@ -108,3 +108,17 @@ def test_micro_batch_size_must_divide_the_batch():
 
     with pytest.raises(LoralabError, match="micro_batch_size must divide batch_size"):
         TrainSettings(batch_size=8, micro_batch_size=3)
+
+
+def test_passes_hold_at_most_1024_tokens_on_a_cpu_and_the_whole_batch_on_a_gpu():
+    from loralab.training import micro_batch_size
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    settings = TrainSettings(batch_size=8)
+    assert micro_batch_size(settings, [40, 512, 300], cpu) == 2  # 2 x 512
+    assert micro_batch_size(settings, [40, 250], cpu) == 4  # 256 after padding to 32: 4 x 256
+    assert micro_batch_size(settings, [20, 70], cpu) == 8  # 96: short texts stay whole
+    assert micro_batch_size(settings.replace(max_length=2048), [2000], cpu) == 1
+    assert micro_batch_size(TrainSettings(batch_size=6), [300], cpu) == 3  # a divisor of the batch
+    assert micro_batch_size(settings, [512], gpu) == 8
+    assert micro_batch_size(settings.replace(micro_batch_size=4), [20], cpu) == 4

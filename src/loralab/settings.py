@@ -53,9 +53,11 @@ class TrainSettings:
     Args:
         epochs: passes over the training data.
         batch_size: training batch size per device: the examples of one optimizer step.
-        micro_batch_size: examples per forward and backward pass (0: `batch_size`). A
-            smaller one accumulates `batch_size / micro_batch_size` passes into each step:
-            the same batches and updates, a fraction of the activation memory.
+        micro_batch_size: examples per forward and backward pass; each step accumulates
+            `batch_size / micro_batch_size` passes: the same batches and updates, a fraction
+            of the activation memory. 0 (auto): on a CPU, passes of at most 1,024 tokens
+            at the training set's longest length (2 for 512-token reviews, faster as well
+            as smaller; short texts stay whole), on a GPU the whole batch.
         learning_rate: peak learning rate of AdamW (the Trainer's default, 5e-5).
         lr_scheduler: a Trainer schedule name; ``"linear"`` decays to zero.
         warmup_ratio: fraction of steps with a linear warm-up.
