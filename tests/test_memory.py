@@ -14,9 +14,12 @@ from loralab.models import load_tokenizer
 from loralab.training import TrainSettings
 
 # A tiny BERT (hidden 128, 2 layers, 512 positions) trained for 2 epochs on 160 rows of
-# 4-500 words: nearly every batch has a length of its own. Padded to exact lengths, the
-# process's resident memory after each epoch went 876, 1,210 MB here (+38%; 1,271 after a
-# third); padded to multiples of 32 (the default), 831, 849 MB (833 after a third).
+# 4-500 words: nearly every batch has a length of its own. Padded to exact lengths and run
+# in one pass per batch (before #19), the process's resident memory after each epoch went
+# 876, 1,210 MB (+38%) in one run and 947, 996 (+5%) in another (allocator state varies
+# run to run; 995, 1,085, 1,101 over three epochs); the defaults (multiples of 32, passes
+# of 2 rows here): 687, 698 MB. Exact lengths in passes of 2 stayed flat too (780, 767):
+# smaller passes are a second lever against the same growth.
 GROWTH_CHILD = r"""
 import json, random, sys, tempfile
 import datasets, torch
