@@ -104,8 +104,9 @@ def main() -> None:
         args.reviews, args.eval_reviews, args.max_length = 16, 16, 64
 
     print(f"# memory: {machine()}")
-    print(f"# model {args.model}, `loralab train` defaults (batch 8 in passes of <= 1,024 tokens on a CPU, length-grouped, bf16 autocast where "
-          f"supported), {args.reviews} lab train / {args.eval_reviews} eval reviews, {args.epochs:g} epoch(s), "
+    print(f"# model {args.model}, `loralab train` defaults (batch 8 in passes of <= 1,024 tokens on a CPU, "
+          f"length-grouped, bf16 autocast where supported), {args.reviews} lab train / {args.eval_reviews} eval "
+          f"reviews, {args.epochs:g} epoch(s), "
           f"max {args.max_length} tokens; peak RSS (ru_maxrss) of each process, loading and evaluation "
           "included; RSS after each epoch's training steps and after its evaluation\n")
     print("Padding: tokens computed per real token, one epoch of length-grouped batches")
