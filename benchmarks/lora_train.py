@@ -207,11 +207,11 @@ def main() -> None:
     print(f"end-to-end ratio: {e2e[names[0]] / e2e[names[1]]:.2f}")
 
     pads = padding_sides(args.model, args.padding_reviews, args.tiny)
-    exact = median(pads["exact lengths, one pass (before)"])
+    before = median(pads["exact lengths, one pass (before)"])
     print(f"\n(c) loralab train, LoRA r={RANK}, one epoch of {args.padding_reviews} reviews and its evaluation: "
           "seconds (median, alternating)")
     print(table(["padding, passes", "seconds", "min", "max", "x before"],
-                [[k, median(v), min(v), max(v), median(v) / exact] for k, v in pads.items()]))
+                [[k, median(v), min(v), max(v), median(v) / before] for k, v in pads.items()]))
     done(median(main_runs["loralab (fast dropout)"]) / peft)
 
 

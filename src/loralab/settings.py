@@ -122,7 +122,7 @@ class TrainSettings:
             raise LoralabError("epochs, batch_size, eval_batch_size and learning_rate must be positive.")
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise LoralabError(f"micro_batch_size must divide batch_size ({self.batch_size}), "
-                               f"got {self.micro_batch_size} (0 = batch_size).")
+                               f"got {self.micro_batch_size} (0 = auto).")
         if self.pad_to_multiple_of < 1:
             raise LoralabError(f"pad_to_multiple_of must be at least 1, got {self.pad_to_multiple_of}.")
         if self.max_length < 2:
