@@ -17,8 +17,9 @@ from loralab.training import TrainSettings
 # 4-500 words: nearly every batch has a length of its own. Padded to exact lengths and run
 # in one pass per batch (before #19), the process's resident memory after each epoch went
 # 876, 1,210 MB (+38%) in one run and 947, 996 (+5%) in another (allocator state varies
-# run to run; 995, 1,085, 1,101 over three epochs); the defaults (multiples of 32, passes
-# of 2 rows here): 687, 698 MB. Exact lengths in passes of 2 stayed flat too (780, 767):
+# run to run; 995, 1,085, 1,101 over three epochs); multiples of 32 in passes of 2 rows:
+# 687, 698 MB; the defaults (lengths bounded by `bucket_length`'s scaled multiple,
+# passes of 2): 684, 686 MB. Exact lengths in passes of 2 stayed flat too (780, 767):
 # smaller passes are a second lever against the same growth.
 GROWTH_CHILD = r"""
 import json, random, sys, tempfile
@@ -65,6 +66,16 @@ def test_bucket_length_rounds_up_to_the_multiple_but_never_past_max_length():
     assert bucket_length(600, 32, 512) == 600  # never shorter than the longest row
 
 
+def test_the_auto_multiple_pads_by_under_an_eighth_into_few_lengths():
+    """0 (the default): multiples of 8 below 128 tokens, 16 below 256, 32 below 512."""
+    assert [bucket_length(n, 0, 512) for n in (1, 9, 64, 65, 127, 128, 129, 255, 256, 257, 500)] == \
+        [8, 16, 64, 72, 128, 128, 144, 256, 256, 288, 512]
+    lengths = [bucket_length(n, 0, 512) for n in range(1, 513)]
+    assert all(length - n < max(8, n / 8) for n, length in zip(range(1, 513), lengths))
+    assert len(set(lengths)) == 8 + 8 + 8 + 8  # 8-64, 72-128, 144-256, 288-512
+    assert bucket_length(300, 0, 300) == 300
+
+
 def test_training_and_inference_batches_come_in_bucketed_lengths(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     ids = [tokenizer(" ".join(["good"] * n))["input_ids"] for n in (3, 40, 7, 25, 12, 60, 5, 33, 18, 50, 9, 28)]
@@ -76,7 +87,7 @@ def test_training_and_inference_batches_come_in_bucketed_lengths(tiny_model_dir)
     assert widths == [64, 32, 32]
 
 
-def test_pad_to_multiple_of_must_be_positive():
+def test_pad_to_multiple_of_must_not_be_negative():
     with pytest.raises(LoralabError, match="pad_to_multiple_of"):
-        TrainSettings(pad_to_multiple_of=0)
+        TrainSettings(pad_to_multiple_of=-1)
 

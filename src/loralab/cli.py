@@ -68,7 +68,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learning-rate", "--lr", type=float)
     g.add_argument("--max-length", type=int)
     g.add_argument("--pad-to-multiple-of", type=int,
-                   help="pad each batch to a multiple of N tokens (default: 32; 1: to its longest review)")
+                   help="pad each batch to a multiple of N tokens (default 0: an eighth of its length's "
+                   "power of two, at least 8; 1: to its longest row)")
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile training and evaluation (inductor; needs a C++ compiler on a CPU)")
     g.add_argument("--report-to", help="experiment trackers, passed to the Trainer "

@@ -68,7 +68,9 @@ class TrainSettings:
         group_by_length: batch reviews of similar length together (less padding).
         pad_to_multiple_of: pad every batch, in training and inference, to a multiple of
             this many tokens (at most `max_length`; 1 pads to the longest row): a few
-            shapes instead of one per batch, so memory stays flat over a run.
+            shapes instead of one per batch, so memory stays flat over a run. 0 (auto)
+            scales the multiple with the batch's length, padding by at most an eighth
+            (`loralab.inference.bucket_length`).
         fast_dropout: train on a CPU with `FastDropout` (a cheaper random mask, see
             `loralab.fastdropout`); False uses PyTorch's own dropout. GPUs always use
             PyTorch's: their dropout and attention with dropout are fused kernels.
@@ -101,7 +103,7 @@ class TrainSettings:
     eval_batch_size: int = EVAL_BATCH_SIZE
     max_length: int = 512
     group_by_length: bool = True
-    pad_to_multiple_of: int = 32
+    pad_to_multiple_of: int = 0
     fast_dropout: bool = True
     compile: bool = False
     pooling: str = "cls"
@@ -123,8 +125,9 @@ class TrainSettings:
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise LoralabError(f"micro_batch_size must divide batch_size ({self.batch_size}), "
                                f"got {self.micro_batch_size} (0 = auto).")
-        if self.pad_to_multiple_of < 1:
-            raise LoralabError(f"pad_to_multiple_of must be at least 1, got {self.pad_to_multiple_of}.")
+        if self.pad_to_multiple_of < 0:
+            raise LoralabError(f"pad_to_multiple_of must be 0 (auto) or a positive number of tokens, "
+                               f"got {self.pad_to_multiple_of}.")
         if self.max_length < 2:
             raise LoralabError(f"max_length must be at least 2 tokens, got {self.max_length}.")
 
