@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -81,6 +82,32 @@ def lab_batches(tokenizer, n_reviews: int, batch_size: int, max_length: int = 51
         enc["labels"] = torch.tensor(labels[start:start + batch_size])
         batches.append(dict(enc))
     return batches
+
+
+TRAIN_CHILD = """
+import json, resource, sys, time
+start = time.perf_counter()
+from loralab.cli import main
+code = main(sys.argv[2:])
+info = json.load(open(sys.argv[1] + "/loralab.json")) if code == 0 else {}
+print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "wall": time.perf_counter() - start, "memory": info.get("memory"),
+                  "seconds": info.get("train_seconds"), "accuracy": info.get("eval_accuracy"),
+                  "precision": info.get("precision")}))
+"""
+
+
+def loralab_train(out: str, flags: list[str], env: dict | None = None) -> dict:
+    """`loralab train --out OUT *flags` in a fresh process: its exit code, peak RSS (MB), wall
+    seconds from before importing loralab to the end, and from its `loralab.json` the memory
+    log, training seconds, eval accuracy and precision. Exits with the child's stderr if it
+    fails."""
+    cmd = [sys.executable, "-c", TRAIN_CHILD, out, "train", "--out", out, "--quiet", *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {"code": proc.returncode}
+    if result["code"] != 0:
+        sys.exit(f"loralab train {' '.join(flags)} failed: {proc.stderr[-2000:]}")
+    return result
 
 
 def done(ratio: float, name: str = "ratio") -> None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = {"attention": "ratio", "lora_train": "ratio", "inference": "ratio", "memory": "ratio",
-           "roofline": "fraction of bf16 peak", "lab_pipeline": "ratio"}
+           "roofline": "fraction of bf16 peak", "lab_pipeline": "ratio", "compile": "ratio"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
