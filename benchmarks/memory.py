@@ -12,8 +12,8 @@ each batch by less than an eighth of its length (multiples of 8 to 64 tokens by 
 multiples of 32 until the SST-5 study found them costly on sentences) and, on a CPU, run
 each batch of 8 in passes of at most 1,024 tokens (`micro_batch_size`, 2 reviews of 512).
 Targets (#19): LoRA's peak at most 2,000 MB and at most half of full fine-tuning's;
-resident memory after the last epoch within 10% of after the first. Last line: `ratio: X`, LoRA's peak over full
-fine-tuning's (both with the defaults).
+resident memory after the last epoch within 10% of after the first. Last line:
+`ratio: X`, LoRA's peak over full fine-tuning's (both with the defaults).
 """
 
 from __future__ import annotations

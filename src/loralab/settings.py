@@ -69,8 +69,8 @@ class TrainSettings:
         pad_to_multiple_of: pad every batch, in training and inference, to a multiple of
             this many tokens (at most `max_length`; 1 pads to the longest row): a few
             shapes instead of one per batch, so memory stays flat over a run. 0 (auto)
-            scales the multiple with the batch's length, padding by at most an eighth
-            (`loralab.inference.bucket_length`).
+            scales the multiple with the batch's length, padding by under an eighth of
+            it, or under 8 tokens below 64 (`loralab.inference.bucket_length`).
         fast_dropout: train on a CPU with `FastDropout` (a cheaper random mask, see
             `loralab.fastdropout`); False uses PyTorch's own dropout. GPUs always use
             PyTorch's: their dropout and attention with dropout are fused kernels.
