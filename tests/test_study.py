@@ -115,7 +115,6 @@ EVERY_RUN = TRANSFORMER_RUNS | {"tfidf-lr", "tfidf-nb"}
 @pytest.mark.parametrize("setting, value, redone", [
     ("seed", 1, EVERY_RUN),
     ("model", "other-model", TRANSFORMER_RUNS),
-    ("precision", "fp32", TRANSFORMER_RUNS),
     ("device", "cpu", TRANSFORMER_RUNS),
     ("data.limit_eval", 40, EVERY_RUN),
     ("train.max_length", 32, TRANSFORMER_RUNS),
@@ -138,17 +137,31 @@ EVERY_RUN = TRANSFORMER_RUNS | {"tfidf-lr", "tfidf-nb"}
     ("isolate", False, set()),
 ])
 def test_each_setting_changes_the_keys_of_exactly_the_runs_that_read_it(tiny_study_config, setting, value, redone):
-    from loralab.study import Context, plan
-
-    def keys(config):
-        return {run.name: run.key for run in plan(config, Context(config["data"], config["out"]))}
-
-    base = load_config(tiny_study_config)
-    before, after = keys(base), keys(load_config(tiny_study_config, **{setting: value}))
+    before, after = run_keys(tiny_study_config), run_keys(tiny_study_config, **{setting: value})
     changed = {name for name, key in after.items() if before.get(name) != key}
     if setting == "methods.lora_ranks":
         redone = redone | {"similarity"}
     assert changed == redone
+
+
+def run_keys(config_path, **overrides) -> dict[str, str]:
+    from loralab.study import Context, plan
+
+    config = load_config(config_path, **overrides)
+    return {run.name: run.key for run in plan(config, Context(config["data"], config["out"]))}
+
+
+def test_precision_is_keyed_as_runs_compute_in_it(tiny_study_config, monkeypatch):
+    """"auto" is keyed as the precision it resolves to here: a study resumed on a machine with
+    native bf16 redoes the runs that one without it computed in fp32 (`--precision fp32`
+    keeps them)."""
+    from loralab import inference
+
+    fp32, bf16 = run_keys(tiny_study_config, precision="fp32"), run_keys(tiny_study_config, precision="bf16")
+    assert {name for name in fp32 if fp32[name] != bf16[name]} == TRANSFORMER_RUNS
+    for native, same in ((True, bf16), (False, fp32)):
+        monkeypatch.setattr(inference, "bf16_supported", lambda device, native=native: native)
+        assert run_keys(tiny_study_config, precision="auto") == same
 
 
 def test_unknown_setting_is_an_error(tmp_path):

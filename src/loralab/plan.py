@@ -195,6 +195,17 @@ def seeds_of(config: dict) -> list[int]:
     return list(config["seeds"]) or [config["seed"]]
 
 
+def resolved_precision(config: dict) -> str:
+    """`precision` as runs compute in it: "auto" becomes "bf16" or "fp32" for this machine,
+    so a result computed in one precision is never reused where the other would be."""
+    if config["precision"] != "auto":
+        return config["precision"]
+    from .inference import resolve_precision
+    from .models import pick_device
+
+    return resolve_precision(TrainSettings(), pick_device(config["device"]))
+
+
 def plan(config: dict, ctx: Context) -> list[Run]:
     """Every run of the study, in order, each with the inputs it reads.
 
@@ -202,7 +213,8 @@ def plan(config: dict, ctx: Context) -> list[Run]:
     runs that use their choice read them. With `seeds`, each method runs once per seed
     (folders end in `-seedN`); the replace test, low-rank study and similarity use the first.
     """
-    c, m, sel = config, config["methods"], config["select"]
+    c = {**config, "precision": resolved_precision(config)}  # keys carry what runs compute in
+    m, sel = c["methods"], c["select"]
     isolate = c["isolate"] and int(os.environ.get("WORLD_SIZE", "1")) == 1
     seeds = seeds_of(c)
     model = c["model"]

@@ -32,9 +32,8 @@ from pathlib import Path
 from .config import to_toml
 from .errors import LoralabError
 from .fileio import write_json, write_text
-from .plan import Context, Run, plan, seeds_of  # noqa: F401 - Context and plan are the study's API too
+from .plan import Context, Run, plan, resolved_precision, seeds_of  # noqa: F401 - Context and plan are the study's API too
 from .records import RESULT_NAME, Environment, Row, RunRecord, read_record
-from .settings import TrainSettings
 from .tasks import TASKS
 
 logger = logging.getLogger("loralab")
@@ -200,10 +199,7 @@ def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) ->
 
     from . import __version__
     from .data import class_counts, class_names_of
-    from .inference import resolve_precision
-    from .models import pick_device
 
-    settings = TrainSettings.from_config(config)
     d = config["data"]
     return Environment(
         model=config["model"],
@@ -214,7 +210,7 @@ def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) ->
         loralab=__version__, torch=torch.__version__, transformers=transformers.__version__,
         python=platform.python_version(), device=device_name(config["device"]),
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-        precision=resolve_precision(settings, pick_device(config["device"])), seed=config["seed"],
+        precision=resolved_precision(config), seed=config["seed"],
         seeds=seeds_of(config), profile=config["profile"], pooling=config["train"]["pooling"],
         total_seconds=seconds, skipped_runs=skipped, labels=class_names_of(ctx.data["train"]),
         class_counts={split: class_counts(ctx.data[split]) for split in ctx.data})
