@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = {"attention": "ratio", "lora_train": "ratio", "inference": "ratio", "memory": "ratio",
-           "roofline": "fraction of bf16 peak", "lab_pipeline": "ratio", "compile": "ratio"}
+           "roofline": "fraction of bf16 peak", "lab_pipeline": "ratio", "compile": "ratio",
+           "precision": "ratio"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
