@@ -6,9 +6,9 @@ precisions alternating (bf16 seed 0, fp32 seed 0, bf16 seed 1, ...).
     python benchmarks/precision.py [--seeds 0,1,2] [--keep DIR] [--reviews 2000]
                                    [--eval-reviews 500] [--epochs 3] [--tiny]
 
-A run takes 10-30 minutes on 2 cores: `--keep DIR` keeps each finished run's figures
-(`DIR/<precision>-seed<N>.json`, with its flags and machine) and skips it when the
-script is run again with the same flags, so a long comparison survives an interruption. On a CPU
+A run takes 15-30 minutes on 2 cores: `--keep DIR` keeps each finished run's figures
+(`DIR/<precision>-seed<N>.json`, with its flags and machine) and skips it when the script
+is run again with the same flags, so a long comparison survives an interruption. On a CPU
 without native bfloat16 (no AVX512-BF16 or AMX) bf16 is emulated: its accuracy still
 counts, its time does not. #19's rule: if bf16's median accuracy is more than 1 point
 below fp32's, find the operation that costs it or change the default.
@@ -92,7 +92,8 @@ def main() -> None:
                      spread([r["seconds"] for r in runs], ",.0f"), median([r["peak_mb"] for r in runs])])
     print("LoRA r=6, eval accuracy and training seconds: median (min-max) over seeds")
     print(table(["precision", "eval accuracy", "by seed", "train s", "peak MB"], rows))
-    machines = sorted({r.get("machine", "?, ?").split(", ", 1)[1].split(", commit")[0] for runs in results.values() for r in runs})
+    machines = sorted({r.get("machine", "?, ?").split(", ", 1)[1].split(", commit")[0]  # no date, no commit
+                       for runs in results.values() for r in runs})
     if len(machines) > 1:
         print("runs kept from several machines (compare their times with care): " + "; ".join(machines))
     accuracy = {p: median([r["accuracy"] for r in runs]) for p, runs in results.items()}
