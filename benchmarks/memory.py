@@ -3,11 +3,13 @@ own (`loralab train` with its defaults), on the lab's reviews, with the memory a
 epoch; and the padding that bounded batch lengths cost.
 
     python benchmarks/memory.py [--reviews 2000] [--eval-reviews 500] [--epochs 1]
-                                [--before] [--levers] [--tiny]
+                                [--before] [--levers] [--checkpointing] [--tiny]
 
 `--before` adds both methods as they trained before #19: each batch padded to its longest
 review and run in one pass; `--levers` adds LoRA in that state with one other lever each
-(oneDNN's primitive cache, glibc's arenas, jemalloc where installed). The defaults pad
+(oneDNN's primitive cache, glibc's arenas, jemalloc where installed); `--checkpointing`
+adds LoRA with `--gradient-checkpointing` (each layer recomputed in the backward pass, only
+its input kept). The defaults pad
 each batch by less than an eighth of its length (multiples of 8 to 64 tokens by length;
 multiples of 32 until the SST-5 study found them costly on sentences) and, on a CPU, run
 each batch of 8 in passes of at most 1,024 tokens (`micro_batch_size`, 2 reviews of 512).
@@ -34,6 +36,8 @@ def sides(args) -> list[tuple[str, str, list[str], dict]]:
     out = [("full", "full", [], {}), ("LoRA r=6", "lora", [], {})]
     if args.before or args.levers:
         out += [("full, before", "full", before, {}), ("LoRA r=6, before", "lora", before, {})]
+    if args.checkpointing:
+        out.append(("LoRA r=6, checkpointing", "lora", ["--gradient-checkpointing"], {}))
     if args.levers:
         out += [("LoRA, before, oneDNN cache 8", "lora", before, {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "8"}),
                 ("LoRA, before, MALLOC_ARENA_MAX=2", "lora", before, {"MALLOC_ARENA_MAX": "2"})]
@@ -82,10 +86,12 @@ def main() -> None:
     parser.add_argument("--before", action="store_true",
                         help="also both methods as before #19 (exact padding, each batch in one pass)")
     parser.add_argument("--levers", action="store_true", help="also LoRA as before with each other lever")
+    parser.add_argument("--checkpointing", action="store_true", help="also LoRA with --gradient-checkpointing")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     if args.tiny:
         args.reviews, args.eval_reviews, args.max_length = 16, 16, 64
+        args.checkpointing = True  # the smoke test covers every side's code
 
     print(f"# memory: {machine()}")
     print(f"# model {args.model}, `loralab train` defaults (batch 8 in passes of <= 1,024 tokens on a CPU, "
@@ -117,6 +123,10 @@ def main() -> None:
         met = lora <= 2000 and lora <= full / 2
         print(f"\nLoRA r=6 peak {lora:,.0f} MB, {lora / full:.2f}x full fine-tuning's: {'met' if met else 'not met'} "
               "(target: at most 2,000 MB and at most half of full's)")
+    if args.checkpointing:
+        ckpt = results["LoRA r=6, checkpointing"]
+        print(f"LoRA r=6 with --gradient-checkpointing: {ckpt['peak_mb']:,.0f} MB, {ckpt['peak_mb'] / full:.2f}x "
+              f"full's, training {ckpt['seconds'] / results['LoRA r=6']['seconds']:.2f}x LoRA's time")
     done(lora / full)
 
 

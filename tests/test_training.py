@@ -89,6 +89,40 @@ def test_micro_batches_take_the_same_steps_as_whole_batches(tmp_path, tiny_model
             torch.testing.assert_close(value, whole[name], rtol=1e-4, atol=1e-5, msg=f"{weights} {micro} {name}")
 
 
+def test_gradient_checkpointing_recomputes_each_layer_and_trains_the_same_weights(tmp_path, tiny_model_dir):
+    """`gradient_checkpointing` runs each encoder layer again in the backward pass (counted
+    here) and, because the recomputation replays the dropout masks (fast dropout on, the
+    CPU default), trains the same weights as a plain backward: for LoRA, whose frozen
+    embeddings need no gradient, and for full fine-tuning."""
+    from loralab.surgery import inject_lora
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    texts = [" ".join(["good" if i % 3 else "bad"] * (3 + 5 * i)) for i in range(16)]
+    data = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * 8})
+                                 for split in ("train", "eval")})
+    tokenized = tokenize(data, tokenizer, 64)
+
+    def trained(method: str, checkpointing: bool) -> tuple[dict, int]:
+        torch.manual_seed(0)
+        model = load_model(tiny_model_dir)
+        if method == "lora":
+            inject_lora(model, rank=2)
+        calls = []
+        model.bert.encoder.layer[0].intermediate.register_forward_hook(lambda *_: calls.append(1))
+        settings = TrainSettings(epochs=1, batch_size=8, learning_rate=1e-2, max_length=64, quiet=True,
+                                 precision="fp32", gradient_checkpointing=checkpointing)
+        train_model(model, tokenized, settings, tmp_path / f"{method}-{checkpointing}", tokenizer=tokenizer)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, len(calls)
+
+    for method in ("lora", "full"):
+        plain, plain_calls = trained(method, False)
+        recomputed, calls = trained(method, True)
+        assert calls - plain_calls == 2  # 2 training steps, each layer run twice; evaluation the same
+        assert plain.keys() == recomputed.keys()
+        for name, value in recomputed.items():
+            torch.testing.assert_close(value, plain[name], rtol=1e-5, atol=1e-6, msg=f"{method} {name}")
+
+
 def test_the_weighted_loss_of_micro_batches_adds_up_to_the_batchs():
     from loralab.metrics import weighted_loss
 

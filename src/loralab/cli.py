@@ -70,6 +70,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pad-to-multiple-of", type=int,
                    help="pad each batch to a multiple of N tokens (default 0: an eighth of its length's "
                    "power of two, at least 8; 1: to its longest row)")
+    g.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute each layer in the backward pass instead of keeping its activations: "
+                   "less memory, more time")
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile training and evaluation (inductor; needs a C++ compiler on a CPU)")
     g.add_argument("--report-to", help="experiment trackers, passed to the Trainer "
@@ -86,7 +89,8 @@ FLAG_KEYS = {
     "jobs": "jobs", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "micro_batch_size": "train.micro_batch_size",
     "learning_rate": "train.learning_rate", "max_length": "train.max_length",
-    "pad_to_multiple_of": "train.pad_to_multiple_of", "compile": "train.compile", "report_to": "train.report_to",
+    "pad_to_multiple_of": "train.pad_to_multiple_of", "compile": "train.compile",
+    "gradient_checkpointing": "train.gradient_checkpointing", "report_to": "train.report_to",
     "save_steps": "train.save_steps", "class_weights": "train.class_weights", "pooling": "train.pooling",
     "eval_batch_size": "train.eval_batch_size",
     "data": "data.dir", "train": "data.train", "eval": "data.eval", "text_column": "data.text_column",

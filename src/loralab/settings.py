@@ -74,6 +74,9 @@ class TrainSettings:
         fast_dropout: train on a CPU with `FastDropout` (a cheaper random mask, see
             `loralab.fastdropout`); False uses PyTorch's own dropout. GPUs always use
             PyTorch's: their dropout and attention with dropout are fused kernels.
+        gradient_checkpointing: keep only each layer's input through the forward pass and
+            recompute the layer in the backward pass: far less activation memory, more
+            time (see benchmarks/README.md). Off by default; the results are the same.
         compile: run training and evaluation through `torch.compile` (inductor; on a
             CPU it needs a C++ compiler). Off by default: see benchmarks/README.md for
             what it gains here.
@@ -105,6 +108,7 @@ class TrainSettings:
     group_by_length: bool = True
     pad_to_multiple_of: int = 0
     fast_dropout: bool = True
+    gradient_checkpointing: bool = False
     compile: bool = False
     pooling: str = "cls"
     save_steps: int = 0
