@@ -66,6 +66,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="examples per forward/backward pass, accumulated into each batch "
                    "(default: on a CPU at most 1,024 tokens a pass, on a GPU the whole batch)")
     g.add_argument("--learning-rate", "--lr", type=float)
+    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
+                   help="batch of the evaluation after each epoch (default: 16)")
     g.add_argument("--max-length", type=int)
     g.add_argument("--pad-to-multiple-of", type=int,
                    help="pad each batch to a multiple of N tokens (default 0: an eighth of its length's "
