@@ -57,6 +57,20 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" in proc.stderr
 
 
+def test_the_command_bounds_onednns_primitive_cache_unless_the_environment_sets_it(tmp_path):
+    """oneDNN reads its cache capacity when it first runs: `main` sets it before any work
+    (here a command that fails on its data), and keeps a value the user set."""
+    folder = folder_with(tmp_path, b"review,label\nx,maybe\n")
+    code = ("import os, sys; from loralab.cli import main; main(['data', '--data', sys.argv[1]]); "
+            "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))")
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    for given, expected in ((None, "64"), ("512", "512")):
+        extra = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": given} if given else {}
+        proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                              env={**env, **extra})
+        assert proc.stdout.strip().splitlines()[-1] == expected, proc.stderr[-2000:]
+
+
 @needs_lab_data
 def test_data_command_on_lab_sample(run_cli):
     code, out, _ = run_cli("data")
