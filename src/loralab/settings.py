@@ -75,11 +75,12 @@ class TrainSettings:
             `loralab.fastdropout`); False uses PyTorch's own dropout. GPUs always use
             PyTorch's: their dropout and attention with dropout are fused kernels.
         gradient_checkpointing: keep only each layer's input through the forward pass and
-            recompute the layer in the backward pass: far less activation memory, more
-            time (see benchmarks/README.md). Off by default; the results are the same.
+            recompute the layer in the backward pass: less activation memory, more time,
+            the same results. Off by default: on a CPU, with its passes of 2 reviews, it
+            saved 4% of a LoRA run's peak for 1.75x the time (benchmarks/README.md).
         compile: run training and evaluation through `torch.compile` (inductor; on a
-            CPU it needs a C++ compiler). Off by default: see benchmarks/README.md for
-            what it gains here.
+            CPU it needs a C++ compiler). Off by default: a whole LoRA epoch on a CPU
+            took 3x as long, compile time included (benchmarks/README.md).
         pooling: what the classification head reads: ``"cls"`` (the first token, as the
             model was built) or ``"mean"`` (the mean of the non-padding tokens; see
             `loralab.pooling`).
