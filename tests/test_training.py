@@ -60,16 +60,21 @@ def test_a_checkpoint_at_an_epochs_end_holds_its_evaluation_and_resumes_with_eve
     assert resumed.history == result.history
 
 
+def _lengthening_reviews(tokenizer):
+    """16 tokenized reviews of 3 to 78 words, both classes, as train and eval."""
+    texts = [" ".join(["good" if i % 3 else "bad"] * (3 + 5 * i)) for i in range(16)]
+    data = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * 8})
+                                 for split in ("train", "eval")})
+    return tokenize(data, tokenizer, 64)
+
+
 def test_micro_batches_take_the_same_steps_as_whole_batches(tmp_path, tiny_model_dir):
     """`micro_batch_size` splits each batch into passes whose gradients add up to the whole
     batch's: without dropout, the trained weights match. Both losses are checked: the
     model's own, and the class-weighted one (here with equal classes, so weights of 1),
     which the Trainer leaves unscaled, so it scales itself."""
     tokenizer = load_tokenizer(tiny_model_dir)
-    texts = [" ".join(["good" if i % 3 else "bad"] * (3 + 5 * i)) for i in range(16)]
-    data = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * 8})
-                                 for split in ("train", "eval")})
-    tokenized = tokenize(data, tokenizer, 64)
+    tokenized = _lengthening_reviews(tokenizer)
 
     def trained(micro: int, weights: str) -> dict:
         model = load_model(tiny_model_dir)
@@ -97,10 +102,7 @@ def test_gradient_checkpointing_recomputes_each_layer_and_trains_the_same_weight
     from loralab.surgery import inject_lora
 
     tokenizer = load_tokenizer(tiny_model_dir)
-    texts = [" ".join(["good" if i % 3 else "bad"] * (3 + 5 * i)) for i in range(16)]
-    data = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * 8})
-                                 for split in ("train", "eval")})
-    tokenized = tokenize(data, tokenizer, 64)
+    tokenized = _lengthening_reviews(tokenizer)
 
     def trained(method: str, checkpointing: bool) -> tuple[dict, int]:
         torch.manual_seed(0)

@@ -101,8 +101,8 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
     )
     # Non-reentrant checkpoints: LoRA's frozen embeddings need no gradient, and the random
     # state (dropout) is replayed in the recomputation, so the gradients are a plain backward's.
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     if settings.gradient_checkpointing:
+        checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
         kwargs.update({checkpointing: True, f"{checkpointing}_kwargs": {"use_reentrant": False}})
     if settings.group_by_length:
         if "train_sampling_strategy" in names:  # transformers >= 5
