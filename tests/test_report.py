@@ -214,3 +214,18 @@ def test_a_study_resumed_on_another_device_says_which_run_ran_where(tmp_path):
         write_record(folder, name, device=device)
     md = write_report(folder).read_text()
     assert "| full | 60 | NVIDIA H100 80GB HBM3 |" in md and "| head | 60 | cpu |" in md
+
+
+def test_memory_over_the_epochs_shows_growth(tmp_path):
+    hand_made(tmp_path)
+    rows = json.loads((tmp_path / "results.json").read_text())
+    for row in rows:
+        if row["method"] == "lora":
+            row["memory"] = [{"epoch": 1.0, "rss_mb": 1000.0, "peak_rss_mb": 1100.0},
+                             {"epoch": 2.0, "rss_mb": 1150.4, "peak_rss_mb": 1234.0}]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    text = write_report(tmp_path).read_text()
+    section = text.split("## Memory over the epochs")[1].split("##")[0]
+    assert "| LoRA r=6 | 1,000 | 1,150 | +15% | 1,234 |" in section
+    assert "Full fine-tuning" not in section  # no memory recorded: not a row of dashes
+    assert "## Memory over the epochs" not in write_report(hand_made(tmp_path)).read_text()

@@ -427,6 +427,26 @@ def extraction_lines(f: Findings) -> list[str]:
     return out
 
 
+def memory_lines(summaries: list[Summary]) -> list[str]:
+    """A table of each trained run's resident memory after each epoch's evaluation, its change
+    from the first epoch to the last, and its peak (from the run's `memory` record); none
+    when no run recorded it."""
+    trained = [s for s in summaries if s.row.memory]
+    if not trained:
+        return []
+    epochs = max(len(s.row.memory) for s in trained)
+    lines = ["| method | " + " | ".join(f"after epoch {e}" for e in range(1, epochs + 1))
+             + " | last against first | peak |", "|---|" + "---:|" * (epochs + 2)]
+    for s in trained:
+        rss = [m.get("rss_mb") for m in s.row.memory]
+        first, last = rss[0], rss[-1]
+        change = f"{100 * (last / first - 1):+.0f}%" if first and last and len(rss) > 1 else "-"
+        cells = [fmt(v, ",.0f") for v in rss] + ["-"] * (epochs - len(rss))
+        peak = max((m.get("peak_rss_mb") or 0 for m in s.row.memory), default=0) or None
+        lines.append(f"| {s.label} | " + " | ".join(cells) + f" | {change} | {fmt(peak, ',.0f')} |")
+    return lines
+
+
 def _missing(**runs) -> str:
     absent = [name for name, run in runs.items() if run is None]
     return f"missing ({', '.join(absent)} not run)"
@@ -566,6 +586,12 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
             md += ["| run | wall time (s) |", "|---|---:|"]
             md += [f"| {t.name} | {t.seconds:,.0f} |" for t in f.times]
         md += [""]
+    memory = memory_lines(f.summaries)
+    if memory:
+        md += ["## Memory over the epochs", "",
+               "Resident memory (MB) of each trained run's process after each epoch's evaluation, and its "
+               "peak (the run closest to the median where several seeds ran). Memory that climbs from "
+               "epoch to epoch is memory kept per step.", "", *memory, ""]
     md += ["## Plots", ""]
     for name, title in PLOTS.items():
         md.append(f"![{title}]({name})" if made.get(name) else f"{title}: no data (the runs it needs are missing).")
