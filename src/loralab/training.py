@@ -24,7 +24,7 @@ from .errors import LoralabError
 from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
 from .inference import BucketedPadding, _sorted_by_length, bucket_length, map_batches, resolve_precision
-from .measure import PeakMemory, rss_bytes
+from .measure import PeakMemory, release_free_memory, rss_bytes
 from .metrics import EvalMetrics, class_weights, weighted_loss
 from .models import pick_device
 from .pooling import masked_mean, pooling_of
@@ -219,6 +219,19 @@ def save_after_epoch_evaluation():
     return SaveAfterEpochEvaluation()
 
 
+def release_memory_after_evaluation():
+    """A Trainer callback that returns the allocator's free pages to the system after each
+    evaluation (`release_free_memory`): what the next epoch starts from is what the
+    process uses, not what glibc kept from evaluation's batches."""
+    from transformers import TrainerCallback
+
+    class ReleaseMemory(TrainerCallback):
+        def on_evaluate(self, args, state, control, **kwargs):
+            release_free_memory()
+
+    return ReleaseMemory()
+
+
 def memory_log(mem: PeakMemory):
     """A Trainer callback that adds the process's resident memory to each epoch's evaluation
     entry of the log: after the epoch's training steps (`train_rss_mb`), the peak so far
@@ -365,7 +378,8 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
     trainer = _trainer_class()(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=eval_set,
                                data_collator=collator, compute_metrics=metrics,
                                compute_loss_func=weighted_loss(weights),
-                               callbacks=[guard(), save_after_epoch_evaluation(), memory_log(mem)],
+                               callbacks=[guard(), save_after_epoch_evaluation(), release_memory_after_evaluation(),
+                                          memory_log(mem)],
                                optimizers=(optimizer_for(model, args, lr_ratio), None))
     _quiet_trainer(trainer, settings)
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
