@@ -92,7 +92,6 @@ def test_pad_to_multiple_of_must_not_be_negative():
         TrainSettings(pad_to_multiple_of=-1)
 
 
-
 # Half of 2,000 blocks of 128 KB freed, every other one: glibc keeps the holes between live
 # blocks resident until `malloc_trim` hands them back.
 TRIM_CHILD = r"""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import threading
@@ -17,8 +16,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 @functools.cache
 def _malloc_trim():
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return ctypes.CDLL(None).malloc_trim  # the C library already loaded, no search for it
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
         return None
 
 

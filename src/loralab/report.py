@@ -442,7 +442,7 @@ def memory_lines(summaries: list[Summary]) -> list[str]:
         first, last = rss[0], rss[-1]
         change = f"{100 * (last / first - 1):+.0f}%" if first and last and len(rss) > 1 else "-"
         cells = [fmt(v, ",.0f") for v in rss] + ["-"] * (epochs - len(rss))
-        peak = max((m.get("peak_rss_mb") or 0 for m in s.row.memory), default=0) or None
+        peak = max((m["peak_rss_mb"] for m in s.row.memory if m.get("peak_rss_mb")), default=None)
         lines.append(f"| {s.label} | " + " | ".join(cells) + f" | {change} | {fmt(peak, ',.0f')} |")
     return lines
 
