@@ -142,6 +142,67 @@ def test_remote_code_is_never_trusted(tmp_path, tiny_model_dir):
     assert type(model).__name__ == "BertForSequenceClassification"
 
 
+def _remote_code_folders(tmp_path, tiny_model_dir):
+    """A LoRA adapter folder and a model folder whose tokenizer_config.json maps AutoTokenizer
+    to custom code (and names no tokenizer_class) that would write a marker file."""
+    import shutil
+
+    from loralab import inject_lora, load_model, load_tokenizer, save_adapter
+
+    marker = tmp_path / "remote-code-ran"
+    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import BertTokenizerFast as Evil\n"
+    adapter = tmp_path / "adapter"
+    save_adapter(inject_lora(load_model(tiny_model_dir), 2), adapter)
+    load_tokenizer(tiny_model_dir).save_pretrained(adapter)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    for folder in (adapter, model):
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config.pop("tokenizer_class", None)
+        config["auto_map"] = {"AutoTokenizer": [None, "evil.Evil"]}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        (folder / "evil.py").write_text(code)
+    return marker, adapter, model
+
+
+def test_remote_code_in_a_tokenizer_never_runs_even_with_a_yes_at_a_terminal(tmp_path, tiny_model_dir):
+    """`loralab predict` on a folder whose tokenizer asks for custom code, run with a terminal
+    attached that answers "y" to any question: the code never runs (transformers asked "Do
+    you wish to run the custom code? [y/N]" and ran it on a "y"), and the answer is a
+    prediction from the built-in tokenizer or loralab's own error, never a traceback."""
+    import pty
+    import select
+
+    marker, adapter, model = _remote_code_folders(tmp_path, tiny_model_dir)
+    for folder in (adapter, model):
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: the CLI with the pty as its terminal
+            os.execv(sys.executable, [sys.executable, "-m", "loralab.cli", "predict", str(folder), "a fine film",
+                                      "--quiet"])
+        output, deadline = b"", time.time() + 120
+        while time.time() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            if b"[y/N]" in chunk or b"custom code" in chunk:
+                os.write(fd, b"y\n")  # what a user who trusts the prompt types
+        _, status = os.waitpid(pid, 0)
+        text = output.decode(errors="replace")
+        assert not marker.exists(), f"{folder.name}: the folder's code ran:\n{text}"
+        assert "Traceback" not in text, text
+        code = os.waitstatus_to_exitcode(status)
+        assert code in (0, 2), text
+        if code == 2:
+            assert "loralab: error:" in text and str(folder) in text and "custom code" in text, text
+
+
 # ---------------------------------------------------------------------------------------
 # Fuzzing the data loader
 

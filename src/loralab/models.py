@@ -72,13 +72,27 @@ def _hf_cache_dir() -> str:
 
 
 def load_tokenizer(name: str | os.PathLike = DEFAULT_MODEL):
+    """The tokenizer of a model or adapter folder, a Hub id or the packaged default.
+
+    Remote code is never trusted: a folder whose tokenizer_config.json names custom code
+    (`auto_map`) gets the built-in tokenizer of its model type, or is refused by name where
+    there is none. Without `trust_remote_code=False`, transformers asks "Do you wish to run
+    the custom code?" in a terminal, and one "y" ran the folder's Python.
+    """
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except OSError as err:
         raise _offline_error(str(name), err) from err
+    except ValueError as err:  # custom code asked for, or a tokenizer class transformers lacks
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        remote = "remote code" in str(err).lower() or "custom code" in str(err).lower()
+        raise ModelLoadError(
+            f"{path}: its tokenizer needs custom code (auto_map in tokenizer_config.json), which loralab never "
+            "runs; give a folder whose tokenizer_config.json names a built-in tokenizer_class."
+            if remote else f"Could not load a tokenizer from {path}: {first}") from err
 
 
 def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | None = None,
