@@ -93,7 +93,7 @@ def lab_side(data, model_name: str, ranks: list[int], workdir: str, lr: float) -
 
     times["tokenize"] = time.perf_counter() - clock
     for method in ("tfidf-lr", "tfidf-nb"):
-        accs[method] = step(method, lambda m=method: run_baseline(m, data["train"], data["eval"])["eval_accuracy"])
+        accs[method] = step(method, lambda m=method: run_baseline(m, data["train"], data["eval"]).eval_accuracy)
     torch.manual_seed(0)
     finetuned = load_model(model_name)
     accs["full"] = step("full", lambda: train(finetuned))
@@ -152,9 +152,8 @@ def lab_side(data, model_name: str, ranks: list[int], workdir: str, lr: float) -
 
 
 def loralab_side(args, ranks: list[int], out: str) -> tuple[dict, dict]:
-    from loralab.config import load_config
-    from loralab.records import REPLACE_TEST, RESULT_NAME, read_record
-    from loralab.study import run_study
+    from loralab.study import load_config, run_study
+    from loralab.study.records import REPLACE_TEST, RESULT_NAME, read_record
 
     config = load_config(None, out=out, model=args.model if args.model != "minilm" else None,
                          **{"data.limit_train": args.train, "data.limit_eval": args.eval, "train.epochs": 1,
@@ -193,7 +192,7 @@ def main() -> None:
     from loralab import load_model
     from loralab.data import limit_data, load_data
     from loralab.lowrank import halving_ranks
-    from loralab.surgery import extract
+    from loralab.surgery import target_layers as extract
 
     full_rank = min(next(iter(extract(load_model(args.model)).values())).weight.shape)
     all_ranks = halving_ranks(full_rank)

@@ -138,7 +138,7 @@ def padding_sides(model_name: str, n_reviews: int, tiny: bool) -> dict[str, list
                                      micro_batch_size=micro)
             with tempfile.TemporaryDirectory() as tmp:
                 return train("lora", f"{tmp}/out", model_name, settings=settings, rank=RANK,
-                             tokenized=tokenized)["train_seconds"]
+                             tokenized=tokenized).result.train_seconds
         return run
 
     return alternate({"bounded lengths, passes <= 1,024 tokens (default)": side(0, 0),

@@ -79,6 +79,32 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the system picks it), so tests
+    that start a server or a process group can run side by side."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) of a PNG file, read from its header; fails on anything else."""
+    import struct
+
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG file"
+    return struct.unpack(">II", data[16:24])
+
+
+def count_fraction(value: float, n: int) -> int:
+    """`value` as a count of `n` rows: an accuracy of n rows is k / n for a whole k."""
+    count = round(value * n)
+    assert abs(value - count / n) < 1e-6, f"{value} is not a fraction of {n} rows"
+    return count
+
+
 POSITIVE = ["wonderful", "moving", "brilliant", "funny", "superb", "charming", "great", "lovely"]
 NEGATIVE = ["dull", "boring", "awful", "clumsy", "tedious", "weak", "bad", "lifeless"]
 SUBJECTS = ["film", "story", "cast", "script", "ending", "music", "director", "plot"]

@@ -5,11 +5,12 @@ for each family the README names."""
 import pytest
 import torch
 
+from conftest import count_fraction
 from loralab.arch import ARCHITECTURES
-from loralab.config import load_config
+from loralab.head import encoder, head_forward
 from loralab.pooling import masked_mean, set_pooling
+from loralab.study.config import load_config
 from loralab.surgery import find_targets, head_modules, inject_lora
-from loralab.training import encoder, head_forward
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -86,4 +87,8 @@ def test_head_tuning_and_lora_through_the_study(kind, tmp_path, synthetic_data_d
         "methods.full": False, "methods.replace_test": False, "methods.lowrank": False, "methods.lora_ranks": [2]})
     result = run_study(config, quiet=True)
     assert [(r.method, r.rank) for r in result.rows] == [("head", None), ("lora", 2)]
-    assert all(0 <= r.eval_accuracy <= 1 and r.trainable_params > 0 for r in result.rows)
+    head, lora = result.rows
+    assert lora.trainable_params - head.trainable_params == 2 * 2 * 2 * (32 + 32)  # 2 layers x q, v x r (in + out)
+    for r in result.rows:
+        count_fraction(r.eval_accuracy, 16)
+        assert r.eval_accuracy == r.history[-1]["eval_accuracy"]

@@ -30,7 +30,8 @@ def test_every_check_passes_loralabs_own_code(capsys):
     from loralab.lora import LoRA
     from loralab.lowrank import approximate
     from loralab.models import num_trainable_parameters
-    from loralab.surgery import extract, replace
+    from loralab.surgery import replace
+    from loralab.surgery import target_layers as extract
 
     assert check.num_trainable_parameters(num_trainable_parameters)
     assert check.extract(extract)
@@ -44,17 +45,21 @@ def test_every_check_passes_loralabs_own_code(capsys):
     assert "the forward pass never forms the (in x out) product A B" in out
 
 
+def problem(result, text: str) -> bool:
+    """`text` is in one of the problems a failed check returned (verdicts are data)."""
+    return not result and any(text in p for p in result.problems)
+
+
 def test_a_count_of_frozen_parameters_too(capsys):
-    assert not check.num_trainable_parameters(lambda model: sum(p.numel() for p in model.parameters()))
-    assert "frozen parameters are counted too; count only those with p.requires_grad (592,130)" in \
-        capsys.readouterr().out
+    result = check.num_trainable_parameters(lambda model: sum(p.numel() for p in model.parameters()))
+    assert problem(result, "frozen parameters are counted too; count only those with p.requires_grad (592,130)")
+    assert "PROBLEM: " + result.problems[0] in capsys.readouterr().out  # and printed for the student
 
 
 def test_a_head_never_trained(capsys):
     from loralab.surgery import freeze_all_but_head
 
-    assert not check.headtuned(freeze_all_but_head(tiny_distilbert()))
-    assert "this head was never trained" in capsys.readouterr().out
+    assert problem(check.headtuned(freeze_all_but_head(tiny_distilbert())), "this head was never trained")
 
 
 def test_a_replace_whose_result_goes_unused(capsys):
@@ -63,15 +68,14 @@ def test_a_replace_whose_result_goes_unused(capsys):
 
         return replace(copy.deepcopy(model), layers)
 
-    assert not check.replace(replace_on_a_copy)
-    assert "replace returned a changed copy and left the model it was given as it was" in capsys.readouterr().out
+    assert problem(check.replace(replace_on_a_copy),
+                   "replace returned a changed copy and left the model it was given as it was")
 
 
 def test_an_approximation_of_the_wrong_rank(capsys):
     from loralab.lowrank import approximate
 
-    assert not check.approximate(lambda m, r: approximate(m, r + 1))
-    assert "approximate(matrix, 5) has rank 6, not 5" in capsys.readouterr().out
+    assert problem(check.approximate(lambda m, r: approximate(m, r + 1)), "approximate(matrix, 5) has rank 6, not 5")
 
 
 class NotebookLoRA(nn.Module):
@@ -93,14 +97,13 @@ class NotebookLoRA(nn.Module):
 
 
 def test_a_lora_that_forms_a_b_and_scales_a(capsys):
-    assert not check.lora(NotebookLoRA)
-    out = capsys.readouterr().out
-    assert "the forward pass forms the full 48 x 32 product A B" in out
-    assert "A starts with std 0.01" in out and "scaled by about 0.01" in out
-    assert "forward computes base(x) + (alpha / r) x A B" in out  # the formula itself is right
+    result = check.lora(NotebookLoRA)
+    assert problem(result, "the forward pass forms the full 48 x 32 product A B")
+    assert problem(result, "A starts with std 0.01") and problem(result, "scaled by about 0.01")
+    assert any("forward computes base(x) + (alpha / r) x A B" in p for p in result.passed)  # the formula is right
 
 
 @pytest.mark.parametrize("broken", [lambda model: 1 / 0, lambda model: "many"])
 def test_a_crash_or_a_wrong_type_is_a_problem_not_a_traceback(broken, capsys):
-    assert not check.num_trainable_parameters(broken) or not check.extract(broken)
-    assert "PROBLEM" in capsys.readouterr().out
+    for result in (check.num_trainable_parameters(broken), check.extract(broken)):
+        assert not result and result.problems, result

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from loralab.config import defaults, load_config
 from loralab.errors import LoralabError
 from loralab.settings import LoraOptions, TrainSettings
+from loralab.study.config import defaults, load_config
 
 
 def test_settings_defaults_are_those_of_defaults_toml():
@@ -99,12 +99,17 @@ def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synth
     assert list(tmp_path.iterdir()) == []
 
 
-# The layers, lowest first: a module may import from its own layer and the ones below.
+# The layers, lowest first: a module may import from its own layer and the ones below. The
+# core and training stay flat files (where a reader starts, as in litgpt and torchtune's
+# `modules/peft/`); data, the study, the report and the lab are sub-packages.
 LAYERS = {
-    "core": {"errors", "fileio", "settings", "records", "arch", "lora", "surgery", "adapters", "lowrank", "extraction",
-             "pooling", "models"},
-    "training": {"data", "training", "inference", "metrics", "fastdropout", "measure", "baselines", "logs"},
-    "library": {"config", "api", "plan", "tasks", "study", "plots", "report", "serve", "lab", "checks"},
+    "core": {"errors", "fileio", "settings", "methods", "arch", "lora", "surgery", "adapters", "lowrank",
+             "extraction", "pooling", "models"},
+    "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",
+                 "fastdropout", "measure", "baselines", "logs"},
+    "library": {"api", "serve", "study", "study.config", "study.records", "study.plan", "study.tasks",
+                "study.runner", "report", "report.findings", "report.document", "report.render", "report.plots",
+                "lab", "lab.functions", "lab.checks"},
     "cli": {"cli", "__init__"},
 }
 
@@ -112,13 +117,26 @@ LAYERS = {
 HEAVY = ("<matplotlib", "<transformers.trainer", "<transformers.Trainer")  # never in the core
 
 
-def _imports(path: Path) -> set[str]:
+def _module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package).with_suffix("").parts
+    return ".".join(parts[:-1]) if parts[-1] == "__init__" and len(parts) > 1 else ".".join(parts)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """The loralab modules `path` imports (dotted, relative to the package), and its
+    third-party imports as "<module.name>"."""
+    package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module} if node.module else {alias.name for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            prefix = ".".join(base + ([node.module] if node.module else []))
+            if node.module:
+                found.add(prefix)
+            else:
+                found |= {f"{prefix}.{alias.name}".lstrip(".") for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loralab."):
-            found.add(node.module.split(".")[1])
+            found.add(node.module.split(".", 1)[1])
         elif isinstance(node, ast.ImportFrom):  # third-party: "<module.name>"
             found |= {f"<{node.module}.{alias.name}>" for alias in node.names}
         elif isinstance(node, ast.Import):
@@ -129,12 +147,29 @@ def _imports(path: Path) -> set[str]:
 def test_dependencies_run_one_way_cli_library_training_core():
     package = ROOT / "src" / "loralab"
     rank = {module: i for i, layer in enumerate(LAYERS.values()) for module in layer}
-    modules = {p.stem for p in package.glob("*.py")}
-    assert modules == set(rank), modules ^ set(rank)
-    for module in modules:
-        imports = _imports(package / f"{module}.py")
-        upward = {m for m in imports if m in rank and rank[m] > rank[module]}
+    files = {_module_name(p, package): p for p in package.rglob("*.py")}
+    assert set(files) == set(rank), set(files) ^ set(rank)
+    for module, path in files.items():
+        imports = _imports(path, module)
+        unknown = {m for m in imports if not m.startswith("<") and m not in rank and m.rsplit(".", 1)[0] not in rank}
+        assert not unknown, f"{module} imports {unknown}, which the layers do not name"
+        layer_of = {m: rank.get(m, rank.get(m.rsplit(".", 1)[0])) for m in imports if not m.startswith("<")}
+        upward = {m for m, r in layer_of.items() if r is not None and r > rank[module]}
         assert not upward, f"{module} ({list(LAYERS)[rank[module]]}) imports {upward} from a higher layer"
         if rank[module] == 0:  # the core: no Trainer, no plotting
             heavy = {m for m in imports if m.startswith(HEAVY)}
             assert not heavy, f"{module} imports {heavy}"
+
+
+def test_old_module_paths_still_import_the_moved_modules():
+    """Modules of loralab 0.1 that moved into sub-packages keep their old import paths."""
+    import importlib
+
+    for old, new in {"config": "study.config", "records": "study.records", "plan": "study.plan",
+                     "tasks": "study.tasks", "plots": "report.plots", "checks": "lab.checks"}.items():
+        assert importlib.import_module(f"loralab.{old}") is importlib.import_module(f"loralab.{new}")
+    from loralab.config import load_config
+
+    from loralab.study import load_config as same
+
+    assert load_config is same

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAB_DATA, SHARED_DATA, needs_lab_data
+from conftest import LAB_DATA, SHARED_DATA, free_port, needs_lab_data
 from loralab.data import (
     DataOptions,
     download_lab_sample,
@@ -207,4 +207,4 @@ def test_download_rebuilds_the_sample_from_a_local_server(tmp_path, monkeypatch)
 
 def test_download_failure_says_how_to_work_offline(tmp_path):
     with pytest.raises(DataError, match="LORALAB_DATA"):
-        download_lab_sample(tmp_path, url="http://127.0.0.1:9/none.tar.gz")
+        download_lab_sample(tmp_path, url=f"http://127.0.0.1:{free_port()}/none.tar.gz")

@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 
+from conftest import free_port
+
 
 def test_two_processes_finish_and_write_once(tmp_path, tiny_model_dir, synthetic_data):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "loralab.cli", "train", "--method", "lora", "--rank", "2", "--model", str(tiny_model_dir),
            "--limit-train", "32", "--limit-eval", "16", "--epochs", "1", "--max-length", "32", "--device", "cpu",
            "--out", str(out), "--quiet"]

@@ -112,16 +112,21 @@ def test_sweep_computes_one_svd_per_matrix(trio, monkeypatch):
     assert len(calls) == 2 * 4  # W and dW of 4 layers (query/value x 2 blocks), not per rank
     # the sweep's models equal the one-off constructions
     one_off = make_approximated_model_2(ranks[2], headtuned, finetuned, pretrained)
-    torch.testing.assert_close(rows2[2]["eval_accuracy"], float(logits(one_off)[0, 0]))
+    torch.testing.assert_close(rows2[2].eval_accuracy, float(logits(one_off)[0, 0]))
 
 
 def test_spectrum_fields(trio):
     pretrained, finetuned, headtuned = trio
     spectrum = LowRankStudy(headtuned, finetuned, pretrained).spectrum()
     layer = next(iter(spectrum.values()))
-    assert len(spectrum) == 4 and len(layer["singular_values"]) == 32
-    assert layer["energy"][-1] == pytest.approx(1.0)
-    assert 1 <= layer["rank_50"] <= layer["rank_90"] <= layer["rank_99"] <= 32
+    assert len(spectrum) == 4 and len(layer.singular_values) == 32
+    assert layer.energy[-1] == pytest.approx(1.0)
+    assert 1 <= layer.rank_50 <= layer.rank_90 <= layer.rank_99 <= 32
+    # the energy is the running share of the squared singular values
+    squares = torch.tensor(layer.singular_values, dtype=torch.float64).square()
+    torch.testing.assert_close(torch.tensor(layer.energy, dtype=torch.float64), squares.cumsum(0) / squares.sum(),
+                               atol=1e-6, rtol=0)
+    assert layer.frobenius_norm == pytest.approx(float(squares.sum().sqrt()), rel=1e-5)
 
 
 def test_rank_for_energy_on_known_spectrum():
@@ -140,6 +145,6 @@ def test_subspace_similarity_bounds():
 
 
 def test_lowest_rank_above():
-    rows = [{"rank": 8, "eval_accuracy": 0.9}, {"rank": 4, "eval_accuracy": 0.85}, {"rank": 2, "eval_accuracy": 0.7}]
+    rows = [lowrank.SweepPoint(8, 0.9), lowrank.SweepPoint(4, 0.85), lowrank.SweepPoint(2, 0.7)]
     assert lowest_rank_above(rows, 0.8) == 4
     assert lowest_rank_above(rows, 0.95) is None

@@ -26,7 +26,7 @@ import json, random, sys, tempfile
 import datasets, torch
 from transformers import BertConfig, BertForSequenceClassification
 from loralab.models import load_tokenizer
-from loralab.training import TrainSettings, tokenize, train_model
+from loralab.training import TrainSettings, tokenize, train_with_trainer
 
 tokenizer = load_tokenizer("minilm")
 random.seed(0)
@@ -39,7 +39,7 @@ config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, num_hidden
                     intermediate_size=512, max_position_embeddings=512, num_labels=2)
 settings = TrainSettings(epochs=2, quiet=True, logging_steps=1000, **json.loads(sys.argv[1]))
 with tempfile.TemporaryDirectory() as out:
-    result = train_model(BertForSequenceClassification(config), tokenize(data, tokenizer, 512), settings, out,
+    result = train_with_trainer(BertForSequenceClassification(config), tokenize(data, tokenizer, 512), settings, out,
                          tokenizer=tokenizer)
 print(json.dumps(result.memory))
 """

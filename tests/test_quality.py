@@ -76,8 +76,8 @@ def test_mean_pooling_survives_save_load_and_adapters(tmp_path):
 
 def test_cached_mean_features_give_the_models_own_logits():
     """Head-tuning on cached features must see what the whole model's head sees."""
+    from loralab.head import encoder, head_forward
     from loralab.pooling import masked_mean, set_pooling
-    from loralab.training import encoder, head_forward
 
     model = set_pooling(tiny_bert(), "mean")
     b = batch([[5, 6, 7], [8, 9, 10, 11, 12]])
@@ -152,8 +152,8 @@ lora_rank = 2
 
 
 def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synthetic_data_dir):
-    from loralab.config import load_config
     from loralab.study import Context, plan, run_study
+    from loralab.study.config import load_config
 
     source = synthetic_data_dir
     eval_a = tmp_path / "eval_a.csv"
@@ -197,9 +197,9 @@ def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synt
 
 
 def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tiny_model_dir, synthetic_data):
-    from loralab.config import load_config
     from loralab.report import build, results_table
     from loralab.study import run_study
+    from loralab.study.config import load_config
 
     config_file = tmp_path / "seeds.toml"
     config_file.write_text(TINY_STUDY.format(model=tiny_model_dir).replace(
@@ -213,7 +213,7 @@ def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tin
     accs = sorted(r.eval_accuracy for r in rows if r.method == "lora")
     lora = next(s for s in findings.summaries if s.method == "lora")
     assert (lora.eval_accuracy, lora.accuracy_min, lora.accuracy_max, lora.seeds) == (np.median(accs), *accs, 2)
-    row = next(r for r in results_table(findings.summaries) if r[0] == "LoRA r=2")
+    row = next(r for r in results_table(findings.summaries).rows if r[0] == "LoRA r=2")
     assert row[3] == f"{np.median(accs):.4f}" and row[4] == f"{accs[0]:.4f}-{accs[1]:.4f} (2 seeds)"
     f1s = sorted(r.eval_macro_f1 for r in rows if r.method == "lora")
     assert row[6] == f"{np.median(f1s):.4f}" and row[7] == f"{f1s[0]:.4f}-{f1s[1]:.4f}"  # macro-F1 over seeds too
@@ -257,8 +257,8 @@ def test_choosing_skips_candidates_evaluated_before_and_saves_each_new_one(tmp_p
     import datasets
 
     from loralab.api import choose_learning_rate
-    from loralab.records import read_json
     from loralab.settings import LoraOptions
+    from loralab.study.records import read_json
     from loralab.training import TrainSettings
 
     def split(n):

@@ -76,7 +76,7 @@ def test_killed_writer_leaves_old_file_or_none(tmp_path):
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, tiny_model_dir, synthetic_data):
     from loralab.data import limit_data, load_data
     from loralab.models import load_tokenizer
-    from loralab.training import TrainSettings, tokenize, train_model
+    from loralab.training import TrainSettings, tokenize, train_with_trainer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     tokenized = tokenize(limit_data(load_data(), 64, 16), tokenizer, 32)
@@ -92,7 +92,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, ti
     model.classifier.register_forward_hook(poison)
     settings = TrainSettings(epochs=2, save_steps=2, max_length=32, quiet=True)
     with pytest.raises(LoralabError) as err:
-        train_model(model, tokenized, settings, tmp_path, tokenizer=tokenizer)
+        train_with_trainer(model, tokenized, settings, tmp_path, tokenizer=tokenizer)
     message = str(err.value)
     assert "the loss became nan at step 6" in message.lower()
     assert "checkpoint-4" in message and (tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
@@ -249,8 +249,10 @@ def test_fuzz_structured_rows_load_exactly_or_fail_cleanly(tmp_path, rows, fmt):
     expected = _expect(rows)
     try:
         ds = load_file(path)
-    except DataError:
-        return  # loralab's own error, with a message
+    except DataError as err:  # loralab's own error, with a message: only for rows the rules refuse
+        assert expected is None, f"valid rows were refused: {err}"
+        assert str(path) in str(err)
+        return
     assert expected is not None, "bad rows were accepted"
     texts = list(ds["text"])
     if fmt != "jsonl":  # a CSV reader may normalise line endings inside quoted fields
@@ -355,7 +357,7 @@ def test_predict_streams_100k_reviews_in_bounded_memory(tmp_path, tiny_model_dir
               "r = predict(sys.argv[1], input=sys.argv[2], output=sys.argv[3], "
               "settings=TrainSettings(max_length=16, eval_batch_size=256), progress=False); "
               "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
-              "print(json.dumps({'n': len(r['labels']), 'peak_mb': peak}))")
+              "print(json.dumps({'n': len(r.labels), 'peak_mb': peak}))")
     proc = subprocess.run([sys.executable, "-c", script, str(model), str(path), str(tmp_path / "out.jsonl")],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]

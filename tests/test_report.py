@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 
-from loralab.plots import pareto_front
-from loralab.records import LowrankSummary, RunRecord
+from conftest import png_size
 from loralab.report import RunTime, build, write_report
+from loralab.report.plots import pareto_front
+from loralab.study.records import LowrankSummary, RunRecord
 
 
 def write_record(folder, name, seconds=60.0, finished="2026-01-01T10:00:00", device="cpu", **parts):
@@ -71,13 +72,13 @@ def test_numbers_and_sentences(tmp_path):
     assert "LoRA with r = 6 trains 30,000 parameters, 3.00% of full fine-tuning's 1,000,000" in text
     assert "98.00% of full fine-tuning's 0.9000" in text
     assert "TF-IDF + logistic regression reaches 0.8400 in 0.50 s" in text
-    lora_row = next(r for r in results_table(findings.summaries) if r[0] == "LoRA r=6")
+    lora_row = next(r for r in results_table(findings.summaries).rows if r[0] == "LoRA r=6")
     assert lora_row[1:5] == ["30,000", "3.00%", "0.8820", "98.00%"]
 
 
 def test_extracted_adapters_against_trained_lora_and_full(tmp_path):
-    from loralab.records import Extracted
     from loralab.report import extraction_lines
+    from loralab.study.records import Extracted
 
     folder = hand_made(tmp_path)
     rows = json.loads((folder / "results.json").read_text())
@@ -145,6 +146,7 @@ def test_files_and_self_contained_html(tmp_path):
     for name in ("report.md", "report.html", "accuracy_vs_params.png", "accuracy_vs_rank.png",
                  "training_curves.png", "cost.png"):
         assert (tmp_path / name).stat().st_size > 0, name
+    assert png_size(tmp_path / "accuracy_vs_params.png")[0] > 500
     page = (tmp_path / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4
     assert not re.search(r'(src|href)="(http|//)', page)

@@ -43,12 +43,12 @@ def test_predict_csv_matches_the_model(lora_dir, tmp_path):
         writer.writerows([(f"r{i}", t, i % 2) for i, t in enumerate(TEXTS)])
     result = predict(lora_dir, input=str(source), output=tmp_path / "out.csv", settings=FP32, progress=False)
     expected = direct_probs(lora_dir, TEXTS)
-    np.testing.assert_allclose(result["probabilities"], expected, atol=1e-5)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)
     rows = list(csv.DictReader(open(tmp_path / "out.csv")))
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(5)]
     assert [r["label"] for r in rows] == [["negative", "positive"][i] for i in expected.argmax(-1)]
     assert set(rows[0]) == {"id", "label", "prob_negative", "prob_positive"}
-    assert result["accuracy"] == pytest.approx(float((expected.argmax(-1) == np.arange(5) % 2).mean()))
+    assert result.accuracy == pytest.approx(float((expected.argmax(-1) == np.arange(5) % 2).mean()))
 
 
 def test_predict_jsonl_output_and_cli(lora_dir, tmp_path, run_cli):
@@ -68,7 +68,7 @@ def test_merged_export_loads_in_transformers_pipeline(lora_dir, tmp_path):
     assert not any("lora" in k.lower() for k in json.loads((out / "config.json").read_text()))
     classify = pipeline("text-classification", model=str(out), top_k=None, device="cpu")
     ours = predict(lora_dir, TEXTS, settings=FP32, progress=False)
-    for text, scores, probs, label in zip(TEXTS, classify(TEXTS), ours["probabilities"], ours["labels"]):
+    for text, scores, probs, label in zip(TEXTS, classify(TEXTS), ours.probabilities, ours.labels):
         by_label = {s["label"]: s["score"] for s in scores}
         assert max(by_label, key=by_label.get) == label
         np.testing.assert_allclose([by_label["negative"], by_label["positive"]], probs, atol=1e-5)

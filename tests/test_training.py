@@ -14,7 +14,7 @@ from loralab.training import (
     _training_arguments,
     latest_checkpoint,
     tokenize,
-    train_model,
+    train_with_trainer,
 )
 
 
@@ -29,7 +29,7 @@ def test_trainer_evaluates_the_length_sorted_batches_of_predict(tmp_path, tiny_m
     evals = tokenize(data, tokenizer)["eval"]
     settings = TrainSettings(eval_batch_size=4, group_by_length=True, quiet=True)
     args = _training_arguments(settings, Path(tmp_path), torch.device("cpu"), "fp32")
-    collator = BucketedPadding(tokenizer, 8, settings.max_length)  # train_model's collator
+    collator = BucketedPadding(tokenizer, 8, settings.max_length)  # train_with_trainer's collator
     trainer = _trainer_class()(model=load_model(tiny_model_dir), args=args, eval_dataset=_sorted_by_length(evals),
                                data_collator=collator)
     batches = list(trainer.get_eval_dataloader())
@@ -49,13 +49,13 @@ def test_a_checkpoint_at_an_epochs_end_holds_its_evaluation_and_resumes_with_eve
         for split in ("train", "eval")})
     tokenized = tokenize(data, tokenizer, 16)
     settings = TrainSettings(epochs=2, batch_size=4, max_length=16, save_steps=4, quiet=True, precision="fp32")
-    result = train_model(load_model(tiny_model_dir), tokenized, settings, tmp_path, tokenizer=tokenizer)
+    result = train_with_trainer(load_model(tiny_model_dir), tokenized, settings, tmp_path, tokenizer=tokenizer)
     assert [row["epoch"] for row in result.history] == [1, 2]
     checkpoint = latest_checkpoint(tmp_path / "checkpoints")  # the last one, at step 8: epoch 2's end
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert checkpoint.name == "checkpoint-8"
     assert [e["epoch"] for e in state["log_history"] if "eval_accuracy" in e] == [1, 2]
-    resumed = train_model(load_model(tiny_model_dir), tokenized, settings, tmp_path, tokenizer=tokenizer,
+    resumed = train_with_trainer(load_model(tiny_model_dir), tokenized, settings, tmp_path, tokenizer=tokenizer,
                           resume=True)
     assert resumed.history == result.history
 
@@ -83,7 +83,7 @@ def test_micro_batches_take_the_same_steps_as_whole_batches(tmp_path, tiny_model
                 module.p = 0.0
         settings = TrainSettings(epochs=1, batch_size=8, micro_batch_size=micro, learning_rate=1e-2, max_length=64,
                                  class_weights=weights, fast_dropout=False, quiet=True, precision="fp32")
-        train_model(model, tokenized, settings, tmp_path / f"{micro}-{weights}", tokenizer=tokenizer)
+        train_with_trainer(model, tokenized, settings, tmp_path / f"{micro}-{weights}", tokenizer=tokenizer)
         return dict(model.named_parameters())
 
     whole = trained(0, "none")
@@ -113,7 +113,7 @@ def test_gradient_checkpointing_recomputes_each_layer_and_trains_the_same_weight
         model.bert.encoder.layer[0].intermediate.register_forward_hook(lambda *_: calls.append(1))
         settings = TrainSettings(epochs=1, batch_size=8, learning_rate=1e-2, max_length=64, quiet=True,
                                  precision="fp32", gradient_checkpointing=checkpointing)
-        train_model(model, tokenized, settings, tmp_path / f"{method}-{checkpointing}", tokenizer=tokenizer)
+        train_with_trainer(model, tokenized, settings, tmp_path / f"{method}-{checkpointing}", tokenizer=tokenizer)
         return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, len(calls)
 
     for method in ("lora", "full"):

@@ -2,18 +2,21 @@
 study of accuracy against trainable parameters on IMDB sentiment classification or any
 text-classification task."""
 
+import sys
+
+from . import lab, report, study  # noqa: F401 - sub-packages, and the old module paths below
 from .adapters import load_adapter, save_adapter
 from .api import choose_learning_rate, evaluate, load_trained, prepare_model, save_trained, train
 from .data import DataOptions, load_data, load_split, split_validation
 from .errors import DataError, LoralabError, ModelLoadError
 from .extraction import extract_adapter, save_extraction
+from .lab import extract  # the lab's name for `target_layers`
 from .lora import LoRA, LoRALinear
 from .models import load_model, load_tokenizer, num_trainable_parameters
 from .pooling import pooling_of, set_pooling
 from .serve import export, predict
 from .settings import LoraOptions, TrainSettings
 from .surgery import (
-    extract,
     find_targets,
     freeze_all_but_head,
     head_modules,
@@ -21,9 +24,19 @@ from .surgery import (
     lora_layers,
     merge_and_unload,
     replace,
+    target_layers,
 )
 
 __version__ = "0.1.0"
+
+# Modules of loralab 0.1 that moved into sub-packages stay importable by their old paths
+# (`from loralab.config import load_config`): the same module objects, not copies.
+# (`loralab.study.plan` is also the name of the function `plan`, so modules are looked up
+# in sys.modules, never as attributes.)
+_MOVED = {"config": "study.config", "records": "study.records", "plan": "study.plan", "tasks": "study.tasks",
+          "plots": "report.plots", "checks": "lab.checks"}
+for _old, _new in _MOVED.items():
+    sys.modules.setdefault(f"{__name__}.{_old}", sys.modules[f"{__name__}.{_new}"])
 
 __all__ = [
     "DataError", "DataOptions", "LoRA", "LoRALinear", "LoraOptions", "LoralabError", "ModelLoadError",
@@ -33,5 +46,5 @@ __all__ = [
     "load_tokenizer", "load_trained", "lora_layers", "merge_and_unload", "num_trainable_parameters",
     "pooling_of", "predict", "prepare_model", "replace", "save_adapter", "save_extraction", "save_trained",
     "set_pooling",
-    "split_validation", "train",
+    "split_validation", "target_layers", "train",
 ]

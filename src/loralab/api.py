@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datasets import DatasetDict
@@ -22,25 +22,77 @@ from torch import nn
 from .adapters import CONFIG_NAME, adapter_base, class_names, load_adapter, save_adapter
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
-from .inference import evaluate_metrics, evaluate_model
+from .head import head_features, train_head
+from .inference import evaluate_metrics
+from .metrics import Metrics
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
-from .records import LowrankSummary, Row, Selection, fingerprint, read_json
 from .settings import TRAIN_METHODS, LoraOptions
+from .study.records import LowrankSummary, Row, Selection, fingerprint, read_json
 from .surgery import freeze_all_but_head, inject_lora
-from .training import (
-    RunResult,
-    TrainSettings,
-    head_features,
-    is_main_process,
-    tokenize,
-    train_head,
-    train_model,
-)
+from .training import TrainResult, TrainSettings, is_main_process, tokenize, train_with_trainer
 
 logger = logging.getLogger("loralab")
 
 INFO_NAME = "loralab.json"
+
+
+@dataclass
+class TrainInfo:
+    """What `train` made and how: returned by `train`, stored as `loralab.json` beside the
+    saved model (flat, as `to_json` writes it), and read by `export` for the model card and
+    by the study for its `Row`."""
+
+    method: str                      # lora, head or full
+    base_model: str
+    labels: list[str]                # the classes, in order
+    trainable_params: int
+    seed: int
+    pooling: str
+    learning_rate: float
+    result: TrainResult
+    lora: LoraOptions | None = None  # LoRA's options (rank, alpha, targets, init, ...)
+    selection: Selection | None = None  # where the learning rate was chosen on a validation split
+
+    @property
+    def eval_accuracy(self) -> float:
+        return self.result.eval_accuracy
+
+    @property
+    def eval_macro_f1(self) -> float:
+        return self.result.eval_macro_f1
+
+    @property
+    def rank(self) -> int | None:
+        return self.lora.rank if self.lora else None
+
+    @property
+    def alpha(self) -> float | None:
+        return (self.lora.alpha or 2 * self.lora.rank) if self.lora else None
+
+    def row(self, chosen_on: str | None = None) -> Row:
+        """The study's record of this training (a line of results.json)."""
+        r, m = self.result, self.result.metrics
+        return Row(self.method, self.rank, self.trainable_params, m.accuracy, m.macro_f1, r.train_seconds,
+                   r.peak_memory_mb, r.history, self.seed, r.precision, learning_rate=self.learning_rate,
+                   pooling=self.pooling, chosen_on=chosen_on, per_class=m.per_class, confusion=m.confusion,
+                   memory=r.memory)
+
+    def to_json(self) -> dict:
+        """`loralab.json`: flat, every field by the name loralab 0.1 wrote it under."""
+        r, m = self.result, self.result.metrics
+        data = {"method": self.method, "base_model": self.base_model, "rank": self.rank,
+                "targets": self.lora.targets if self.lora else None, "alpha": self.alpha,
+                "trainable_params": self.trainable_params, "eval_accuracy": m.accuracy,
+                "eval_macro_f1": m.macro_f1, "per_class": m.per_class, "confusion": m.confusion,
+                "labels": list(self.labels), "train_seconds": r.train_seconds, "peak_memory_mb": r.peak_memory_mb,
+                "precision": r.precision, "history": r.history, "memory": r.memory, "seed": self.seed,
+                "pooling": self.pooling, "learning_rate": self.learning_rate,
+                "lr_ratio": self.lora.lr_ratio if self.lora else None,
+                "lora": asdict(self.lora) if self.lora else None}
+        if self.selection is not None:
+            data["selection"] = asdict(self.selection)
+        return data
 
 
 def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: LoraOptions | None = None,
@@ -61,7 +113,7 @@ def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: 
     return net
 
 
-def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: dict,
+def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: TrainInfo,
                  extra_files: tuple = ()) -> Path:
     """Save an adapter (LoRA) or a whole model (head, full) atomically, with a tokenizer,
     `loralab.json` describing how it was made, and copies of `extra_files` (logs)."""
@@ -71,12 +123,12 @@ def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: 
                 shutil.copytree(extra, tmp / extra.name)
             elif extra.exists():
                 shutil.copy2(extra, tmp / extra.name)
-        if info.get("method") == "lora":
+        if info.method == "lora":
             save_adapter(net, tmp)
         else:
             net.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / INFO_NAME, info)
+        write_json(tmp / INFO_NAME, info.to_json())
     return Path(directory)
 
 
@@ -94,20 +146,24 @@ def load_trained(directory: str | os.PathLike):
     return load_model(directory), load_tokenizer(directory)
 
 
-def fit(net: nn.Module, method: str, tokenized, settings: TrainSettings, work, tokenizer, *,
-        lora: LoraOptions | None = None, resume: bool = False) -> RunResult:
+def train_in_place(net: nn.Module, method: str, tokenized, settings: TrainSettings, work, tokenizer, *,
+                   lora: LoraOptions | None = None, resume: bool = False) -> TrainResult:
     """Train a model `prepare_model` set up for `method` in place: the head alone (on its
     cached inputs) or every trainable parameter, B at LoRA+'s `lora.lr_ratio` times the rate.
     Checkpoints and logs go to `work`."""
     if method == "head":
         return train_head(net, tokenized, settings, work, tokenizer)
-    return train_model(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume,
-                       lr_ratio=lora.lr_ratio if lora else 1.0)
+    return train_with_trainer(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume,
+                              lr_ratio=lora.lr_ratio if lora else 1.0)
+
+
+fit = train_in_place  # its name in loralab 0.1
 
 
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
           data=None, settings: TrainSettings | None = None, *, lora: LoraOptions | None = None,
-          tokenized=None, resume: bool = False, notes: dict | None = None, **lora_options) -> dict:
+          tokenized=None, resume: bool = False, selection: Selection | None = None,
+          **lora_options) -> TrainInfo:
     """Train one model and save it to `out`.
 
     Args:
@@ -121,11 +177,12 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         tokenized: already tokenized data, to skip tokenizing again.
         resume: continue from the newest checkpoint of an interrupted run with the same
             `out` (checkpoints live in `.OUT.work/` beside it until the run finishes).
-        notes: more entries for the saved `loralab.json` (how the settings were chosen).
+        selection: where `settings.learning_rate` was chosen on a validation split
+            (`choose_learning_rate`), recorded in `loralab.json`.
 
     Returns:
-        A dict with `eval_accuracy`, `trainable_params`, `train_seconds`, `peak_memory_mb`,
-        `history` and `precision`.
+        The `TrainInfo` saved as `loralab.json`: `eval_accuracy`, `trainable_params`,
+        and the `TrainResult` (`result`: metrics, time, memory, history, precision).
     """
     import torch
 
@@ -146,17 +203,9 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     labels = class_names_of(tokenized["train"])
     net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
     trainable = num_trainable_parameters(net)
-    result = fit(net, method, tokenized, settings, work, tokenizer, lora=lora, resume=resume)
-    info = {"method": method, "base_model": str(model), "rank": lora.rank if lora else None,
-            "targets": lora.targets if lora else None, "alpha": (lora.alpha or 2 * lora.rank) if lora else None,
-            "trainable_params": trainable, "eval_accuracy": result.eval_accuracy,
-            "eval_macro_f1": result.eval_macro_f1, "per_class": result.per_class, "confusion": result.confusion,
-            "labels": list(labels),
-            "train_seconds": result.train_seconds, "peak_memory_mb": result.peak_memory_mb,
-            "precision": result.precision, "history": result.history, "memory": result.memory,
-            "seed": settings.seed,
-            "pooling": settings.pooling, "learning_rate": settings.learning_rate,
-            "lr_ratio": lora.lr_ratio if lora else None, **(notes or {})}
+    result = train_in_place(net, method, tokenized, settings, work, tokenizer, lora=lora, resume=resume)
+    info = TrainInfo(method, str(model), list(labels), trainable, settings.seed, settings.pooling,
+                     settings.learning_rate, result, lora, selection)
     if is_main_process():  # under torchrun every rank trains; one writes
         # Experiment-tracker logs (--report-to tensorboard) land in checkpoints/runs: keep them.
         save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json", work / "checkpoints" / "runs"])
@@ -217,12 +266,10 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
             if features is None:
                 features = head_features(net, data, trial, tokenizer)
             result = train_head(net, data, trial, work / "model", tokenizer, features=features)
-            scores[lr] = {"accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1}
-            histories[lr] = result.history
         else:
-            info = train(method, work / "model", model, settings=trial, tokenized=data, lora=lora)
-            scores[lr] = {"accuracy": info["eval_accuracy"], "macro_f1": info["eval_macro_f1"]}
-            histories[lr] = info["history"]
+            result = train(method, work / "model", model, settings=trial, tokenized=data, lora=lora).result
+        scores[lr] = {"accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1}
+        histories[lr] = result.history
         shutil.rmtree(work / "model", ignore_errors=True)
         logger.info("%s, learning rate %g: validation %s %.4f", method, lr, metric, scores[lr][metric])
         done[repr(lr)] = {"scores": scores[lr], "history": histories[lr]}
@@ -237,8 +284,9 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
                      metric=metric)
 
 
-def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None) -> float:
-    """Accuracy of a saved model or adapter on the eval split."""
+def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None) -> Metrics:
+    """The `Metrics` of a saved model or adapter on the eval split: accuracy, macro-F1,
+    each class's scores and the confusion matrix."""
     from .data import class_names_of, load_data
 
     settings = settings or TrainSettings()
@@ -246,7 +294,7 @@ def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | 
     data = data if data is not None else load_data()
     refuse_other_classes(model_dir, "model", class_names(net), class_names_of(data["eval"]), "the data")
     tokenized = tokenize(data, tokenizer, settings.max_length)
-    return evaluate_model(net, tokenized["eval"], tokenizer, settings)
+    return evaluate_metrics(net, tokenized["eval"], tokenizer, settings, names=class_names(net))
 
 
 def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.PathLike = "runs/lowrank",
@@ -275,7 +323,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
 
     from .data import load_data
     from .lowrank import LowRankStudy, halving_ranks, lowest_rank_above
-    from .plots import plot_spectrum
+    from .report.plots import plot_spectrum
 
     settings = settings or TrainSettings()
     out = Path(out)
@@ -290,11 +338,10 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
         picks = np.linspace(0, len(ranks) - 1, sweep_points).round().astype(int)
         ranks = [ranks[i] for i in sorted(set(picks))]
 
-    def metrics_of(net):
-        m = evaluate_metrics(net, tokenized["eval"], tokenizer, settings)
-        return {"eval_accuracy": m["accuracy"], "eval_macro_f1": m["macro_f1"]}
+    def metrics_of(net) -> Metrics:
+        return evaluate_metrics(net, tokenized["eval"], tokenizer, settings)
 
-    head_acc = metrics_of(head_model)["eval_accuracy"] if head_accuracy is None else head_accuracy
+    head_acc = metrics_of(head_model).accuracy if head_accuracy is None else head_accuracy
     head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(head_model)))
     rows = []
     summary = LowrankSummary(headtuned_accuracy=head_acc, ranks=ranks, full_rank=study.full_rank,
@@ -304,20 +351,20 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
         sweep = study.sweep(approach, ranks, metrics_of, progress=not settings.quiet)
         summary.sweep_seconds[approach] = time.perf_counter() - start
         summary.lowest_rank_above_head[approach] = lowest_rank_above(sweep, head_acc)
-        for entry in sweep:
-            r = entry["rank"]
+        for point in sweep:
+            r = point.rank
             # What storing this model's change costs: rank-r factors of every target layer
             # (never more than the matrix itself) plus the head. Nothing is trained: its
             # training time and memory are those of full fine-tuning and head-tuning.
             params = head_params + sum(min(r * (m.in_features + m.out_features), m.in_features * m.out_features)
                                        for m in study.tuned.values())
             rows.append(Row(method=f"approx{approach}", rank=r, trainable_params=params,
-                            eval_accuracy=entry["eval_accuracy"], eval_macro_f1=entry.get("eval_macro_f1")))
+                            eval_accuracy=point.eval_accuracy, eval_macro_f1=point.eval_macro_f1))
     spectrum = study.spectrum()
-    write_json(out / "spectrum.json", spectrum)
+    write_json(out / "spectrum.json", {name: asdict(layer) for name, layer in spectrum.items()})
     plot_spectrum(spectrum, out / "spectrum.png", "Fine-tuning update dW per layer")
-    summary.spectrum = {name: {k: layer[k] for k in ("rank_50", "rank_90", "rank_99", "frobenius_norm")}
-                        for name, layer in spectrum.items()}
+    summary.spectrum = {name: {"rank_50": layer.rank_50, "rank_90": layer.rank_90, "rank_99": layer.rank_99,
+                               "frobenius_norm": layer.frobenius_norm} for name, layer in spectrum.items()}
     if lora_dirs:
         summary.lora_similarity = {
             str(d): study.lora_similarity(load_adapter(copy.deepcopy(pretrained) if isinstance(pretrained, nn.Module)

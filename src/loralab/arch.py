@@ -3,7 +3,7 @@
 Every feature reads these facts: LoRA's default targets (`surgery.inject_lora`,
 `surgery.extract`), the classification head that head-tuning and LoRA train
 (`surgery.freeze_all_but_head`), the head applied to cached encoder features
-(head-tuning, `training.train_head`) with its dropout, and where mean pooling hands the
+(head-tuning, `head.train_head`) with its dropout, and where mean pooling hands the
 head its input (`pooling.set_pooling`).
 
 | model type         | default targets          | head modules              | head reads      |

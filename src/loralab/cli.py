@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import asdict
 
 from .errors import LoralabError
 from .settings import CLASS_WEIGHTS, DEVICES, INITS, POOLINGS, PRECISIONS, PROFILES, TRAIN_METHODS
@@ -115,7 +114,7 @@ FLAG_KEYS = {
 def config_of(args, **extra) -> dict:
     """The resolved configuration of a command: defaults < --config file < --profile <
     --quick < flags given (a flag not given is None and changes nothing)."""
-    from .config import load_config
+    from .study.config import load_config
 
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None}
     return load_config(getattr(args, "config", None), quick=getattr(args, "quick", False),
@@ -249,7 +248,7 @@ def cmd_train(args) -> None:
     from .settings import LoraOptions, TrainSettings
 
     config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
-    data, notes = _data(config), None
+    data, selection = _data(config), None
     settings = TrainSettings.from_config(config, args.method, quiet=args.quiet,  # a --learning-rate given wins
                                          **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     lora = LoraOptions.from_config(config, args.rank, **({"alpha": args.alpha} if args.alpha else {}))
@@ -260,15 +259,14 @@ def cmd_train(args) -> None:
         selection = choose_learning_rate(args.method, sel[args.method], data, model=config["model"], settings=trial,
                                          lora=lora, work=f"{args.out}.choose", resume=args.resume,
                                          metric=sel["metric"])
-        notes = {"selection": asdict(selection)}
         settings = settings.replace(learning_rate=selection.learning_rate)
         print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
               f"{selection.validation_rows} validation rows")
         del data["validation"]
     result = train(method=args.method, out=args.out, model=config["model"], data=data, settings=settings,
-                   lora=lora, resume=args.resume, notes=notes)
-    print(f"{args.method}: eval accuracy {result['eval_accuracy']:.4f}, "
-          f"{result['trainable_params']:,} trainable parameters, saved to {args.out}")
+                   lora=lora, resume=args.resume, selection=selection)
+    print(f"{args.method}: eval accuracy {result.eval_accuracy:.4f}, "
+          f"{result.trainable_params:,} trainable parameters, saved to {args.out}")
 
 
 def _inference(args):
@@ -283,7 +281,9 @@ def cmd_evaluate(args) -> None:
     from .api import evaluate
 
     config, settings = _inference(args)
-    print(f"eval accuracy: {evaluate(args.model_dir, data=_data(config), settings=settings):.4f}")
+    metrics = evaluate(args.model_dir, data=_data(config), settings=settings)
+    print(f"eval macro-F1: {metrics.macro_f1:.4f}")
+    print(f"eval accuracy: {metrics.accuracy:.4f}")
 
 
 def cmd_lowrank(args) -> None:
@@ -312,14 +312,14 @@ def cmd_predict(args) -> None:
                      text_column=config["data"]["text_column"], labels=args.labels_file, settings=settings,
                      progress=not args.quiet)
     if not args.output:
-        texts = args.texts or [None] * len(result["labels"])
-        for text, label, probs in zip(texts, result["labels"], result["probabilities"]):
+        texts = args.texts or [None] * len(result.labels)
+        for text, label, probs in zip(texts, result.labels, result.probabilities):
             shown = f"  {text[:60]!r}" if text else ""
             print(f"{label}\t{probs.max():.4f}{shown}")
     else:
-        print(f"{len(result['labels'])} predictions written to {args.output}")
-    if result["accuracy"] is not None:
-        print(f"accuracy: {result['accuracy']:.4f}")
+        print(f"{len(result.labels)} predictions written to {args.output}")
+    if result.accuracy is not None:
+        print(f"accuracy: {result.accuracy:.4f}")
 
 
 def cmd_extract(args) -> None:
@@ -349,9 +349,9 @@ def cmd_report(args) -> None:
 def cmd_run(args) -> None:
     from pathlib import Path
 
-    from .config import inside
     from .report import write_report
     from .study import run_study, summary_table
+    from .study.config import inside
 
     config = config_of(args, **({"out": args.out} if args.out else {}))
     result = run_study(config, quiet=args.quiet)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import classification_metrics
+from .metrics import Metrics, classification_metrics
 from .models import pick_device
 from .settings import TrainSettings
 
@@ -132,10 +132,12 @@ def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, des
 
 def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
     """Accuracy of `model` on a tokenized dataset with `label`s."""
-    return evaluate_metrics(model, ds, tokenizer, settings, desc)["accuracy"]
+    return evaluate_metrics(model, ds, tokenizer, settings, desc).accuracy
 
 
-def evaluate_metrics(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> dict:
-    """Accuracy and macro-F1 of `model` on a tokenized dataset with `label`s."""
+def evaluate_metrics(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating",
+                     names=None) -> Metrics:
+    """Accuracy and macro-F1 of `model` on a tokenized dataset with `label`s (and, given the
+    class `names`, each class's scores and the confusion matrix)."""
     logits = predict_logits(model, ds, tokenizer, settings, desc)
-    return classification_metrics(logits.argmax(-1), ds["label"])
+    return classification_metrics(logits.argmax(-1), ds["label"], names)

@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .surgery import extract, lora_layers, replace
+from .surgery import lora_layers, replace, target_layers
 
 
 @dataclass
@@ -83,8 +83,8 @@ def _approximated(headtuned, finetuned, pretrained, targets, weights: Callable) 
     """A copy of the head-tuned model whose target layers are the fine-tuned ones (bias
     included) with the weight given by `weights(name, finetuned_layer, pretrained_layer)`."""
     model = copy.deepcopy(_as_model(headtuned))
-    tuned = extract(_as_model(finetuned), targets)
-    base = extract(_as_model(pretrained), targets) if pretrained is not None else {}
+    tuned = target_layers(_as_model(finetuned), targets)
+    base = target_layers(_as_model(pretrained), targets) if pretrained is not None else {}
     layers = {}
     for name, layer in tuned.items():
         new = copy.deepcopy(layer)
@@ -115,6 +115,37 @@ def make_approximated_model_2(rank: int, headtuned, finetuned, pretrained, *, ta
                          lambda name, ft, pre: pre.weight + approximate(ft.weight - pre.weight, rank))
 
 
+@dataclass
+class SweepPoint:
+    """An approximated model at one rank, as evaluated."""
+
+    rank: int
+    eval_accuracy: float
+    eval_macro_f1: float | None = None
+
+
+@dataclass
+class LayerSpectrum:
+    """The singular values of one layer's fine-tuning update dW (a value of `spectrum.json`)."""
+
+    shape: list[int]
+    frobenius_norm: float
+    singular_values: list[float]
+    energy: list[float]  # share of ||dW||_F^2 the top r singular values hold, r = 1, 2, ...
+    rank_50: int         # the smallest rank holding 50% of it
+    rank_90: int
+    rank_99: int
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LayerSpectrum":
+        return cls(**data)
+
+
+def read_spectrum(data: dict) -> dict[str, LayerSpectrum]:
+    """`spectrum.json` (layer name -> its spectrum) as types."""
+    return {name: LayerSpectrum.from_json(layer) for name, layer in data.items()}
+
+
 class LowRankStudy:
     """The SVDs of every target layer's W and dW, computed once, and models built from them.
 
@@ -126,8 +157,8 @@ class LowRankStudy:
     def __init__(self, headtuned, finetuned, pretrained, targets=None):
         self.headtuned = _as_model(headtuned)
         finetuned, pretrained = _as_model(finetuned), _as_model(pretrained)
-        self.tuned = extract(finetuned, targets)
-        self.base = extract(pretrained, targets)
+        self.tuned = target_layers(finetuned, targets)
+        self.base = target_layers(pretrained, targets)
         self.targets = list(self.tuned)
         self.svd_w = {n: SVD.of(layer.weight) for n, layer in self.tuned.items()}
         self.svd_dw = {n: SVD.of(layer.weight - self.base[n].weight) for n, layer in self.tuned.items()}
@@ -143,7 +174,7 @@ class LowRankStudy:
         if self._model is None:
             self._model = copy.deepcopy(self.headtuned)
             replace(self._model, {n: copy.deepcopy(layer) for n, layer in self.tuned.items()})
-        layers = extract(self._model, self.targets)
+        layers = target_layers(self._model, self.targets)
         with torch.no_grad():
             for name, layer in layers.items():
                 if approach == 1:
@@ -155,30 +186,28 @@ class LowRankStudy:
                 layer.weight.copy_(weight.to(layer.weight.dtype))
         return self._model
 
-    def sweep(self, approach: int, ranks: Iterable[int], evaluate: Callable[[nn.Module], float | dict],
-              progress: bool = True) -> list[dict]:
-        """Accuracy at each rank: [{"rank": r, "eval_accuracy": acc}, ...]; `evaluate`
-        returns the accuracy, or a dict of metrics with `eval_accuracy` among them."""
+    def sweep(self, approach: int, ranks: Iterable[int], evaluate: Callable[[nn.Module], object],
+              progress: bool = True) -> list[SweepPoint]:
+        """Approximated model `approach` evaluated at each rank. `evaluate` returns the
+        accuracy, or scores with `accuracy` and `macro_f1` (`loralab.metrics.Metrics`)."""
         from tqdm.auto import tqdm
 
-        rows = []
+        points = []
         for rank in tqdm(list(ranks), desc=f"Approximated model {approach}", disable=not progress):
             result = evaluate(self.model(approach, rank))
-            rows.append({"rank": rank, **(result if isinstance(result, dict) else {"eval_accuracy": result})})
-        return rows
+            points.append(SweepPoint(rank, float(result)) if isinstance(result, (int, float)) else
+                          SweepPoint(rank, result.accuracy, result.macro_f1))
+        return points
 
-    def spectrum(self) -> dict[str, dict]:
+    def spectrum(self) -> dict[str, LayerSpectrum]:
         """Per layer: singular values of dW, captured energy per rank, ranks for 50/90/99%."""
         out = {}
         for name, svd in self.svd_dw.items():
             energy = svd.energy()
-            out[name] = {
-                "shape": list(self.tuned[name].weight.shape),
-                "frobenius_norm": float(svd.S.square().sum().sqrt()),
-                "singular_values": [float(s) for s in svd.S],
-                "energy": [float(e) for e in energy],
-                **{f"rank_{p}": rank_for_energy(energy, p / 100) for p in (50, 90, 99)},
-            }
+            out[name] = LayerSpectrum(
+                shape=list(self.tuned[name].weight.shape), frobenius_norm=float(svd.S.square().sum().sqrt()),
+                singular_values=[float(s) for s in svd.S], energy=[float(e) for e in energy],
+                **{f"rank_{p}": rank_for_energy(energy, p / 100) for p in (50, 90, 99)})
         return out
 
     def lora_similarity(self, lora_model: nn.Module) -> dict[str, float]:
@@ -207,7 +236,7 @@ def subspace_similarity(update: torch.Tensor, reference: SVD | torch.Tensor, ran
     return float(overlap.square().sum() / r)
 
 
-def lowest_rank_above(rows: list[dict], threshold: float) -> int | None:
+def lowest_rank_above(points: list[SweepPoint], threshold: float) -> int | None:
     """The lowest rank whose accuracy is still above `threshold` (None if none is)."""
-    above = [row["rank"] for row in rows if row["eval_accuracy"] > threshold]
+    above = [p.rank for p in points if p.eval_accuracy > threshold]
     return min(above) if above else None

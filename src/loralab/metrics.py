@@ -3,19 +3,38 @@ the confusion matrix, and the class weights of an imbalanced task's loss."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
 
-def classification_metrics(predictions, labels) -> dict:
+@dataclass
+class Metrics:
+    """What a classifier scores on a split: every evaluation's result, from the function
+    that computes it (`classification_metrics`, `inference.evaluate_metrics`, the Trainer's
+    last evaluation) to the record that stores it (`Row.eval_accuracy`, ...)."""
+
+    accuracy: float
+    macro_f1: float  # the unweighted mean of the classes' F1
+    per_class: dict[str, dict] | None = None   # class name -> precision, recall, f1, support
+    confusion: list[list[int]] | None = None   # true class x predicted class, counts
+
+
+def classification_metrics(predictions, labels, names=None) -> Metrics:
     """Accuracy and macro-F1 (the unweighted mean of the classes' F1, over the classes
-    that occur in `labels` or `predictions`, as scikit-learn computes it)."""
-    from sklearn.metrics import f1_score
+    that occur in `labels` or `predictions`, as scikit-learn computes it); with the class
+    `names`, also each class's scores and the confusion matrix."""
+    from sklearn.metrics import confusion_matrix, f1_score
 
     predictions, labels = np.asarray(predictions), np.asarray(labels)
-    return {"accuracy": float((predictions == labels).mean()),
-            "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
+    metrics = Metrics(accuracy=float((predictions == labels).mean()),
+                      macro_f1=float(f1_score(labels, predictions, average="macro", zero_division=0)))
+    if names is not None:
+        metrics.per_class = per_class_metrics(predictions, labels, names)
+        metrics.confusion = confusion_matrix(labels, predictions, labels=list(range(len(names)))).tolist()
+    return metrics
 
 
 def per_class_metrics(predictions, labels, names) -> dict[str, dict]:
@@ -54,25 +73,19 @@ def weighted_loss(weights: torch.Tensor | None):
 
 
 class EvalMetrics:
-    """The Trainer's `compute_metrics`: accuracy and macro-F1 after each evaluation, with
-    the last evaluation's predictions kept for the per-class scores."""
+    """The Trainer's `compute_metrics`: accuracy and macro-F1 after each evaluation (the
+    Trainer logs them as `eval_accuracy`, `eval_macro_f1`), with the last evaluation's
+    predictions kept for its full `Metrics` (`final`)."""
 
     def __init__(self):
         self.last = None  # (predictions, labels) of the last evaluation
 
-    def __call__(self, eval_pred) -> dict:
+    def __call__(self, eval_pred) -> dict[str, float]:
         logits, labels = eval_pred
         self.last = (np.argmax(logits, axis=-1), np.asarray(labels))
-        return classification_metrics(*self.last)
+        scores = classification_metrics(*self.last)
+        return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
 
-    def per_class(self, names) -> dict[str, dict] | None:
-        return per_class_metrics(*self.last, names) if self.last is not None else None
-
-    def confusion(self, num_labels: int) -> list[list[int]] | None:
-        """Rows: true class, columns: predicted class (counts of the last evaluation)."""
-        from sklearn.metrics import confusion_matrix
-
-        if self.last is None:
-            return None
-        predictions, labels = self.last
-        return confusion_matrix(labels, predictions, labels=list(range(num_labels))).tolist()
+    def final(self, names) -> Metrics | None:
+        """The last evaluation's scores, per class (of `names`) and confusion included."""
+        return classification_metrics(*self.last, names) if self.last is not None else None

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -21,15 +22,26 @@ from torch import nn
 
 from .adapters import CONFIG_NAME, MINILM_HUB_ID, class_names
 from .api import INFO_NAME, load_trained
-from .data import BINARY_NAMES, _check_readable, _read_file, label_ids, raw_labels
+from .data.files import _check_readable, _read_file, label_ids, raw_labels
 from .errors import DataError, LoralabError
 from .fileio import atomic_dir, atomic_path, write_text
 from .inference import map_batches
 from .pooling import pooling_of
-from .settings import TrainSettings
+from .settings import BINARY_NAMES, TrainSettings
 from .surgery import lora_layers, merge_and_unload
 
 ID_COLUMNS = ("id", "index")
+
+
+@dataclass
+class Predictions:
+    """What `predict` returns: a predicted class per text, every class's probability, and
+    the accuracy where the true labels were given."""
+
+    labels: list[str]           # predicted class names, one per text
+    probabilities: np.ndarray   # (texts, classes), in the order of `classes`
+    classes: list[str]          # the model's classes, in order
+    accuracy: float | None = None
 
 
 def predict_texts(model: nn.Module, tokenizer, texts: list[str], settings: TrainSettings | None = None) -> np.ndarray:
@@ -65,7 +77,7 @@ def read_texts(path: str, text_column: str = "review") -> tuple[list[str], list 
 
 def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *, input: str | None = None,
             output: str | os.PathLike | None = None, text_column: str = "review", labels: str | None = None,
-            chunk_size: int = 4096, settings: TrainSettings | None = None, progress: bool = True) -> dict:
+            chunk_size: int = 4096, settings: TrainSettings | None = None, progress: bool = True) -> Predictions:
     """Predict sentiment for texts or a file and optionally write the predictions.
 
     Args:
@@ -82,8 +94,8 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
         settings: inference batches (`eval_batch_size`), `max_length`, precision, device.
 
     Returns:
-        A dict with `labels` (predicted names), `probabilities` (array) and `accuracy`
-        (or None).
+        The `Predictions`: `labels` (predicted names), `probabilities` (an array) and
+        `accuracy` (None without true labels).
     """
     from tqdm.auto import tqdm
 
@@ -116,7 +128,7 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
         accuracy = float((probs.argmax(-1) == np.asarray(gold)).mean())
     if output:
         write_predictions(Path(output), predicted, probs, names, ids, id_column)
-    return {"labels": predicted, "probabilities": probs, "accuracy": accuracy}
+    return Predictions(predicted, probs, list(names), accuracy)
 
 
 def write_predictions(path: Path, predicted, probs, names, ids=None, id_column=None) -> None:

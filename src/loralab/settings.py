@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import LoralabError
+from .methods import TRAINED
 
 # The choices of every option that has a fixed set; argparse, the config check and the
 # dataclasses below all read these.
@@ -20,7 +21,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean")
 INITS = ("normal", "kaiming", "gaussian")
-TRAIN_METHODS = ("lora", "head", "full")
+TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, head, full: the methods `train` takes
 PROFILES = ("lab", "tuned")
 BINARY_NAMES = ("negative", "positive")  # the binary sentiment task's classes (IMDB's), 0 and 1
 CLASS_WEIGHTS = ("none", "balanced")

@@ -96,8 +96,9 @@ def find_targets(model: nn.Module, targets: str | Iterable[str] | None = None,
     return found
 
 
-def extract(model: nn.Module, targets: str | Iterable[str] | None = None) -> dict[str, nn.Linear]:
-    """The target linear layers (by default query and value), keyed by module name.
+def target_layers(model: nn.Module, targets: str | Iterable[str] | None = None) -> dict[str, nn.Linear]:
+    """The target linear layers (by default query and value), keyed by module name: the
+    lab's `extract` (step 4; `loralab.lab.extract`), not SVD extraction (`loralab.extraction`).
 
     The layers are the model's own modules, not copies.
     """

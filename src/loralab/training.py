@@ -19,17 +19,14 @@ import torch
 from torch import nn
 
 from .adapters import class_names
-from .arch import architecture, head_dropout
 from .errors import LoralabError
 from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
-from .inference import BucketedPadding, _sorted_by_length, bucket_length, map_batches, resolve_precision
+from .inference import BucketedPadding, _sorted_by_length, bucket_length, resolve_precision
 from .measure import PeakMemory, release_free_memory, rss_bytes
-from .metrics import EvalMetrics, class_weights, weighted_loss
+from .metrics import EvalMetrics, Metrics, class_weights, weighted_loss
 from .models import pick_device
-from .pooling import masked_mean, pooling_of
 from .settings import EVAL_BATCH_SIZE, TrainSettings  # noqa: F401 - the training API's settings
-from .surgery import head_modules
 
 logger = logging.getLogger("loralab")
 
@@ -70,6 +67,11 @@ def micro_batch_size(settings: TrainSettings, lengths, device: torch.device) -> 
 
 def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.device, precision: str,
                         micro: int | None = None, **overrides):
+    """The Trainer's arguments for `settings`, every one passed by its name: where
+    transformers renamed a field between the versions loralab supports, the name this
+    version has is chosen here, and a name it does not know (a misspelt override, a field
+    a release removed) is an error, never dropped: transformers 5 removed `warmup_ratio`,
+    and a filter by name silently dropped loralab's warm-up."""
     from transformers import TrainingArguments
 
     names = {f.name for f in fields(TrainingArguments)}
@@ -82,7 +84,6 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
         per_device_eval_batch_size=settings.eval_batch_size,
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler,
-        warmup_ratio=settings.warmup_ratio,
         weight_decay=settings.weight_decay,
         eval_strategy="epoch",
         logging_strategy="steps",
@@ -99,6 +100,11 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
         disable_tqdm=settings.quiet,
         dataloader_num_workers=0,
     )
+    # transformers 5 reads a float warmup_steps below 1 as a share of the steps (warmup_ratio before).
+    if "warmup_ratio" in names:
+        kwargs["warmup_ratio"] = settings.warmup_ratio
+    elif settings.warmup_ratio:
+        kwargs["warmup_steps"] = float(settings.warmup_ratio)
     # Non-reentrant checkpoints: LoRA's frozen embeddings need no gradient, and the random
     # state (dropout) is replayed in the recomputation, so the gradients are a plain backward's.
     if settings.gradient_checkpointing:
@@ -110,7 +116,13 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
         else:
             kwargs["group_by_length"] = True
     kwargs.update(overrides)
-    return TrainingArguments(**{k: v for k, v in kwargs.items() if k in names})
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        import transformers
+
+        raise LoralabError(f"TrainingArguments of transformers {transformers.__version__} has no field "
+                           f"{', '.join(map(repr, unknown))}.")
+    return TrainingArguments(**kwargs)
 
 
 def _quiet_trainer(trainer, settings: TrainSettings) -> None:
@@ -149,18 +161,28 @@ def epoch_memory(log_history: list[dict]) -> list[dict]:
 
 
 @dataclass
-class RunResult:
-    """What one training run measured."""
+class TrainResult:
+    """What one training run measured: the last evaluation's `Metrics`, its cost, and its
+    curves. `train_with_trainer` and `head.train_head` return it; `api.train` saves it in
+    `loralab.json` (`TrainInfo`) and the study in a `Row`."""
 
-    eval_accuracy: float
+    metrics: Metrics                  # of the last evaluation, per class and confusion included
     train_seconds: float
     peak_memory_mb: float
-    history: list = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, eval_loss, eval_accuracy, ...
     precision: str = "fp32"
-    eval_macro_f1: float | None = None
-    per_class: dict[str, dict] | None = None  # class name -> precision, recall, f1, support (last evaluation)
-    confusion: list[list[int]] | None = None   # true class x predicted class, counts (last evaluation)
-    memory: list = field(default_factory=list)  # per epoch: resident MB after training, after eval, peak
+    memory: list[dict] = field(default_factory=list)   # per epoch: resident MB after training, after eval, peak
+
+    @property
+    def eval_accuracy(self) -> float:
+        return self.metrics.accuracy
+
+    @property
+    def eval_macro_f1(self) -> float:
+        return self.metrics.macro_f1
+
+
+RunResult = TrainResult  # its name in loralab 0.1
 
 
 class StopOnNonFinite:
@@ -352,8 +374,8 @@ def _trainer_class():
     return LoralabTrainer
 
 
-def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
-                tokenizer=None, collator=None, resume: bool = False, lr_ratio: float = 1.0) -> RunResult:
+def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
+                       tokenizer=None, collator=None, resume: bool = False, lr_ratio: float = 1.0) -> TrainResult:
     """Train `model` on `tokenized["train"]`, evaluating on `tokenized["eval"]` each epoch.
 
     Checkpoints go to `out_dir/checkpoints` at the end of every epoch (and every
@@ -400,101 +422,12 @@ def train_model(model: nn.Module, tokenized, settings: TrainSettings, out_dir: s
                            "Try a lower learning rate or --precision fp32, then --resume.")
     history = epoch_history(trainer.state.log_history)
     model.eval()
-    return RunResult(eval_accuracy=history[-1]["eval_accuracy"] if history else float("nan"),
-                     train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
-                     precision=precision, eval_macro_f1=history[-1]["eval_macro_f1"] if history else None,
-                     per_class=metrics.per_class(class_names(model)),
-                     confusion=metrics.confusion(model.config.num_labels),
-                     memory=epoch_memory(trainer.state.log_history))
+    final = metrics.final(class_names(model))
+    if final is None:  # resumed after its last evaluation: the scores logged then
+        last = history[-1] if history else {}
+        final = Metrics(last.get("eval_accuracy", float("nan")), last.get("eval_macro_f1", float("nan")))
+    return TrainResult(final, train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
+                       precision=precision, memory=epoch_memory(trainer.state.log_history))
 
 
-# ---------------------------------------------------------------------------------------
-# Head-tuning on cached features
-
-
-class HeadOnFeatures(nn.Module):
-    """The model's own classification head, fed the frozen encoder's cached features.
-
-    The head modules are shared with the model, so training this trains the model's head.
-    """
-
-    def __init__(self, model: nn.Module, weights: torch.Tensor | None = None):
-        super().__init__()
-        self.arch = architecture(model, "Head-tuning on cached features")
-        self.weights = weights  # the classes' loss weights (None: plain cross-entropy)
-        self.heads = nn.ModuleDict({n.replace(".", "_"): model.get_submodule(n) for n in head_modules(model)})
-        self.model = [model]  # a list keeps it out of this module's parameters
-        self.dropout = head_dropout(model)
-
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
-        logits = self.arch.head_forward(self.model[0], features, self.dropout)
-        loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.weights) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-def head_forward(model: nn.Module, features: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
-    """The head of a sequence-classification model applied to first-token features."""
-    return architecture(model, "Head-tuning on cached features").head_forward(model, features, dropout)
-
-
-def encoder(model: nn.Module) -> nn.Module:
-    return getattr(model, model.base_model_prefix)
-
-
-def encode_features(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str) -> np.ndarray:
-    """What the frozen encoder hands the head for every row, in row order: the first
-    token's hidden state, or the masked mean of all tokens' for a mean-pooled model."""
-    if pooling_of(model) == "mean":
-        def features(batch):
-            return masked_mean(encoder(model)(**batch).last_hidden_state, batch.get("attention_mask"))
-    else:
-        def features(batch):
-            return encoder(model)(**batch).last_hidden_state[:, 0]  # (batch, hidden)
-    return map_batches(model, ds["input_ids"], tokenizer, settings, desc, model.config.hidden_size, features)
-
-
-def head_features(model: nn.Module, tokenized, settings: TrainSettings, tokenizer):
-    """The frozen encoder's features (what it hands the head) and the labels of the
-    `train` and `eval` splits, as a torch-formatted DatasetDict, computed once."""
-    import datasets
-
-    return datasets.DatasetDict({
-        split: datasets.Dataset.from_dict({
-            "features": encode_features(model, tokenized[split], tokenizer, settings, f"Encoding {split}"),
-            "labels": np.asarray(tokenized[split]["label"]),
-        }).with_format("torch")
-        for split in ("train", "eval")
-    })
-
-
-def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
-               tokenizer, features=None) -> RunResult:
-    """Head-tuning: features of the frozen encoder computed once (or passed in as
-    `features`, from `head_features`), then the head trained on them with the same
-    optimiser, schedule, batch size and epochs as every other method."""
-    from transformers import Trainer, default_data_collator
-
-    out_dir = Path(out_dir)
-    device = pick_device(settings.device)
-    with PeakMemory(device) as mem:
-        cached = features if features is not None else head_features(model, tokenized, settings, tokenizer)
-        head = HeadOnFeatures(model, class_weights(tokenized["train"]["label"], model.config.num_labels,
-                                                  settings.class_weights))
-        # The head is tiny: float32 is as fast as bfloat16 here and needs no autocast.
-        args = _training_arguments(settings.replace(group_by_length=False, compile=False), out_dir, device, "fp32",
-                                   save_strategy="no")
-        metrics = EvalMetrics()
-        trainer = Trainer(model=head, args=args, train_dataset=cached["train"], eval_dataset=cached["eval"],
-                          data_collator=default_data_collator, compute_metrics=metrics)
-        _quiet_trainer(trainer, settings)
-        trainer.train()
-    history = epoch_history(trainer.state.log_history)
-    if trainer.is_world_process_zero():
-        write_json(out_dir / "train_log.json", trainer.state.log_history)
-    model.eval()
-    return RunResult(eval_accuracy=history[-1]["eval_accuracy"], train_seconds=mem.seconds,
-                     peak_memory_mb=mem.peak_mb, history=history, precision=resolve_precision(settings, device),
-                     eval_macro_f1=history[-1]["eval_macro_f1"], per_class=metrics.per_class(class_names(model)),
-                     confusion=metrics.confusion(model.config.num_labels))
+train_model = train_with_trainer  # its name in loralab 0.1

@@ -1,39 +1,26 @@
-"""The data layer: one loader for CSV, TSV, JSON Lines and Parquet that refuses bad input.
+"""Reading data files: one loader for CSV, TSV, JSON Lines and Parquet that refuses bad input.
 
 Every split comes back as a `datasets.Dataset` with two columns, `text` (str) and
 `label`, a `datasets.ClassLabel` whose names are the task's classes in order (see
 `label_names`): for IMDB 0 negative, 1 positive. Problems are reported as `DataError`s
 that name the file, the row (1-based data rows, the header not counted) and the column.
-
-Where the IMDB lab sample comes from, in order: `--data DIR`, `$LORALAB_DATA`, the
-cache folder `~/.cache/loralab/imdb-lab`, and last a download of the official aclImdb
-archive from which the lab's exact 2,000/500 sample is rebuilt (see `download_lab_sample`).
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import glob
-import json
 import logging
 import math
 import os
-import tarfile
-import urllib.request
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DataError
-from .fileio import atomic_path
-from .settings import BINARY_NAMES
+from ..errors import DataError
+from ..settings import BINARY_NAMES
 
 logger = logging.getLogger("loralab")
-
-IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
-LAB_FILES = {"train": "train.csv", "eval": "eval.csv"}
 
 # Builder name and options of `datasets.load_dataset` per file ending.
 # No "NA"/"null" guessing: a review that says "NA" is a review, an empty cell stays empty.
@@ -314,222 +301,3 @@ def check_classes(train, where: str = "the training data") -> None:
     for name, count in zip(names, counts):
         if count < FEW_ROWS:
             logger.warning("%s: the class %r has only %d row(s); its scores will be noisy.", where, name, count)
-
-
-def warn_overlap(train, eval_) -> int:
-    """Warn when reviews appear in both splits; return how many eval rows do."""
-    train_texts = set(train["text"])
-    overlap = sum(1 for t in eval_["text"] if t in train_texts)
-    if overlap:
-        logger.warning("%d eval row(s) also appear in the training data; eval scores "
-                       "will be optimistic.", overlap)
-    return overlap
-
-
-def load_data(data_dir: str | os.PathLike | None = None, *, train=None, eval=None,
-              options: DataOptions | None = None, download: bool = True):
-    """Load the train and eval splits as a `datasets.DatasetDict`.
-
-    Args:
-        data_dir: folder with `train.csv` and `eval.csv`; None resolves it (see module doc).
-        train, eval: files or globs that override the folder's files for that split.
-        options: column names and invalid-row handling.
-        download: allow the last-resort download when no local copy is found.
-    """
-    import datasets
-
-    if train is None or eval is None:
-        folder = resolve_data_dir(data_dir, download=download)
-        train = train if train is not None else folder / LAB_FILES["train"]
-        eval = eval if eval is not None else folder / LAB_FILES["eval"]
-    train_split = load_split(train, options)
-    check_classes(train_split, ", ".join(map(str, expand_files(train))))
-    splits = {"train": train_split, "eval": load_split(eval, options, class_names_of(train_split))}
-    warn_overlap(splits["train"], splits["eval"])
-    return datasets.DatasetDict(splits)
-
-
-def limit_data(data, train: int | None = None, eval: int | None = None):
-    """Keep a random `train`/`eval` reviews of each split (all when None or 0).
-
-    The subset is drawn with a fixed seed, so that changing the training seed keeps the data.
-    """
-    for split, limit in (("train", train), ("eval", eval)):
-        if limit and limit < len(data[split]):
-            data[split] = data[split].shuffle(seed=0).select(range(limit))
-    return data
-
-
-def load_configured(table: dict):
-    """The data a configuration's [data] table names: its files read and checked, limited
-    to seeded random subsets, and split into train and validation where it asks for one."""
-    options = DataOptions(table["text_column"], table["label_column"], table["drop_invalid"],
-                          tuple(table["labels"]) or None)
-    data = load_data(table["dir"] or None, train=table["train"] or None, eval=table["eval"] or None,
-                     options=options)
-    data = limit_data(data, table["limit_train"], table["limit_eval"])
-    if table["validation"]:
-        data = split_validation(data, table["validation"], table["split_seed"])
-    return data
-
-
-def data_digest(data, splits) -> str:
-    """A short hash of the named splits' texts (or token ids) and labels: work computed from
-    them is reused only while it is unchanged."""
-    import hashlib
-    import json
-
-    digest = hashlib.sha256()
-    for split in splits:
-        ds = data[split]
-        digest.update(json.dumps([split, class_names_of(ds)]).encode())  # the names reach the model
-        column = "text" if "text" in ds.column_names else "input_ids"
-        for value, label in zip(ds[column], ds["label"]):
-            digest.update((value if isinstance(value, str) else json.dumps(list(value))).encode())
-            digest.update(f"\0{label}\0".encode())
-    return digest.hexdigest()[:16]
-
-
-def split_validation(data, fraction: float, seed: int = 0):
-    """Carve a `validation` split from `train` to choose settings on, never from `eval`.
-
-    The split is stratified by label and seeded. Identical reviews stay on one side, and a
-    training review that also appears in `eval` is never put in `validation`: the validation
-    split shares no text with the reviews trained on or with `eval`. `train` keeps the rest
-    (the training set as trained), in its original order.
-    """
-    import numpy as np
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < fraction < 1:
-        raise DataError(f"The validation fraction must be between 0 and 1, got {fraction}.")
-    texts, labels = list(data["train"]["text"]), list(data["train"]["label"])
-    in_eval = set(data["eval"]["text"])
-    first = {}  # each distinct text -> its first row's label
-    for text, label in zip(texts, labels):
-        first.setdefault(text, label)
-    candidates = [t for t in first if t not in in_eval]
-    wanted = round(fraction * len(texts))
-    if wanted < 2 or len(candidates) - wanted < 2:
-        raise DataError(f"A validation fraction of {fraction} of {len(texts)} training rows leaves too "
-                        "few rows on one side; use more data or another fraction.")
-    strata = [first[t] for t in candidates]
-    counts = np.bincount(strata)
-    stratify = strata if counts[counts > 0].min() >= 2 else None
-    _, held_out = train_test_split(candidates, test_size=wanted, random_state=seed, stratify=stratify)
-    held_out = set(held_out)
-    keep = [i for i, t in enumerate(texts) if t not in held_out]
-    chosen = [i for i, t in enumerate(texts) if t in held_out]
-    data["validation"] = data["train"].select(chosen)
-    data["train"] = data["train"].select(keep)
-    return data
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "loralab" / "imdb-lab"
-
-
-def _has_lab_files(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in LAB_FILES.values())
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
-    """Find the lab sample: `data_dir`, `$LORALAB_DATA`, the cache, then a download."""
-    for source, value in (("--data", data_dir), ("LORALAB_DATA", os.environ.get("LORALAB_DATA"))):
-        if value:
-            folder = Path(value).expanduser()
-            if not folder.is_dir():
-                raise DataError(f"{source} points to {folder}, which is not a directory.")
-            missing = [n for n in LAB_FILES.values() if not (folder / n).is_file()]
-            if missing:
-                raise DataError(f"{source} points to {folder}, which has no {' or '.join(missing)}.")
-            return folder
-    cached = cache_dir()
-    if _has_lab_files(cached):
-        return cached
-    if not download:
-        raise DataError("No IMDB data found: pass --data DIR (a folder with train.csv and "
-                        "eval.csv) or set LORALAB_DATA.")
-    return download_lab_sample(cached)
-
-
-def _lab_indices(indices_file: str | os.PathLike | None = None) -> list[tuple[int, str]]:
-    """(index, split) of every review of the lab sample. The label is implied by the
-    index (positives come first), and is read from the archive's folder names."""
-    if indices_file is None:
-        text = resources.files("loralab").joinpath("resources/imdb_lab_indices.json").read_text("utf-8")
-    else:
-        text = Path(indices_file).read_text("utf-8")
-    splits = json.loads(text)
-    return [(int(index), split) for split in LAB_FILES for index in splits[split]]
-
-
-def _download(url: str, dest: Path) -> None:
-    from tqdm.auto import tqdm
-
-    try:
-        response = urllib.request.urlopen(url, timeout=60)
-    except OSError as err:
-        raise DataError(f"Could not download the IMDB archive from {url}: {err}. Offline? "
-                        "Set LORALAB_DATA to a folder with the lab's train.csv and eval.csv, "
-                        "or pass --data DIR.") from None
-    total = int(response.headers.get("Content-Length") or 0) or None
-    with response, atomic_path(dest) as tmp, open(tmp, "wb") as out, tqdm(
-        total=total, unit="B", unit_scale=True, desc="Downloading aclImdb"
-    ) as bar:
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-            bar.update(len(chunk))
-
-
-def download_lab_sample(dest: str | os.PathLike, *, url: str | None = None,
-                        indices_file: str | os.PathLike | None = None) -> Path:
-    """Download aclImdb and rebuild the lab's exact train/eval sample in `dest`.
-
-    A review's `index` is its position in the Stanford train split listed positives first
-    and then negatives, file names in lexicographic order inside each folder (so the
-    negatives start at the number of positives, 12,500). The lab's 2,500 indices ship
-    with loralab; the reviews come from the archive.
-    """
-    url = url or os.environ.get("LORALAB_IMDB_URL", IMDB_URL)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / "aclImdb_v1.tar.gz"
-    if not archive.exists():
-        _download(url, archive)
-    wanted = _lab_indices(indices_file)
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            folders = {label: sorted(n for n in members if _in_train_folder(n, label))
-                       for label in ("pos", "neg")}
-            ordered = folders["pos"] + folders["neg"]
-            rows = {"train": [], "eval": []}
-            for index, split in wanted:
-                if index >= len(ordered):
-                    raise DataError(f"{archive}: has {len(ordered)} train reviews, "
-                                    f"but the lab sample needs index {index}.")
-                name = ordered[index]
-                label = int(name.split("/")[-2] == "pos")
-                text = tar.extractfile(members[name]).read().decode("utf-8")
-                rows[split].append((index, text, label))
-    except (tarfile.TarError, EOFError, OSError) as err:
-        archive.unlink(missing_ok=True)
-        raise DataError(f"{archive}: the downloaded archive is damaged ({err}); it was removed, "
-                        "run again to download it anew.") from None
-    for split, name in LAB_FILES.items():
-        with atomic_path(dest / name) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["index", "review", "label"])
-            writer.writerows(rows[split])
-    archive.unlink()
-    logger.info("Rebuilt the lab sample in %s (%d train, %d eval).", dest,
-                len(rows["train"]), len(rows["eval"]))
-    return dest
-
-
-def _in_train_folder(name: str, label: str) -> bool:
-    parts = name.split("/")
-    return len(parts) >= 3 and parts[-3] == "train" and parts[-2] == label and parts[-1].endswith(".txt")
-

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import LoralabError
+from ..errors import LoralabError
+from ..methods import METHODS
 
 # ---------------------------------------------------------------------------------------
 # Run names: every folder name of a study is made here.
@@ -35,7 +36,7 @@ def seed_suffix(seed: int, several_seeds: bool) -> str:
 
 def method_run(method: str, rank: int | None = None, suffix: str = "") -> str:
     """The folder of a baseline or training run: ``full``, ``tfidf-lr``, ``lora-r6-seed1``."""
-    return (f"lora-r{rank}" if method == "lora" else method) + suffix
+    return METHODS[method].run(rank, suffix)
 
 
 def select_run(method: str) -> str:
@@ -163,6 +164,19 @@ class Extracted:
 
 
 @dataclass
+class RunOutput:
+    """What a task computed (`loralab.study.tasks`): the parts of its `RunRecord` that are
+    results, each typed; the runner adds the run's name, key, time and device."""
+
+    rows: list[Row] = field(default_factory=list)
+    selection: Selection | None = None
+    replace_test: ReplaceTest | None = None
+    lowrank: LowrankSummary | None = None
+    similarity: dict[str, dict[str, float]] | None = None  # LoRA rank -> layer -> similarity to dW
+    extracted: list[Extracted] | None = None
+
+
+@dataclass
 class RunRecord:
     """A finished run: its `result.json`, written last and atomically (the completion mark)."""
 
@@ -177,6 +191,12 @@ class RunRecord:
     lowrank: LowrankSummary | None = None
     similarity: dict[str, dict[str, float]] | None = None  # LoRA rank -> layer -> similarity to dW
     extracted: list[Extracted] | None = None
+
+    @classmethod
+    def of(cls, output: RunOutput, *, name: str, key: str, seconds: float, finished: str,
+           device: str) -> "RunRecord":
+        """The record of a run that computed `output`."""
+        return cls(name, key, seconds, finished, device, **{f.name: getattr(output, f.name) for f in fields(output)})
 
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -203,24 +223,37 @@ class RunRecord:
 
 
 @dataclass
+class DataSummary:
+    """The data a study ran on (`Environment.data`)."""
+
+    train_rows: int | None = None
+    eval_rows: int | None = None
+    validation_rows: int = 0
+    source: str | None = None          # the data folder, $LORALAB_DATA, or "cache or download"
+    train_files: list[str] | None = None
+    eval_files: list[str] | None = None
+
+
+@dataclass
 class Environment:
-    """`environment.json`: what the study ran with, for the report's footer."""
+    """`environment.json`: what the study ran with, for the report's footer. Fields an older
+    loralab did not write read as None (or their defaults); unknown fields are refused."""
 
     model: str
-    data: dict[str, Any]  # train_rows, eval_rows, validation_rows, source, train_files, eval_files
-    loralab: str
-    torch: str
-    transformers: str
-    python: str
-    device: str
-    cpu: str
-    threads: int
-    precision: str
-    seed: int
-    seeds: list[int]
-    profile: str
-    pooling: str
-    total_seconds: float
+    data: DataSummary = field(default_factory=DataSummary)
+    loralab: str | None = None
+    torch: str | None = None
+    transformers: str | None = None
+    python: str | None = None
+    device: str | None = None
+    cpu: str | None = None
+    threads: int | None = None
+    precision: str | None = None
+    seed: int | None = None
+    seeds: list[int] = field(default_factory=list)
+    profile: str = "lab"
+    pooling: str = "cls"
+    total_seconds: float | None = None
     skipped_runs: int = 0
     labels: list[str] = field(default_factory=list)  # the classes, in order
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # split -> rows per class
@@ -230,7 +263,13 @@ class Environment:
 
     @classmethod
     def from_json(cls, data: dict, where: str = "environment.json") -> "Environment":
-        return _from_dict(cls, data, where)
+        if not isinstance(data, dict) or not isinstance(data.get("data", {}), dict):
+            raise LoralabError(f"{where}: not an environment record (a JSON object with a 'data' object).")
+        data = dict(data, data=_from_dict(DataSummary, data.get("data", {}), where))
+        try:
+            return _from_dict(cls, data, where)
+        except TypeError as err:  # a required field missing
+            raise LoralabError(f"{where}: {err}.") from err
 
 
 # ---------------------------------------------------------------------------------------

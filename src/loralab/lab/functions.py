@@ -15,7 +15,7 @@
 (`check.lora(MyLoRA)`, `check.replace(my_replace)`, ...; see `loralab.checks`).
 
 A model that `make_finetuned_model`, `make_headtuned_model` or `make_lora_model` returns
-carries what its training measured as `model.loralab_result` (a `loralab.training.RunResult`:
+carries what its training measured as `model.loralab_result` (a `loralab.training.TrainResult`:
 `eval_accuracy`, `history` with the eval accuracy after each epoch, `train_seconds`).
 
 Each is a thin layer over the general API (`loralab.surgery`, `loralab.lowrank`,
@@ -30,15 +30,16 @@ import tempfile
 
 from torch import nn
 
+from ..api import prepare_model, train_in_place
+from ..inference import evaluate_model
+from ..lora import LoRA
+from ..lowrank import approximate, make_approximated_model_1, make_approximated_model_2
+from ..models import DEFAULT_MODEL, load_tokenizer, num_trainable_parameters
+from ..settings import LoraOptions
+from ..surgery import clone_linear, replace
+from ..surgery import target_layers as extract  # the lab's name for finding the target layers
+from ..training import TrainSettings, tokenize
 from . import checks as check
-from .api import fit, prepare_model
-from .inference import evaluate_model
-from .lora import LoRA
-from .lowrank import approximate, make_approximated_model_1, make_approximated_model_2
-from .models import DEFAULT_MODEL, load_tokenizer, num_trainable_parameters
-from .settings import LoraOptions
-from .surgery import clone_linear, extract, replace
-from .training import TrainSettings, tokenize
 
 __all__ = [
     "LoRA", "approximate", "check", "clone_linear", "evaluate", "extract", "make_approximated_model_1",
@@ -50,7 +51,7 @@ __all__ = [
 def _prepared(model, data, settings):
     import torch
 
-    from .data import class_names_of, load_data
+    from ..data import class_names_of, load_data
 
     settings = settings or TrainSettings()
     torch.manual_seed(settings.seed)  # the new head's (and adapters') initial weights
@@ -63,7 +64,7 @@ def _trained(method: str, model, data, settings, lora: LoraOptions | None = None
     tokenizer, tokenized, settings, labels = _prepared(model, data, settings)
     net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
     with tempfile.TemporaryDirectory(prefix="loralab-lab-") as work:  # checkpoints, logs: not kept
-        result = fit(net, method, tokenized, settings, work, tokenizer, lora=lora)
+        result = train_in_place(net, method, tokenized, settings, work, tokenizer, lora=lora)
     net.loralab_result = result  # eval accuracy after each epoch, training time: no second evaluation needed
     return net
 
@@ -91,7 +92,7 @@ def evaluate(model: nn.Module, data=None, model_name: str = DEFAULT_MODEL,
     """Accuracy on the eval split (the lab's `evaluate`, without the Trainer)."""
     from datasets import DatasetDict
 
-    from .data import load_data
+    from ..data import load_data
 
     settings = settings or TrainSettings()
     tokenizer = load_tokenizer(model_name)

@@ -11,14 +11,16 @@
 
 Each runs the lab's own test and stronger ones (exact counts on the lab's architecture,
 Eckart-Young optimality, the B = 0 identity, no d x d product formed, the replace test's
-restore), prints what passed, or what is wrong and its likely cause, and returns True or
-False. They need no hub and no data: models are built from configs (the lab's
-distilbert-base-uncased architecture, with random weights), and run in seconds.
+restore), prints what passed, or what is wrong and its likely cause, and returns it as a
+`CheckResult` (`passed`, `problems`; true when there are none). They need no hub and no
+data: models are built from configs (the lab's distilbert-base-uncased architecture, with
+random weights), and run in seconds.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -30,24 +32,43 @@ LAB_HEAD_PARAMETERS = 592_130
 LAB_QUERY_VALUE_PARAMETERS = 7_087_104
 
 
+@dataclass
+class CheckResult:
+    """A check's verdict as data: what passed and each problem found (what is wrong and its
+    likely cause). True when nothing failed, so ``assert check.lora(MyLoRA)`` reads as it says."""
+
+    task: str
+    passed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        verdict = "all checks passed" if not self.problems else f"{len(self.problems)} problem(s)"
+        lines = [f"{self.task}: {verdict}"] + [f"  ok: {p}" for p in self.passed]
+        return "\n".join(lines + [f"  PROBLEM: {f}" for f in self.problems])
+
+
 class _Report:
-    """Collects the lines of one check and prints them with its verdict."""
+    """Collects the findings of one check, then prints them and returns its `CheckResult`."""
 
     def __init__(self, task: str):
-        self.task, self.passed, self.failed = task, [], []
+        self.result = CheckResult(task)
 
     def ok(self, what: str) -> None:
-        self.passed.append(what)
+        self.result.passed.append(what)
 
     def fail(self, what: str) -> None:
-        self.failed.append(what)
+        self.result.problems.append(what)
 
-    def done(self) -> bool:
-        verdict = "all checks passed" if not self.failed else f"{len(self.failed)} problem(s)"
-        lines = [f"{self.task}: {verdict}"] + [f"  ok: {p}" for p in self.passed]
-        lines += [f"  PROBLEM: {f}" for f in self.failed]
-        print("\n".join(lines))
-        return not self.failed
+    @property
+    def failed(self) -> list[str]:
+        return self.result.problems
+
+    def done(self) -> CheckResult:
+        print(self.result)
+        return self.result
 
 
 def _run(report: _Report, what: str, fn: Callable, *args):
@@ -67,7 +88,7 @@ def lab_model(num_labels: int = 2) -> nn.Module:
     return DistilBertForSequenceClassification(DistilBertConfig(num_labels=num_labels)).eval()
 
 
-def num_trainable_parameters(fn: Callable[[nn.Module], int]) -> bool:
+def num_trainable_parameters(fn: Callable[[nn.Module], int]) -> CheckResult:
     """Task 1: the float-valued parameters that require gradients."""
     report = _Report("num_trainable_parameters")
     model = lab_model()
@@ -83,7 +104,7 @@ def num_trainable_parameters(fn: Callable[[nn.Module], int]) -> bool:
                         f"{LAB_PARAMETERS:,} in all")
         else:
             report.fail(f"got {got:,} for the lab's model, expected {LAB_PARAMETERS:,}")
-    from .surgery import freeze_all_but_head
+    from ..surgery import freeze_all_but_head
 
     got = _run(report, "num_trainable_parameters(head-tuned model)", fn, freeze_all_but_head(model))
     if got is not None:
@@ -97,9 +118,9 @@ def num_trainable_parameters(fn: Callable[[nn.Module], int]) -> bool:
     return report.done()
 
 
-def headtuned(model: nn.Module) -> bool:
+def headtuned(model: nn.Module) -> CheckResult:
     """Task 2: a head-tuned model has its encoder frozen and its head trained."""
-    from .surgery import head_modules, inside
+    from ..surgery import head_modules, inside
 
     report = _Report("head-tuned model")
     heads = head_modules(model)
@@ -119,7 +140,7 @@ def headtuned(model: nn.Module) -> bool:
     return report.done()
 
 
-def extract(fn: Callable[[nn.Module], dict]) -> bool:
+def extract(fn: Callable[[nn.Module], dict]) -> CheckResult:
     """Task 3: the query and value layers of the lab's model, by name."""
     report = _Report("extract")
     model = lab_model()
@@ -148,10 +169,10 @@ def extract(fn: Callable[[nn.Module], dict]) -> bool:
     return report.done()
 
 
-def replace(fn: Callable[[nn.Module, dict], nn.Module]) -> bool:
+def replace(fn: Callable[[nn.Module, dict], nn.Module]) -> CheckResult:
     """Task 4: replacing layers changes the model it is given, and the originals restore it."""
-    from .surgery import clone_linear
-    from .surgery import extract as find
+    from ..surgery import clone_linear
+    from ..surgery import target_layers as find
 
     report = _Report("replace")
     model = lab_model()
@@ -195,7 +216,7 @@ def replace(fn: Callable[[nn.Module, dict], nn.Module]) -> bool:
     return report.done()
 
 
-def approximate(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
+def approximate(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> CheckResult:
     """Task 5: the best rank-r approximation (truncated SVD)."""
     report = _Report("approximate")
     gen = torch.Generator().manual_seed(0)
@@ -232,7 +253,7 @@ def approximate(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
     return report.done()
 
 
-def lora(cls: type) -> bool:
+def lora(cls: type) -> CheckResult:
     """Task 8: the LoRA layer: frozen base, B = 0 identity, alpha / r scaling, standard-normal
     A, and no (in x out) product formed in the forward pass."""
     report = _Report("LoRA")

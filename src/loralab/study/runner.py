@@ -29,11 +29,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import LoralabError
+from ..fileio import write_json, write_text
 from .config import to_toml
-from .errors import LoralabError
-from .fileio import write_json, write_text
 from .plan import Context, Run, plan, resolved_precision, seeds_of  # noqa: F401 - Context and plan are the study's API too
-from .records import RESULT_NAME, Environment, Row, RunRecord, read_record
+from .records import RESULT_NAME, DataSummary, Environment, Row, RunRecord, read_record
 from .tasks import TASKS
 
 logger = logging.getLogger("loralab")
@@ -51,7 +51,7 @@ def _child(data_options: dict, out: str, quiet: bool, run: Run, threads: int = 0
     CPU threads for torch, when several children share the machine). `environ` is the
     parent's environment when the run started: a fork server's children would otherwise
     see the environment of the moment the server started."""
-    from .logs import setup_logging
+    from ..logs import setup_logging
 
     _die_with_parent()
     if environ is not None:
@@ -81,16 +81,14 @@ def _execute(ctx: Context, run: Run) -> RunRecord:
     import torch
 
     run_dir = ctx.out / run.name
-    settings = getattr(run.inputs, "settings", None)
-    seed = settings.seed if settings else getattr(run.inputs, "seed", 0)
-    torch.manual_seed(seed)
+    torch.manual_seed(run.inputs.seed)
     start = time.perf_counter()
-    out = TASKS[run.task](ctx, run_dir, run.inputs)
-    record = RunRecord(name=run.name, key=run.key, seconds=time.perf_counter() - start,
-                       finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       device=device_name(settings.device if settings else "cpu"), **out)
+    output = TASKS[run.task](ctx, run_dir, run.inputs)
+    record = RunRecord.of(output, name=run.name, key=run.key, seconds=time.perf_counter() - start,
+                          finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          device=device_name(run.inputs.device))
     for row in record.rows:
-        row.seed = seed if row.seed is None else row.seed
+        row.seed = run.inputs.seed if row.seed is None else row.seed
         row.run = run.name
     write_json(run_dir / RESULT_NAME, record.to_json())  # the completion marker: written last, atomically
     return record
@@ -187,27 +185,28 @@ def device_name(device: str) -> str:
     """What a run ran on, in words: the GPU's name, or "cpu" (a resumed study may mix them)."""
     import torch
 
-    from .models import pick_device
+    from ..models import pick_device
 
     picked = pick_device(device)
     return torch.cuda.get_device_name(picked) if picked.type == "cuda" else "cpu"
 
 
 def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) -> Environment:
+    from importlib.metadata import version
+
     import torch
     import transformers
 
-    from . import __version__
-    from .data import class_counts, class_names_of
+    from ..data import class_counts, class_names_of
 
     d = config["data"]
     return Environment(
         model=config["model"],
-        data={"train_rows": len(ctx.data["train"]), "eval_rows": len(ctx.data["eval"]),
-              "validation_rows": len(ctx.data["validation"]) if "validation" in ctx.data else 0,
-              "source": d["dir"] or os.environ.get("LORALAB_DATA") or "cache or download",
-              "train_files": d["train"], "eval_files": d["eval"]},
-        loralab=__version__, torch=torch.__version__, transformers=transformers.__version__,
+        data=DataSummary(train_rows=len(ctx.data["train"]), eval_rows=len(ctx.data["eval"]),
+                         validation_rows=len(ctx.data["validation"]) if "validation" in ctx.data else 0,
+                         source=d["dir"] or os.environ.get("LORALAB_DATA") or "cache or download",
+                         train_files=d["train"], eval_files=d["eval"]),
+        loralab=version("loralab"), torch=torch.__version__, transformers=transformers.__version__,
         python=platform.python_version(), device=device_name(config["device"]),
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
         precision=resolved_precision(config), seed=config["seed"],

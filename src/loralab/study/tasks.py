@@ -1,6 +1,7 @@
 """What each kind of run does: a function of the study's shared `Context`, the run's
-folder and its inputs (`loralab.plan`), returning the parts of its `RunRecord`. A task
-reads its settings from its inputs only, so every setting it reads is in the run's key.
+folder and its inputs (`loralab.study.plan`), returning its `RunOutput` (the results of
+its `RunRecord`). A task reads its settings from its inputs only, so every setting it
+reads is in the run's key.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 import multiprocessing
 import resource
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from .errors import LoralabError
+from ..errors import LoralabError
+from ..settings import TrainSettings
 from .plan import (
     BaselineInputs,
     Context,
@@ -24,8 +26,7 @@ from .plan import (
     SimilarityInputs,
     TrainInputs,
 )
-from .records import RESULT_NAME, Extracted, ReplaceTest, Row, read_record
-from .settings import TrainSettings
+from .records import RESULT_NAME, Extracted, ReplaceTest, Row, RunOutput, read_record
 
 
 def peak_rss_mb() -> float:
@@ -36,13 +37,15 @@ def _settings(ctx: Context, inputs) -> TrainSettings:
     return inputs.settings.replace(quiet=ctx.quiet)  # quiet changes no result: it is not in the key
 
 
-def task_baseline(ctx: Context, run_dir: Path, inputs: BaselineInputs) -> dict:
-    from .baselines import run_baseline
-    from .measure import PeakMemory
+def task_baseline(ctx: Context, run_dir: Path, inputs: BaselineInputs) -> RunOutput:
+    from ..baselines import run_baseline
+    from ..measure import PeakMemory
 
     with PeakMemory() as mem:
         result = run_baseline(inputs.method, ctx.data["train"], ctx.data["eval"], seed=inputs.seed)
-    return {"rows": [Row(inputs.method, **result, peak_memory_mb=mem.peak_mb)]}
+    return RunOutput([Row(inputs.method, trainable_params=result.trainable_params, eval_accuracy=result.eval_accuracy,
+                          eval_macro_f1=result.eval_macro_f1, train_seconds=result.train_seconds,
+                          peak_memory_mb=mem.peak_mb)])
 
 
 def chosen_learning_rate(ctx: Context, ref: Ref) -> float:
@@ -54,30 +57,26 @@ def chosen_learning_rate(ctx: Context, ref: Ref) -> float:
     return record.selection.learning_rate
 
 
-def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> dict:
-    from .api import train
+def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> RunOutput:
+    from ..api import train
 
     settings = _settings(ctx, inputs)
     if inputs.learning_rate_from:
         settings = settings.replace(learning_rate=chosen_learning_rate(ctx, inputs.learning_rate_from))
     info = train(method=inputs.method, out=run_dir / "model", model=inputs.model, settings=settings,
                  tokenized=ctx.tokenized(inputs.model, settings.max_length), lora=inputs.lora)
-    row = Row(inputs.method, inputs.lora.rank if inputs.lora else None,
-              **{k: info[k] for k in ("trainable_params", "eval_accuracy", "eval_macro_f1", "train_seconds",
-                                      "peak_memory_mb", "history", "precision", "learning_rate", "pooling",
-                                      "per_class", "confusion", "memory")},
-              chosen_on="validation" if inputs.learning_rate_from else None)
+    row = info.row(chosen_on="validation" if inputs.learning_rate_from else None)
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
         row.peak_memory_mb = max(row.peak_memory_mb, peak_rss_mb())
-    return {"rows": [row]}
+    return RunOutput([row])
 
 
-def task_select(ctx: Context, run_dir: Path, inputs: SelectInputs) -> dict:
+def task_select(ctx: Context, run_dir: Path, inputs: SelectInputs) -> RunOutput:
     """Choose a method's learning rate on the validation split (see `choose_learning_rate`).
     Its candidates' scratch lives beside the run folder, so a killed choice resumes."""
     import datasets
 
-    from .api import choose_learning_rate
+    from ..api import choose_learning_rate
 
     settings = _settings(ctx, inputs)
     tokenized = ctx.tokenized(inputs.model, settings.max_length)
@@ -88,17 +87,17 @@ def task_select(ctx: Context, run_dir: Path, inputs: SelectInputs) -> dict:
                                      lora=inputs.lora, tokenizer=ctx.tokenizer(inputs.model),
                                      work=ctx.out / f".{run_dir.name}.candidates", resume=True,
                                      metric=inputs.metric)
-    return {"selection": selection}
+    return RunOutput(selection=selection)
 
 
-def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> dict:
+def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> RunOutput:
     """The lab's step 4 on a freshly loaded fine-tuned model: random clones of the query and
     value layers give near-chance accuracy, the originals restore the predictions exactly."""
     import torch
 
-    from .inference import predict_logits
-    from .models import load_model
-    from .surgery import clone_linear, extract, replace
+    from ..inference import predict_logits
+    from ..models import load_model
+    from ..surgery import clone_linear, replace, target_layers
 
     settings = _settings(ctx, inputs)
     model = load_model(ctx.out / inputs.full.name / "model")
@@ -106,23 +105,23 @@ def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> dict:
     evals = ctx.tokenized(inputs.model, settings.max_length)["eval"]
     labels = np.asarray(evals["label"])
     original = predict_logits(model, evals, tokenizer, settings, "Replace test: original")
-    layers = extract(model)
+    layers = target_layers(model)
     torch.manual_seed(settings.seed)
     replace(model, {name: clone_linear(layer) for name, layer in layers.items()})
     scrambled = predict_logits(model, evals, tokenizer, settings, "Replace test: random clones")
     replace(model, layers)
     restored = predict_logits(model, evals, tokenizer, settings, "Replace test: restored")
     acc = lambda logits: float((logits.argmax(-1) == labels).mean())  # noqa: E731
-    return {"replace_test": ReplaceTest(
+    return RunOutput(replace_test=ReplaceTest(
         layers=len(layers), parameters=sum(p.numel() for layer in layers.values() for p in layer.parameters()),
         original_accuracy=acc(original), random_clones_accuracy=acc(scrambled), restored_accuracy=acc(restored),
         restored_predictions_identical=bool((original.argmax(-1) == restored.argmax(-1)).all()),
         restored_logits_identical=bool(np.array_equal(original, restored)),
-        majority_class_accuracy=float(np.bincount(labels).max() / len(labels)))}
+        majority_class_accuracy=float(np.bincount(labels).max() / len(labels))))
 
 
-def task_lowrank(ctx: Context, run_dir: Path, inputs: LowrankInputs) -> dict:
-    from .api import lowrank
+def task_lowrank(ctx: Context, run_dir: Path, inputs: LowrankInputs) -> RunOutput:
+    from ..api import lowrank
 
     settings = _settings(ctx, inputs)
     head = read_record(ctx.out / inputs.head.name / RESULT_NAME)  # finished before this run (`after`)
@@ -131,29 +130,29 @@ def task_lowrank(ctx: Context, run_dir: Path, inputs: LowrankInputs) -> dict:
                             tokenizer=ctx.tokenizer(inputs.model), settings=settings,
                             ranks=list(inputs.ranks) or None, sweep_points=inputs.points, targets=inputs.targets,
                             head_accuracy=head.rows[0].eval_accuracy)
-    return {"rows": rows, "lowrank": summary}
+    return RunOutput(rows, lowrank=summary)
 
 
-def task_similarity(ctx: Context, run_dir: Path, inputs: SimilarityInputs) -> dict:
-    from .adapters import load_adapter
-    from .lowrank import LowRankStudy
-    from .models import load_model
+def task_similarity(ctx: Context, run_dir: Path, inputs: SimilarityInputs) -> RunOutput:
+    from ..adapters import load_adapter
+    from ..lowrank import LowRankStudy
+    from ..models import load_model
 
     pretrained = load_model(inputs.model)
     study = LowRankStudy(pretrained, load_model(ctx.out / inputs.full.name / "model"), pretrained,
                          targets=inputs.targets)
     sims = {str(rank): study.lora_similarity(load_adapter(inputs.model, ctx.out / ref.name / "model"))
             for rank, ref in inputs.loras}
-    return {"similarity": sims}
+    return RunOutput(similarity=sims)
 
 
-def task_extract(ctx: Context, run_dir: Path, inputs: ExtractInputs) -> dict:
+def task_extract(ctx: Context, run_dir: Path, inputs: ExtractInputs) -> RunOutput:
     """Adapters extracted from the full fine-tune at each rank and energy (`loralab extract`),
     each saved in the run folder and evaluated on eval."""
-    from .adapters import WEIGHTS_NAME, class_names
-    from .extraction import extract_adapter, save_extraction
-    from .inference import evaluate_metrics
-    from .models import load_model
+    from ..adapters import WEIGHTS_NAME, class_names
+    from ..extraction import extract_adapter, save_extraction
+    from ..inference import evaluate_metrics
+    from ..models import load_model
 
     settings = _settings(ctx, inputs)
     full_dir = ctx.out / inputs.full.name / "model"
@@ -171,15 +170,14 @@ def task_extract(ctx: Context, run_dir: Path, inputs: ExtractInputs) -> dict:
             size = f"r = {rank}" if rank else f"energy {energy:g}"
             metrics = evaluate_metrics(result.model, evals, ctx.tokenizer(inputs.model), settings,
                                        f"Extracted {targets or 'query,value'} {size}")
-            rows.append(Row(method, rank, result.parameters, metrics["accuracy"], metrics["macro_f1"],
-                            energy=energy))
+            rows.append(Row(method, rank, result.parameters, metrics.accuracy, metrics.macro_f1, energy=energy))
             ranks = [m.rank for m in result.modules]
             extracted.append(Extracted(method, targets or "query,value", rank, energy, [min(ranks), max(ranks)],
                                        result.parameters, (run_dir / folder / WEIGHTS_NAME).stat().st_size,
                                        result.kept_share, result.seconds, folder))
-    return {"rows": rows, "extracted": extracted}
+    return RunOutput(rows, extracted=extracted)
 
 
-TASKS: dict[str, Callable] = {"baseline": task_baseline, "select": task_select, "train": task_train,
-                              "replace": task_replace, "lowrank": task_lowrank, "similarity": task_similarity,
-                              "extract": task_extract}
+TASKS: dict[str, Callable[[Context, Path, Any], RunOutput]] = {
+    "baseline": task_baseline, "select": task_select, "train": task_train, "replace": task_replace,
+    "lowrank": task_lowrank, "similarity": task_similarity, "extract": task_extract}

@@ -11,7 +11,10 @@ import os
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
+from typing import Union
 
+from ..methods import BASELINES
+from ..settings import TRAIN_METHODS, LoraOptions, TrainSettings
 from .records import (
     EXTRACT,
     LOWRANK,
@@ -22,7 +25,6 @@ from .records import (
     seed_suffix,
     select_run,
 )
-from .settings import TRAIN_METHODS, LoraOptions, TrainSettings
 
 # ---------------------------------------------------------------------------------------
 # Context: data and tokenizers, loaded once per process
@@ -45,7 +47,7 @@ class Context:
     def data(self):
         """train (as trained), eval and, with `data.validation`, a validation split."""
         if self._data is None:
-            from .data import load_configured
+            from ..data import load_configured
 
             self._data = load_configured(self.data_options)
         return self._data
@@ -53,27 +55,27 @@ class Context:
     @cached_property  # plan() reads it for every run: hash the splits once
     def data_key(self) -> str:
         """A hash of every split: a run that trains or evaluates is redone when it changes."""
-        from .data import data_digest
+        from ..data import data_digest
 
         return data_digest(self.data, sorted(self.data))
 
     @cached_property
     def choice_key(self) -> str:
         """A hash of the splits that choices are made on (train and validation, never eval)."""
-        from .data import data_digest
+        from ..data import data_digest
 
         return data_digest(self.data, [s for s in ("train", "validation") if s in self.data])
 
     def tokenizer(self, model: str):
         if model not in self._tokenizers:
-            from .models import load_tokenizer
+            from ..models import load_tokenizer
 
             self._tokenizers[model] = load_tokenizer(model)
         return self._tokenizers[model]
 
     def tokenized(self, model: str, max_length: int):
         if (model, max_length) not in self._tokenized:
-            from .training import tokenize
+            from ..training import tokenize
 
             self._tokenized[model, max_length] = tokenize(self.data, self.tokenizer(model), max_length)
         return self._tokenized[model, max_length]
@@ -91,15 +93,35 @@ class Ref:
     key: str
 
 
+class Inputs:
+    """What a run reads; `seed` and `device` are what the runner seeds and names for it.
+    Kinds that train or evaluate take both from their `settings` (`WithSettings`)."""
+
+    seed: int = 0
+    device: str = "cpu"
+
+
+class WithSettings(Inputs):
+    settings: TrainSettings
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+
 @dataclass(frozen=True)
-class BaselineInputs:
+class BaselineInputs(Inputs):
     method: str  # tfidf-lr or tfidf-nb
     data: str    # digest of the splits
-    seed: int
+    seed: int = 0
 
 
 @dataclass(frozen=True)
-class SelectInputs:
+class SelectInputs(WithSettings):
     method: str
     model: str
     data: str                     # digest of train and validation: eval chooses nothing
@@ -111,7 +133,7 @@ class SelectInputs:
 
 
 @dataclass(frozen=True)
-class TrainInputs:
+class TrainInputs(WithSettings):
     method: str
     model: str
     data: str
@@ -121,7 +143,7 @@ class TrainInputs:
 
 
 @dataclass(frozen=True)
-class ReplaceInputs:
+class ReplaceInputs(WithSettings):
     full: Ref
     model: str
     data: str
@@ -129,7 +151,7 @@ class ReplaceInputs:
 
 
 @dataclass(frozen=True)
-class LowrankInputs:
+class LowrankInputs(WithSettings):
     full: Ref
     head: Ref
     model: str
@@ -141,7 +163,7 @@ class LowrankInputs:
 
 
 @dataclass(frozen=True)
-class SimilarityInputs:
+class SimilarityInputs(Inputs):
     full: Ref
     loras: tuple[tuple[int, Ref], ...]  # (rank, adapter run)
     model: str
@@ -149,7 +171,7 @@ class SimilarityInputs:
 
 
 @dataclass(frozen=True)
-class ExtractInputs:
+class ExtractInputs(WithSettings):
     full: Ref
     model: str
     data: str
@@ -157,6 +179,10 @@ class ExtractInputs:
     targets: tuple[str, ...]           # "" (query and value) and/or "all-linear"
     ranks: tuple[int, ...]
     energies: tuple[float, ...]
+
+
+RunInputs = Union[BaselineInputs, SelectInputs, TrainInputs, ReplaceInputs, LowrankInputs, SimilarityInputs,
+                  ExtractInputs]
 
 
 @dataclass(frozen=True)
@@ -168,7 +194,7 @@ class Run:
 
     name: str
     task: str      # a name in TASKS
-    inputs: object
+    inputs: RunInputs
     isolate: bool = False  # train in a child process (honest peak memory)
 
     @property
@@ -200,8 +226,8 @@ def resolved_precision(config: dict) -> str:
     so a result computed in one precision is never reused where the other would be."""
     if config["precision"] != "auto":
         return config["precision"]
-    from .inference import resolve_precision
-    from .models import pick_device
+    from ..inference import resolve_precision
+    from ..models import pick_device
 
     return resolve_precision(TrainSettings(), pick_device(config["device"]))
 
@@ -236,7 +262,7 @@ def plan(config: dict, ctx: Context) -> list[Run]:
         sfx = seed_suffix(seed, bool(c["seeds"]))
         settings = {method: TrainSettings.from_config(c, method, seed=seed) for method in TRAIN_METHODS}
         if m["baselines"]:
-            for method in ("tfidf-lr", "tfidf-nb"):
+            for method in BASELINES:
                 runs.append(Run(method_run(method, suffix=sfx), "baseline", BaselineInputs(method, ctx.data_key, seed)))
         trained: dict[str, Ref] = {}
         for method in ("full", "head"):

@@ -13,8 +13,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .errors import LoralabError
-from .settings import (
+from ..errors import LoralabError
+from ..settings import (
     DEVICES,
     INITS,
     POOLINGS,

@@ -9,18 +9,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .fileio import atomic_path
+from ..fileio import atomic_path
+from ..methods import METHODS
 
-if TYPE_CHECKING:  # the report's type; plots only read its attributes
-    from .report import Summary
+if TYPE_CHECKING:  # the report's types; plots only read their attributes
+    from ..lowrank import LayerSpectrum
+    from .findings import Summary
 
-LABELS = {"tfidf-lr": "TF-IDF + logistic regression", "tfidf-nb": "TF-IDF + naive Bayes",
-          "full": "Full fine-tuning", "head": "Head-tuning", "approx1": "Approximated model 1",
-          "approx2": "Approximated model 2", "lora": "LoRA", "extract": "Extracted LoRA (query, value)",
-          "extract-all": "Extracted LoRA (all linear)"}
-COLORS = {"tfidf-lr": "#8c564b", "tfidf-nb": "#e377c2", "full": "#d62728", "head": "#7f7f7f",
-          "approx1": "#1f77b4", "approx2": "#17becf", "lora": "#2ca02c", "extract": "#ff7f0e",
-          "extract-all": "#9467bd"}
+LABELS = {name: m.label for name, m in METHODS.items()}
+COLORS = {name: m.color for name, m in METHODS.items()}
 
 
 def _plt():
@@ -174,7 +171,7 @@ def plot_confusion(summaries: list[Summary], labels: list[str], path: Path) -> b
     return True
 
 
-def plot_spectrum(spectrum: dict[str, dict], path: str | os.PathLike, title: str = "") -> None:
+def plot_spectrum(spectrum: dict[str, LayerSpectrum], path: str | os.PathLike, title: str = "") -> None:
     """Two panels: singular values of dW per layer (log y) and captured energy per rank."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -182,9 +179,9 @@ def plot_spectrum(spectrum: dict[str, dict], path: str | os.PathLike, title: str
     for i, (name, layer) in enumerate(spectrum.items()):
         color = cmap(i / max(1, len(spectrum) - 1))
         label = short_layer_name(name)
-        ranks = range(1, len(layer["singular_values"]) + 1)
-        ax1.plot(ranks, layer["singular_values"], color=color, lw=1, label=label)
-        ax2.plot(ranks, [100 * e for e in layer["energy"]], color=color, lw=1, label=label)
+        ranks = range(1, len(layer.singular_values) + 1)
+        ax1.plot(ranks, layer.singular_values, color=color, lw=1, label=label)
+        ax2.plot(ranks, [100 * e for e in layer.energy], color=color, lw=1, label=label)
     ax1.set(xscale="log", yscale="log", xlabel="index i of singular value (log)",
             ylabel="singular value s_i of dW (log)", title="Spectrum of dW = W_finetuned - W_pretrained")
     ax2.set(xscale="log", xlabel="rank r (log)", ylabel="||dW||_F^2 captured by top r (%)",

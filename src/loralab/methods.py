@@ -1,0 +1,60 @@
+"""The methods a study compares, in one table: the name results.json stores, the label
+tables and plots print, the plot colour, the run folder's prefix, and what the method
+trains. Plots, the report, the plan and the CLI read it; adding a method is one entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the study."""
+
+    name: str    # `Row.method` in results.json
+    label: str   # in tables, sentences and plot legends
+    color: str   # in plots
+    prefix: str  # run folders start with it: ``lora`` -> ``lora-r6``, ``full`` -> ``full-seed1``
+    kind: str    # baseline (no Transformer), trained, approximation (of a fine-tune), extracted
+    trains: str  # what it trains, in words
+
+    @property
+    def transformer(self) -> bool:
+        """A Transformer model (not a TF-IDF baseline)."""
+        return self.kind != "baseline"
+
+    def run(self, rank: int | None = None, suffix: str = "") -> str:
+        """The folder of one of its runs: ``full``, ``tfidf-lr``, ``lora-r6-seed1``."""
+        return (f"{self.prefix}-r{rank}" if self.name == "lora" else self.prefix) + suffix
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("tfidf-lr", "TF-IDF + logistic regression", "#8c564b", "tfidf-lr", "baseline",
+           "a logistic regression on TF-IDF features"),
+    Method("tfidf-nb", "TF-IDF + naive Bayes", "#e377c2", "tfidf-nb", "baseline",
+           "a multinomial naive Bayes on TF-IDF features"),
+    Method("full", "Full fine-tuning", "#d62728", "full", "trained", "every parameter"),
+    Method("head", "Head-tuning", "#7f7f7f", "head", "trained", "the classification head on a frozen encoder"),
+    Method("approx1", "Approximated model 1", "#1f77b4", "lowrank", "approximation",
+           "nothing: rank-r SVD of the fine-tuned query/value weights on the head-tuned model"),
+    Method("approx2", "Approximated model 2", "#17becf", "lowrank", "approximation",
+           "nothing: pretrained weights plus the rank-r SVD of the fine-tuning update"),
+    Method("lora", "LoRA", "#2ca02c", "lora", "trained", "low-rank adapters and the head"),
+    Method("extract", "Extracted LoRA (query, value)", "#ff7f0e", "extract", "extracted",
+           "nothing: the truncated SVD of full fine-tuning's query/value updates"),
+    Method("extract-all", "Extracted LoRA (all linear)", "#9467bd", "extract", "extracted",
+           "nothing: the truncated SVD of full fine-tuning's update of every linear layer"),
+)}
+
+TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, lora
+BASELINES = tuple(name for name, m in METHODS.items() if m.kind == "baseline")
+
+
+def method(name: str) -> Method:
+    """The table's entry for `name`; a method the table does not know gets its name as label."""
+    return METHODS.get(name) or Method(name, name, "grey", name, "trained", "")
+
+
+def label(name: str) -> str:
+    return method(name).label

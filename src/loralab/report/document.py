@@ -1,0 +1,404 @@
+"""The report as a document: its sections, sentences and tables, built from the
+`Findings` (numbers only) by `document`, and rendered to Markdown and HTML by
+`loralab.report.render`. Every table is a `Table`; every sentence states figures the
+findings hold.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Union
+
+from ..lowrank import LayerSpectrum
+from ..methods import label, method
+from ..study.records import Environment, Selection
+from .findings import Findings, Summary, _one
+from .plots import short_layer_name
+
+# The report's plots: file name -> title.
+PLOTS = {
+    "accuracy_vs_params.png": "Accuracy against trainable parameters",
+    "accuracy_vs_rank.png": "Accuracy against rank",
+    "training_curves.png": "Training loss and eval accuracy per epoch",
+    "spectrum.png": "Spectrum of the fine-tuning update dW",
+    "cost.png": "Training time and peak memory",
+    "confusion.png": "Confusion matrices of full fine-tuning and the best LoRA rank",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The document's parts
+
+
+@dataclass
+class Table:
+    """A table: a header, rows of cells (strings), and each column's alignment ("l" or "r";
+    empty: the renderer's default)."""
+
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    align: str = ""
+
+    def __post_init__(self):
+        if self.align and len(self.align) != len(self.header):
+            raise ValueError(f"align {self.align!r} does not give each of {len(self.header)} columns")
+
+    def add(self, row: list[str]) -> None:
+        if len(row) != len(self.header):
+            raise ValueError(f"a row of {len(row)} cells under {len(self.header)} columns: {row}")
+        self.rows.append(list(row))
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Image:
+    """A plot: its title and file, or no file where the runs it needs are missing."""
+
+    title: str
+    file: str | None
+
+
+Block = Union[str, Bullets, Table, Image]  # a str is a paragraph
+
+
+@dataclass
+class Section:
+    title: str | None
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    title: str
+    sections: list[Section]
+
+
+def table(header: list[str], rows, align: str = "") -> Table:
+    """A `Table` of `rows` (each checked against the header)."""
+    out = Table(list(header), align=align)
+    for row in rows:
+        out.add(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Formatting
+
+
+def pct(part, whole) -> str:
+    if part is None or not whole:
+        return "-"
+    return f"{100 * part / whole:.2f}%"
+
+
+def fmt(value, spec: str = ",", missing: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+
+
+def results_table(summaries: list[Summary]) -> Table:
+    """The results table of the summaries (see `aggregate`)."""
+    full = _one(summaries, "full")
+    full_params = full.trainable_params if full else None
+    full_acc = full.eval_accuracy if full else None
+    spread = any(s.seeds > 1 for s in summaries)
+    header = ["Method", "Trainable parameters", "% of full",
+              "Eval accuracy (median)" if spread else "Eval accuracy", *(["Min-max over seeds"] if spread else []),
+              "% of full accuracy", "Eval macro-F1 (median)" if spread else "Eval macro-F1",
+              *(["Min-max over seeds"] if spread else []), "Training time (s)", "Peak memory (MB)"]
+    rows = []
+    for s in summaries:
+        acc_spread, f1_spread = [], []
+        if spread:
+            several = s.seeds > 1
+            acc_spread = [f"{s.accuracy_min:.4f}-{s.accuracy_max:.4f} ({s.seeds} seeds)" if several else "one run"]
+            f1_spread = [f"{s.macro_f1_min:.4f}-{s.macro_f1_max:.4f}" if several and s.macro_f1_min is not None
+                         else "one run" if not several else "-"]
+        rows.append([s.label, fmt(s.trainable_params), pct(s.trainable_params, full_params),
+                     fmt(s.eval_accuracy, ".4f"), *acc_spread, pct(s.eval_accuracy, full_acc),
+                     fmt(s.macro_f1, ".4f"), *f1_spread, fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f")])
+    return table(header, rows)
+
+
+def per_class_table(f: Findings) -> Table | None:
+    trained = [s for s in f.summaries if s.row.per_class]
+    if not trained:
+        return None
+    return table(["method", *f.labels],
+                 ([s.label, *(fmt(s.row.per_class.get(name, {}).get("f1"), ".3f") for name in f.labels)]
+                  for s in trained), "l" + "r" * len(f.labels))
+
+
+def extraction_table(f: Findings) -> Table:
+    runs = {(r.method, r.rank, r.energy): r for r in f.runs if method(r.method).kind == "extracted"}
+    rows = []
+    for e in f.extracted:
+        row = runs.get((e.method, e.rank, e.energy))
+        rows.append([e.targets, f"r = {e.rank}" if e.rank else f"energy {e.energy:g}", f"{e.ranks[0]}-{e.ranks[1]}",
+                     f"{e.parameters:,}", f"{e.file_bytes / 1024:,.0f}", f"{100 * e.kept_share:.1f}%",
+                     f"{e.seconds:.1f}", fmt(row and row.eval_accuracy, ".4f"), fmt(row and row.eval_macro_f1, ".4f")])
+    return table(["targets", "size", "ranks given", "parameters", "file (KB)", "‖dW‖² kept", "extraction (s)",
+                  "eval accuracy", "eval macro-F1"], rows, "lllrrrrrr")
+
+
+def spectrum_table(spectrum: dict[str, LayerSpectrum]) -> Table:
+    return table(["layer", "shape", "rank for 50%", "90%", "99% of ‖dW‖²"],
+                 ([short_layer_name(n), "x".join(map(str, s.shape)), str(s.rank_50), str(s.rank_90), str(s.rank_99)]
+                  for n, s in spectrum.items()), "llrrr")
+
+
+def similarity_table(similarity: dict[str, dict[str, float]]) -> Table:
+    rows = []
+    for rank, sims in similarity.items():
+        values = list(sims.values())
+        rows.append([rank, f"{sum(values) / len(values):.3f}", f"{min(values):.3f}", f"{max(values):.3f}"])
+    return table(["rank", "mean similarity", "min", "max"], rows, "rrrr")
+
+
+def time_table(f: Findings) -> Table:
+    if len({t.device for t in f.times}) > 1:  # a study resumed on another machine: say which run ran where
+        return table(["run", "wall time (s)", "device"],
+                     ([t.name, f"{t.seconds:,.0f}", t.device or "not recorded"] for t in f.times), "lrl")
+    return table(["run", "wall time (s)"], ([t.name, f"{t.seconds:,.0f}"] for t in f.times), "lr")
+
+
+def memory_table(summaries: list[Summary]) -> Table | None:
+    """Each trained run's resident memory after each epoch's evaluation, its change from the
+    first epoch to the last, and its peak (from the run's `memory` record); None when no run
+    recorded it."""
+    trained = [s for s in summaries if s.row.memory]
+    if not trained:
+        return None
+    epochs = max(len(s.row.memory) for s in trained)
+    rows = []
+    for s in trained:
+        rss = [m.get("rss_mb") for m in s.row.memory]
+        first, last = rss[0], rss[-1]
+        change = f"{100 * (last / first - 1):+.0f}%" if first and last and len(rss) > 1 else "-"
+        cells = [fmt(v, ",.0f") for v in rss] + ["-"] * (epochs - len(rss))
+        peak = max((m["peak_rss_mb"] for m in s.row.memory if m.get("peak_rss_mb")), default=None)
+        rows.append([s.label, *cells, change, fmt(peak, ",.0f")])
+    return table(["method", *(f"after epoch {e}" for e in range(1, epochs + 1)), "last against first", "peak"],
+                 rows, "l" + "r" * (epochs + 2))
+
+
+# ---------------------------------------------------------------------------------------
+# Sentences
+
+
+def selection_lines(selections: list[Selection], unit: str = "reviews") -> list[str]:
+    """What the validation split chose, one sentence per method."""
+    out = []
+    for sel in selections:
+        scores = sel.validation_macro_f1 if sel.metric == "macro_f1" else sel.validation_accuracy
+        tried = ", ".join(f"{float(lr):g}: {acc:.4f}" for lr, acc in scores.items())
+        rank = f" (at r = {sel.rank}, used at every rank)" if sel.rank else ""
+        out.append(f"{label(sel.method)}{rank}: learning rate {sel.learning_rate:g}, "
+                   f"chosen on the validation split ({sel.validation_rows} {unit} held out of train, "
+                   f"{sel.train_rows} trained on, {sel.epochs:g} epochs, {sel.pooling} pooling); "
+                   f"validation {sel.metric.replace('_', '-')} per learning rate: {tried}.")
+    return out
+
+
+def answers(f: Findings) -> list[str]:
+    """The lab's questions, answered in sentences from the findings."""
+    out = []
+    full, head = f.full, f.head
+    if full and head:
+        loss = f.head_points_below_full
+        out.append(f"Head-tuning trains {head.trainable_params:,} parameters "
+                   f"({pct(head.trainable_params, full.trainable_params)} of full fine-tuning) and "
+                   f"reaches {head.eval_accuracy:.4f} eval accuracy, {abs(loss):.1f} points "
+                   f"{'below' if loss >= 0 else 'above'} full fine-tuning ({full.eval_accuracy:.4f}).")
+    else:
+        out.append(f"Head-tuning against full fine-tuning: {_missing(full=full, head=head)}.")
+
+    for approach in (1, 2):
+        name = f"approximated model {approach}"
+        sweep = f.sweeps.get(approach)
+        if not sweep or not f.lowrank:
+            out.append(f"The lowest rank at which {name} beats head-tuning: the sweep is missing.")
+            continue
+        lowest = f.lowest_rank_above_head[approach]
+        ranks = ", ".join(str(s.rank) for s in sweep)
+        if lowest is None:
+            out.append(f"No rank of {name} (ranks {ranks}) beats the head-tuned model "
+                       f"({f.lowrank.headtuned_accuracy:.4f}).")
+        else:
+            acc = next(s.eval_accuracy for s in sweep if s.rank == lowest)
+            out.append(f"The lowest rank at which {name} still beats the head-tuned model "
+                       f"({f.lowrank.headtuned_accuracy:.4f}) is r = {lowest} ({acc:.4f}); ranks tried: {ranks}.")
+
+    lora6 = f.lora6
+    if lora6 and full:
+        out.append(f"LoRA with r = 6 trains {lora6.trainable_params:,} parameters, "
+                   f"{pct(lora6.trainable_params, full.trainable_params)} of full fine-tuning's "
+                   f"{full.trainable_params:,}, and reaches {lora6.eval_accuracy:.4f} eval accuracy, "
+                   f"{pct(lora6.eval_accuracy, full.eval_accuracy)} of full fine-tuning's "
+                   f"{full.eval_accuracy:.4f}.")
+    else:
+        out.append(f"LoRA r = 6 against full fine-tuning: {_missing(**{'LoRA r=6': lora6, 'full': full})}.")
+
+    if f.baselines:
+        parts = [f"{b.label} reaches {b.eval_accuracy:.4f} in {b.train_seconds:.2f} s" for b in f.baselines]
+        sentence = "; ".join(parts) + "."
+        best = f.best_transformer
+        if best and best.train_seconds:
+            sentence += (f" The best Transformer model, {best.label}, reaches {best.eval_accuracy:.4f} "
+                         f"({(best.eval_accuracy - max(b.eval_accuracy for b in f.baselines)) * 100:+.1f} "
+                         f"points against the better baseline) after {best.train_seconds:,.0f} s of training, "
+                         f"{best.train_seconds / max(b.train_seconds for b in f.baselines):,.0f} times longer.")
+        out.append(sentence)
+    else:
+        out.append("TF-IDF baselines: missing.")
+    trained = [s for s in f.summaries if s.method in ("full", "head", "lora")]
+    if trained and f.majority_class:
+        name, share = f.majority_class
+        below = [s.label for s in trained if s.eval_accuracy <= share]
+        low = min(trained, key=lambda s: s.eval_accuracy)
+        out.append(f"Every trained Transformer model is above the majority class ({name}, {share:.4f}); the lowest, "
+                   f"{low.label}, reaches {low.eval_accuracy:.4f}." if not below else
+                   f"At or below the majority class ({name}, {share:.4f}), so no better than always predicting "
+                   f"it: {', '.join(below)}.")
+    return out
+
+
+def extraction_lines(f: Findings) -> list[str]:
+    """What extraction gives against trained LoRA and full fine-tuning, from the numbers."""
+    extracted = [s for s in f.summaries if method(s.method).kind == "extracted"]
+    if not extracted or not f.full:
+        return []
+    out = []
+    near = [s for s in extracted if s.eval_accuracy >= f.full.eval_accuracy - 0.01]
+    if near:
+        best = min(near, key=lambda s: s.trainable_params)
+        out.append(f"The smallest extracted adapter within 1 point of full fine-tuning ({f.full.eval_accuracy:.4f}) "
+                   f"is {best.label}: {best.trainable_params:,} parameters "
+                   f"({pct(best.trainable_params, f.full.trainable_params)} of the model), {best.eval_accuracy:.4f}.")
+    else:
+        top = max(extracted, key=lambda s: s.eval_accuracy)
+        out.append(f"No extracted adapter comes within 1 point of full fine-tuning ({f.full.eval_accuracy:.4f}); "
+                   f"the best, {top.label} ({top.trainable_params:,} parameters), reaches {top.eval_accuracy:.4f}.")
+    pairs = [(e, t) for e in extracted if e.method == "extract" and e.rank is not None
+             for t in [_one(f.summaries, "lora", e.rank)] if t]
+    if pairs:
+        diffs = [100 * (t.eval_accuracy - e.eval_accuracy) for e, t in pairs]
+        wins = sum(d > 0 for d in diffs)
+        detail = "; ".join(f"r = {e.rank}: trained {t.eval_accuracy:.4f} ({t.trainable_params:,} parameters), "
+                           f"extracted {e.eval_accuracy:.4f} ({e.trainable_params:,})" for e, t in pairs)
+        verdict = ("trained LoRA is the better adapter" if wins > len(pairs) / 2 else
+                   "the extracted adapter is the better one" if wins < len(pairs) / 2 else "neither is better")
+        out.append(f"At equal size (the same rank on the query and value layers), {verdict}: trained LoRA is more "
+                   f"accurate at {wins} of {len(pairs)} ranks, by {statistics.mean(diffs):+.1f} points on average "
+                   f"({detail}).")
+    return out
+
+
+def _missing(**runs) -> str:
+    absent = [name for name, run in runs.items() if run is None]
+    return f"missing ({', '.join(absent)} not run)"
+
+
+def footer(env: Environment | None, unit: str = "reviews") -> list[str]:
+    if not env:
+        return ["Environment: environment.json is missing."]
+    d = env.data
+    files = ", ".join(d.train_files or []) or d.source or "?"
+    return [f"Model: {env.model}",
+            f"Data: {files} ({d.train_rows} training, {d.eval_rows} eval {unit}"
+            + (f", {d.validation_rows} validation {unit} held out of train)" if d.validation_rows else ")"),
+            f"loralab {env.loralab}, torch {env.torch}, transformers {env.transformers}, Python {env.python}",
+            f"Device: {env.device} ({env.threads} threads), precision {env.precision}, "
+            f"seeds {', '.join(map(str, env.seeds or [env.seed]))}, profile {env.profile}, pooling {env.pooling}",
+            f"Total time of the last `loralab run`: {fmt(env.total_seconds, ',.0f')} s"
+            + (f" (it skipped {n} runs finished by an earlier one)" if (n := env.skipped_runs) else "")]
+
+
+# ---------------------------------------------------------------------------------------
+# The document
+
+
+def document(f: Findings, plots: dict[str, bool]) -> Document:
+    """The report of the findings `f`; `plots` says which plot files were made."""
+    intro = Section(None, [f"Accuracy against trainable parameters on {f.task}. Every figure below is computed "
+                           "from `results.json`."])
+    questions = Section("The lab's questions", [Bullets(answers(f))])
+    if f.seeds > 1:
+        questions.blocks.append(f"Methods run with several seeds (up to {f.seeds}) are shown by their median eval "
+                                "accuracy, with the min-max spread in the table; every run is in results.json.")
+    sections = [intro, questions]
+    if f.selections:
+        sections.append(Section("Choices made on the validation split", [
+            "The eval split was not used to choose anything; it only measures the final runs.",
+            Bullets(selection_lines(f.selections, f.unit))]))
+    results = Section("Results", [results_table(f.summaries)])
+    if any(method(s.method).kind == "approximation" for s in f.summaries):
+        results.blocks.append("Approximated models train nothing: their parameter count is what storing their change "
+                              "costs (rank-r factors of each query/value layer plus the head); their training cost is "
+                              "that of full fine-tuning plus head-tuning.")
+    results.blocks.append("Macro-F1 is the unweighted mean of the classes' F1.")
+    if f.majority_class:
+        name, share = f.majority_class
+        results.blocks.append(f"Always predicting the eval split's largest class ({name}) would score {share:.4f} "
+                              "accuracy.")
+    sections.append(results)
+    if (per_class := per_class_table(f)) is not None:
+        sections.append(Section("F1 per class", [
+            "Of each trained model (the run closest to the median where several seeds ran), on the eval split.",
+            per_class]))
+    if f.replace_test:
+        t = f.replace_test
+        sections.append(Section("The replace test", [
+            f"Replacing the {t.layers} query and value layers ({t.parameters:,} parameters) of the "
+            f"fine-tuned model with random clones takes its accuracy from {t.original_accuracy:.4f} to "
+            f"{t.random_clones_accuracy:.4f} (majority class: {t.majority_class_accuracy:.4f}); putting "
+            f"the originals back gives {t.restored_accuracy:.4f}, with "
+            f"{'identical' if t.restored_logits_identical else 'different'} logits."]))
+    if f.extracted:
+        sections.append(Section("Adapters extracted from full fine-tuning", [
+            "`loralab extract`: each layer's fine-tuning update dW factored by truncated SVD into a LoRA "
+            "adapter (alpha = rank), with the change of its bias, the head and the changed layer norms saved "
+            "whole; sized by one rank for every layer or by the share of each layer's ‖dW‖² to keep. "
+            "Extracted from the first seed's full fine-tuning.",
+            Bullets(extraction_lines(f)), extraction_table(f)]))
+    if f.spectrum:
+        sections.append(Section("Is the fine-tuning update low-rank?", [spectrum_table(f.spectrum)]))
+    if f.similarity:
+        sections.append(Section("LoRA against the fine-tuning update", [
+            "Subspace similarity (Hu et al. 2021, section 7) between the top-r output directions of each "
+            "LoRA update and of dW: 1 means the same subspace, r/d is what random directions give.",
+            similarity_table(f.similarity)]))
+    if f.times:
+        total = sum(t.seconds for t in f.times)
+        busy = f.busy_seconds
+        overlap = (f" Some ran side by side (`--jobs`): the study was busy for {busy:,.0f} s "
+                   f"({_duration(busy)}) of wall time." if busy is not None and busy < total - 1 else "")
+        sections.append(Section("Time per run", [
+            "Wall time of each run: loading, training and evaluation. A run finished by an earlier, "
+            f"interrupted `loralab run` keeps the time it took then. In all: {total:,.0f} s "
+            f"({_duration(total)}).{overlap}", time_table(f)]))
+    if (memory := memory_table(f.summaries)) is not None:
+        sections.append(Section("Memory over the epochs", [
+            "Resident memory (MB) of each trained run's process after each epoch's evaluation, and its "
+            "peak (the run closest to the median where several seeds ran). Memory that climbs from "
+            "epoch to epoch is memory kept per step.", memory]))
+    sections.append(Section("Plots", [Image(title, name if plots.get(name) else None)
+                                      for name, title in PLOTS.items()]))
+    sections.append(Section("Environment", [Bullets(footer(f.environment, f.unit))]))
+    return Document("loralab study report", sections)

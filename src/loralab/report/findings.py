@@ -1,0 +1,263 @@
+"""The findings of a study: every number its report states, computed from the files of
+the output folder (`build`) and typed. The document (`loralab.report.document`) turns them
+into sections, sentences and tables; a run that is missing is said to be missing, never
+estimated.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from ..errors import LoralabError
+from ..lowrank import LayerSpectrum, read_spectrum
+from ..methods import label, method
+from ..settings import BINARY_NAMES
+from ..study.records import (
+    ANALYSES,
+    EXTRACT,
+    LOWRANK,
+    REPLACE_TEST,
+    RESULT_NAME,
+    SELECT_PREFIX,
+    SIMILARITY,
+    DataSummary,
+    Environment,
+    Extracted,
+    LowrankSummary,
+    ReplaceTest,
+    Row,
+    RunRecord,
+    Selection,
+    load_json,
+    read_rows,
+)
+
+
+@dataclass
+class Summary:
+    """One method at one rank, over its seeds: the median accuracy, time and memory, the
+    accuracy's min-max, and the run closest to the median (whose history is shown)."""
+
+    row: Row
+    eval_accuracy: float | None
+    accuracy_min: float | None = None
+    accuracy_max: float | None = None
+    seeds: int = 1
+    train_seconds: float | None = None
+    peak_memory_mb: float | None = None
+    macro_f1: float | None = None       # median over seeds
+    macro_f1_min: float | None = None
+    macro_f1_max: float | None = None
+
+    @property
+    def method(self) -> str:
+        return self.row.method
+
+    @property
+    def rank(self) -> int | None:
+        return self.row.rank
+
+    @property
+    def energy(self) -> float | None:
+        return self.row.energy
+
+    @property
+    def size(self) -> str:
+        """``r=4``, ``e=0.9`` (an extracted adapter sized by energy) or nothing."""
+        return f"r={self.rank}" if self.rank is not None else f"e={self.energy:g}" if self.energy is not None else ""
+
+    @property
+    def trainable_params(self) -> int | None:
+        return self.row.trainable_params
+
+    @property
+    def history(self) -> list[dict]:
+        return self.row.history
+
+    @property
+    def label(self) -> str:
+        name = label(self.method)
+        return f"{name} {self.size}" if self.size else name
+
+
+def aggregate(rows: list[Row]) -> list[Summary]:
+    """One summary per method and rank (or energy), in the order the rows first name them."""
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.method, r.rank, r.energy), []).append(r)
+    out = []
+    for runs in groups.values():
+        accs = [r.eval_accuracy for r in runs if r.eval_accuracy is not None]
+        if len(runs) == 1 or not accs:
+            first = runs[0]
+            out.append(Summary(first, first.eval_accuracy, seeds=len(runs), train_seconds=first.train_seconds,
+                               peak_memory_mb=first.peak_memory_mb, macro_f1=first.eval_macro_f1))
+            continue
+        mid = statistics.median(accs)
+        middle = min(runs, key=lambda r: abs((r.eval_accuracy if r.eval_accuracy is not None else 9) - mid))
+
+        def median_of(key):
+            values = [getattr(r, key) for r in runs if getattr(r, key) is not None]
+            return statistics.median(values) if values else None
+
+        f1s = [r.eval_macro_f1 for r in runs if r.eval_macro_f1 is not None]
+        out.append(Summary(middle, mid, min(accs), max(accs), len(runs), median_of("train_seconds"),
+                           median_of("peak_memory_mb"), median_of("eval_macro_f1"),
+                           min(f1s, default=None), max(f1s, default=None)))
+    return out
+
+
+class RunTime(NamedTuple):
+    """How long a finished run took, when it finished and on what."""
+
+    name: str
+    seconds: float
+    finished: str  # ISO time, "" where unknown
+    device: str    # "" where unknown
+
+
+@dataclass
+class Findings:
+    """Everything the report says, as numbers: computed from a study's folder by `build`,
+    rendered to Markdown, HTML and plots by `write_report`."""
+
+    runs: list[Row]                  # every row of results.json
+    summaries: list[Summary]         # one per method and rank (medians over seeds)
+    full: Summary | None
+    head: Summary | None
+    lora6: Summary | None
+    head_points_below_full: float | None  # (full - head) eval accuracy, in points
+    sweeps: dict[int, list[Summary]]       # approach (1, 2) -> its sweep, as run
+    lowest_rank_above_head: dict[int, int | None]  # per approach whose sweep finished
+    baselines: list[Summary]
+    best_transformer: Summary | None
+    selections: list[Selection]
+    replace_test: ReplaceTest | None
+    lowrank: LowrankSummary | None
+    similarity: dict[str, dict[str, float]] | None
+    spectrum: dict[str, LayerSpectrum] | None
+    times: list[RunTime]
+    busy_seconds: float | None
+    environment: Environment | None
+    labels: list[str]                      # the classes, in order
+    majority_class: tuple[str, float] | None  # the eval split's largest class and its share (what always
+                                           # predicting it scores)
+    best_lora: Summary | None              # the LoRA rank with the best eval accuracy
+    extracted: list[Extracted]             # adapters extracted from full fine-tuning (the first seed's)
+
+    @property
+    def seeds(self) -> int:
+        return max((s.seeds for s in self.summaries), default=1)
+
+    @property
+    def sentiment(self) -> bool:
+        """The binary sentiment task (IMDB's), whose report speaks of reviews."""
+        return tuple(self.labels) == BINARY_NAMES
+
+    @property
+    def unit(self) -> str:
+        return "reviews" if self.sentiment else "rows"
+
+    @property
+    def task(self) -> str:
+        if self.sentiment:
+            return "IMDB sentiment classification"
+        return f"{data_name(self.environment)} ({len(self.labels)} classes: {', '.join(self.labels)})"
+
+
+def _one(summaries: list[Summary], method: str, rank=None) -> Summary | None:
+    return next((s for s in summaries if s.method == method and (rank is None or s.rank == rank)), None)
+
+
+def _record(path: Path) -> RunRecord | None:
+    data = load_json(path)
+    return RunRecord.from_json(data, str(path)) if data is not None else None
+
+
+def run_times(out_dir: Path, runs: list[Row]) -> list[RunTime]:
+    """Each finished run of this study, in the order they finished, from the run folders'
+    result.json (folders of runs no longer in results.json are left out)."""
+    names = {r.run for r in runs} | set(ANALYSES)
+    found = []
+    for path in out_dir.glob("*/" + RESULT_NAME):
+        name = path.parent.name
+        if (name in names or name.startswith(SELECT_PREFIX)) and (record := _record(path)):
+            found.append(RunTime(name, record.seconds, record.finished or "", record.device or ""))
+    return sorted(found, key=lambda t: (t.finished, t.name))
+
+
+def busy_seconds(times: list[RunTime]) -> float | None:
+    """Wall time during which at least one run was going: the union of the runs' intervals
+    (runs side by side under `--jobs` overlap, so their times add up to more). None when a
+    run's finishing time is unknown."""
+    import datetime as dt
+
+    if not times or any(not t.finished for t in times):
+        return None
+    spans = sorted((end - t.seconds, end) for t in times for end in [dt.datetime.fromisoformat(t.finished).timestamp()])
+    busy, (start, stop) = 0.0, spans[0]
+    for a, b in spans[1:]:
+        if a > stop:
+            busy, start, stop = busy + stop - start, a, b
+        else:
+            stop = max(stop, b)
+    return busy + stop - start
+
+
+def data_name(env: Environment | None) -> str:
+    """What the study's data is called: its training file's folder (``sst5``), else its name."""
+    d = env.data if env else DataSummary()
+    first = (d.train_files or [d.source or "the data"])[0]
+    path = Path(first)
+    return path.parent.name or path.stem if path.suffix else path.name or str(first)
+
+
+def majority_class(env: Environment | None, labels: list[str]) -> tuple[str, float] | None:
+    counts = env.class_counts.get("eval") if env else None
+    if not counts or not sum(counts):
+        return None
+    top = max(range(len(counts)), key=counts.__getitem__)
+    return labels[top], counts[top] / sum(counts)
+
+
+def build(out_dir: str | os.PathLike) -> Findings:
+    """The findings of the study in `out_dir`, from its files."""
+    out_dir = Path(out_dir)
+    runs = read_rows(out_dir / "results.json")
+    if runs is None:
+        raise LoralabError(f"{out_dir}: no results.json; run `loralab run --out {out_dir}` first.")
+    summaries = aggregate(runs)
+    full, head = _one(summaries, "full"), _one(summaries, "head")
+    records = {name: _record(out_dir / name / RESULT_NAME) for name in ANALYSES}
+    lowrank = records[LOWRANK].lowrank if records[LOWRANK] else None
+    sweeps = {a: [s for s in summaries if s.method == f"approx{a}"] for a in (1, 2)}
+    sweeps = {a: sweep for a, sweep in sweeps.items() if sweep}
+    selections = [record.selection for p in sorted(out_dir.glob(SELECT_PREFIX + "*/" + RESULT_NAME))
+                  if (record := _record(p)) and record.selection]
+    baselines = [s for s in summaries if not method(s.method).transformer]
+    times = run_times(out_dir, runs)
+    env_json = load_json(out_dir / "environment.json")
+    env = Environment.from_json(env_json, str(out_dir / "environment.json")) if env_json is not None else None
+    labels = list((env.labels if env else None) or BINARY_NAMES)
+    spectrum_json = load_json(out_dir / LOWRANK / "spectrum.json")
+    return Findings(
+        runs=runs, summaries=summaries, full=full, head=head, lora6=_one(summaries, "lora", 6),
+        head_points_below_full=(full.eval_accuracy - head.eval_accuracy) * 100 if full and head else None,
+        sweeps=sweeps,
+        lowest_rank_above_head={a: lowrank.lowest_rank_above_head.get(a) for a in sweeps} if lowrank else {},
+        baselines=baselines,
+        best_transformer=max((s for s in summaries if method(s.method).transformer),
+                             key=lambda s: s.eval_accuracy, default=None) if baselines else None,
+        selections=selections,
+        replace_test=records[REPLACE_TEST].replace_test if records[REPLACE_TEST] else None,
+        lowrank=lowrank,
+        similarity=records[SIMILARITY].similarity if records[SIMILARITY] else None,
+        spectrum=read_spectrum(spectrum_json) if spectrum_json is not None else None,
+        times=times, busy_seconds=busy_seconds(times), environment=env, labels=labels,
+        majority_class=majority_class(env, labels),
+        best_lora=max((s for s in summaries if s.method == "lora"), key=lambda s: s.eval_accuracy, default=None),
+        extracted=(records[EXTRACT].extracted or []) if records[EXTRACT] else [])
