@@ -1,13 +1,13 @@
 # Two entry points, both creating or reusing .venv/ at the repository root:
 #   make run   - install everything and run the main job (loralab run)
-#   make test  - install everything and run the test suite
+#   make test  - install everything and run the test suite's fast tier (make test-slow: the rest)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 
-.PHONY: setup run test quick notebook clean
+.PHONY: setup run test test-slow test-all quick notebook clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,15 @@ quick: $(STAMP)
 notebook: $(STAMP)
 	$(BIN)/jupyter execute examples/lab.ipynb --output=lab.executed --timeout=-1
 
+# The fast tier: what a newcomer runs (a few minutes on 2 cores).
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10
+
+# The slow tier: the notebook, benchmark smokes, 100k-row, kill and multi-process tests.
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10 -m slow
+
+test-all: test test-slow
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

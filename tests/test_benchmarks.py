@@ -15,6 +15,7 @@ SCRIPTS = {"attention": "ratio", "lora_train": "ratio", "inference": "ratio", "m
            "precision": "ratio"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_benchmark_smoke(name, tiny_model_dir, synthetic_data_dir):
     """On the synthetic reviews: the figures are the point of a full run, not of this one."""

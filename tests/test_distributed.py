@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import free_port
 
 
+@pytest.mark.slow
 def test_two_processes_finish_and_write_once(tmp_path, tiny_model_dir, synthetic_data):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

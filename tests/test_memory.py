@@ -45,6 +45,7 @@ print(json.dumps(result.memory))
 """
 
 
+@pytest.mark.slow
 def test_resident_memory_does_not_grow_with_steps():
     """RSS after the last epoch within 10% of RSS after the first, measured in a child
     process (a fresh allocator) on batches of many distinct lengths."""

@@ -2,6 +2,7 @@
 setting, offline, as `make notebook` does; any cell that raises fails the test."""
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import LAB_DATA, ROOT, needs_lab_data
@@ -30,6 +31,7 @@ def _texts(nb) -> str:
 
 
 @needs_lab_data
+@pytest.mark.slow
 def test_the_lab_notebook_runs_top_to_bottom_in_its_quick_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("LORALAB_DATA", str(LAB_DATA))  # the kernel inherits this environment
     monkeypatch.setenv("LORALAB_LAB_SIZE", "quick")

@@ -23,6 +23,7 @@ def train_cmd(model_dir, out, *extra):
             "--save-steps", "4", "--out", str(out), "--quiet", *extra]
 
 
+@pytest.mark.slow
 def test_train_resume_after_sigkill_matches_uninterrupted(tmp_path, tiny_model_dir, synthetic_data):
     subprocess.run(train_cmd(tiny_model_dir, tmp_path / "whole"), check=True, capture_output=True)
     whole = json.loads((tmp_path / "whole" / "loralab.json").read_text())
@@ -305,6 +306,7 @@ print(json.dumps({"rows": len(tokenized["train"]),
 """
 
 
+@pytest.mark.slow
 def test_100k_reviews_load_and_tokenize_in_bounded_memory(tmp_path, tiny_model_dir):
     import random
 
@@ -341,6 +343,7 @@ def test_seed_changes_results_and_is_recorded(tmp_path, tiny_model_dir, run_cli,
     assert first["history"] != other["history"]          # another seed: different
 
 
+@pytest.mark.slow
 def test_predict_streams_100k_reviews_in_bounded_memory(tmp_path, tiny_model_dir, synthetic_data):
     from loralab.cli import main
 

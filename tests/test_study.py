@@ -183,6 +183,7 @@ def test_config_paths_cannot_escape_the_output_folder(tmp_path, path):
     assert load_config(None, report_dir="report")["report_dir"] == "report"
 
 
+@pytest.mark.slow
 def test_sigkill_during_lora_then_resume(tmp_path, tiny_study_config, finished):
     _, rows, _ = finished
     out = tmp_path / "killed"
@@ -256,6 +257,7 @@ def _processes_in_session(sid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_process_behind(tmp_path, tiny_study_config):
     """Runs train in processes forked from a fork server: killing `loralab run` alone
     (SIGKILL, no clean-up) must still end the server and the run it started."""
