@@ -77,3 +77,35 @@ def test_data_command_on_lab_sample(run_cli):
     assert code == 0
     assert "train: 2000 rows (960 negative, 1040 positive)" in out  # the lab sample's counts, as before
     assert "eval: 500 rows (263 negative, 237 positive)" in out
+
+
+def test_version_and_debug_before_or_after_the_command(tmp_path, capsys):
+    from importlib.metadata import version
+
+    from loralab.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"loralab {version('loralab')}"
+    args = ["--data", folder_with(tmp_path, b"review,label\nx,1\ny,1\n")]
+    for argv in (["--debug", "data", *args], ["data", *args, "--debug"]):  # a traceback for --debug, wherever
+        with pytest.raises(Exception, match="every row has the label 'positive'"):
+            main([str(a) for a in argv])
+    assert main(["data", *map(str, args)]) == 2  # without it: the message and exit code 2
+
+
+def test_an_os_error_is_one_message_naming_the_file(tmp_path, run_cli):
+    from test_report import hand_made
+
+    study = hand_made(tmp_path)
+    code, _, err = run_cli("report", study, "--report-dir", "/proc/loralab-cannot-write-here")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith("loralab: error: /proc/loralab-cannot-write-here") and err.count("\n") == 1, err
+
+
+def test_predict_dash_reads_the_texts_from_stdin(tmp_path, tiny_model_dir):
+    proc = subprocess.run([sys.executable, "-m", "loralab.cli", "predict", str(tiny_model_dir), "-", "--quiet"],
+                          input="a fine film\na dull film\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive") for line in lines)

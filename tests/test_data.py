@@ -1,6 +1,7 @@
 import http.server
 import io
 import json
+import re
 import tarfile
 import threading
 from pathlib import Path
@@ -208,3 +209,63 @@ def test_download_rebuilds_the_sample_from_a_local_server(tmp_path, monkeypatch)
 def test_download_failure_says_how_to_work_offline(tmp_path):
     with pytest.raises(DataError, match="LORALAB_DATA"):
         download_lab_sample(tmp_path, url=f"http://127.0.0.1:{free_port()}/none.tar.gz")
+
+
+# ---------------------------------------------------------------------------------------
+# Rows are 1-based data rows everywhere (#33)
+
+
+def _csv(path, rows, header="review,label"):
+    path.write_text(header + "\n" + "".join(f"{r}\n" for r in rows))
+    return path
+
+
+def test_after_drop_invalid_an_unseen_label_names_its_own_row(tmp_path, run_cli):
+    train = _csv(tmp_path / "train.csv", ["good,1", "bad,0"])
+    evals = _csv(tmp_path / "eval.csv", ["fine,1", '"",0', "odd,2"])  # row 2 dropped; the bad label is on row 3
+    code, _, err = run_cli("data", "--train", train, "--eval", evals, "--drop-invalid")
+    assert code == 2 and f"{evals}: row 3: label '2'" in err, err
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("bad.jsonl", '{"review": "a", "label": 1}\n{"review": "b", "label": 0\n{"review": "c", "label": 1}\n',
+     "row 2 is not valid JSON"),
+    ("list.jsonl", '{"review": "a", "label": 1}\n[1, 2]\n', "row 2 is a JSON list"),
+    ("ragged.csv", "review,label\na,1\nb,0,extra\nc,1\n", "row 2 has 3 fields where the header has 2"),
+    ("ragged.tsv", "review\tlabel\na\t1\nb\t0\nc\t1\textra\n", "row 3 has 3 fields"),
+])
+def test_a_malformed_row_is_named_once_by_its_data_row(tmp_path, run_cli, name, content, says):
+    path = tmp_path / name
+    path.write_text(content)
+    code, _, err = run_cli("data", "--train", path, "--eval", path)
+    assert code == 2 and f"{path}: {says}" in err, err
+    assert err.count(str(path)) == 1, err  # loralab's message alone, not the parser's too
+
+
+@pytest.mark.parametrize("label, says", [("[1]", "label [1] in column 'label' is not a class label"),
+                                         ("0.5", "label 0.5 in column 'label' is not a class label")])
+def test_a_jsonl_label_of_the_wrong_type_is_refused_not_a_new_class(tmp_path, label, says):
+    path = tmp_path / "l.jsonl"
+    path.write_text('{"review": "a", "label": 1}\n' f'{{"review": "b", "label": {label}}}\n')
+    with pytest.raises(DataError, match=re.escape(f"{path}: row 2: {says}")):
+        load_file(path)
+    path.write_text('{"review": "a", "label": 1.0}\n{"review": "b", "label": 0}\n')  # a whole float is a label
+    assert load_file(path)["label"] == [1, 0]
+
+
+def test_a_numeric_review_is_said_not_to_be_text(tmp_path):
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"review": "a", "label": 1}\n{"review": 5, "label": 0}\n')
+    with pytest.raises(DataError, match=re.escape(f"{path}: row 2: the value 5 in column 'review' is not text")):
+        load_file(path)
+
+
+def test_limits_below_zero_or_leaving_one_class_are_refused(tmp_path, run_cli):
+    train = _csv(tmp_path / "train.csv", [f"r{i},{int(i >= 38)}" for i in range(40)])
+    evals = _csv(tmp_path / "eval.csv", ["a,0", "b,1"])
+    code, _, err = run_cli("data", "--train", train, "--eval", evals, "--limit-train", -1)
+    assert code == 2 and "--limit-train must be 0 (all rows) or more, got -1" in err
+    code, _, err = run_cli("data", "--train", train, "--eval", evals, "--limit-train", 2)
+    assert code == 2 and "limited to 2 rows (--limit-train): every row has the label 'negative'" in err
+    code, out, err = run_cli("data", "--train", train, "--eval", evals, "--limit-train", 0)
+    assert code == 0 and "train: 40 rows" in out, err

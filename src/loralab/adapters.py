@@ -199,10 +199,10 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
         raise ModelLoadError(f"{directory}: no {WEIGHTS_NAME}.")
     try:
         config = json.loads((directory / CONFIG_NAME).read_text("utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{directory}: no {CONFIG_NAME}.") from None
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"{directory}: no {CONFIG_NAME}.") from err
     except json.JSONDecodeError as err:
-        raise ModelLoadError(f"{directory / CONFIG_NAME}: not valid JSON ({err}).") from None
+        raise ModelLoadError(f"{directory / CONFIG_NAME}: not valid JSON ({err}).") from err
     if config.get("peft_type", "LORA") != "LORA":
         raise ModelLoadError(f"{directory / CONFIG_NAME}: peft_type is {config.get('peft_type')!r}; "
                              "loralab loads LoRA adapters only.")
@@ -215,7 +215,7 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as err:  # safetensors raises its own error type for damaged headers
         raise ModelLoadError(f"{weights}: the file is truncated or corrupted and cannot be read "
-                             f"as safetensors ({err}).") from None
+                             f"as safetensors ({err}).") from err
     return config, tensors, metadata
 
 
@@ -261,7 +261,7 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         layers = find_targets(model, _resolve_targets(model, config["target_modules"]))
     except LoralabError as err:
         raise ModelLoadError(f"{where}: its target_modules {config['target_modules']!r} do not fit "
-                             f"this model: {err}") from None
+                             f"this model: {err}") from err
     extra = _resolve_modules(model, config.get("modules_to_save") or [])
     if check_base:
         _check_base(model, layers, config, metadata, where)

@@ -24,7 +24,7 @@ from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
 from .head import head_features, train_head
 from .inference import evaluate_metrics
-from .metrics import Metrics
+from .metrics import Metrics, Scored
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
 from .settings import TRAIN_METHODS, LoraOptions
@@ -38,7 +38,7 @@ INFO_NAME = "loralab.json"
 
 
 @dataclass
-class TrainInfo:
+class TrainInfo(Scored):
     """What `train` made and how: returned by `train`, stored as `loralab.json` beside the
     saved model (flat, as `to_json` writes it), and read by `export` for the model card and
     by the study for its `Row`."""
@@ -55,12 +55,8 @@ class TrainInfo:
     selection: Selection | None = None  # where the learning rate was chosen on a validation split
 
     @property
-    def eval_accuracy(self) -> float:
-        return self.result.eval_accuracy
-
-    @property
-    def eval_macro_f1(self) -> float:
-        return self.result.eval_macro_f1
+    def metrics(self) -> Metrics:
+        return self.result.metrics
 
     @property
     def rank(self) -> int | None:

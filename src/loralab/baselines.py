@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import make_pipeline
 
-from .metrics import Metrics, classification_metrics
+from .metrics import Metrics, Scored, classification_metrics
 
 BASELINES = {
     "tfidf-lr": lambda seed: LogisticRegression(max_iter=1000, random_state=seed),
@@ -20,20 +20,12 @@ BASELINES = {
 
 
 @dataclass
-class BaselineResult:
+class BaselineResult(Scored):
     """A TF-IDF baseline fitted and scored."""
 
     metrics: Metrics        # on the eval split
     train_seconds: float    # vectorising and fitting
     trainable_params: int   # the classifier's coefficients
-
-    @property
-    def eval_accuracy(self) -> float:
-        return self.metrics.accuracy
-
-    @property
-    def eval_macro_f1(self) -> float:
-        return self.metrics.macro_f1
 
 
 def run_baseline(method: str, train, eval_, seed: int = 0) -> BaselineResult:

@@ -122,11 +122,18 @@ def config_of(args, **extra) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loralab", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    from importlib.metadata import version
+
+    # --debug before or after the command: each subcommand takes it too (without a default
+    # of its own, so that one given before the command is not reset after it).
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser = argparse.ArgumentParser(prog="loralab", description=__doc__.splitlines()[0], parents=[debug])
+    parser.add_argument("--version", action="version", version=f"loralab {version('loralab')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the whole lab study: baselines, full, head, low-rank, LoRA, report")
+    p = sub.add_parser("run", parents=[debug],
+                       help="the whole lab study: baselines, full, head, low-rank, LoRA, report")
     p.add_argument("--config", help="a TOML file overriding the defaults")
     p.add_argument("--out", help="output folder (default: runs/lab)")
     p.add_argument("--quick", action="store_true", help="the same pipeline on a small subset")
@@ -141,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
 
-    p = sub.add_parser("train", help="train one model: LoRA, head-tuning or full fine-tuning")
+    p = sub.add_parser("train", parents=[debug],
+                       help="train one model: LoRA, head-tuning or full fine-tuning")
     p.add_argument("--method", required=True, choices=TRAIN_METHODS)
     p.add_argument("--rank", type=int, default=6)
     p.add_argument("--alpha", type=float, help="default: 2 * rank")
@@ -159,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     _add_data_args(p)
 
-    p = sub.add_parser("evaluate", help="accuracy of a saved model or adapter on the eval data")
+    p = sub.add_parser("evaluate", parents=[debug],
+                       help="accuracy of a saved model or adapter on the eval data")
     p.add_argument("model_dir")
     _add_inference_args(p)
     _add_data_args(p)
 
-    p = sub.add_parser("lowrank", help="approximated-model sweeps and the spectrum of the fine-tuning update")
+    p = sub.add_parser("lowrank", parents=[debug],
+                       help="approximated-model sweeps and the spectrum of the fine-tuning update")
     p.add_argument("--finetuned", required=True, help="folder of the fully fine-tuned model")
     p.add_argument("--headtuned", required=True, help="folder of the head-tuned model")
     p.add_argument("--pretrained", help="the base model both started from (default: minilm)")
@@ -175,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_args(p)
     _add_data_args(p)
 
-    p = sub.add_parser("extract", help="a LoRA adapter from a fully fine-tuned model (truncated SVD of its update)")
+    p = sub.add_parser("extract", parents=[debug],
+                       help="a LoRA adapter from a fully fine-tuned model (truncated SVD of its update)")
     p.add_argument("--finetuned", required=True, help="the fully fine-tuned model's folder")
     p.add_argument("--base", help="the model it was fine-tuned from (default: minilm)")
     p.add_argument("--out", required=True, help="folder for the adapter")
@@ -190,25 +201,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-norms", action="store_true", help="leave out the layer norms (saved whole by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("predict", help="predict sentiment for texts or a file")
+    p = sub.add_parser("predict", parents=[debug],
+                       help="predict sentiment for texts or a file")
     p.add_argument("model_dir", help="a trained model or adapter folder")
-    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("texts", nargs="*", help="texts to classify, or - alone for one text per line on stdin")
     p.add_argument("--input", help="CSV/TSV/JSONL/Parquet file, or - for one text per line on stdin")
     p.add_argument("--output", help="write predictions to this .csv or .jsonl file")
     p.add_argument("--text-column", help="column with the text in --input (default: review)")
     p.add_argument("--labels", dest="labels_file", help="a file with a label column: also print accuracy")
     _add_inference_args(p)
 
-    p = sub.add_parser("export", help="a plain Hugging Face folder (merged model or PEFT adapter) with a model card")
+    p = sub.add_parser("export", parents=[debug],
+                       help="a plain Hugging Face folder (merged model or PEFT adapter) with a model card")
     p.add_argument("model_dir")
     p.add_argument("--out", required=True)
     p.add_argument("--merge", action="store_true", help="merge a LoRA adapter into the base weights")
 
-    p = sub.add_parser("report", help="write report.md, report.html and plots for a study's output folder")
+    p = sub.add_parser("report", parents=[debug],
+                       help="write report.md, report.html and plots for a study's output folder")
     p.add_argument("out_dir", help="the folder `loralab run` wrote")
     p.add_argument("--report-dir", help="where to write the report (default: OUT_DIR)")
 
-    p = sub.add_parser("data", help="load and check the data; print its size")
+    p = sub.add_parser("data", parents=[debug],
+                       help="load and check the data; print its size")
     _add_data_args(p)
     return parser
 
@@ -305,8 +320,10 @@ def cmd_lowrank(args) -> None:
 def cmd_predict(args) -> None:
     from .serve import predict
 
+    if args.texts == ["-"] and not args.input:  # `loralab predict DIR -`: the texts come from stdin
+        args.texts, args.input = [], "-"
     if not args.texts and not args.input:
-        raise LoralabError("Give texts to classify or --input FILE.")
+        raise LoralabError("Give texts to classify, - for stdin, or --input FILE.")
     config, settings = _inference(args)
     result = predict(args.model_dir, args.texts or None, input=args.input, output=args.output,
                      text_column=config["data"]["text_column"], labels=args.labels_file, settings=settings,
@@ -369,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
     args = build_parser().parse_args(argv)
+    args.debug = getattr(args, "debug", False)  # --debug has no default: given before or after the command
     setup_logging(getattr(args, "quiet", False), args.debug)
     try:
         COMMANDS[args.command](args)
@@ -376,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"loralab: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file that cannot be read or written: name it, no traceback
+        if args.debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"loralab: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("loralab: interrupted", file=sys.stderr)

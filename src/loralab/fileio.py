@@ -1,13 +1,82 @@
-"""Atomic file writes: a crash never leaves a truncated file under its final name."""
+"""Atomic file writes: a crash never leaves a truncated file under its final name.
+
+Every file and folder loralab writes goes through `atomic_path` or `atomic_dir`: written
+under a temporary name beside its final one (`.NAME.PID.XXXX.tmp`), then renamed over it.
+So a killed writer or a full disk leaves the earlier complete file in place; the
+temporary name carries the writer's process id, so the next write removes what a killed
+writer left. Files get the modes any tool's files get (0644 under umask 022): nothing
+loralab writes is a secret.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import LoralabError
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(LoralabError):
+    """The disk (or the user's quota) filled while writing; the earlier file is kept."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clear_stale(path: Path) -> None:
+    """Remove the temporary files and folders that writers of `path` killed before they
+    finished left beside it (their process is gone), and put back a folder whose writer was
+    killed between moving it aside and moving its new version in."""
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def _is_disk_full(err: BaseException | None) -> bool:
+    """A full disk or quota, raised as an OSError or wrapped by a library (safetensors and
+    torch report it in their own exception types, with the system's message)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            return True
+        if any(os.strerror(code) in str(err) for code in DISK_FULL):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _disk_full(path: Path, err: BaseException) -> DiskFullError:
+    why = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err).splitlines()[0]
+    return DiskFullError(f"{path}: the disk is full ({why}) while writing it; the earlier "
+                         "version, if any, is unchanged. Free some space and run the same command again.")
 
 
 @contextmanager
@@ -15,18 +84,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` on success.
 
     The temporary file lives in the same directory so the final `os.replace` is atomic.
-    On an exception the temporary file is removed and `path` is left as it was.
+    On an exception the temporary file is removed and `path` is left as it was; a full
+    disk is a `DiskFullError` naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clear_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp_path, path)
+    except Exception as err:
+        if not isinstance(err, DiskFullError) and _is_disk_full(err):
+            raise _disk_full(path, err) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -45,15 +121,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` when the block succeeds.
 
-    A crash inside the block leaves `path` as it was (and a `.tmp` folder to ignore).
+    A crash or a full disk inside the block leaves `path` as it was, and the temporary
+    folder is removed (by the next writer, where the crash was a kill).
     """
-    import shutil
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clear_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -62,5 +139,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except Exception as err:
+        if not isinstance(err, DiskFullError) and _is_disk_full(err):
+            raise _disk_full(path, err) from err
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,21 @@ class Metrics:
     confusion: list[list[int]] | None = None   # true class x predicted class, counts
 
 
+class Scored:
+    """A result that holds its eval `metrics`: its scores under the names results.json and
+    loralab.json give them (`eval_accuracy`, `eval_macro_f1`)."""
+
+    metrics: Metrics
+
+    @property
+    def eval_accuracy(self) -> float:
+        return self.metrics.accuracy
+
+    @property
+    def eval_macro_f1(self) -> float:
+        return self.metrics.macro_f1
+
+
 def classification_metrics(predictions, labels, names=None) -> Metrics:
     """Accuracy and macro-F1 (the unweighted mean of the classes' F1, over the classes
     that occur in `labels` or `predictions`, as scikit-learn computes it); with the class

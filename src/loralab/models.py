@@ -136,9 +136,9 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | 
         if Path(path).is_dir():
             raise ModelLoadError(f"Could not load a model from {path}: {type(err).__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''}. If model.safetensors "
-                                 "is truncated or corrupted, save or download the model again.") from None
+                                 "is truncated or corrupted, save or download the model again.") from err
         if isinstance(err, OSError):
-            raise _offline_error(str(name), err) from None
+            raise _offline_error(str(name), err) from err
         raise
     finally:
         hf_logging.set_verbosity(verbosity)

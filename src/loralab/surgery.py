@@ -112,8 +112,8 @@ def replace(model: nn.Module, named_layers: dict[str, nn.Module]) -> nn.Module:
         try:
             parent = model.get_submodule(parent_name)
             getattr(parent, child)
-        except AttributeError:
-            raise TargetError(f"{type(model).__name__} has no module named {name!r}.") from None
+        except AttributeError as err:
+            raise TargetError(f"{type(model).__name__} has no module named {name!r}.") from err
         setattr(parent, child, layer)
     return model
 

@@ -24,7 +24,7 @@ from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
 from .inference import BucketedPadding, _sorted_by_length, bucket_length, resolve_precision
 from .measure import PeakMemory, release_free_memory, rss_bytes
-from .metrics import EvalMetrics, Metrics, class_weights, weighted_loss
+from .metrics import EvalMetrics, Metrics, Scored, class_weights, weighted_loss
 from .models import pick_device
 from .settings import EVAL_BATCH_SIZE, TrainSettings  # noqa: F401 - the training API's settings
 
@@ -161,7 +161,7 @@ def epoch_memory(log_history: list[dict]) -> list[dict]:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Scored):
     """What one training run measured: the last evaluation's `Metrics`, its cost, and its
     curves. `train_with_trainer` and `head.train_head` return it; `api.train` saves it in
     `loralab.json` (`TrainInfo`) and the study in a `Row`."""
@@ -172,14 +172,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, eval_loss, eval_accuracy, ...
     precision: str = "fp32"
     memory: list[dict] = field(default_factory=list)   # per epoch: resident MB after training, after eval, peak
-
-    @property
-    def eval_accuracy(self) -> float:
-        return self.metrics.accuracy
-
-    @property
-    def eval_macro_f1(self) -> float:
-        return self.metrics.macro_f1
 
 
 RunResult = TrainResult  # its name in loralab 0.1

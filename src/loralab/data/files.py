@@ -100,6 +100,49 @@ def _check_readable(path: Path) -> None:
             raise DataError(f"{path}: the file holds only white space.")
         if lines == 1 and suffix in {".csv", ".tsv"}:
             raise DataError(f"{path}: the file has a header but no rows.")
+        _check_structure(path)
+
+
+def _check_structure(path: Path) -> None:
+    """Find the first malformed row of a CSV, TSV or JSON Lines file and name it by its
+    1-based data row (the header not counted), before a parser reports it by its own count
+    (pyarrow's JSON rows count from 0, pandas' CSV lines from the header)."""
+    import csv
+    import json
+
+    suffix = path.suffix.lower()
+    if suffix in {".csv", ".tsv"}:
+        csv.field_size_limit(2**31 - 1)  # a review may be megabytes long; the parser reads it too
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            records = csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+            row = 0
+            try:
+                header = next(records, [])
+                for record in records:
+                    if not record:  # a blank line: skipped by the reader
+                        continue
+                    row += 1
+                    if len(record) != len(header):
+                        raise DataError(f"{path}: row {row} has {len(record)} fields where the header has "
+                                        f"{len(header)} ({', '.join(map(repr, header))}); a text that holds the "
+                                        f"separator must be quoted.")
+            except csv.Error as err:
+                raise DataError(f"{path}: row {row + 1}: {err}.") from err
+    elif suffix == ".jsonl" or (suffix == ".json" and not path.read_text("utf-8-sig").lstrip().startswith("[")):
+        with open(path, encoding="utf-8-sig") as fh:
+            row = 0
+            for line in fh:
+                if not line.strip():
+                    continue
+                row += 1
+                try:
+                    value = json.loads(line)
+                except ValueError as err:
+                    raise DataError(f"{path}: row {row} is not valid JSON ({err.msg} at character "
+                                    f"{err.pos + 1}).") from err
+                if not isinstance(value, dict):
+                    raise DataError(f"{path}: row {row} is a JSON {type(value).__name__}, not an object with the "
+                                    "text and label as fields.")
 
 
 def _check_utf8(path: Path) -> int:
@@ -114,7 +157,7 @@ def _check_utf8(path: Path) -> int:
             except UnicodeDecodeError as err:
                 raise DataError(f"{path}: line {line_no} is not valid UTF-8 (byte "
                                 f"{line[err.start:err.start + 1]!r} at column {err.start + 1}). "
-                                "Save the file as UTF-8.") from None
+                                "Save the file as UTF-8.") from err
     return non_blank
 
 
@@ -124,7 +167,7 @@ def _read_file(path: Path):
     builder, options = FORMATS[path.suffix.lower()]
     verbosity = datasets.logging.get_verbosity()
     bars = not datasets.are_progress_bars_disabled()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its error is ours to report, once
     datasets.disable_progress_bars()  # reading a file is quick; its bar is noise
     try:
         return datasets.load_dataset(builder, data_files=[str(path)], split="train", **options)
@@ -133,7 +176,7 @@ def _read_file(path: Path):
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise DataError(f"{path}: could not be parsed as {path.suffix.lower()[1:].upper()}: "
-                        f"{type(cause).__name__}: {cause}") from None
+                        f"{type(cause).__name__}: {cause}") from err
     finally:
         if bars:
             datasets.enable_progress_bars()
@@ -160,11 +203,18 @@ def raw_label(value) -> str | None:
 
 
 def raw_labels(values, path, column: str) -> list[str]:
-    """Every label of a file as text (`raw_label`); a row without one is a `DataError`."""
-    raw = [raw_label(v) for v in values]
-    missing = next((row for row, value in enumerate(raw, start=1) if value is None), None)
-    if missing:
-        raise DataError(f"{path}: row {missing}: no label in column {column!r}.")
+    """Every label of a file as text (`raw_label`); a row without one, or with a value that
+    is no class label (a list, an object, a fraction such as 0.5), is a `DataError`."""
+    raw = []
+    for row, value in enumerate(values, start=1):
+        if isinstance(value, (list, dict)) or (isinstance(value, float) and not math.isnan(value)
+                                               and not value.is_integer()):
+            raise DataError(f"{path}: row {row}: label {value!r} in column {column!r} is not a class label (a "
+                            "whole number or a name).")
+        label = raw_label(value)
+        if label is None:
+            raise DataError(f"{path}: row {row}: no label in column {column!r}.")
+        raw.append(label)
     return raw
 
 
@@ -189,9 +239,11 @@ def label_names(raw: Sequence[str], given: Sequence[str] | None = None) -> tuple
     return tuple(sorted(values))
 
 
-def label_ids(raw: Sequence[str], names: Sequence[str], path, column: str) -> list[int]:
+def label_ids(raw: Sequence[str], names: Sequence[str], path, column: str, rows: Sequence[int] | None = None,
+              advice: str = "Fix the row, or name every class with --labels.") -> list[int]:
     """Each raw label's class number among `names`; a label that is not one of them is a
-    `DataError` naming the file, row, value and the known labels."""
+    `DataError` naming the file, row (`rows`: each label's 1-based data row in the file,
+    where rows were dropped; else its position), value and the known labels."""
     def canonical(text: str) -> str:  # integers by value ("01" is 1), binary spellings in any case
         number = _as_int(text)
         return str(number) if number is not None else text.lower() if binary else text
@@ -199,19 +251,19 @@ def label_ids(raw: Sequence[str], names: Sequence[str], path, column: str) -> li
     binary = tuple(names) == BINARY_NAMES
     lookup = {canonical(n): i for i, n in enumerate(names)} | (LABEL_VALUES if binary else {})
     ids = []
-    for row, value in enumerate(raw, start=1):
+    for row, value in zip(rows or range(1, len(raw) + 1), raw):
         found = lookup.get(canonical(value))
         if found is None:
             known = ", ".join(map(repr, names))
             raise DataError(f"{path}: row {row}: label {value!r} in column {column!r} is not one of the "
-                            f"training data's labels ({known}). Fix the row, or name every class with --labels.")
+                            f"training data's labels ({known}). {advice}")
         ids.append(found)
     return ids
 
 
-def _read_rows(path: str | os.PathLike, options: DataOptions) -> tuple[list[str], list[str]]:
-    """(texts, raw labels) of one data file, checked: columns present, no missing label,
-    no empty text (or those rows dropped with `drop_invalid`)."""
+def _read_rows(path: str | os.PathLike, options: DataOptions) -> tuple[list[str], list[str], list[int]]:
+    """(texts, raw labels, their 1-based data rows) of one data file, checked: columns
+    present, no missing label, no empty text (or those rows dropped with `drop_invalid`)."""
     path = Path(path)
     _check_readable(path)
     ds = _read_file(path)
@@ -224,8 +276,15 @@ def _read_rows(path: str | os.PathLike, options: DataOptions) -> tuple[list[str]
     texts = ds[options.text_column]
     raw = raw_labels(ds[options.label_column], path, options.label_column)
 
-    invalid = [row for row, text in enumerate(texts, start=1)
-               if not isinstance(text, str) or not text.strip()]
+    not_text = [(row, text) for row, text in enumerate(texts, start=1) if not isinstance(text, str)
+                and text is not None]
+    if not_text:
+        row, value = not_text[0]
+        raise DataError(f"{path}: row {row}: the value {value!r} in column {options.text_column!r} is not text "
+                        f"({len(not_text)} row(s) like it); quote it in the file, or pick the text column with "
+                        "--text-column.")
+    rows = list(range(1, len(texts) + 1))
+    invalid = [row for row, text in enumerate(texts, start=1) if not isinstance(text, str) or not text.strip()]
     if invalid:
         shown = ", ".join(map(str, invalid[:10])) + (" ..." if len(invalid) > 10 else "")
         if not options.drop_invalid:
@@ -237,9 +296,10 @@ def _read_rows(path: str | os.PathLike, options: DataOptions) -> tuple[list[str]
         keep = [i for i in range(len(texts)) if i + 1 not in bad]
         texts = [texts[i] for i in keep]
         raw = [raw[i] for i in keep]
+        rows = [rows[i] for i in keep]
         if not texts:
             raise DataError(f"{path}: no rows left after dropping invalid ones.")
-    return list(texts), raw
+    return list(texts), raw, rows
 
 
 def _make_dataset(texts: list[str], labels: list[int], names: Sequence[str]):
@@ -262,13 +322,13 @@ def load_split(patterns, options: DataOptions | None = None, names: Sequence[str
     files = expand_files(patterns)
     parts = [(path, *_read_rows(path, options)) for path in files]
     if names is None:
-        names = label_names([v for _, _, raw in parts for v in raw], options.labels)
+        names = label_names([v for _, _, raw, _ in parts for v in raw], options.labels)
     if options.labels and len(set(names)) != len(names):
         raise DataError(f"--labels names a class twice: {', '.join(names)}.")
     texts, ids = [], []
-    for path, part_texts, raw in parts:
+    for path, part_texts, raw, rows in parts:
         texts += part_texts
-        ids += label_ids(raw, names, path, options.label_column)
+        ids += label_ids(raw, names, path, options.label_column, rows)
     return _make_dataset(texts, ids, names)
 
 

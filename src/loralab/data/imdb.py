@@ -73,7 +73,7 @@ def _download(url: str, dest: Path) -> None:
     except OSError as err:
         raise DataError(f"Could not download the IMDB archive from {url}: {err}. Offline? "
                         "Set LORALAB_DATA to a folder with the lab's train.csv and eval.csv, "
-                        "or pass --data DIR.") from None
+                        "or pass --data DIR.") from err
     total = int(response.headers.get("Content-Length") or 0) or None
     with response, atomic_path(dest) as tmp, open(tmp, "wb") as out, tqdm(
         total=total, unit="B", unit_scale=True, desc="Downloading aclImdb"
@@ -117,7 +117,7 @@ def download_lab_sample(dest: str | os.PathLike, *, url: str | None = None,
     except (tarfile.TarError, EOFError, OSError) as err:
         archive.unlink(missing_ok=True)
         raise DataError(f"{archive}: the downloaded archive is damaged ({err}); it was removed, "
-                        "run again to download it anew.") from None
+                        "run again to download it anew.") from err
     for split, name in LAB_FILES.items():
         with atomic_path(dest / name) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

@@ -50,10 +50,15 @@ def limit_data(data, train: int | None = None, eval: int | None = None):
     """Keep a random `train`/`eval` reviews of each split (all when None or 0).
 
     The subset is drawn with a fixed seed, so that changing the training seed keeps the data.
+    A limit below 0, or one that leaves the training split a single class, is a `DataError`.
     """
     for split, limit in (("train", train), ("eval", eval)):
+        if limit is not None and limit < 0:
+            raise DataError(f"--limit-{split} must be 0 (all rows) or more, got {limit}.")
         if limit and limit < len(data[split]):
             data[split] = data[split].shuffle(seed=0).select(range(limit))
+            if split == "train":
+                check_classes(data[split], f"the training data limited to {limit} rows (--limit-train)")
     return data
 
 

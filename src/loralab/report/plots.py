@@ -18,6 +18,9 @@ if TYPE_CHECKING:  # the report's types; plots only read their attributes
 
 LABELS = {name: m.label for name, m in METHODS.items()}
 COLORS = {name: m.color for name, m in METHODS.items()}
+# The series against rank: the approximated models and trained LoRA (extracted adapters are
+# compared in the report's extraction table instead).
+RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name == "lora")
 
 
 def _plt():
@@ -81,7 +84,7 @@ def plot_accuracy_vs_params(summaries: list[Summary], path: Path) -> bool:
 def plot_accuracy_vs_rank(summaries: list[Summary], path: Path) -> bool:
     plt = _plt()
     series = {m: sorted((r for r in summaries if r.method == m), key=lambda r: r.rank)
-              for m in ("approx1", "approx2", "lora")}
+              for m in RANK_SERIES}
     if not any(series.values()):
         return False
     fig, ax = plt.subplots(figsize=(9, 5))

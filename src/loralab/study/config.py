@@ -68,10 +68,10 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
         path = Path(path)
         try:
             user = tomllib.loads(path.read_text("utf-8"))
-        except FileNotFoundError:
-            raise LoralabError(f"Config file not found: {path}") from None
+        except FileNotFoundError as err:
+            raise LoralabError(f"Config file not found: {path}") from err
         except tomllib.TOMLDecodeError as err:
-            raise LoralabError(f"{path}: not valid TOML ({err}).") from None
+            raise LoralabError(f"{path}: not valid TOML ({err}).") from err
         config = _merge(config, user, str(path))
     config["profile"] = profile or config["profile"]
     if config["profile"] not in PROFILES:
@@ -124,7 +124,7 @@ def validate(config: dict) -> None:
         TrainSettings.from_config(config)
         LoraOptions.from_config(config, rank=1)
     except LoralabError as err:
-        raise LoralabError(f"config: {err}") from None
+        raise LoralabError(f"config: {err}") from err
     if any(s < 0 for s in config["seeds"]) or len(set(config["seeds"])) != len(config["seeds"]):
         raise LoralabError(f"config: seeds must be distinct non-negative integers, got {config['seeds']}.")
     if not 0 <= config["data"]["validation"] < 1:

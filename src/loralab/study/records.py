@@ -176,30 +176,27 @@ class RunOutput:
     extracted: list[Extracted] | None = None
 
 
-@dataclass
-class RunRecord:
-    """A finished run: its `result.json`, written last and atomically (the completion mark)."""
+@dataclass(kw_only=True)
+class RunRecord(RunOutput):
+    """A finished run: its `result.json`, written last and atomically (the completion mark):
+    what its task computed (`RunOutput`) and when, where and from what inputs."""
 
     name: str
     key: str                     # fingerprint of the run's inputs: a different key means redo
     seconds: float               # wall time: loading, training, evaluation
     finished: str                # ISO time
     device: str                  # what it ran on: "cpu" or the GPU's name
-    rows: list[Row] = field(default_factory=list)
-    selection: Selection | None = None
-    replace_test: ReplaceTest | None = None
-    lowrank: LowrankSummary | None = None
-    similarity: dict[str, dict[str, float]] | None = None  # LoRA rank -> layer -> similarity to dW
-    extracted: list[Extracted] | None = None
 
     @classmethod
     def of(cls, output: RunOutput, *, name: str, key: str, seconds: float, finished: str,
            device: str) -> "RunRecord":
         """The record of a run that computed `output`."""
-        return cls(name, key, seconds, finished, device, **{f.name: getattr(output, f.name) for f in fields(output)})
+        return cls(name=name, key=key, seconds=seconds, finished=finished, device=device,
+                   **{f.name: getattr(output, f.name) for f in fields(RunOutput)})
 
     def to_json(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        own = [f.name for f in fields(self) if f.name not in RunOutput.__dataclass_fields__]
+        data = {name: getattr(self, name) for name in own + list(RunOutput.__dataclass_fields__)}
         data["rows"] = [r.to_json() for r in self.rows]
         for name in ("selection", "replace_test"):
             data[name] = asdict(data[name]) if data[name] is not None else None
@@ -312,7 +309,7 @@ def load_json(path: Path):
     except FileNotFoundError:
         return None
     except ValueError as err:
-        raise LoralabError(f"{path}: not valid JSON ({err}).") from None
+        raise LoralabError(f"{path}: not valid JSON ({err}).") from err
 
 
 def read_rows(path: Path) -> list[Row] | None:
