@@ -308,3 +308,53 @@ print(run_study(config, quiet=True).rows[0].method)
     # With the server's environment the run would look for the data in "nowhere" and fail.
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "full"
+
+
+def test_a_second_run_on_a_folder_in_use_stops_at_once_and_the_first_finishes(tmp_path, tiny_study_config,
+                                                                                 finished):
+    """Two `loralab run` on one output folder: the second stops at once (exit 2), naming the
+    folder and the first's process; the first finishes every run with the same results as
+    a run alone. A lock whose process was killed does not block the next run."""
+    _, rows, _ = finished
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "loralab.cli", "run", "--config", str(tiny_study_config), "--out", str(out),
+           "--quiet"]
+    first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        owner = tmp_path / ".shared.lock.owner"
+        deadline = time.time() + 120
+        while not owner.exists():
+            assert first.poll() is None and time.time() < deadline, "the first run ended before it held the folder"
+            time.sleep(0.05)
+        start = time.time()
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and time.time() - start < 60, second.stderr
+        assert f"{out} is in use by another loralab process (process {first.pid}" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert accuracies(json.loads((out / "results.json").read_text())) == accuracies(rows)
+    assert not owner.exists()
+
+    # the holder killed: its lock goes with it, and the next run resumes at once
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from loralab.locks import output_lock\n"
+                               "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+
+
+def test_train_on_a_folder_in_use_is_refused_by_name(tmp_path, tiny_model_dir, run_cli):
+    from loralab.locks import output_lock
+
+    out = tmp_path / "model"
+    with output_lock(out):
+        code, _, err = run_cli("train", "--method", "head", "--model", tiny_model_dir, "--epochs", 1,
+                               "--max-length", 16, "--limit-train", 16, "--limit-eval", 8, "--out", out, "--quiet")
+    assert code == 2 and f"{out} is in use by another loralab process (process {os.getpid()}" in err, err
+    assert not out.exists()

@@ -158,7 +158,7 @@ fit = train_in_place  # its name in loralab 0.1
 
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
           data=None, settings: TrainSettings | None = None, *, lora: LoraOptions | None = None,
-          tokenized=None, resume: bool = False, selection: Selection | None = None,
+          tokenized=None, resume: bool = False, selection: Selection | None = None, lock: bool = True,
           **lora_options) -> TrainInfo:
     """Train one model and save it to `out`.
 
@@ -175,6 +175,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             `out` (checkpoints live in `.OUT.work/` beside it until the run finishes).
         selection: where `settings.learning_rate` was chosen on a validation split
             (`choose_learning_rate`), recorded in `loralab.json`.
+        lock: hold `out`'s lock (`loralab.locks`) while training; a study that holds its
+            own folder's lock trains its runs without.
 
     Returns:
         The `TrainInfo` saved as `loralab.json`: `eval_accuracy`, `trainable_params`,
@@ -186,6 +188,12 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
 
     if method not in TRAIN_METHODS:
         raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
+    if lock and is_main_process():  # under torchrun every rank trains; rank 0 holds the folder
+        from .locks import output_lock
+
+        with output_lock(out):
+            return train(method, out, model, data, settings, lora=lora, tokenized=tokenized, resume=resume,
+                         selection=selection, lock=False, **lora_options)
     settings = settings or TrainSettings()
     lora = (lora or LoraOptions()).replace(**lora_options) if method == "lora" else None
     out = Path(out)
@@ -263,7 +271,7 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
                 features = head_features(net, data, trial, tokenizer)
             result = train_head(net, data, trial, work / "model", tokenizer, features=features)
         else:
-            result = train(method, work / "model", model, settings=trial, tokenized=data, lora=lora).result
+            result = train(method, work / "model", model, settings=trial, tokenized=data, lora=lora, lock=False).result
         scores[lr] = {"accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1}
         histories[lr] = result.history
         shutil.rmtree(work / "model", ignore_errors=True)

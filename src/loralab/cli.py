@@ -259,6 +259,13 @@ def _seed_list(text: str) -> list[int]:
 
 
 def cmd_train(args) -> None:
+    from .locks import output_lock
+
+    with output_lock(args.out):  # the learning-rate choice's scratch and the result: one writer
+        _train(args)
+
+
+def _train(args) -> None:
     from .api import choose_learning_rate, train
     from .settings import LoraOptions, TrainSettings
 
@@ -279,7 +286,7 @@ def cmd_train(args) -> None:
               f"{selection.validation_rows} validation rows")
         del data["validation"]
     result = train(method=args.method, out=args.out, model=config["model"], data=data, settings=settings,
-                   lora=lora, resume=args.resume, selection=selection)
+                   lora=lora, resume=args.resume, selection=selection, lock=False)
     print(f"{args.method}: eval accuracy {result.eval_accuracy:.4f}, "
           f"{result.trainable_params:,} trainable parameters, saved to {args.out}")
 

@@ -296,7 +296,15 @@ def run_parallel(ctx: Context, runs: list[Run], todo: list[Run], jobs: int, prog
 
 
 def run_study(config: dict, quiet: bool = False) -> StudyResult:
-    """Run (or resume) the whole study of a resolved configuration (`load_config`)."""
+    """Run (or resume) the whole study of a resolved configuration (`load_config`), holding
+    its output folder's lock (`loralab.locks`): a second study on the folder stops at once."""
+    from ..locks import output_lock
+
+    with output_lock(config["out"]):
+        return _run_study(config, quiet)
+
+
+def _run_study(config: dict, quiet: bool) -> StudyResult:
     ctx = Context(config["data"], config["out"], quiet)
     ctx.out.mkdir(parents=True, exist_ok=True)
     write_text(ctx.out / "config.toml", to_toml(config))

@@ -64,7 +64,7 @@ def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> RunOutput:
     if inputs.learning_rate_from:
         settings = settings.replace(learning_rate=chosen_learning_rate(ctx, inputs.learning_rate_from))
     info = train(method=inputs.method, out=run_dir / "model", model=inputs.model, settings=settings,
-                 tokenized=ctx.tokenized(inputs.model, settings.max_length), lora=inputs.lora)
+                 tokenized=ctx.tokenized(inputs.model, settings.max_length), lora=inputs.lora, lock=False)
     row = info.row(chosen_on="validation" if inputs.learning_rate_from else None)
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
         row.peak_memory_mb = max(row.peak_memory_mb, peak_rss_mb())
