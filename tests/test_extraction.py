@@ -148,3 +148,15 @@ def test_extract_predict_and_export_from_the_cli(tmp_path, run_cli):
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, ours(**batch).logits, atol=1e-4, rtol=0)
     assert len(lora_layers(ours)) == 6  # the last block's linear layers; the untouched blocks get none
+    # the commands the adapter's README gives work as written
+    import re
+    import shlex
+
+    readme = (tmp_path / "adapter" / "README.md").read_text()
+    commands = [c for c in re.findall(r"`(loralab [^`]+)`", readme) if c != "loralab extract"]  # how it was made
+    assert {c.split()[1] for c in commands} == {"predict", "export"}, commands
+    for command in commands:
+        argv = [a.replace("FOLDER", str(tmp_path / "adapter")).replace("MERGED", str(tmp_path / "from-readme"))
+                for a in shlex.split(command)[1:]]
+        code, _, err = run_cli(*argv, *(["--quiet"] if argv[0] == "predict" else []))
+        assert code == 0, (command, err)

@@ -89,3 +89,59 @@ def test_adapter_export_loads_in_peft(lora_dir, tmp_path, tiny_model_dir):
         batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
         probs = torch.softmax(model(**batch).logits, -1).numpy()
     np.testing.assert_allclose(probs, direct_probs(lora_dir, TEXTS), atol=1e-5)
+
+
+def _copy(lora_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(lora_dir, folder)
+    return folder
+
+
+@pytest.mark.parametrize("config, says", [
+    ([1, 2, 3], "a JSON object with the adapter's fields is expected, not a list"),
+    ({"r": "two"}, "the field 'r' must be a positive number, got 'two'"),
+    ({"r": "six"}, "the field 'r' must be a positive number, got 'six'"),
+    ({"lora_alpha": -1}, "the field 'lora_alpha' must be a positive number, got -1"),
+    ({"target_modules": 7}, "the field 'target_modules' must be a name or a list of names, got 7"),
+    ({"rank_pattern": {"query": "x"}}, "the field 'rank_pattern' must map layer names to numbers"),
+])
+def test_an_adapter_config_of_the_wrong_shape_is_refused_by_field(lora_dir, tmp_path, run_cli, config, says):
+    folder = _copy(lora_dir, tmp_path)
+    path = folder / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps(config if isinstance(config, list) else {**saved, **config}))
+    code, _, err = run_cli("predict", folder, "a film", "--quiet")
+    assert code == 2 and f"{path}: {says}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("labels, says", [("not json", "is not valid JSON"), ('["only"]', "two or more distinct"),
+                                          ('{"a": 1}', "two or more distinct"), ('["a", "a"]', "two or more distinct")])
+def test_malformed_class_metadata_in_an_adapter_is_refused(lora_dir, tmp_path, run_cli, labels, says):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(lora_dir, tmp_path)
+    weights = folder / "adapter_model.safetensors"
+    with safe_open(str(weights), framework="pt") as fh:
+        metadata = dict(fh.metadata())
+    save_file(load_file(str(weights)), str(weights), metadata={**metadata, "loralab_labels": labels})
+    code, _, err = run_cli("predict", folder, "a film", "--quiet")
+    assert code == 2 and "loralab_labels" in err and says in err and "Traceback" not in err, err
+
+
+def test_predict_labels_file_without_a_label_column_and_a_malformed_loralab_json(lora_dir, tmp_path, run_cli):
+    source = tmp_path / "in.csv"
+    source.write_text("review\nfine\ndull\n")
+    code, _, err = run_cli("predict", lora_dir, "--input", source, "--labels", source, "--quiet")
+    assert code == 2 and f"{source}: no column 'label'" in err and "Traceback" not in err, err
+    unseen = tmp_path / "gold.csv"
+    unseen.write_text("review,label\nfine,maybe\ndull,0\n")
+    code, _, err = run_cli("predict", lora_dir, "--input", unseen, "--labels", unseen, "--quiet")
+    assert code == 2 and "row 1: label 'maybe'" in err and "with a model trained on these classes" in err, err
+    assert "--labels" not in err  # predict's --labels is a file, not the class names
+    folder = _copy(lora_dir, tmp_path)
+    (folder / "loralab.json").write_text("{broken")
+    code, _, err = run_cli("export", folder, "--out", tmp_path / "out")
+    assert code == 2 and f"{folder / 'loralab.json'}: not valid JSON" in err, err

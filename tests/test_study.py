@@ -98,6 +98,18 @@ def test_same_seed_same_accuracies_and_rerun_skips(finished, tmp_path):
     assert len(resumed.skipped) == 9 and resumed.ran == []
 
 
+def test_a_damaged_record_is_redone_with_a_warning_naming_it(finished, tmp_path, caplog):
+    config, rows, out = finished
+    shutil.copytree(out, tmp_path / "out")
+    damaged = tmp_path / "out" / "tfidf-lr" / "result.json"
+    damaged.write_text('{"name": "tfidf-lr", "rows": [')  # what a disk error or an editor could leave
+    with caplog.at_level("WARNING", logger="loralab"):
+        result = run_study({**config, "out": str(tmp_path / "out")}, quiet=True)
+    assert result.ran == ["tfidf-lr"]
+    assert f"{damaged}: the run's record cannot be read" in caplog.text and "done again" in caplog.text
+    assert accuracies(result.rows) == accuracies(rows)
+
+
 @pytest.mark.parametrize("setting, value, redone", [
     ("lora.init", "kaiming", {"lora-r2", "similarity"}),
     # the low-rank study and similarity read the targets too (the low-rank key once left them out)

@@ -203,6 +203,7 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
         raise ModelLoadError(f"{directory}: no {CONFIG_NAME}.") from err
     except json.JSONDecodeError as err:
         raise ModelLoadError(f"{directory / CONFIG_NAME}: not valid JSON ({err}).") from err
+    _check_config_shape(config, directory / CONFIG_NAME)
     if config.get("peft_type", "LORA") != "LORA":
         raise ModelLoadError(f"{directory / CONFIG_NAME}: peft_type is {config.get('peft_type')!r}; "
                              "loralab loads LoRA adapters only.")
@@ -216,7 +217,45 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
     except Exception as err:  # safetensors raises its own error type for damaged headers
         raise ModelLoadError(f"{weights}: the file is truncated or corrupted and cannot be read "
                              f"as safetensors ({err}).") from err
+    _check_labels(metadata, weights)
     return config, tensors, metadata
+
+
+def _check_config_shape(config, where: Path) -> None:
+    """Refuse an adapter_config.json of the wrong shape by field, before anything reads it."""
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{where}: a JSON object with the adapter's fields is expected, not a "
+                             f"{type(config).__name__}.")
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if key in config and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ModelLoadError(f"{where}: the field {key!r} must be a positive number, got {value!r}.")
+    targets = config.get("target_modules")
+    if "target_modules" in config and not (isinstance(targets, str) or
+                                           (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        raise ModelLoadError(f"{where}: the field 'target_modules' must be a name or a list of names, got {targets!r}.")
+    for key in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(key) or {}
+        if not isinstance(pattern, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in pattern.values()):
+            raise ModelLoadError(f"{where}: the field {key!r} must map layer names to numbers, got {pattern!r}.")
+    saved = config.get("modules_to_save")
+    if saved is not None and not (isinstance(saved, list) and all(isinstance(m, str) for m in saved)):
+        raise ModelLoadError(f"{where}: the field 'modules_to_save' must be a list of names, got {saved!r}.")
+
+
+def _check_labels(metadata: dict, where: Path) -> None:
+    """The class names an adapter's metadata holds: a JSON list of at least two distinct names."""
+    if "loralab_labels" not in metadata:
+        return
+    try:
+        labels = json.loads(metadata["loralab_labels"])
+    except ValueError as err:
+        raise ModelLoadError(f"{where}: its metadata 'loralab_labels' is not valid JSON ({err}).") from err
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)
+            and len(set(labels)) == len(labels)):
+        raise ModelLoadError(f"{where}: its metadata 'loralab_labels' must list two or more distinct class names, "
+                             f"got {labels!r}.")
 
 
 def _resolve_targets(model: nn.Module, target_modules) -> list[str] | str:

@@ -39,7 +39,7 @@ from .adapters import WHOLE_ATTR, class_names, save_adapter
 from .arch import model_type
 from .errors import LoralabError, ModelLoadError
 from .lowrank import SVD, rank_for_energy
-from .models import DEFAULT_MODEL, load_model, load_tokenizer
+from .models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model_path
 from .pooling import pooling_of, set_pooling
 from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers, matches, replace
 
@@ -130,6 +130,18 @@ def grouped(parts: Iterable[Part]) -> list[tuple[str, float]]:
     return sorted(sums.items(), key=lambda kv: -kv[1])
 
 
+def _own_labels(folder) -> list[str] | None:
+    """The class names a model folder's config gives, Hugging Face's placeholders (LABEL_0,
+    ...) included: a config that names none has them."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(folder), trust_remote_code=False)
+    except (OSError, ValueError):
+        return None  # load_model reports what is wrong with the folder
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
 def extract_adapter(finetuned: nn.Module | str | os.PathLike, base: nn.Module | str | os.PathLike = DEFAULT_MODEL,
                     *, rank: int | None = None, energy: float | None = None, max_rank: int | None = None,
                     targets: str | Iterable[str] | None = None, keep: Iterable[str] = (), keep_norms: bool = True,
@@ -158,7 +170,8 @@ def extract_adapter(finetuned: nn.Module | str | os.PathLike, base: nn.Module | 
     if max_rank is not None and max_rank < 1:
         raise LoralabError(f"The largest rank must be at least 1, got {max_rank}.")
     start = time.perf_counter()
-    tuned = finetuned if isinstance(finetuned, nn.Module) else load_model(finetuned)
+    # The fine-tune's own class names, unnamed ones (LABEL_0, ...) included: extraction names no classes.
+    tuned = finetuned if isinstance(finetuned, nn.Module) else load_model(finetuned, _own_labels(finetuned))
     model = copy.deepcopy(base) if isinstance(base, nn.Module) else load_model(base, class_names(tuned))
     heads = head_modules(model)
     _check_same_architecture(tuned, model, heads, _name(finetuned, "the fine-tuned model"), _name(base, "the base"))
@@ -265,7 +278,7 @@ def save_extraction(result: Extraction, directory: str | os.PathLike, source: st
             f"Settings: {', '.join(f'{k} = {v}' for k, v in result.settings.items() if v not in (None, [], ''))}.", "",
             "```", result.summary(), "```", "", result.table(), "",
             "Load it with `loralab.load_adapter(base, folder)`, `peft.PeftModel.from_pretrained(base, folder)`, "
-            "`loralab predict --adapter folder` or `loralab export --adapter folder --merge`.", ""]
+            "`loralab predict FOLDER \"some text\"` or `loralab export FOLDER --out MERGED --merge`.", ""]
     (directory / "README.md").write_text("\n".join(text), encoding="utf-8")
     if source and (Path(source) / "tokenizer_config.json").exists():  # predict and export read it here
         load_tokenizer(source).save_pretrained(directory)

@@ -102,15 +102,18 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | 
     own classes, and a model that names none gets the binary sentiment task's two
     (negative, positive).
 
-    Weights load from safetensors only; remote code is never trusted.
+    Weights load from safetensors only; remote code is never trusted. Hugging Face's
+    spellings are taken too: `num_labels=K` (a head of K unnamed classes, LABEL_0 ...,
+    unless the folder names K classes) and `id2label`.
 
     Raises:
         ModelLoadError: where the folder's classifier was trained for other classes than
-            `labels` (both sets are named).
+            `labels` (both sets are named), or `num_labels` disagrees with `labels`.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    labels = _labels_from_hf_spellings(name, labels, kwargs)
     path = resolve_model_path(name)
     if Path(path).is_dir():
         _check_weight_files(Path(path))
@@ -119,6 +122,8 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         saved = saved_labels(config)
+        if isinstance(labels, int):  # num_labels=K alone: the folder's K names, or K unnamed classes
+            labels = saved if saved and len(saved) == labels else placeholder_labels(labels)
         if labels is None:
             labels = saved or BINARY_NAMES
         elif saved:
@@ -145,10 +150,41 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | 
     return set_pooling(model, pooling_of(model))  # a saved mean-pooled model pools by the mean again
 
 
+def placeholder_labels(k: int) -> list[str]:
+    """Hugging Face's names for K classes no one named: LABEL_0, LABEL_1, ..."""
+    return [f"LABEL_{i}" for i in range(k)]
+
+
+def _labels_from_hf_spellings(name, labels, kwargs: dict):
+    """`labels` from `num_labels` / `id2label` where a caller spells them Hugging Face's way
+    (removed from `kwargs`); an int where only the number of classes is known."""
+    num_labels = kwargs.pop("num_labels", None)
+    id2label = kwargs.pop("id2label", None)
+    kwargs.pop("label2id", None)  # follows from the names
+    if id2label is not None:
+        named = [id2label[k] for k in sorted(id2label, key=int)]
+        if labels is not None and list(labels) != named:
+            raise ModelLoadError(f"{name}: labels={list(labels)} and id2label={id2label} name other classes.")
+        labels = named
+    if num_labels is not None:
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise ModelLoadError(f"{name}: num_labels must be a whole number of classes, got {num_labels!r}.")
+        if labels is not None and len(labels) != num_labels:
+            raise ModelLoadError(f"{name}: num_labels={num_labels} but {len(labels)} labels were named "
+                                 f"({', '.join(map(repr, labels))}).")
+        labels = labels if labels is not None else num_labels
+    return labels
+
+
 def refuse_other_classes(where, what: str, trained, other, other_what: str) -> None:
     """A `ModelLoadError` when a model (or adapter) trained for the classes `trained` is used
-    with the classes `other`, both sets named; nothing when they are the same."""
-    if list(trained) != list(other):
+    with the classes `other`, both sets named; nothing when they are the same. Hugging
+    Face's placeholders (LABEL_0, LABEL_1, ...) mean "unnamed": they clash with no named set
+    of the same size."""
+    trained, other = list(trained), list(other)
+    if len(trained) == len(other) and placeholder_labels(len(trained)) in (trained, other):
+        return
+    if trained != other:
         raise ModelLoadError(f"{where}: this {what} was trained for the classes {', '.join(map(repr, trained))}; "
                              f"{other_what} has {', '.join(map(repr, other))}.")
 
@@ -158,7 +194,7 @@ def saved_labels(config) -> list[str] | None:
     base model, or transformers' LABEL_0, LABEL_1 placeholders)."""
     id2label = getattr(config, "id2label", None) or {}
     names = [id2label[k] for k in sorted(id2label, key=int)]
-    if not names or names == [f"LABEL_{i}" for i in range(len(names))]:
+    if not names or names == placeholder_labels(len(names)):
         return None
     return names
 

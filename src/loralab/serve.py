@@ -23,7 +23,7 @@ from torch import nn
 from .adapters import CONFIG_NAME, MINILM_HUB_ID, class_names
 from .api import INFO_NAME, load_trained
 from .data.files import _check_readable, _read_file, label_ids, raw_labels
-from .errors import DataError, LoralabError
+from .errors import DataError, LoralabError, ModelLoadError
 from .fileio import atomic_dir, atomic_path, write_text
 from .inference import map_batches
 from .pooling import pooling_of
@@ -110,7 +110,11 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
     if labels:
         file = Path(labels)
         _check_readable(file)
-        true = list(_read_file(file)["label"])
+        found = _read_file(file)
+        if "label" not in found.column_names:
+            raise DataError(f"{file}: no column 'label' (--labels names a file whose 'label' column holds the "
+                            f"true classes). Columns found: {', '.join(map(repr, found.column_names))}.")
+        true = list(found["label"])
     if true is not None and len(true) != len(texts):
         raise DataError(f"{labels or input}: {len(true)} labels for {len(texts)} texts.")
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
@@ -124,7 +128,8 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
     predicted = [names[i] for i in probs.argmax(-1)]
     accuracy = None
     if true is not None:
-        gold = label_ids(raw_labels(true, labels or input, "label"), names, labels or input, "label")
+        gold = label_ids(raw_labels(true, labels or input, "label"), names, labels or input, "label",
+                         advice="Fix the row, or predict with a model trained on these classes.")
         accuracy = float((probs.argmax(-1) == np.asarray(gold)).mean())
     if output:
         write_predictions(Path(output), predicted, probs, names, ids, id_column)
@@ -201,6 +206,20 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
     return "\n".join(front + body)
 
 
+def read_info(model_dir: Path) -> dict:
+    """A model folder's `loralab.json` (how it was made), or {} where it has none."""
+    path = model_dir / INFO_NAME
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text("utf-8"))
+    except ValueError as err:
+        raise ModelLoadError(f"{path}: not valid JSON ({err}); remove it or train the model again.") from err
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"{path}: a JSON object describing the model is expected, not a {type(info).__name__}.")
+    return info
+
+
 def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool = False) -> Path:
     """Export a trained model as a plain Hugging Face folder with a model card.
 
@@ -211,7 +230,7 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
     it is.
     """
     model_dir = Path(model_dir)
-    info = json.loads((model_dir / INFO_NAME).read_text()) if (model_dir / INFO_NAME).exists() else {}
+    info = read_info(model_dir)
     is_adapter = (model_dir / CONFIG_NAME).exists()
     base = (json.loads((model_dir / CONFIG_NAME).read_text()).get("base_model_name_or_path") if is_adapter
             else info.get("base_model")) or "unknown"

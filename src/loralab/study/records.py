@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import LoralabError
 from ..methods import METHODS
+
+logger = logging.getLogger("loralab")
 
 # ---------------------------------------------------------------------------------------
 # Run names: every folder name of a study is made here.
@@ -288,16 +291,22 @@ def read_json(path: Path):
 
 
 def read_record(path: Path) -> RunRecord | None:
-    """The record in a `result.json`, or None where there is none (or an unreadable one).
+    """The record in a `result.json`, or None where there is none.
 
-    A record written by an older loralab whose fields differ is treated as missing: its run
-    is redone."""
-    data = read_json(path)
-    if not isinstance(data, dict):
+    A record that cannot be read (a damaged file, or one an older loralab wrote with other
+    fields) is treated as missing, so its run is done again, and a warning names the file
+    and why: a finished run is never redone without a word."""
+    path = Path(path)
+    if not path.exists():
         return None
     try:
+        data = json.loads(path.read_text("utf-8"))
+        if not isinstance(data, dict):
+            raise LoralabError(f"a JSON object is expected, not a {type(data).__name__}")
         return RunRecord.from_json(data, str(path))
-    except (LoralabError, TypeError, KeyError, ValueError):
+    except (OSError, ValueError, LoralabError, TypeError, KeyError) as err:
+        logger.warning("%s: the run's record cannot be read (%s); the run is done again.", path,
+                       str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
 
 
