@@ -160,3 +160,23 @@ def test_bfloat16_base_with_float32_adapter():
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert lora.A.grad is not None and base.weight.grad is None
+
+
+def test_a_rate_that_does_not_suit_the_init_is_warned_about(tmp_path, tiny_model_dir, synthetic_data, caplog):
+    from loralab import train
+    from loralab.lora import init_scale, rate_warning
+    from loralab.training import TrainSettings
+
+    assert init_scale("normal", 6, 384) == pytest.approx(math.sqrt(3 * 384))  # 34x PEFT's std
+    assert init_scale("kaiming", 6, 384) == 1 and init_scale("gaussian", 4, 3) == pytest.approx(1.5)
+    assert rate_warning("normal", 6, 384, 5e-5) is None  # the lab's setting
+    assert rate_warning("kaiming", 6, 384, 3e-3) is None  # the tuned profile's largest
+    assert "like kaiming at 0.1" in rate_warning("normal", 6, 384, 3e-3)
+    settings = TrainSettings(epochs=0.1, max_length=16, quiet=True, learning_rate=3e-3)
+    with caplog.at_level("WARNING", logger="loralab"):
+        train("lora", tmp_path / "normal", str(tiny_model_dir), settings=settings, rank=2)
+    assert "LoRA with init 'normal' at learning rate 0.003" in caplog.text and "--init kaiming" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loralab"):
+        train("lora", tmp_path / "kaiming", str(tiny_model_dir), settings=settings, rank=2, init="kaiming")
+    assert "LoRA with init" not in caplog.text

@@ -115,3 +115,16 @@ def test_release_free_memory_returns_freed_heap_pages():
     if not found["released"]:
         pytest.skip("this C library has no malloc_trim")
     assert found["before"] - found["after"] > 100 * 2**20  # of the ~125 MB of holes
+
+
+def test_host_and_gpu_memory_are_two_fields():
+    """Off a GPU the GPU field stays empty and the host peak is the process's resident memory;
+    on one, each is its own measurement (checked on a lent GPU: benchmarks/README.md)."""
+    from loralab.measure import PeakMemory, rss_bytes
+
+    with PeakMemory("cpu") as mem:
+        block = bytearray(64 * 2**20)  # 64 MB resident while the block runs
+        block[:: 4096] = b"x" * len(block[:: 4096])
+    assert mem.gpu_peak_mb is None
+    assert mem.peak_mb * 2**20 >= rss_bytes() - 2**20 and mem.peak_mb > 64
+    del block

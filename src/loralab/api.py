@@ -24,12 +24,13 @@ from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
 from .head import head_features, train_head
 from .inference import evaluate_metrics
+from .lora import rate_warning
 from .metrics import Metrics, Scored
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
 from .settings import TRAIN_METHODS, LoraOptions
 from .study.records import LowrankSummary, Row, Selection, fingerprint, read_json
-from .surgery import freeze_all_but_head, inject_lora
+from .surgery import freeze_all_but_head, inject_lora, lora_layers
 from .training import TrainResult, TrainSettings, is_main_process, tokenize, train_with_trainer
 
 logger = logging.getLogger("loralab")
@@ -72,7 +73,7 @@ class TrainInfo(Scored):
         return Row(self.method, self.rank, self.trainable_params, m.accuracy, m.macro_f1, r.train_seconds,
                    r.peak_memory_mb, r.history, self.seed, r.precision, learning_rate=self.learning_rate,
                    pooling=self.pooling, chosen_on=chosen_on, per_class=m.per_class, confusion=m.confusion,
-                   memory=r.memory)
+                   memory=r.memory, peak_gpu_memory_mb=r.peak_gpu_memory_mb)
 
     def to_json(self) -> dict:
         """`loralab.json`: flat, every field by the name loralab 0.1 wrote it under."""
@@ -82,6 +83,7 @@ class TrainInfo(Scored):
                 "trainable_params": self.trainable_params, "eval_accuracy": m.accuracy,
                 "eval_macro_f1": m.macro_f1, "per_class": m.per_class, "confusion": m.confusion,
                 "labels": list(self.labels), "train_seconds": r.train_seconds, "peak_memory_mb": r.peak_memory_mb,
+                "peak_gpu_memory_mb": r.peak_gpu_memory_mb,
                 "precision": r.precision, "history": r.history, "memory": r.memory, "seed": self.seed,
                 "pooling": self.pooling, "learning_rate": self.learning_rate,
                 "lr_ratio": self.lora.lr_ratio if self.lora else None,
@@ -206,6 +208,11 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
     labels = class_names_of(tokenized["train"])
     net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
+    if lora is not None:  # a rate that suits kaiming diverges at the lab's init: say so before training
+        first = next(iter(lora_layers(net).values()))
+        warning = rate_warning(lora.init, lora.rank, first.in_features, settings.learning_rate * (lora.lr_ratio or 1))
+        if warning:
+            logger.warning("%s", warning)
     trainable = num_trainable_parameters(net)
     result = train_in_place(net, method, tokenized, settings, work, tokenizer, lora=lora, resume=resume)
     info = TrainInfo(method, str(model), list(labels), trainable, settings.seed, settings.pooling,

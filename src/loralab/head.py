@@ -109,4 +109,5 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
         write_json(out_dir / "train_log.json", trainer.state.log_history)
     model.eval()
     return TrainResult(metrics.final(class_names(model)), train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb,
-                       history=history, precision=resolve_precision(settings, device))
+                       history=history, precision=resolve_precision(settings, device),
+                       peak_gpu_memory_mb=mem.gpu_peak_mb)

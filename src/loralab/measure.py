@@ -44,17 +44,18 @@ def rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Sample resident memory in a thread while the block runs; `peak_mb` after it.
+    """Sample resident memory in a thread while the block runs: `peak_mb` after it, and on
+    a GPU also `gpu_peak_mb` (`torch.cuda.max_memory_allocated`), two quantities kept apart.
 
-    On CUDA the figure is `torch.cuda.max_memory_allocated` instead. The whole process is
-    measured, so work done before the block (a loaded model) counts too: that is what a
-    user's machine must hold.
+    The whole process is measured, so work done before the block (a loaded model) counts
+    too: that is what a user's machine must hold.
     """
 
     def __init__(self, device: torch.device | str = "cpu", interval: float = 0.05):
         self.device = torch.device(device)
         self.interval = interval
         self.peak = 0
+        self.gpu_peak: int | None = None
         self._stop = threading.Event()
 
     def _sample(self) -> None:
@@ -77,8 +78,14 @@ class PeakMemory:
         self._thread.join()
         self.peak = max(self.peak, rss_bytes())
         if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.gpu_peak = torch.cuda.max_memory_allocated(self.device)
 
     @property
     def peak_mb(self) -> float:
+        """The process's peak resident (host) memory."""
         return self.peak / 2**20
+
+    @property
+    def gpu_peak_mb(self) -> float | None:
+        """The GPU memory allocated at the peak; None off a GPU."""
+        return self.gpu_peak / 2**20 if self.gpu_peak is not None else None

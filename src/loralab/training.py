@@ -168,10 +168,11 @@ class TrainResult(Scored):
 
     metrics: Metrics                  # of the last evaluation, per class and confusion included
     train_seconds: float
-    peak_memory_mb: float
+    peak_memory_mb: float             # the process's peak resident (host) memory
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, eval_loss, eval_accuracy, ...
     precision: str = "fp32"
     memory: list[dict] = field(default_factory=list)   # per epoch: resident MB after training, after eval, peak
+    peak_gpu_memory_mb: float | None = None  # on a GPU: the most memory allocated on it
 
 
 RunResult = TrainResult  # its name in loralab 0.1
@@ -419,7 +420,8 @@ def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out
         last = history[-1] if history else {}
         final = Metrics(last.get("eval_accuracy", float("nan")), last.get("eval_macro_f1", float("nan")))
     return TrainResult(final, train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
-                       precision=precision, memory=epoch_memory(trainer.state.log_history))
+                       precision=precision, memory=epoch_memory(trainer.state.log_history),
+                       peak_gpu_memory_mb=mem.gpu_peak_mb)
 
 
 train_model = train_with_trainer  # its name in loralab 0.1

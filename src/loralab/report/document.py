@@ -122,6 +122,8 @@ def results_table(summaries: list[Summary]) -> Table:
               "Eval accuracy (median)" if spread else "Eval accuracy", *(["Min-max over seeds"] if spread else []),
               "% of full accuracy", "Eval macro-F1 (median)" if spread else "Eval macro-F1",
               *(["Min-max over seeds"] if spread else []), "Training time (s)", "Peak memory (MB)"]
+    gpu = any(s.row.peak_gpu_memory_mb is not None for s in summaries)  # trained on a GPU: its memory apart
+    header += ["Peak GPU memory (MB)"] if gpu else []
     rows = []
     for s in summaries:
         acc_spread, f1_spread = [], []
@@ -132,7 +134,8 @@ def results_table(summaries: list[Summary]) -> Table:
                          else "one run" if not several else "-"]
         rows.append([s.label, fmt(s.trainable_params), pct(s.trainable_params, full_params),
                      fmt(s.eval_accuracy, ".4f"), *acc_spread, pct(s.eval_accuracy, full_acc),
-                     fmt(s.macro_f1, ".4f"), *f1_spread, fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f")])
+                     fmt(s.macro_f1, ".4f"), *f1_spread, fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f"),
+                     *([fmt(s.row.peak_gpu_memory_mb, ",.0f")] if gpu else [])])
     return table(header, rows)
 
 

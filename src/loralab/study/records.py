@@ -71,7 +71,7 @@ class Row:
     eval_accuracy: float | None = None
     eval_macro_f1: float | None = None    # the unweighted mean of the classes' F1
     train_seconds: float | None = None    # None where nothing was trained
-    peak_memory_mb: float | None = None   # peak of the process that trained it
+    peak_memory_mb: float | None = None   # peak resident (host) memory of the process that trained it
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, eval_loss, eval_accuracy
     seed: int | None = None
     precision: str | None = None          # bf16 or fp32
@@ -83,6 +83,7 @@ class Row:
     confusion: list[list[int]] | None = None   # trained models: true class x predicted class, counts
     energy: float | None = None           # extracted adapters sized by energy: the share of ||dW||^2 kept
     memory: list[dict] = field(default_factory=list)  # per epoch: resident MB after training, after eval, peak
+    peak_gpu_memory_mb: float | None = None  # trained on a GPU: the most memory allocated on it
 
     def to_json(self) -> dict:
         return asdict(self)
