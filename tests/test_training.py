@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import datasets
+import pytest
 import torch
 
 from loralab.inference import BucketedPadding, _batches, _sorted_by_length
@@ -158,3 +159,32 @@ def test_passes_hold_at_most_1024_tokens_on_a_cpu_and_the_whole_batch_on_a_gpu()
     assert micro_batch_size(TrainSettings(batch_size=6), [300], cpu) == 3  # a divisor of the batch
     assert micro_batch_size(settings, [512], gpu) == 8
     assert micro_batch_size(settings.replace(micro_batch_size=4), [20], cpu) == 4
+
+
+def test_resume_with_other_settings_is_refused_naming_each_change(tmp_path, tiny_model_dir, synthetic_data,
+                                                                  monkeypatch):
+    """A run interrupted after it started, resumed with another learning rate or rank: refused,
+    naming what changed (the old schedule went on silently, or shapes clashed in a traceback);
+    the same settings resume, and what only reports (quiet, eval_batch_size) may change."""
+    import loralab.api
+    from loralab.errors import LoralabError
+
+    real = loralab.api.train_in_place
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # after the run's settings were kept beside its checkpoints
+
+    settings = TrainSettings(epochs=1, max_length=32, learning_rate=1e-3, quiet=True)
+    monkeypatch.setattr(loralab.api, "train_in_place", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loralab.api.train("lora", tmp_path / "run", str(tiny_model_dir), settings=settings, rank=2)
+    assert (tmp_path / ".run.work" / "resume.json").exists()
+    monkeypatch.setattr(loralab.api, "train_in_place", real)
+    with pytest.raises(LoralabError, match=r"settings.learning_rate 0.001, now 0.003"):
+        loralab.api.train("lora", tmp_path / "run", str(tiny_model_dir), settings=settings.replace(learning_rate=3e-3),
+                          rank=2, resume=True)
+    with pytest.raises(LoralabError, match=r"\(lora.rank 2, now 4\)"):
+        loralab.api.train("lora", tmp_path / "run", str(tiny_model_dir), settings=settings, rank=4, resume=True)
+    info = loralab.api.train("lora", tmp_path / "run", str(tiny_model_dir), rank=2, resume=True,
+                             settings=settings.replace(quiet=False, eval_batch_size=4))
+    assert info.learning_rate == 1e-3 and (tmp_path / "run" / "adapter_model.safetensors").exists()

@@ -144,6 +144,39 @@ def load_trained(directory: str | os.PathLike):
     return load_model(directory), load_tokenizer(directory)
 
 
+# Settings a resumed run may change: where and how much it reports and checkpoints, not what it trains.
+RESUME_MAY_CHANGE = ("quiet", "report_to", "save_steps", "eval_batch_size", "device")
+RESUME_NAME = "resume.json"
+
+
+def _check_resumed_settings(work: Path, resume: bool, made_with: dict) -> None:
+    """Keep what a run trains with beside its checkpoints (`work/resume.json`); a resume
+    whose settings differ is refused, naming each change (the Trainer would go on with the
+    old schedule while loralab.json recorded the new, or fail on a rank's other shapes)."""
+    path = work / RESUME_NAME
+    made_with = json.loads(json.dumps(made_with))  # as it reads back: tuples are lists
+    if resume and path.exists():
+        before = read_json(path)
+        if not isinstance(before, dict):
+            raise LoralabError(f"{path}: unreadable; run again without --resume to start over.")
+        changes = _differences(before, made_with)
+        if changes:
+            raise LoralabError(f"--resume: the checkpoints in {work} were made with other settings ("
+                               f"{'; '.join(changes)}). Resume with the settings they were made with, or run "
+                               "without --resume to start over.")
+        return
+    write_json(path, made_with)
+
+
+def _differences(before, now, where: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(before) | set(now)):
+            out += _differences(before.get(key), now.get(key), f"{where}.{key}" if where else key)
+        return out
+    return [] if before == now else [f"{where} {before!r}, now {now!r}"]
+
+
 def train_in_place(net: nn.Module, method: str, tokenized, settings: TrainSettings, work, tokenizer, *,
                    lora: LoraOptions | None = None, resume: bool = False) -> TrainResult:
     """Train a model `prepare_model` set up for `method` in place: the head alone (on its
@@ -186,7 +219,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     """
     import torch
 
-    from .data import class_names_of, load_data
+    from .data import class_names_of, data_digest, load_data
 
     if method not in TRAIN_METHODS:
         raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
@@ -214,6 +247,11 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         if warning:
             logger.warning("%s", warning)
     trainable = num_trainable_parameters(net)
+    if is_main_process():
+        _check_resumed_settings(work, resume, {
+            "method": method, "model": str(model), "labels": list(labels),
+            "settings": {k: v for k, v in asdict(settings).items() if k not in RESUME_MAY_CHANGE},
+            "lora": asdict(lora) if lora else None, "data": data_digest(tokenized, ("train", "eval"))})
     result = train_in_place(net, method, tokenized, settings, work, tokenizer, lora=lora, resume=resume)
     info = TrainInfo(method, str(model), list(labels), trainable, settings.seed, settings.pooling,
                      settings.learning_rate, result, lora, selection)
