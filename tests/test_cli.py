@@ -109,3 +109,27 @@ def test_predict_dash_reads_the_texts_from_stdin(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive") for line in lines)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--max-length", "1024"], "--max-length 1024 is longer than"),
+    (["--seed", "-1"], "seed must be a whole number from 0 to 2**32 - 1, got -1"),
+])
+def test_common_bad_values_are_one_message(tmp_path, tiny_model_dir, run_cli, synthetic_data, flags, says):
+    code, _, err = run_cli("train", "--method", "head", "--model", tiny_model_dir, "--limit-train", 16,
+                           "--limit-eval", 8, "--epochs", 1, "--out", tmp_path / "out", "--quiet", *flags)
+    assert code == 2 and says in err and "Traceback" not in err, err
+    if "--max-length" in flags:
+        assert "(512 tokens); give --max-length 512 or less" in err
+        code, _, err = run_cli("evaluate", tiny_model_dir, "--limit-eval", 8, "--max-length", 1024, "--quiet")
+        assert code == 2 and "--max-length 1024 is longer than" in err, err
+
+
+def test_evaluate_an_eval_file_alone_needs_no_training_split(tmp_path, tiny_model_dir, run_cli, monkeypatch):
+    monkeypatch.setenv("LORALAB_DATA", str(tmp_path / "nowhere"))  # no lab sample, no download
+    evals = tmp_path / "eval.csv"
+    evals.write_text("review,label\na fine film,positive\na dull film,negative\nok,1\n")
+    code, out, err = run_cli("evaluate", tiny_model_dir, "--eval", evals, "--max-length", 16, "--quiet")
+    assert code == 0, err
+    right = float(out.split()[-1]) * 3  # printed to 4 places: k of the 3 rows right
+    assert abs(right - round(right)) < 1e-3 and "eval macro-F1" in out

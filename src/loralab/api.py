@@ -23,7 +23,7 @@ from .adapters import CONFIG_NAME, adapter_base, class_names, load_adapter, save
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_dir, write_json
 from .head import head_features, train_head
-from .inference import evaluate_metrics
+from .inference import check_max_length, evaluate_metrics
 from .lora import rate_warning
 from .metrics import Metrics, Scored
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
@@ -241,6 +241,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         tokenized = tokenize(data if data is not None else load_data(), tokenizer, settings.max_length)
     labels = class_names_of(tokenized["train"])
     net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
+    check_max_length(net, tokenizer, settings, str(model))
     if lora is not None:  # a rate that suits kaiming diverges at the lab's init: say so before training
         first = next(iter(lora_layers(net).values()))
         warning = rate_warning(lora.init, lora.rank, first.in_features, settings.learning_rate * (lora.lr_ratio or 1))
@@ -333,17 +334,29 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
                      metric=metric)
 
 
-def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None) -> Metrics:
-    """The `Metrics` of a saved model or adapter on the eval split: accuracy, macro-F1,
-    each class's scores and the confusion matrix."""
-    from .data import class_names_of, load_data
+def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None, *,
+             eval_files=None, options=None, limit: int = 0) -> Metrics:
+    """The `Metrics` of a saved model or adapter on an eval split: accuracy, macro-F1, each
+    class's scores and the confusion matrix.
+
+    Args:
+        data: a DatasetDict whose `eval` split is scored (default: `load_data()`'s), or
+        eval_files: files or globs read as the eval split alone, their labels numbered among
+            the model's own classes (`options`: columns; `limit`: a seeded subset of rows).
+            No training split is read.
+    """
+    from .data import DataOptions, class_names_of, limit_data, load_data, load_split
 
     settings = settings or TrainSettings()
     net, tokenizer = load_trained(model_dir)
+    if eval_files is not None:
+        evals = load_split(eval_files, options or DataOptions(), names=class_names(net))
+        data = limit_data(DatasetDict(eval=evals), eval=limit)
     data = data if data is not None else load_data()
     refuse_other_classes(model_dir, "model", class_names(net), class_names_of(data["eval"]), "the data")
-    tokenized = tokenize(data, tokenizer, settings.max_length)
-    return evaluate_metrics(net, tokenized["eval"], tokenizer, settings, names=class_names(net))
+    check_max_length(net, tokenizer, settings, str(model_dir))
+    evals = tokenize(DatasetDict(eval=data["eval"]), tokenizer, settings.max_length)["eval"]  # eval only
+    return evaluate_metrics(net, evals, tokenizer, settings, names=class_names(net))
 
 
 def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.PathLike = "runs/lowrank",

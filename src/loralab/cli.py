@@ -303,7 +303,15 @@ def cmd_evaluate(args) -> None:
     from .api import evaluate
 
     config, settings = _inference(args)
-    metrics = evaluate(args.model_dir, data=_data(config), settings=settings)
+    d = config["data"]
+    if d["eval"] and not d["train"]:  # --eval FILE alone: no training split is needed, or read
+        from .data import DataOptions
+
+        options = DataOptions(d["text_column"], d["label_column"], d["drop_invalid"], tuple(d["labels"]) or None)
+        metrics = evaluate(args.model_dir, settings=settings, eval_files=d["eval"], options=options,
+                           limit=d["limit_eval"])
+    else:
+        metrics = evaluate(args.model_dir, data=_data(config), settings=settings)
     print(f"eval macro-F1: {metrics.macro_f1:.4f}")
     print(f"eval accuracy: {metrics.accuracy:.4f}")
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import LoralabError
 from .metrics import Metrics, classification_metrics
 from .models import pick_device
 from .settings import TrainSettings
@@ -122,6 +123,16 @@ def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings
                 values = forward(batch)
             out[rows] = values.float().cpu().numpy()
     return out
+
+
+def check_max_length(model: nn.Module, tokenizer, settings: TrainSettings, where="the model") -> None:
+    """Refuse a `max_length` longer than the model has positions for (a BERT-sized model
+    takes 512 tokens): the model would fail in the middle of a batch with a shape error."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limit = min((n for n in limits if isinstance(n, int) and 0 < n < 1_000_000), default=None)
+    if limit is not None and settings.max_length > limit:
+        raise LoralabError(f"--max-length {settings.max_length} is longer than {where} takes ({limit} tokens); "
+                           f"give --max-length {limit} or less.")
 
 
 def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):

@@ -25,7 +25,7 @@ from .api import INFO_NAME, load_trained
 from .data.files import _check_readable, _read_file, label_ids, raw_labels
 from .errors import DataError, LoralabError, ModelLoadError
 from .fileio import atomic_dir, atomic_path, write_text
-from .inference import map_batches
+from .inference import check_max_length, map_batches
 from .pooling import pooling_of
 from .settings import BINARY_NAMES, TrainSettings
 from .surgery import lora_layers, merge_and_unload
@@ -101,6 +101,7 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
 
     settings = (settings or TrainSettings()).replace(quiet=True)  # one bar, over the chunks
     model, tokenizer = load_trained(model_dir)
+    check_max_length(model, tokenizer, settings, str(model_dir))
     ids, true, id_column = None, None, None
     if texts is None:
         if input is None:

@@ -136,6 +136,8 @@ class TrainSettings:
                                f"got {self.pad_to_multiple_of}.")
         if self.max_length < 2:
             raise LoralabError(f"max_length must be at least 2 tokens, got {self.max_length}.")
+        if not 0 <= self.seed < 2**32:  # what numpy, scikit-learn and the Trainer take
+            raise LoralabError(f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed}.")
 
     def replace(self, **changes) -> "TrainSettings":
         """A copy with `changes`; an unknown name is an error, never silently dropped."""
