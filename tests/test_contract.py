@@ -173,3 +173,19 @@ def test_old_module_paths_still_import_the_moved_modules():
     from loralab.study import load_config as same
 
     assert load_config is same
+
+
+def test_quick_says_which_settings_of_a_config_file_it_replaces(tmp_path, caplog):
+    path = tmp_path / "mine.toml"
+    path.write_text("[train]\nepochs = 5\nmax_length = 128\n[data]\nlimit_train = 1000\n")
+    with caplog.at_level("WARNING", logger="loralab"):
+        config = load_config(path, quick=True)
+    assert config["train"]["epochs"] == 1  # --quick wins, as documented, and says so
+    assert f"--quick replaces what {path} set: " in caplog.text
+    assert "train.epochs = 5 -> 1" in caplog.text and "data.limit_train = 1000 -> 256" in caplog.text
+    assert "max_length" not in caplog.text  # the file's value equals --quick's: nothing replaced
+    caplog.clear()
+    path.write_text("[train]\nepochs = 5\n[quick.train]\nepochs = 5\n")  # kept under --quick by its own table
+    with caplog.at_level("WARNING", logger="loralab"):
+        assert load_config(path, quick=True)["train"]["epochs"] == 5
+    assert "replaces" not in caplog.text

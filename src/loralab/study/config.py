@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from ..settings import (
     LoraOptions,
     TrainSettings,
 )
+
+logger = logging.getLogger("loralab")
 
 
 def defaults() -> dict:
@@ -76,9 +79,12 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
     config["profile"] = profile or config["profile"]
     if config["profile"] not in PROFILES:
         raise LoralabError(f"config: profile must be one of {', '.join(PROFILES)}, not {config['profile']!r}.")
+    user = user if path else {}
     if config["profile"] == "tuned":
+        _say_what_is_replaced(user, config["tuned"], path, "the tuned profile", "tuned")
         config = _merge(config, config["tuned"], "the tuned profile ([tuned] table)")
     if quick:
+        _say_what_is_replaced(user, config["quick"], path, "--quick", "quick")
         config = _merge(config, config["quick"], "the quick setting ([quick] table)")
     for key, value in flags.items():
         if value is None:
@@ -90,6 +96,27 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
             config = _merge(config, {key: value}, "command line")
     validate(config)
     return config
+
+
+def _leaves(table: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _say_what_is_replaced(user: dict, layer: dict, path, what: str, table: str) -> None:
+    """Warn where `layer` (a profile's or --quick's table) replaces values the user's file
+    set, naming each: a file's setting must not vanish without a word."""
+    mine = _leaves({k: v for k, v in user.items() if k not in ("quick", "tuned")})
+    replaced = [f"{key} = {mine[key]!r} -> {value!r}" for key, value in _leaves(layer).items()
+                if key in mine and mine[key] != value]
+    if replaced:
+        logger.warning("%s replaces what %s set: %s. To keep a value under %s, set it in the file's [%s] table "
+                       "too.", what, path, "; ".join(replaced), what, table)
 
 
 def inside(base: str | Path, relative: str, key: str) -> Path:
