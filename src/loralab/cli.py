@@ -259,9 +259,14 @@ def _seed_list(text: str) -> list[int]:
 
 
 def cmd_train(args) -> None:
-    from .locks import output_lock
+    from contextlib import nullcontext
 
-    with output_lock(args.out):  # the learning-rate choice's scratch and the result: one writer
+    from .locks import output_lock
+    from .training import is_main_process
+
+    # The learning-rate choice's scratch and the result: one writer. Under torchrun every
+    # rank runs this command; rank 0 holds the folder.
+    with output_lock(args.out) if is_main_process() else nullcontext():
         _train(args)
 
 

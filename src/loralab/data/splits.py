@@ -50,15 +50,13 @@ def limit_data(data, train: int | None = None, eval: int | None = None):
     """Keep a random `train`/`eval` reviews of each split (all when None or 0).
 
     The subset is drawn with a fixed seed, so that changing the training seed keeps the data.
-    A limit below 0, or one that leaves the training split a single class, is a `DataError`.
+    A limit below 0 is a `DataError`.
     """
     for split, limit in (("train", train), ("eval", eval)):
         if limit is not None and limit < 0:
             raise DataError(f"--limit-{split} must be 0 (all rows) or more, got {limit}.")
         if limit and limit < len(data[split]):
             data[split] = data[split].shuffle(seed=0).select(range(limit))
-            if split == "train":
-                check_classes(data[split], f"the training data limited to {limit} rows (--limit-train)")
     return data
 
 
@@ -70,6 +68,8 @@ def load_configured(table: dict):
     data = load_data(table["dir"] or None, train=table["train"] or None, eval=table["eval"] or None,
                      options=options)
     data = limit_data(data, table["limit_train"], table["limit_eval"])
+    if table["limit_train"]:  # what is trained on must hold two classes, not only the file
+        check_classes(data["train"], f"the training data limited to {table['limit_train']} rows (--limit-train)")
     if table["validation"]:
         data = split_validation(data, table["validation"], table["split_seed"])
     return data
