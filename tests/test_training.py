@@ -188,3 +188,55 @@ def test_resume_with_other_settings_is_refused_naming_each_change(tmp_path, tiny
     info = loralab.api.train("lora", tmp_path / "run", str(tiny_model_dir), rank=2, resume=True,
                              settings=settings.replace(quiet=False, eval_batch_size=4))
     assert info.learning_rate == 1e-3 and (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_a_lora_checkpoint_holds_only_what_trains_and_resumes_to_the_same_weights(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch):
+    """A LoRA run's checkpoints held the whole base model (about 90 MB each for the default
+    model); they hold the adapters and the head, and a run resumed from the mid-run one ends
+    with the weights of a run that was never interrupted."""
+    from safetensors import safe_open
+
+    from loralab.surgery import inject_lora
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    data = datasets.DatasetDict({split: datasets.Dataset.from_dict(
+        {"text": [f"a {'fine' if i % 2 else 'dull'} film number {i}" for i in range(16)], "label": [0, 1] * 8})
+        for split in ("train", "eval")})
+    tokenized = tokenize(data, tokenizer, 16)
+    settings = TrainSettings(epochs=2, batch_size=4, max_length=16, save_steps=2, quiet=True, precision="fp32",
+                             learning_rate=1e-2)
+
+    def lora_model():
+        torch.manual_seed(0)
+        return inject_lora(load_model(tiny_model_dir), 2, init="kaiming")
+
+    whole = lora_model()
+    train_with_trainer(whole, tokenized, settings, tmp_path / "whole", tokenizer=tokenizer)
+    checkpoint = latest_checkpoint(tmp_path / "whole" / "checkpoints")
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as fh:
+        saved = set(fh.keys())
+    trainable = {n for n, p in whole.named_parameters() if p.requires_grad}
+    assert saved == trainable and not any(".base." in n for n in saved)
+    size = (checkpoint / "model.safetensors").stat().st_size
+    assert size < sum(p.numel() * 4 for p in whole.parameters()) / 20, size
+
+    # the same run, interrupted right after its checkpoint at step 4 (of 8), then resumed from it
+    from transformers import TrainerCallback
+
+    import loralab.training
+
+    class Interrupt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(loralab.training, "release_memory_after_evaluation", Interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_with_trainer(lora_model(), tokenized, settings, tmp_path / "resumed", tokenizer=tokenizer)
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "checkpoint-4"
+    resumed = lora_model()
+    train_with_trainer(resumed, tokenized, settings, tmp_path / "resumed", tokenizer=tokenizer, resume=True)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
