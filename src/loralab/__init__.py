@@ -26,8 +26,7 @@ from .surgery import (
     replace,
     target_layers,
 )
-
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402, F401
 
 # Modules of loralab 0.1 that moved into sub-packages stay importable by their old paths
 # (`from loralab.config import load_config`): the same module objects, not copies.

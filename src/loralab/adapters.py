@@ -42,9 +42,11 @@ WHOLE_ATTR = "loralab_whole_modules"  # a model attribute: modules beyond the he
 def base_model_name(model: nn.Module) -> str | None:
     """The name a base model is known by: its Hub id, or its local path."""
     name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    if name and os.path.realpath(name) == os.path.realpath(minilm_path()):
-        return MINILM_HUB_ID
-    return name
+    try:
+        packaged = os.path.realpath(minilm_path())
+    except ImportError:  # the packaged model is not installed, so this is not it
+        return name
+    return MINILM_HUB_ID if name and os.path.realpath(name) == packaged else name
 
 
 def adapter_base(config: dict) -> str | None:

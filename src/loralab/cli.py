@@ -122,14 +122,14 @@ def config_of(args, **extra) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from importlib.metadata import version
+    from .version import __version__
 
     # --debug before or after the command: each subcommand takes it too (without a default
     # of its own, so that one given before the command is not reset after it).
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     parser = argparse.ArgumentParser(prog="loralab", description=__doc__.splitlines()[0], parents=[debug])
-    parser.add_argument("--version", action="version", version=f"loralab {version('loralab')}")
+    parser.add_argument("--version", action="version", version=f"loralab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", parents=[debug],

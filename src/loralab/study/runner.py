@@ -192,12 +192,11 @@ def device_name(device: str) -> str:
 
 
 def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) -> Environment:
-    from importlib.metadata import version
-
     import torch
     import transformers
 
     from ..data import class_counts, class_names_of
+    from ..version import __version__
 
     d = config["data"]
     return Environment(
@@ -206,7 +205,7 @@ def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) ->
                          validation_rows=len(ctx.data["validation"]) if "validation" in ctx.data else 0,
                          source=d["dir"] or os.environ.get("LORALAB_DATA") or "cache or download",
                          train_files=d["train"], eval_files=d["eval"]),
-        loralab=version("loralab"), torch=torch.__version__, transformers=transformers.__version__,
+        loralab=__version__, torch=torch.__version__, transformers=transformers.__version__,
         python=platform.python_version(), device=device_name(config["device"]),
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
         precision=resolved_precision(config), seed=config["seed"],
