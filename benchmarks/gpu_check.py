@@ -53,6 +53,7 @@ def main() -> int:
     import torch
 
     import loralab
+    from _common import machine
     from loralab.study import load_config, run_study
     from loralab.training import TrainSettings
 
@@ -65,6 +66,7 @@ def main() -> int:
     model, data = tiny_model(out / "model"), reviews(out / "data")
     gpu = torch.cuda.is_available()
     checked = 0
+    print(machine())
 
     settings = TrainSettings(epochs=2, max_length=32, learning_rate=3e-3, quiet=True)  # device and precision: auto
     info = loralab.train("lora", out / "lora", str(model), data=loralab.load_data(data), settings=settings,
