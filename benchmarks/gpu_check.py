@@ -44,7 +44,8 @@ def reviews(folder: Path) -> Path:
         for i in range(n):
             label = i % 2
             mood = WORDS[:4] if label else WORDS[4:8]
-            rows.append(f"{' '.join(rng.choice(WORDS[8:]) for _ in range(rng.randint(1, 8)))} {rng.choice(mood)},{label}")
+            filler = " ".join(rng.choice(WORDS[8:]) for _ in range(rng.randint(1, 8)))
+            rows.append(f"{filler} {rng.choice(mood)},{label}")
         (folder / f"{split}.csv").write_text("review,label\n" + "\n".join(rows) + "\n")
     return folder
 
