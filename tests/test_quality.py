@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_STUDY, tiny_bert, tiny_distilbert
+from conftest import TINY_STUDY, count_fraction, tiny_bert, tiny_distilbert
 from loralab.adapters import read_adapter
 from loralab.errors import LoralabError
 
@@ -296,7 +296,8 @@ def test_choosing_skips_candidates_evaluated_before_and_saves_each_new_one(tmp_p
     (work / "candidates.json").write_text(json.dumps(kept))
     result = choose([1e-3, 1e-2])
     assert result.learning_rate == 1e-3 and result.validation_accuracy[repr(1e-3)] == 1.5
-    assert 0 <= result.validation_accuracy[repr(1e-2)] <= 1 and not work.exists()
+    count_fraction(result.validation_accuracy[repr(1e-2)], 6)  # trained: k of the 6 validation rows
+    assert not work.exists()
 
     with pytest.raises(KeyboardInterrupt):  # other settings: what was kept is not theirs
         choose([1e-3, 1e-2], stop_after=1)
@@ -304,4 +305,20 @@ def test_choosing_skips_candidates_evaluated_before_and_saves_each_new_one(tmp_p
     kept["candidates"][repr(1e-3)]["scores"]["accuracy"] = 1.5
     (work / "candidates.json").write_text(json.dumps(kept))
     result = choose([1e-3, 1e-2], max_length=12)
-    assert result.validation_accuracy[repr(1e-3)] <= 1
+    count_fraction(result.validation_accuracy[repr(1e-3)], 6)  # trained again, not the 1.5 kept for others
+
+    # The best at the grid's edge: one more candidate a step past it, and a word where it wins again.
+    from loralab.report.document import selection_lines
+
+    with pytest.raises(KeyboardInterrupt):
+        choose([1e-3, 1e-2], stop_after=1)
+    kept = read_json(work / "candidates.json")
+    entry = kept["candidates"][repr(1e-3)]
+    kept["candidates"] = {repr(lr): {**entry, "scores": {"accuracy": acc, "macro_f1": acc}}
+                          for lr, acc in ((1e-3, 0.2), (1e-2, 0.5), (0.1, 0.9))}  # 0.1: a step past 1e-2
+    (work / "candidates.json").write_text(json.dumps(kept))
+    result = choose([1e-3, 1e-2])
+    assert (result.learning_rate, result.beyond_grid, result.at_edge) == (0.1, 0.1, True)
+    assert list(result.validation_accuracy) == [repr(1e-3), repr(1e-2), repr(0.1)]
+    assert "so 0.1 was tried one step past it; it was best again, so the best rate may lie further out" in \
+        selection_lines([result])[0]

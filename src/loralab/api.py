@@ -266,14 +266,16 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
 def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,
                          settings: TrainSettings | None = None, lora: LoraOptions | None = None,
                          tokenizer=None, work: str | os.PathLike = "runs/.choose",
-                         resume: bool = True, metric: str = "accuracy") -> Selection:
+                         resume: bool = True, metric: str = "accuracy", extend: bool = True) -> Selection:
     """The learning rate of `candidates` that gives `method` the best `metric` (accuracy or
     macro_f1) on the `validation` split of `data` (trained on its `train` split; `eval` is not read).
     `data` may be tokenized already; see `loralab.split_validation` to make the split.
 
     Each candidate trains a fresh model with `settings` (seed included); head-tuning
     computes the frozen encoder's features once for all candidates. Ties go to the
-    candidate listed first.
+    candidate listed first. With `extend`, a best candidate at the grid's smallest or
+    largest rate gets one more candidate a step past it (the grid's own step); where that
+    one is best again, the selection says the best may lie beyond (`at_edge`).
 
     Each finished candidate's score is kept in `work/candidates.json`, tagged with a hash of
     everything it depends on (method, model, settings, LoRA options, the two splits): with
@@ -303,12 +305,14 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
     if not resume:
         shutil.rmtree(work, ignore_errors=True)
     scores, histories, features = {}, {}, None
-    for lr in candidates:
+
+    def score(lr: float) -> None:
+        nonlocal features
         if repr(lr) in done:
             scores[lr], histories[lr] = done[repr(lr)]["scores"], done[repr(lr)]["history"]
             logger.info("%s, learning rate %g: validation %s %.4f (evaluated before)", method, lr, metric,
                         scores[lr][metric])
-            continue
+            return
         trial = settings.replace(learning_rate=lr)
         if method == "head":
             torch.manual_seed(trial.seed)
@@ -324,14 +328,38 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
         logger.info("%s, learning rate %g: validation %s %.4f", method, lr, metric, scores[lr][metric])
         done[repr(lr)] = {"scores": scores[lr], "history": histories[lr]}
         write_json(progress, {"key": tag, "candidates": done})
+
+    candidates = list(candidates)
+    for lr in candidates:
+        score(lr)
     best = max(candidates, key=lambda lr: scores[lr][metric])  # max keeps the first of equal scores
+    beyond = _beyond_edge(candidates, best) if extend else None
+    if beyond is not None:  # the best at the grid's edge: one more step past it, so the choice is not the grid's
+        logger.info("%s: the best learning rate %g is at the edge of %s; trying %g too", method, best,
+                    ", ".join(f"{lr:g}" for lr in candidates), beyond)
+        score(beyond)
+        candidates.append(beyond)
+        best = max(candidates, key=lambda lr: scores[lr][metric])
     shutil.rmtree(work, ignore_errors=True)
     return Selection(method=method, learning_rate=best, train_rows=len(data["train"]),
                      validation_rows=len(data["eval"]), epochs=settings.epochs, pooling=settings.pooling,
                      validation_accuracy={repr(lr): scores[lr]["accuracy"] for lr in candidates},
                      validation_macro_f1={repr(lr): scores[lr]["macro_f1"] for lr in candidates},
                      history={repr(lr): histories[lr] for lr in candidates}, rank=lora.rank if lora else None,
-                     metric=metric)
+                     metric=metric, beyond_grid=beyond, at_edge=beyond is not None and best == beyond)
+
+
+def _beyond_edge(grid: list[float], best: float) -> float | None:
+    """One step past the grid's edge where `best` lies on it (the step of its two outermost
+    candidates, rounded to 3 digits); None inside the grid or for a grid of one."""
+    ordered = sorted(set(grid))
+    if len(ordered) < 2:
+        return None
+    if best == ordered[-1]:
+        return float(f"{best * ordered[-1] / ordered[-2]:.3g}")
+    if best == ordered[0]:
+        return float(f"{best * ordered[0] / ordered[1]:.3g}")
+    return None
 
 
 def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None, *,

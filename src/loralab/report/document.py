@@ -215,7 +215,10 @@ def selection_lines(selections: list[Selection], unit: str = "reviews") -> list[
         out.append(f"{label(sel.method)}{rank}: learning rate {sel.learning_rate:g}, "
                    f"chosen on the validation split ({sel.validation_rows} {unit} held out of train, "
                    f"{sel.train_rows} trained on, {sel.epochs:g} epochs, {sel.pooling} pooling); "
-                   f"validation {sel.metric.replace('_', '-')} per learning rate: {tried}.")
+                   f"validation {sel.metric.replace('_', '-')} per learning rate: {tried}."
+                   + (f" The best of the grid lay at its edge, so {sel.beyond_grid:g} was tried one step past it"
+                      + ("; it was best again, so the best rate may lie further out." if sel.at_edge else ".")
+                      if sel.beyond_grid is not None else ""))
     return out
 
 

@@ -109,6 +109,8 @@ class Selection:
     rank: int | None = None  # LoRA's rate is chosen at this rank and used at every rank
     chosen_on: str = "validation"
     metric: str = "accuracy"  # what the choice maximised: accuracy or macro_f1
+    beyond_grid: float | None = None  # the best was at the grid's edge: this rate, one step past it, was tried
+    at_edge: bool = False     # ... and was best again: the best rate may lie further out
 
 
 @dataclass
