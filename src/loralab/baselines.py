@@ -28,15 +28,26 @@ class BaselineResult(Scored):
     trainable_params: int   # the classifier's coefficients
 
 
+PAIR_MARKER = " [SEP] "
+
+
+def baseline_texts(split) -> list[str]:
+    """What TF-IDF reads: the text, or a pair's two texts joined with " [SEP] " (one bag of
+    words for both; GLUE_PROVENANCE.md's TF-IDF figures are made the same way)."""
+    if "text_pair" in split.column_names:
+        return [f"{a}{PAIR_MARKER}{b}" for a, b in zip(split["text"], split["text_pair"])]
+    return list(split["text"])
+
+
 def run_baseline(method: str, train, eval_, seed: int = 0) -> BaselineResult:
     """Fit one TF-IDF baseline on `train` and score it on `eval_`."""
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose from {sorted(BASELINES)}")
     pipeline = make_pipeline(TfidfVectorizer(), BASELINES[method](seed))
     start = time.perf_counter()
-    pipeline.fit(train["text"], train["label"])
+    pipeline.fit(baseline_texts(train), train["label"])
     seconds = time.perf_counter() - start
-    metrics = classification_metrics(pipeline.predict(eval_["text"]), eval_["label"])
+    metrics = classification_metrics(pipeline.predict(baseline_texts(eval_)), eval_["label"])
     clf = pipeline[-1]
     if isinstance(clf, LogisticRegression):
         params = clf.coef_.size + clf.intercept_.size

@@ -33,6 +33,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train", nargs="+", help="training files or globs (CSV, TSV, JSONL, Parquet)")
     g.add_argument("--eval", nargs="+", help="evaluation files or globs")
     g.add_argument("--text-column", help="column with the review text (default: review)")
+    g.add_argument("--text-pair-column", help="sentence pairs: the column with each pair's second text (the model "
+                   "reads both: [CLS] a [SEP] b [SEP]); default: none, single texts")
     g.add_argument("--label-column", help="column with the label (default: label)")
     g.add_argument("--labels", type=_name_list, help="the classes in order, comma-separated (default: from the "
                    "training data: 0/1 and the like are negative/positive, integers by value, strings alphabetically)")
@@ -104,6 +106,7 @@ FLAG_KEYS = {
     "save_steps": "train.save_steps", "class_weights": "train.class_weights", "pooling": "train.pooling",
     "eval_batch_size": "train.eval_batch_size",
     "data": "data.dir", "train": "data.train", "eval": "data.eval", "text_column": "data.text_column",
+    "text_pair_column": "data.text_pair_column",
     "label_column": "data.label_column", "labels": "data.labels", "drop_invalid": "data.drop_invalid",
     "limit_train": "data.limit_train",
     "limit_eval": "data.limit_eval", "targets": "lora.targets", "init": "lora.init", "dropout": "lora.dropout",
@@ -204,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[debug],
                        help="predict sentiment for texts or a file")
     p.add_argument("model_dir", help="a trained model or adapter folder")
-    p.add_argument("texts", nargs="*", help="texts to classify, or - alone for one text per line on stdin")
+    p.add_argument("texts", nargs="*", help="texts to classify, or - alone for one text per line on stdin; "
+                   "for a model of sentence pairs, each pair as one text: \"first ||| second\"")
     p.add_argument("--input", help="CSV/TSV/JSONL/Parquet file, or - for one text per line on stdin")
     p.add_argument("--output", help="write predictions to this .csv or .jsonl file")
     p.add_argument("--text-column", help="column with the text in --input (default: review)")
+    p.add_argument("--text-pair-column", help="sentence pairs: the column with each pair's second text in --input")
     p.add_argument("--labels", dest="labels_file", help="a file with a label column: also print accuracy")
     _add_inference_args(p)
 
@@ -310,10 +315,9 @@ def cmd_evaluate(args) -> None:
     config, settings = _inference(args)
     d = config["data"]
     if d["eval"] and not d["train"]:  # --eval FILE alone: no training split is needed, or read
-        from .data import DataOptions
+        from .data import data_options
 
-        options = DataOptions(d["text_column"], d["label_column"], d["drop_invalid"], tuple(d["labels"]) or None)
-        metrics = evaluate(args.model_dir, settings=settings, eval_files=d["eval"], options=options,
+        metrics = evaluate(args.model_dir, settings=settings, eval_files=d["eval"], options=data_options(d),
                            limit=d["limit_eval"])
     else:
         metrics = evaluate(args.model_dir, data=_data(config), settings=settings)
@@ -345,13 +349,16 @@ def cmd_predict(args) -> None:
     if not args.texts and not args.input:
         raise LoralabError("Give texts to classify, - for stdin, or --input FILE.")
     config, settings = _inference(args)
-    result = predict(args.model_dir, args.texts or None, input=args.input, output=args.output,
-                     text_column=config["data"]["text_column"], labels=args.labels_file, settings=settings,
-                     progress=not args.quiet)
+    from .serve import split_pair
+
+    result = predict(args.model_dir, [split_pair(t) for t in args.texts] or None, input=args.input,
+                     output=args.output, text_column=config["data"]["text_column"], labels=args.labels_file,
+                     settings=settings, progress=not args.quiet,
+                     text_pair_column=config["data"]["text_pair_column"] or None)
     if not args.output:
         texts = args.texts or [None] * len(result.labels)
         for text, label, probs in zip(texts, result.labels, result.probabilities):
-            shown = f"  {text[:60]!r}" if text else ""
+            shown = f"  {text[:60]!r}" if text else ""  # a pair as it was typed
             print(f"{label}\t{probs.max():.4f}{shown}")
     else:
         print(f"{len(result.labels)} predictions written to {args.output}")

@@ -44,31 +44,58 @@ class Predictions:
     accuracy: float | None = None
 
 
-def predict_texts(model: nn.Module, tokenizer, texts: list[str], settings: TrainSettings | None = None) -> np.ndarray:
+PAIR_SEPARATOR = " ||| "  # on the command line and stdin: "first text ||| second text" is one pair
+
+
+def split_pair(text: str) -> str | tuple[str, str]:
+    """A text as given on the command line: "a ||| b" is the pair (a, b); else the text."""
+    if PAIR_SEPARATOR.strip() in text:
+        first, _, second = text.partition(PAIR_SEPARATOR.strip())
+        return first.strip(), second.strip()
+    return text
+
+
+def predict_texts(model: nn.Module, tokenizer, texts: list, settings: TrainSettings | None = None) -> np.ndarray:
     """Class probabilities (rows: texts, columns: classes), computed in the length-sorted
-    batches of every loralab inference (`training.map_batches`)."""
+    batches of every loralab inference (`training.map_batches`). A text may be a pair
+    (first, second), tokenized together as in training."""
     settings = settings or TrainSettings()
-    ids = tokenizer(list(texts), truncation=True, max_length=settings.max_length)["input_ids"]
+    pairs = [t for t in texts if isinstance(t, tuple)]
+    if pairs and len(pairs) != len(texts):
+        raise LoralabError("Give every text as a pair (first ||| second), or none: a model reads one kind.")
+    if pairs:
+        firsts, seconds = zip(*texts)
+        ids = tokenizer(list(firsts), list(seconds), truncation="longest_first",
+                        max_length=settings.max_length)["input_ids"]
+    else:
+        ids = tokenizer(list(texts), truncation=True, max_length=settings.max_length)["input_ids"]
     logits = map_batches(model, ids, tokenizer, settings, "Predicting", model.config.num_labels,
                          lambda batch: model(**batch).logits)
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
 
-def read_texts(path: str, text_column: str = "review") -> tuple[list[str], list | None, list | None, str | None]:
-    """(texts, ids, labels, id column) from a data file, or one text per line from stdin ("-")."""
+def read_texts(path: str, text_column: str = "review", text_pair_column: str | None = None,
+               ) -> tuple[list, list | None, list | None, str | None]:
+    """(texts, ids, labels, id column) from a data file (pairs where `text_pair_column` is
+    given), or one text per line from stdin ("-"; "a ||| b" a pair)."""
     if path == "-":
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        texts = [split_pair(line.rstrip("\n")) for line in sys.stdin if line.strip()]
         return texts, None, None, None
     file = Path(path)
     _check_readable(file)
     ds = _read_file(file)
-    if text_column not in ds.column_names:
-        raise DataError(f"{file}: no column {text_column!r} (--text-column). Columns found: "
-                        f"{', '.join(map(repr, ds.column_names))}.")
+    for column, flag in ((text_column, "--text-column"), (text_pair_column, "--text-pair-column")):
+        if column and column not in ds.column_names:
+            raise DataError(f"{file}: no column {column!r} ({flag}). Columns found: "
+                            f"{', '.join(map(repr, ds.column_names))}.")
     texts = list(ds[text_column])
-    bad = [i + 1 for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    seconds = list(ds[text_pair_column]) if text_pair_column else [None] * len(texts)
+    bad = [i + 1 for i, (t, u) in enumerate(zip(texts, seconds)) if not isinstance(t, str) or not t.strip()
+           or (text_pair_column and (not isinstance(u, str) or not u.strip()))]
     if bad:
         raise DataError(f"{file}: rows {', '.join(map(str, bad[:10]))} have empty text.")
+    if text_pair_column:
+        texts = list(zip(texts, seconds))
     id_column = next((c for c in ID_COLUMNS if c in ds.column_names), None)
     ids = list(ds[id_column]) if id_column else None
     labels = list(ds["label"]) if "label" in ds.column_names else None
@@ -77,13 +104,15 @@ def read_texts(path: str, text_column: str = "review") -> tuple[list[str], list 
 
 def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *, input: str | None = None,
             output: str | os.PathLike | None = None, text_column: str = "review", labels: str | None = None,
-            chunk_size: int = 4096, settings: TrainSettings | None = None, progress: bool = True) -> Predictions:
+            chunk_size: int = 4096, settings: TrainSettings | None = None, progress: bool = True,
+            text_pair_column: str | None = None) -> Predictions:
     """Predict sentiment for texts or a file and optionally write the predictions.
 
     Args:
         model_dir: a full or head-tuned model folder, or an adapter folder (its base model
             is resolved from `adapter_config.json`).
-        texts: texts to classify (or use `input`).
+        texts: texts to classify (or use `input`); for a model of sentence pairs, pairs
+            (first, second).
         input: a CSV/TSV/JSONL/Parquet file with `text_column`, or "-" for one text per line
             on stdin.
         output: a `.csv` or `.jsonl` file for label, probability of each class and the
@@ -106,7 +135,7 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
     if texts is None:
         if input is None:
             raise LoralabError("Give texts or an input file.")
-        texts, ids, true, id_column = read_texts(input, text_column)
+        texts, ids, true, id_column = read_texts(input, text_column, text_pair_column)
     texts = list(texts)
     if labels:
         file = Path(labels)

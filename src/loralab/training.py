@@ -40,11 +40,19 @@ def is_main_process() -> bool:
 
 
 def tokenize(data, tokenizer, max_length: int = 512):
-    """Tokenize every split without padding; batches are padded as they are made."""
+    """Tokenize every split without padding; batches are padded as they are made. Sentence
+    pairs (a `text_pair` column) go in together, `[CLS] a [SEP] b [SEP]` with token types
+    where the model has them, cut longest first to `max_length`."""
     def encode(batch):
+        if "text_pair" in batch:
+            return tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=max_length)
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
-    return data.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing")
+    def columns(split):
+        return [c for c in ("text", "text_pair") if c in split.column_names]
+
+    first = next(iter(data.values()))
+    return data.map(encode, batched=True, remove_columns=columns(first), desc="Tokenizing")
 
 
 # On a CPU, each forward/backward pass holds at most this many tokens (batch 8 of 512-token

@@ -17,11 +17,21 @@ from .files import (
     raw_labels,
 )
 from .imdb import IMDB_URL, LAB_FILES, cache_dir, download_lab_sample, resolve_data_dir
-from .splits import data_digest, limit_data, load_configured, load_data, split_validation, warn_overlap
+from .splits import (
+    data_digest,
+    data_options,
+    limit_data,
+    load_configured,
+    load_data,
+    split_validation,
+    texts_of,
+    warn_overlap,
+)
 
 __all__ = [
     "FORMATS", "IMDB_URL", "LABEL_VALUES", "LAB_FILES", "DataOptions", "cache_dir", "check_classes", "class_counts",
-    "class_names_of", "data_digest", "download_lab_sample", "expand_files", "label_ids", "label_names", "limit_data",
+    "class_names_of", "data_digest", "data_options", "download_lab_sample", "expand_files", "label_ids",
+    "label_names", "limit_data",
     "load_configured", "load_data", "load_file", "load_split", "raw_label", "raw_labels", "resolve_data_dir",
-    "split_validation", "warn_overlap",
+    "split_validation", "texts_of", "warn_overlap",
 ]

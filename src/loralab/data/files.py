@@ -56,12 +56,15 @@ class DataOptions:
         drop_invalid: skip rows with empty or whitespace-only text instead of failing.
         labels: the classes in order (``("very negative", ..., "very positive")``); None
             takes them from the training split (see `label_names`).
+        text_pair_column: for sentence pairs (entailment, paraphrase, answer matching), the
+            column with each pair's second text; the model reads both (`[CLS] a [SEP] b [SEP]`).
     """
 
     text_column: str = "review"
     label_column: str = "label"
     drop_invalid: bool = False
     labels: tuple[str, ...] | None = None
+    text_pair_column: str | None = None
 
 
 def expand_files(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -261,52 +264,79 @@ def label_ids(raw: Sequence[str], names: Sequence[str], path, column: str, rows:
     return ids
 
 
-def _read_rows(path: str | os.PathLike, options: DataOptions) -> tuple[list[str], list[str], list[int]]:
-    """(texts, raw labels, their 1-based data rows) of one data file, checked: columns
-    present, no missing label, no empty text (or those rows dropped with `drop_invalid`)."""
+@dataclass
+class _Rows:
+    """One file's rows, checked: texts (and second texts of pairs), raw labels, and each
+    row's 1-based data row in the file (rows dropped with `drop_invalid` keep their numbers)."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    raw: list[str]
+    rows: list[int]
+
+
+def _check_texts(path: Path, values, column: str, flag: str) -> list[int]:
+    """The rows of a text column that hold no text (empty or white space); a value that is
+    not text at all (a number in JSON Lines) is a `DataError` naming its row."""
+    not_text = [(row, v) for row, v in enumerate(values, start=1) if not isinstance(v, str) and v is not None]
+    if not_text:
+        row, value = not_text[0]
+        raise DataError(f"{path}: row {row}: the value {value!r} in column {column!r} is not text "
+                        f"({len(not_text)} row(s) like it); quote it in the file, or pick the text column with "
+                        f"{flag}.")
+    return [row for row, v in enumerate(values, start=1) if not isinstance(v, str) or not v.strip()]
+
+
+def _read_rows(path: str | os.PathLike, options: DataOptions) -> _Rows:
+    """One data file's rows, checked: columns present, no missing label, no empty text
+    (or those rows dropped with `drop_invalid`)."""
     path = Path(path)
     _check_readable(path)
     ds = _read_file(path)
     if len(ds) == 0:
         raise DataError(f"{path}: the file has a header but no rows.")
-    for column, flag in ((options.text_column, "--text-column"), (options.label_column, "--label-column")):
+    columns = [(options.text_column, "--text-column"), (options.label_column, "--label-column")]
+    if options.text_pair_column:
+        columns.append((options.text_pair_column, "--text-pair-column"))
+    for column, flag in columns:
         if column not in ds.column_names:
             raise _missing_column(path, column, flag, ds.column_names)
 
     texts = ds[options.text_column]
+    pairs = ds[options.text_pair_column] if options.text_pair_column else None
     raw = raw_labels(ds[options.label_column], path, options.label_column)
-
-    not_text = [(row, text) for row, text in enumerate(texts, start=1) if not isinstance(text, str)
-                and text is not None]
-    if not_text:
-        row, value = not_text[0]
-        raise DataError(f"{path}: row {row}: the value {value!r} in column {options.text_column!r} is not text "
-                        f"({len(not_text)} row(s) like it); quote it in the file, or pick the text column with "
-                        "--text-column.")
+    invalid = set(_check_texts(path, texts, options.text_column, "--text-column"))
+    if pairs is not None:
+        invalid |= set(_check_texts(path, pairs, options.text_pair_column, "--text-pair-column"))
     rows = list(range(1, len(texts) + 1))
-    invalid = [row for row, text in enumerate(texts, start=1) if not isinstance(text, str) or not text.strip()]
     if invalid:
+        invalid = sorted(invalid)
         shown = ", ".join(map(str, invalid[:10])) + (" ..." if len(invalid) > 10 else "")
+        named = " or ".join(repr(c) for c in (options.text_column, options.text_pair_column) if c)
         if not options.drop_invalid:
             raise DataError(f"{path}: {len(invalid)} row(s) with empty or whitespace-only text "
-                            f"in column {options.text_column!r}: rows {shown}. Fix them, or pass "
+                            f"in column {named}: rows {shown}. Fix them, or pass "
                             "--drop-invalid to skip them.")
         logger.warning("%s: dropped %d row(s) with empty text (rows %s).", path, len(invalid), shown)
         bad = set(invalid)
         keep = [i for i in range(len(texts)) if i + 1 not in bad]
         texts = [texts[i] for i in keep]
+        pairs = [pairs[i] for i in keep] if pairs is not None else None
         raw = [raw[i] for i in keep]
         rows = [rows[i] for i in keep]
         if not texts:
             raise DataError(f"{path}: no rows left after dropping invalid ones.")
-    return list(texts), raw, rows
+    return _Rows(list(texts), list(pairs) if pairs is not None else None, raw, rows)
 
 
-def _make_dataset(texts: list[str], labels: list[int], names: Sequence[str]):
+def _make_dataset(texts: list[str], labels: list[int], names: Sequence[str], pairs: list[str] | None = None):
+    """A split: `text` (and `text_pair`, the second text of sentence pairs) and `label`."""
     import datasets
 
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
-    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    columns = {"text": texts, **({"text_pair": pairs} if pairs is not None else {}), "label": labels}
+    features = datasets.Features({**{c: datasets.Value("string") for c in columns if c != "label"},
+                                  "label": datasets.ClassLabel(names=list(names))})
+    return datasets.Dataset.from_dict(columns, features=features)
 
 
 def load_file(path: str | os.PathLike, options: DataOptions | None = None, names: Sequence[str] | None = None):
@@ -320,16 +350,18 @@ def load_split(patterns, options: DataOptions | None = None, names: Sequence[str
     numbered among `names` (default: the split's own classes, see `label_names`)."""
     options = options or DataOptions()
     files = expand_files(patterns)
-    parts = [(path, *_read_rows(path, options)) for path in files]
+    parts = [(path, _read_rows(path, options)) for path in files]
     if names is None:
-        names = label_names([v for _, _, raw, _ in parts for v in raw], options.labels)
+        names = label_names([v for _, part in parts for v in part.raw], options.labels)
     if options.labels and len(set(names)) != len(names):
         raise DataError(f"--labels names a class twice: {', '.join(names)}.")
-    texts, ids = [], []
-    for path, part_texts, raw, rows in parts:
-        texts += part_texts
-        ids += label_ids(raw, names, path, options.label_column, rows)
-    return _make_dataset(texts, ids, names)
+    texts, pairs, ids = [], [] if options.text_pair_column else None, []
+    for path, part in parts:
+        texts += part.texts
+        if pairs is not None:
+            pairs += part.pairs
+        ids += label_ids(part.raw, names, path, options.label_column, part.rows)
+    return _make_dataset(texts, ids, names, pairs)
 
 
 def class_names_of(split) -> list[str]:

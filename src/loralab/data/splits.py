@@ -15,8 +15,8 @@ logger = logging.getLogger("loralab")
 
 def warn_overlap(train, eval_) -> int:
     """Warn when reviews appear in both splits; return how many eval rows do."""
-    train_texts = set(train["text"])
-    overlap = sum(1 for t in eval_["text"] if t in train_texts)
+    train_texts = set(texts_of(train))
+    overlap = sum(1 for t in texts_of(eval_) if t in train_texts)
     if overlap:
         logger.warning("%d eval row(s) also appear in the training data; eval scores "
                        "will be optimistic.", overlap)
@@ -60,11 +60,23 @@ def limit_data(data, train: int | None = None, eval: int | None = None):
     return data
 
 
+def data_options(table: dict) -> DataOptions:
+    """How a configuration's [data] table says to read its files."""
+    return DataOptions(table["text_column"], table["label_column"], table["drop_invalid"],
+                       tuple(table["labels"]) or None, table.get("text_pair_column") or None)
+
+
+def texts_of(split) -> list:
+    """Each row's input as one hashable value: its text, or (text, second text) for pairs."""
+    if "text_pair" in split.column_names:
+        return list(zip(split["text"], split["text_pair"]))
+    return list(split["text"])
+
+
 def load_configured(table: dict):
     """The data a configuration's [data] table names: its files read and checked, limited
     to seeded random subsets, and split into train and validation where it asks for one."""
-    options = DataOptions(table["text_column"], table["label_column"], table["drop_invalid"],
-                          tuple(table["labels"]) or None)
+    options = data_options(table)
     data = load_data(table["dir"] or None, train=table["train"] or None, eval=table["eval"] or None,
                      options=options)
     data = limit_data(data, table["limit_train"], table["limit_eval"])
@@ -85,8 +97,8 @@ def data_digest(data, splits) -> str:
     for split in splits:
         ds = data[split]
         digest.update(json.dumps([split, class_names_of(ds)]).encode())  # the names reach the model
-        column = "text" if "text" in ds.column_names else "input_ids"
-        for value, label in zip(ds[column], ds["label"]):
+        values = texts_of(ds) if "text" in ds.column_names else ds["input_ids"]
+        for value, label in zip(values, ds["label"]):
             digest.update((value if isinstance(value, str) else json.dumps(list(value))).encode())
             digest.update(f"\0{label}\0".encode())
     return digest.hexdigest()[:16]
@@ -105,8 +117,8 @@ def split_validation(data, fraction: float, seed: int = 0):
 
     if not 0 < fraction < 1:
         raise DataError(f"The validation fraction must be between 0 and 1, got {fraction}.")
-    texts, labels = list(data["train"]["text"]), list(data["train"]["label"])
-    in_eval = set(data["eval"]["text"])
+    texts, labels = texts_of(data["train"]), list(data["train"]["label"])
+    in_eval = set(texts_of(data["eval"]))
     first = {}  # each distinct text -> its first row's label
     for text, label in zip(texts, labels):
         first.setdefault(text, label)
