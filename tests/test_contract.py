@@ -60,6 +60,13 @@ def test_quick_applies_its_tables_over_the_profile_and_flags_over_it():
     assert tuned_quick["select"]["enabled"] and tuned_quick["data"]["limit_train"] == 256
 
 
+def test_the_metrics_a_choice_may_use_are_the_scores_a_run_records():
+    from loralab.metrics import SCORES
+    from loralab.settings import SELECT_METRICS
+
+    assert SELECT_METRICS == SCORES
+
+
 def test_unknown_settings_are_refused_not_dropped():
     with pytest.raises(LoralabError, match="no setting 'epoch'"):
         TrainSettings().replace(epoch=2)

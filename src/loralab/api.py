@@ -25,7 +25,7 @@ from .fileio import atomic_dir, write_json
 from .head import head_features, train_head
 from .inference import check_max_length, evaluate_metrics
 from .lora import rate_warning
-from .metrics import Metrics, Scored
+from .metrics import SCORES, Metrics, Scored
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
 from .settings import TRAIN_METHODS, LoraOptions
@@ -73,7 +73,8 @@ class TrainInfo(Scored):
         return Row(self.method, self.rank, self.trainable_params, m.accuracy, m.macro_f1, r.train_seconds,
                    r.peak_memory_mb, r.history, self.seed, r.precision, learning_rate=self.learning_rate,
                    pooling=self.pooling, chosen_on=chosen_on, per_class=m.per_class, confusion=m.confusion,
-                   memory=r.memory, peak_gpu_memory_mb=r.peak_gpu_memory_mb)
+                   memory=r.memory, peak_gpu_memory_mb=r.peak_gpu_memory_mb, eval_matthews=m.matthews,
+                   eval_f1_positive=m.f1_positive)
 
     def to_json(self) -> dict:
         """`loralab.json`: flat, every field by the name loralab 0.1 wrote it under."""
@@ -81,7 +82,8 @@ class TrainInfo(Scored):
         data = {"method": self.method, "base_model": self.base_model, "rank": self.rank,
                 "targets": self.lora.targets if self.lora else None, "alpha": self.alpha,
                 "trainable_params": self.trainable_params, "eval_accuracy": m.accuracy,
-                "eval_macro_f1": m.macro_f1, "per_class": m.per_class, "confusion": m.confusion,
+                "eval_macro_f1": m.macro_f1, "eval_matthews": m.matthews, "eval_f1_positive": m.f1_positive,
+                "per_class": m.per_class, "confusion": m.confusion,
                 "labels": list(self.labels), "train_seconds": r.train_seconds, "peak_memory_mb": r.peak_memory_mb,
                 "peak_gpu_memory_mb": r.peak_gpu_memory_mb,
                 "precision": r.precision, "history": r.history, "memory": r.memory, "seed": self.seed,
@@ -310,8 +312,8 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
         nonlocal features
         if repr(lr) in done:
             scores[lr], histories[lr] = done[repr(lr)]["scores"], done[repr(lr)]["history"]
-            logger.info("%s, learning rate %g: validation %s %.4f (evaluated before)", method, lr, metric,
-                        scores[lr][metric])
+            logger.info("%s, learning rate %g: validation %s %s (evaluated before)", method, lr, metric,
+                        scores[lr].get(metric))
             return
         trial = settings.replace(learning_rate=lr)
         if method == "head":
@@ -322,29 +324,37 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
             result = train_head(net, data, trial, work / "model", tokenizer, features=features)
         else:
             result = train(method, work / "model", model, settings=trial, tokenized=data, lora=lora, lock=False).result
-        scores[lr] = {"accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1}
+        scores[lr] = {name: result.metrics.score(name) for name in SCORES}
         histories[lr] = result.history
         shutil.rmtree(work / "model", ignore_errors=True)
-        logger.info("%s, learning rate %g: validation %s %.4f", method, lr, metric, scores[lr][metric])
+        logger.info("%s, learning rate %g: validation %s %s", method, lr, metric, scores[lr].get(metric))
         done[repr(lr)] = {"scores": scores[lr], "history": histories[lr]}
         write_json(progress, {"key": tag, "candidates": done})
 
     candidates = list(candidates)
     for lr in candidates:
         score(lr)
-    best = max(candidates, key=lambda lr: scores[lr][metric])  # max keeps the first of equal scores
+    def by_metric(lr: float) -> float:
+        value = scores[lr].get(metric)
+        if value is None:
+            raise LoralabError(f"select.metric {metric!r} has no value for this task (f1_positive needs two classes).")
+        return value
+
+    best = max(candidates, key=by_metric)  # max keeps the first of equal scores
     beyond = _beyond_edge(candidates, best) if extend else None
     if beyond is not None:  # the best at the grid's edge: one more step past it, so the choice is not the grid's
         logger.info("%s: the best learning rate %g is at the edge of %s; trying %g too", method, best,
                     ", ".join(f"{lr:g}" for lr in candidates), beyond)
         score(beyond)
         candidates.append(beyond)
-        best = max(candidates, key=lambda lr: scores[lr][metric])
+        best = max(candidates, key=by_metric)
     shutil.rmtree(work, ignore_errors=True)
     return Selection(method=method, learning_rate=best, train_rows=len(data["train"]),
                      validation_rows=len(data["eval"]), epochs=settings.epochs, pooling=settings.pooling,
                      validation_accuracy={repr(lr): scores[lr]["accuracy"] for lr in candidates},
                      validation_macro_f1={repr(lr): scores[lr]["macro_f1"] for lr in candidates},
+                     validation_scores={name: {repr(lr): scores[lr].get(name) for lr in candidates}
+                                        for name in SCORES if name not in ("accuracy", "macro_f1")},
                      history={repr(lr): histories[lr] for lr in candidates}, rank=lora.rank if lora else None,
                      metric=metric, beyond_grid=beyond, at_edge=beyond is not None and best == beyond)
 

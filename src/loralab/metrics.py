@@ -20,6 +20,16 @@ class Metrics:
     macro_f1: float  # the unweighted mean of the classes' F1
     per_class: dict[str, dict] | None = None   # class name -> precision, recall, f1, support
     confusion: list[list[int]] | None = None   # true class x predicted class, counts
+    matthews: float | None = None     # Matthews correlation (CoLA's GLUE metric), from -1 to 1
+    f1_positive: float | None = None  # binary tasks: F1 of the positive class, the second (MRPC's GLUE metric)
+
+    def score(self, name: str) -> float | None:
+        """The score a task is measured and chosen by: one of `SCORES`."""
+        return getattr(self, name)
+
+
+# The scores a run records and the tuned profile may choose on (`select.metric`).
+SCORES = ("accuracy", "macro_f1", "matthews", "f1_positive")
 
 
 class Scored:
@@ -41,11 +51,15 @@ def classification_metrics(predictions, labels, names=None) -> Metrics:
     """Accuracy and macro-F1 (the unweighted mean of the classes' F1, over the classes
     that occur in `labels` or `predictions`, as scikit-learn computes it); with the class
     `names`, also each class's scores and the confusion matrix."""
-    from sklearn.metrics import confusion_matrix, f1_score
+    from sklearn.metrics import confusion_matrix, f1_score, matthews_corrcoef
 
     predictions, labels = np.asarray(predictions), np.asarray(labels)
+    binary = len(names) == 2 if names is not None else max(predictions.max(initial=0), labels.max(initial=0)) <= 1
     metrics = Metrics(accuracy=float((predictions == labels).mean()),
-                      macro_f1=float(f1_score(labels, predictions, average="macro", zero_division=0)))
+                      macro_f1=float(f1_score(labels, predictions, average="macro", zero_division=0)),
+                      matthews=float(matthews_corrcoef(labels, predictions)) if len(labels) else None,
+                      f1_positive=float(f1_score(labels, predictions, pos_label=1, average="binary", zero_division=0))
+                      if binary else None)
     if names is not None:
         metrics.per_class = per_class_metrics(predictions, labels, names)
         metrics.confusion = confusion_matrix(labels, predictions, labels=list(range(len(names)))).tolist()
@@ -88,8 +102,8 @@ def weighted_loss(weights: torch.Tensor | None):
 
 
 class EvalMetrics:
-    """The Trainer's `compute_metrics`: accuracy and macro-F1 after each evaluation (the
-    Trainer logs them as `eval_accuracy`, `eval_macro_f1`), with the last evaluation's
+    """The Trainer's `compute_metrics`: each of `SCORES` after each evaluation (the Trainer
+    logs them as `eval_accuracy`, `eval_macro_f1`, ...), with the last evaluation's
     predictions kept for its full `Metrics` (`final`)."""
 
     def __init__(self):
@@ -99,7 +113,7 @@ class EvalMetrics:
         logits, labels = eval_pred
         self.last = (np.argmax(logits, axis=-1), np.asarray(labels))
         scores = classification_metrics(*self.last)
-        return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
+        return {name: value for name in SCORES if (value := scores.score(name)) is not None}
 
     def final(self, names) -> Metrics | None:
         """The last evaluation's scores, per class (of `names`) and confusion included."""

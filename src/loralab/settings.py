@@ -25,7 +25,7 @@ TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, head, full: the methods `train
 PROFILES = ("lab", "tuned")
 BINARY_NAMES = ("negative", "positive")  # the binary sentiment task's classes (IMDB's), 0 and 1
 CLASS_WEIGHTS = ("none", "balanced")
-SELECT_METRICS = ("accuracy", "macro_f1")
+SELECT_METRICS = ("accuracy", "macro_f1", "matthews", "f1_positive")  # = metrics.SCORES
 
 # Inference batches, sorted by length. On a CPU 16 beats 64 (100 lab eval reviews: 3.8 s
 # against 5.2 s; 500: 14.7 s against 17.9 s): smaller (batch, heads, seq, seq) attention

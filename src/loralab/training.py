@@ -152,7 +152,9 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
                          "train_loss": float(np.mean(losses)) if losses else None,
                          "eval_loss": entry.get("eval_loss"),
                          "eval_accuracy": entry["eval_accuracy"],
-                         "eval_macro_f1": entry.get("eval_macro_f1")})
+                         "eval_macro_f1": entry.get("eval_macro_f1"),
+                         **{f"eval_{k}": entry[f"eval_{k}"] for k in ("matthews", "f1_positive")
+                            if f"eval_{k}" in entry}})
             losses = []
     return rows
 

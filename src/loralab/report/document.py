@@ -124,6 +124,10 @@ def results_table(summaries: list[Summary]) -> Table:
               *(["Min-max over seeds"] if spread else []), "Training time (s)", "Peak memory (MB)"]
     gpu = any(s.row.peak_gpu_memory_mb is not None for s in summaries)  # trained on a GPU: its memory apart
     header += ["Peak GPU memory (MB)"] if gpu else []
+    # A task's own GLUE metrics, where the runs recorded them (studies before loralab 0.2 did not).
+    extra = [(name, label) for name, label in (("matthews", "Matthews corr."), ("f1_positive", "F1 (positive)"))
+             if any(getattr(s, name) is not None for s in summaries)]
+    header += [f"Eval {label}{' (median)' if spread else ''}" for _, label in extra]
     rows = []
     for s in summaries:
         acc_spread, f1_spread = [], []
@@ -135,7 +139,8 @@ def results_table(summaries: list[Summary]) -> Table:
         rows.append([s.label, fmt(s.trainable_params), pct(s.trainable_params, full_params),
                      fmt(s.eval_accuracy, ".4f"), *acc_spread, pct(s.eval_accuracy, full_acc),
                      fmt(s.macro_f1, ".4f"), *f1_spread, fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f"),
-                     *([fmt(s.row.peak_gpu_memory_mb, ",.0f")] if gpu else [])])
+                     *([fmt(s.row.peak_gpu_memory_mb, ",.0f")] if gpu else []),
+                     *(fmt(getattr(s, name), ".4f") for name, _ in extra)])
     return table(header, rows)
 
 
@@ -209,7 +214,8 @@ def selection_lines(selections: list[Selection], unit: str = "reviews") -> list[
     """What the validation split chose, one sentence per method."""
     out = []
     for sel in selections:
-        scores = sel.validation_macro_f1 if sel.metric == "macro_f1" else sel.validation_accuracy
+        scores = {"accuracy": sel.validation_accuracy, "macro_f1": sel.validation_macro_f1}.get(sel.metric) or \
+            sel.validation_scores.get(sel.metric, {})
         tried = ", ".join(f"{float(lr):g}: {acc:.4f}" for lr, acc in scores.items())
         rank = f" (at r = {sel.rank}, used at every rank)" if sel.rank else ""
         out.append(f"{label(sel.method)}{rank}: learning rate {sel.learning_rate:g}, "

@@ -52,6 +52,8 @@ class Summary:
     macro_f1: float | None = None       # median over seeds
     macro_f1_min: float | None = None
     macro_f1_max: float | None = None
+    matthews: float | None = None       # median over seeds, where the runs recorded it
+    f1_positive: float | None = None    # median over seeds (binary tasks)
 
     @property
     def method(self) -> str:
@@ -95,7 +97,8 @@ def aggregate(rows: list[Row]) -> list[Summary]:
         if len(runs) == 1 or not accs:
             first = runs[0]
             out.append(Summary(first, first.eval_accuracy, seeds=len(runs), train_seconds=first.train_seconds,
-                               peak_memory_mb=first.peak_memory_mb, macro_f1=first.eval_macro_f1))
+                               peak_memory_mb=first.peak_memory_mb, macro_f1=first.eval_macro_f1,
+                               matthews=first.eval_matthews, f1_positive=first.eval_f1_positive))
             continue
         mid = statistics.median(accs)
         middle = min(runs, key=lambda r: abs((r.eval_accuracy if r.eval_accuracy is not None else 9) - mid))
@@ -107,7 +110,8 @@ def aggregate(rows: list[Row]) -> list[Summary]:
         f1s = [r.eval_macro_f1 for r in runs if r.eval_macro_f1 is not None]
         out.append(Summary(middle, mid, min(accs), max(accs), len(runs), median_of("train_seconds"),
                            median_of("peak_memory_mb"), median_of("eval_macro_f1"),
-                           min(f1s, default=None), max(f1s, default=None)))
+                           min(f1s, default=None), max(f1s, default=None), median_of("eval_matthews"),
+                           median_of("eval_f1_positive")))
     return out
 
 

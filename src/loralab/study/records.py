@@ -84,6 +84,8 @@ class Row:
     energy: float | None = None           # extracted adapters sized by energy: the share of ||dW||^2 kept
     memory: list[dict] = field(default_factory=list)  # per epoch: resident MB after training, after eval, peak
     peak_gpu_memory_mb: float | None = None  # trained on a GPU: the most memory allocated on it
+    eval_matthews: float | None = None    # Matthews correlation
+    eval_f1_positive: float | None = None  # binary tasks: F1 of the positive (second) class
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -109,6 +111,7 @@ class Selection:
     rank: int | None = None  # LoRA's rate is chosen at this rank and used at every rank
     chosen_on: str = "validation"
     metric: str = "accuracy"  # what the choice maximised: accuracy or macro_f1
+    validation_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # other scores: name -> lr -> value
     beyond_grid: float | None = None  # the best was at the grid's edge: this rate, one step past it, was tried
     at_edge: bool = False     # ... and was best again: the best rate may lie further out
 
