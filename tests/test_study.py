@@ -295,6 +295,7 @@ def test_a_killed_run_leaves_no_process_behind(tmp_path, tiny_study_config):
             pass
 
 
+@pytest.mark.slow
 def test_runs_see_the_environment_of_their_start_not_of_the_fork_server(tmp_path, tiny_model_dir):
     """The fork server is started once; a run started later must see the study's
     environment as it is then (here: where the data is)."""
@@ -322,6 +323,7 @@ print(run_study(config, quiet=True).rows[0].method)
     assert done.stdout.split()[-1] == "full"
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_stops_at_once_and_the_first_finishes(tmp_path, tiny_study_config,
                                                                                  finished):
     """Two `loralab run` on one output folder: the second stops at once (exit 2), naming the
