@@ -113,22 +113,24 @@ def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: 
     return net
 
 
-def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: TrainInfo,
+def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: TrainInfo | dict,
                  extra_files: tuple = ()) -> Path:
     """Save an adapter (LoRA) or a whole model (head, full) atomically, with a tokenizer,
-    `loralab.json` describing how it was made, and copies of `extra_files` (logs)."""
+    `loralab.json` describing how it was made (a `TrainInfo`, or the dict loralab 0.1 took),
+    and copies of `extra_files` (logs)."""
+    data = info.to_json() if isinstance(info, TrainInfo) else dict(info)
     with atomic_dir(directory) as tmp:
         for extra in map(Path, extra_files):
             if extra.is_dir():
                 shutil.copytree(extra, tmp / extra.name)
             elif extra.exists():
                 shutil.copy2(extra, tmp / extra.name)
-        if info.method == "lora":
+        if data.get("method") == "lora":
             save_adapter(net, tmp)
         else:
             net.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / INFO_NAME, info.to_json())
+        write_json(tmp / INFO_NAME, data)
     return Path(directory)
 
 
