@@ -240,3 +240,18 @@ def test_a_lora_checkpoint_holds_only_what_trains_and_resumes_to_the_same_weight
     train_with_trainer(resumed, tokenized, settings, tmp_path / "resumed", tokenizer=tokenizer, resume=True)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+
+
+def test_trainer_arguments_are_passed_by_name_and_an_unknown_one_is_an_error(tmp_path):
+    """A name TrainingArguments lacks (a misspelt override, a field a release removed) is an
+    error, not dropped: transformers 5 removed `warmup_ratio`, and the old filter silently lost
+    loralab's warm-up. It now reaches the schedule under this version's name."""
+    from loralab.errors import LoralabError
+    from loralab.training import _training_arguments
+
+    cpu = torch.device("cpu")
+    with pytest.raises(LoralabError, match="no field 'save_stratgy'"):
+        _training_arguments(TrainSettings(), tmp_path, cpu, "fp32", save_stratgy="no")
+    args = _training_arguments(TrainSettings(warmup_ratio=0.25), tmp_path, cpu, "fp32")
+    assert args.get_warmup_steps(100) == 25  # a quarter of the steps, whichever field holds it
+    assert _training_arguments(TrainSettings(), tmp_path, cpu, "fp32").get_warmup_steps(100) == 0
