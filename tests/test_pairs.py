@@ -152,3 +152,31 @@ def test_a_quick_study_on_a_pair_task_runs_every_method_and_reports(pairs, tmp_p
                                             "extract", "extract-all"}
     report = (tmp_path / "out" / "report.md").read_text()
     assert "same" in report and "## Results" in report
+
+
+def test_inference_gives_a_pair_its_token_types_as_training_does(pairs, tiny_model_dir):
+    """Every loralab inference (predict, evaluate, the study's sweeps) reads a pair with its
+    token types, as the Trainer's batches do: the model's own forward on the tokenizer's full
+    encoding, not one with every token in segment A."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from loralab.inference import predict_logits
+    from loralab.models import load_tokenizer
+    from loralab.serve import predict_texts
+
+    torch.manual_seed(0)  # large weights: segment B's embedding moves the answer
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        initializer_range=0.5)).eval()
+    tokenizer = load_tokenizer(tiny_model_dir)
+    data = pair_data(pairs)
+    firsts, seconds = data["eval"]["text"][:4], data["eval"]["text_pair"][:4]
+    encoded = tokenizer(firsts, seconds, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        own = torch.softmax(model(**encoded).logits, -1).numpy()
+        typeless = torch.softmax(model(input_ids=encoded["input_ids"],
+                                       attention_mask=encoded["attention_mask"]).logits, -1).numpy()
+    assert abs(own - typeless).max() > 1e-3  # the token types matter to this model
+    np.testing.assert_allclose(predict_texts(model, tokenizer, list(zip(firsts, seconds)), FP32), own, atol=1e-5)
+    logits = predict_logits(model, tokenize(data, tokenizer, 32)["eval"].select(range(4)), tokenizer, FP32)
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), -1).numpy(), own, atol=1e-5)

@@ -16,7 +16,7 @@ from torch import nn
 from .adapters import class_names
 from .arch import architecture, head_dropout
 from .fileio import write_json
-from .inference import map_batches, resolve_precision
+from .inference import map_batches, pair_token_types, resolve_precision
 from .measure import PeakMemory
 from .metrics import EvalMetrics, class_weights
 from .models import pick_device
@@ -66,7 +66,8 @@ def encode_features(model: nn.Module, ds, tokenizer, settings: TrainSettings, de
     else:
         def features(batch):
             return encoder(model)(**batch).last_hidden_state[:, 0]  # (batch, hidden)
-    return map_batches(model, ds["input_ids"], tokenizer, settings, desc, model.config.hidden_size, features)
+    return map_batches(model, ds["input_ids"], tokenizer, settings, desc, model.config.hidden_size, features,
+                       pair_token_types(ds))
 
 
 def head_features(model: nn.Module, tokenized, settings: TrainSettings, tokenizer):

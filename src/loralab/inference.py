@@ -83,24 +83,38 @@ class BucketedPadding:
         return DataCollatorWithPadding(self.tokenizer, padding="max_length", max_length=length)(features)
 
 
-def _batches(input_ids, batch_size: int, tokenizer, multiple: int = 1, max_length: int = 512):
+def _batches(input_ids, batch_size: int, tokenizer, multiple: int = 1, max_length: int = 512,
+             token_type_ids=None):
     """Length-sorted batches, each padded to its `bucket_length`, and the original row order
-    of each."""
+    of each; with `token_type_ids` (sentence pairs), each row's segments too."""
     order = _longest_first(input_ids)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         length = bucket_length(max(len(input_ids[i]) for i in rows), multiple, max_length)
-        yield rows, tokenizer.pad([{"input_ids": input_ids[i]} for i in rows], padding="max_length",
-                                  max_length=length, return_tensors="pt")
+        features = [{"input_ids": input_ids[i], **({"token_type_ids": token_type_ids[i]} if token_type_ids else {})}
+                    for i in rows]
+        yield rows, tokenizer.pad(features, padding="max_length", max_length=length, return_tensors="pt")
+
+
+def pair_token_types(encoded) -> list | None:
+    """The token types of tokenized rows (a dataset or a tokenizer's output) where they mark
+    a second segment (sentence pairs); None for single texts, whose types are all 0 (the
+    model's default, so their batches stay as they were)."""
+    columns = encoded.column_names if hasattr(encoded, "column_names") else list(encoded.keys())
+    if "token_type_ids" not in columns:
+        return None
+    types = list(encoded["token_type_ids"])
+    return types if any(any(row) for row in types) else None
 
 
 def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings, desc: str, width: int,
-                forward) -> np.ndarray:
+                forward, token_type_ids=None) -> np.ndarray:
     """`forward(batch)` (a computation of `module`) for every row of token ids, in row
     order, in length-sorted batches of `settings.eval_batch_size` under autocast (float32
     array of `width` columns). Every inference of loralab goes through here: the Trainer's
     evaluation sees the same batches (`_sorted_by_length`), and so do `evaluate`, the
-    study's sweeps and `predict`."""
+    study's sweeps and `predict`. Sentence pairs bring their `token_type_ids`
+    (`pair_token_types`), as the Trainer's batches do."""
     from tqdm.auto import tqdm
 
     input_ids = list(input_ids)  # a dataset column is read once, not row by row
@@ -114,7 +128,7 @@ def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings
     out = np.zeros((len(input_ids), width), dtype=np.float32)
     total = math.ceil(len(input_ids) / settings.eval_batch_size)
     batches = tqdm(_batches(input_ids, settings.eval_batch_size, tokenizer, settings.pad_to_multiple_of,
-                            settings.max_length), total=total, desc=desc,
+                            settings.max_length, token_type_ids), total=total, desc=desc,
                    disable=settings.quiet, leave=False)
     with torch.inference_mode():
         for rows, batch in batches:
@@ -138,7 +152,7 @@ def check_max_length(model: nn.Module, tokenizer, settings: TrainSettings, where
 def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating"):
     """Logits for every row of a tokenized dataset, in its order (float32 numpy array)."""
     return map_batches(model, ds["input_ids"], tokenizer, settings, desc, model.config.num_labels,
-                       lambda batch: model(**batch).logits)
+                       lambda batch: model(**batch).logits, pair_token_types(ds))
 
 
 def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:

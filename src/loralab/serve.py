@@ -25,10 +25,11 @@ from .api import INFO_NAME, load_trained
 from .data.files import _check_readable, _read_file, label_ids, raw_labels
 from .errors import DataError, LoralabError, ModelLoadError
 from .fileio import atomic_dir, atomic_path, write_text
-from .inference import check_max_length, map_batches
+from .inference import check_max_length, map_batches, pair_token_types
 from .pooling import pooling_of
 from .settings import BINARY_NAMES, TrainSettings
 from .surgery import lora_layers, merge_and_unload
+from .training import encode
 
 ID_COLUMNS = ("id", "index")
 
@@ -63,14 +64,10 @@ def predict_texts(model: nn.Module, tokenizer, texts: list, settings: TrainSetti
     pairs = [t for t in texts if isinstance(t, tuple)]
     if pairs and len(pairs) != len(texts):
         raise LoralabError("Give every text as a pair (first ||| second), or none: a model reads one kind.")
-    if pairs:
-        firsts, seconds = zip(*texts)
-        ids = tokenizer(list(firsts), list(seconds), truncation="longest_first",
-                        max_length=settings.max_length)["input_ids"]
-    else:
-        ids = tokenizer(list(texts), truncation=True, max_length=settings.max_length)["input_ids"]
-    logits = map_batches(model, ids, tokenizer, settings, "Predicting", model.config.num_labels,
-                         lambda batch: model(**batch).logits)
+    firsts, seconds = zip(*texts) if pairs else (texts, None)
+    encoded = encode(tokenizer, list(firsts), list(seconds) if pairs else None, settings.max_length)
+    logits = map_batches(model, encoded["input_ids"], tokenizer, settings, "Predicting", model.config.num_labels,
+                         lambda batch: model(**batch).logits, pair_token_types(encoded))
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
 

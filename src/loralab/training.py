@@ -39,20 +39,26 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int):
+    """Texts tokenized without padding; with `pairs` (each text's second text), both go in
+    together, `[CLS] a [SEP] b [SEP]` with token types where the model has them, cut longest
+    first to `max_length`. Training and every inference encode through here."""
+    if pairs is not None:
+        return tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+    return tokenizer(texts, truncation=True, max_length=max_length)
+
+
 def tokenize(data, tokenizer, max_length: int = 512):
-    """Tokenize every split without padding; batches are padded as they are made. Sentence
-    pairs (a `text_pair` column) go in together, `[CLS] a [SEP] b [SEP]` with token types
-    where the model has them, cut longest first to `max_length`."""
-    def encode(batch):
-        if "text_pair" in batch:
-            return tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=max_length)
-        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+    """Tokenize every split (`encode`, a `text_pair` column for pairs) without padding;
+    batches are padded as they are made."""
+    def encode_batch(batch):
+        return encode(tokenizer, batch["text"], batch.get("text_pair"), max_length)
 
     def columns(split):
         return [c for c in ("text", "text_pair") if c in split.column_names]
 
     first = next(iter(data.values()))
-    return data.map(encode, batched=True, remove_columns=columns(first), desc="Tokenizing")
+    return data.map(encode_batch, batched=True, remove_columns=columns(first), desc="Tokenizing")
 
 
 # On a CPU, each forward/backward pass holds at most this many tokens (batch 8 of 512-token
