@@ -73,10 +73,18 @@ def _is_disk_full(err: BaseException | None) -> bool:
     return False
 
 
-def _disk_full(path: Path, err: BaseException) -> DiskFullError:
-    why = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err).splitlines()[0]
-    return DiskFullError(f"{path}: the disk is full ({why}) while writing it; the earlier "
-                         "version, if any, is unchanged. Free some space and run the same command again.")
+@contextmanager
+def _full_disk_named(path: Path) -> Iterator[None]:
+    """A full disk raised in the block, however a library wrapped it, as a `DiskFullError`
+    naming `path`."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, DiskFullError) or not _is_disk_full(err):
+            raise
+        why = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err).splitlines()[0]
+        raise DiskFullError(f"{path}: the disk is full ({why}) while writing it; the earlier version, if any, "
+                            "is unchanged. Free some space and run the same command again.") from err
 
 
 @contextmanager
@@ -94,15 +102,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600
-        os.replace(tmp_path, path)
-    except Exception as err:
-        if not isinstance(err, DiskFullError) and _is_disk_full(err):
-            raise _disk_full(path, err) from err
-        raise
+        with _full_disk_named(path):
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -129,19 +134,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     clear_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except Exception as err:
-        if not isinstance(err, DiskFullError) and _is_disk_full(err):
-            raise _disk_full(path, err) from err
-        raise
+        with _full_disk_named(path):
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -106,6 +106,16 @@ def _check_readable(path: Path) -> None:
         _check_structure(path)
 
 
+def _first_character(path: Path) -> str:
+    """The first character of a text file that is not white space ("" for none), read
+    without reading the whole file."""
+    with open(path, encoding="utf-8-sig") as fh:
+        while chunk := fh.read(4096):
+            if chunk.strip():
+                return chunk.lstrip()[0]
+    return ""
+
+
 def _check_structure(path: Path) -> None:
     """Find the first malformed row of a CSV, TSV or JSON Lines file and name it by its
     1-based data row (the header not counted), before a parser reports it by its own count
@@ -131,7 +141,7 @@ def _check_structure(path: Path) -> None:
                                         f"separator must be quoted.")
             except csv.Error as err:
                 raise DataError(f"{path}: row {row + 1}: {err}.") from err
-    elif suffix == ".jsonl" or (suffix == ".json" and not path.read_text("utf-8-sig").lstrip().startswith("[")):
+    elif suffix == ".jsonl" or (suffix == ".json" and _first_character(path) != "["):
         with open(path, encoding="utf-8-sig") as fh:
             row = 0
             for line in fh:

@@ -66,7 +66,7 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
             keeps the file's `profile` setting.
         **flags: settings from the command line, dotted for tables (None means not given).
     """
-    config = defaults()
+    config, user = defaults(), {}
     if path:
         path = Path(path)
         try:
@@ -79,7 +79,6 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
     config["profile"] = profile or config["profile"]
     if config["profile"] not in PROFILES:
         raise LoralabError(f"config: profile must be one of {', '.join(PROFILES)}, not {config['profile']!r}.")
-    user = user if path else {}
     if config["profile"] == "tuned":
         _say_what_is_replaced(user, config["tuned"], path, "the tuned profile", "tuned")
         config = _merge(config, config["tuned"], "the tuned profile ([tuned] table)")
