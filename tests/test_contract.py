@@ -61,10 +61,10 @@ def test_quick_applies_its_tables_over_the_profile_and_flags_over_it():
 
 
 def test_the_metrics_a_choice_may_use_are_the_scores_a_run_records():
-    from loralab.metrics import SCORES
-    from loralab.settings import SELECT_METRICS
+    from loralab.metrics import LEAD_SCORES, SCORES
+    from loralab.settings import SCORE_LABELS, SELECT_METRICS
 
-    assert SELECT_METRICS == SCORES
+    assert SELECT_METRICS == LEAD_SCORES and set(SCORE_LABELS) == set(SCORES)
 
 
 def test_unknown_settings_are_refused_not_dropped():

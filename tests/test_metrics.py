@@ -18,7 +18,7 @@ def test_matthews_and_positive_f1_by_hand():
     assert m.per_class["yes"]["f1"] == pytest.approx(m.f1_positive)  # the positive class is the second
     three = classification_metrics([0, 1, 2, 2], [0, 1, 2, 1], ["a", "b", "c"])
     assert three.f1_positive is None and three.matthews is not None  # no positive class among three
-    assert [three.score(name) is not None for name in SCORES] == [True, True, True, False]
+    assert [three.score(name) is not None for name in SCORES] == [True, True, True, False, False, False, False]
 
 
 def test_a_run_records_them_and_the_tuned_profile_can_choose_on_them(tmp_path, tiny_model_dir, run_cli,

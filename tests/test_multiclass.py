@@ -127,7 +127,7 @@ def test_a_three_class_study_runs_every_method_and_writes_its_report(tmp_path, t
     lr = next(r for r in rows if r.method == "tfidf-lr")
     assert lr.trainable_params == 3 * (features + 1)  # one weight per class and feature, and an intercept
     findings = build(tmp_path / "out")
-    assert findings.replace_test.majority_class_accuracy == pytest.approx(1 / 3)
+    assert findings.replace_test.chance_score == pytest.approx(1 / 3)
     assert findings.labels == ["apple", "banana", "cherry"] and not findings.sentiment
     assert findings.majority_class == ("apple", pytest.approx(1 / 3))
     md = (tmp_path / "out" / "report.md").read_text()

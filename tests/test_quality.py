@@ -212,7 +212,7 @@ def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tin
     findings = build(tmp_path / "out")
     accs = sorted(r.eval_accuracy for r in rows if r.method == "lora")
     lora = next(s for s in findings.summaries if s.method == "lora")
-    assert (lora.eval_accuracy, lora.accuracy_min, lora.accuracy_max, lora.seeds) == (np.median(accs), *accs, 2)
+    assert (lora.score, lora.score_min, lora.score_max, lora.seeds) == (np.median(accs), *accs, 2)
     row = next(r for r in results_table(findings.summaries).rows if r[0] == "LoRA r=2")
     assert row[3] == f"{np.median(accs):.4f}" and row[4] == f"{accs[0]:.4f}-{accs[1]:.4f} (2 seeds)"
     f1s = sorted(r.eval_macro_f1 for r in rows if r.method == "lora")

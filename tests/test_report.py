@@ -45,7 +45,7 @@ def hand_made(folder, drop=()):
             if r["method"] not in drop]
     (folder / "results.json").write_text(json.dumps(rows))
     if "approx1" not in drop:
-        summary = LowrankSummary(headtuned_accuracy=0.8, ranks=[8, 4], full_rank=32,
+        summary = LowrankSummary(headtuned_score=0.8, ranks=[8, 4], full_rank=32,
                                  lowest_rank_above_head={1: 8, 2: 4})
         write_record(folder, "lowrank", lowrank=summary)
     (folder / "environment.json").write_text(json.dumps({
@@ -67,11 +67,11 @@ def test_numbers_and_sentences(tmp_path):
     text = " ".join(answers(findings))
     assert "reaches 0.8000 eval accuracy, 10.0 points below full fine-tuning (0.9000)" in text
     assert "1.00% of full fine-tuning" in text  # head 10,000 of 1,000,000
-    assert "approximated model 1 still beats the head-tuned model (0.8000) is r = 8 (0.8500)" in text
-    assert "approximated model 2 still beats the head-tuned model (0.8000) is r = 4 (0.8200)" in text
+    assert "approximated model 1 still beats the head-tuned model's accuracy (0.8000) is r = 8 (0.8500)" in text
+    assert "approximated model 2 still beats the head-tuned model's accuracy (0.8000) is r = 4 (0.8200)" in text
     assert "LoRA with r = 6 trains 30,000 parameters, 3.00% of full fine-tuning's 1,000,000" in text
     assert "98.00% of full fine-tuning's 0.9000" in text
-    assert "TF-IDF + logistic regression reaches 0.8400 in 0.50 s" in text
+    assert "TF-IDF + logistic regression reaches 0.8400 eval accuracy in 0.50 s" in text
     lora_row = next(r for r in results_table(findings.summaries).rows if r[0] == "LoRA r=6")
     assert lora_row[1:5] == ["30,000", "3.00%", "0.8820", "98.00%"]
 
@@ -94,10 +94,10 @@ def test_extracted_adapters_against_trained_lora_and_full(tmp_path):
     findings = build(folder)
     text = " ".join(extraction_lines(findings))
     # 0.895 and 0.893 are within 1 point of full's 0.9; the smaller of the two is the rank-4 one
-    assert ("smallest extracted adapter within 1 point of full fine-tuning (0.9000) is Extracted LoRA "
+    assert ("smallest extracted adapter within 1 point of full fine-tuning's accuracy (0.9000) is Extracted LoRA "
             "(query, value) r=4: 21,000 parameters (2.10% of the model), 0.8950") in text
     assert "trained LoRA is the better adapter: trained LoRA is more accurate at 1 of 2 ranks" not in text
-    assert "neither is better: trained LoRA is more accurate at 1 of 2 ranks, by +1.7 points on average" in text
+    assert "neither is better: trained LoRA scores higher at 1 of 2 ranks, by +1.7 points on average" in text
     write_report(folder)
     md = (folder / "report.md").read_text()
     assert "## Adapters extracted from full fine-tuning" in md

@@ -55,7 +55,7 @@ def test_every_method_is_in_results(finished):
     assert (out / "lora-r2" / "model" / "adapter_model.safetensors").exists()
     assert png_size(out / "lowrank" / "spectrum.png") == (1320, 495)  # 12 x 4.5 inches at 110 dpi
     head = next(r for r in saved if r["method"] == "head")  # the sweeps are compared with the head row's figure
-    assert json.loads((out / "lowrank" / "result.json").read_text())["lowrank"]["headtuned_accuracy"] == \
+    assert json.loads((out / "lowrank" / "result.json").read_text())["lowrank"]["headtuned_score"] == \
         head["eval_accuracy"]
     assert json.loads((out / "full" / "result.json").read_text())["device"] == "cpu"  # what it ran on
 
@@ -81,12 +81,13 @@ def test_extract_step_saves_and_evaluates_each_adapter(finished):
 def test_replace_test_restores_predictions(finished):
     _, rows, out = finished
     result = json.loads((out / "replace-test" / "result.json").read_text())["replace_test"]
-    assert result["restored_logits_identical"] and result["restored_accuracy"] == result["original_accuracy"]
+    assert result["restored_logits_identical"] and result["restored_score"] == result["original_score"]
     # The saved model, evaluated again, agrees with the Trainer's evaluation after training:
     # both evaluate the same length-sorted batches.
-    assert result["original_accuracy"] == next(r.eval_accuracy for r in rows if r.method == "full")
-    assert result["random_clones_accuracy"] <= max(result["majority_class_accuracy"], result["original_accuracy"])
-    assert abs(result["random_clones_accuracy"] - 0.5) <= 0.2  # near chance on 48 reviews
+    assert result["original_score"] == next(r.eval_accuracy for r in rows if r.method == "full")
+    assert result["random_clones_score"] <= max(result["chance_score"], result["original_score"])
+    assert result["metric"] == "accuracy"
+    assert abs(result["random_clones_score"] - 0.5) <= 0.2  # near chance on 48 reviews
 
 
 def test_same_seed_same_accuracies_and_rerun_skips(finished, tmp_path):

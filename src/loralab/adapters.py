@@ -29,6 +29,7 @@ from .fileio import atomic_path, write_json
 from .lora import LoRA
 from .models import load_model, minilm_path, refuse_other_classes
 from .pooling import pooling_of, set_pooling
+from .settings import REGRESSION_LABELS
 from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers, matches
 
 CONFIG_NAME = "adapter_config.json"
@@ -247,7 +248,8 @@ def _check_config_shape(config, where: Path) -> None:
 
 
 def _check_labels(metadata: dict, where: Path) -> None:
-    """The class names an adapter's metadata holds: a JSON list of at least two distinct names."""
+    """The class names an adapter's metadata holds: a JSON list of at least two distinct names,
+    or a regression model's one output (`REGRESSION_LABELS`)."""
     if "loralab_labels" not in metadata:
         return
     try:
@@ -255,9 +257,9 @@ def _check_labels(metadata: dict, where: Path) -> None:
     except ValueError as err:
         raise ModelLoadError(f"{where}: its metadata 'loralab_labels' is not valid JSON ({err}).") from err
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)
-            and len(set(labels)) == len(labels)):
-        raise ModelLoadError(f"{where}: its metadata 'loralab_labels' must list two or more distinct class names, "
-                             f"got {labels!r}.")
+            and len(set(labels)) == len(labels)) and labels != list(REGRESSION_LABELS):
+        raise ModelLoadError(f"{where}: its metadata 'loralab_labels' must list two or more distinct class names "
+                             f"(or a regression model's {list(REGRESSION_LABELS)}), got {labels!r}.")
 
 
 def _resolve_targets(model: nn.Module, target_modules) -> list[str] | str:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from .lora import rate_warning
 from .metrics import SCORES, Metrics, Scored
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
-from .settings import TRAIN_METHODS, LoraOptions
+from .settings import REGRESSION, REGRESSION_LABELS, TRAIN_METHODS, LoraOptions
 from .study.records import LowrankSummary, Row, Selection, fingerprint, read_json
 from .surgery import freeze_all_but_head, inject_lora, lora_layers
 from .training import TrainResult, TrainSettings, is_main_process, tokenize, train_with_trainer
@@ -70,19 +71,18 @@ class TrainInfo(Scored):
     def row(self, chosen_on: str | None = None) -> Row:
         """The study's record of this training (a line of results.json)."""
         r, m = self.result, self.result.metrics
-        return Row(self.method, self.rank, self.trainable_params, m.accuracy, m.macro_f1, r.train_seconds,
-                   r.peak_memory_mb, r.history, self.seed, r.precision, learning_rate=self.learning_rate,
-                   pooling=self.pooling, chosen_on=chosen_on, per_class=m.per_class, confusion=m.confusion,
-                   memory=r.memory, peak_gpu_memory_mb=r.peak_gpu_memory_mb, eval_matthews=m.matthews,
-                   eval_f1_positive=m.f1_positive)
+        return Row(self.method, self.rank, self.trainable_params, train_seconds=r.train_seconds,
+                   peak_memory_mb=r.peak_memory_mb, history=r.history, seed=self.seed, precision=r.precision,
+                   learning_rate=self.learning_rate, pooling=self.pooling, chosen_on=chosen_on,
+                   per_class=m.per_class, confusion=m.confusion, memory=r.memory,
+                   peak_gpu_memory_mb=r.peak_gpu_memory_mb, **self.eval_scores())
 
     def to_json(self) -> dict:
         """`loralab.json`: flat, every field by the name loralab 0.1 wrote it under."""
         r, m = self.result, self.result.metrics
         data = {"method": self.method, "base_model": self.base_model, "rank": self.rank,
                 "targets": self.lora.targets if self.lora else None, "alpha": self.alpha,
-                "trainable_params": self.trainable_params, "eval_accuracy": m.accuracy,
-                "eval_macro_f1": m.macro_f1, "eval_matthews": m.matthews, "eval_f1_positive": m.f1_positive,
+                "trainable_params": self.trainable_params, **self.eval_scores(),
                 "per_class": m.per_class, "confusion": m.confusion,
                 "labels": list(self.labels), "train_seconds": r.train_seconds, "peak_memory_mb": r.peak_memory_mb,
                 "peak_gpu_memory_mb": r.peak_gpu_memory_mb,
@@ -271,8 +271,9 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
                          settings: TrainSettings | None = None, lora: LoraOptions | None = None,
                          tokenizer=None, work: str | os.PathLike = "runs/.choose",
                          resume: bool = True, metric: str = "accuracy", extend: bool = True) -> Selection:
-    """The learning rate of `candidates` that gives `method` the best `metric` (accuracy or
-    macro_f1) on the `validation` split of `data` (trained on its `train` split; `eval` is not read).
+    """The learning rate of `candidates` that gives `method` the best `metric` (one of
+    `settings.SELECT_METRICS`: accuracy, macro_f1, ... pearson) on the `validation` split
+    of `data` (trained on its `train` split; `eval` is not read).
     `data` may be tokenized already; see `loralab.split_validation` to make the split.
 
     Each candidate trains a fresh model with `settings` (seed included); head-tuning
@@ -339,7 +340,8 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
     def by_metric(lr: float) -> float:
         value = scores[lr].get(metric)
         if value is None:
-            raise LoralabError(f"select.metric {metric!r} has no value for this task (f1_positive needs two classes).")
+            raise LoralabError(f"select.metric {metric!r} has no value for this task (f1_positive needs two classes; "
+                               "pearson and spearman a regression task, the others classes).")
         return value
 
     best = max(candidates, key=by_metric)  # max keeps the first of equal scores
@@ -353,8 +355,8 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
     shutil.rmtree(work, ignore_errors=True)
     return Selection(method=method, learning_rate=best, train_rows=len(data["train"]),
                      validation_rows=len(data["eval"]), epochs=settings.epochs, pooling=settings.pooling,
-                     validation_accuracy={repr(lr): scores[lr]["accuracy"] for lr in candidates},
-                     validation_macro_f1={repr(lr): scores[lr]["macro_f1"] for lr in candidates},
+                     validation_accuracy={repr(lr): scores[lr].get("accuracy") for lr in candidates},
+                     validation_macro_f1={repr(lr): scores[lr].get("macro_f1") for lr in candidates},
                      validation_scores={name: {repr(lr): scores[lr].get(name) for lr in candidates}
                                         for name in SCORES if name not in ("accuracy", "macro_f1")},
                      history={repr(lr): histories[lr] for lr in candidates}, rank=lora.rank if lora else None,
@@ -377,7 +379,7 @@ def _beyond_edge(grid: list[float], best: float) -> float | None:
 def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | None = None, *,
              eval_files=None, options=None, limit: int = 0) -> Metrics:
     """The `Metrics` of a saved model or adapter on an eval split: accuracy, macro-F1, each
-    class's scores and the confusion matrix.
+    class's scores and the confusion matrix (a regression model: Pearson, Spearman, MSE).
 
     Args:
         data: a DatasetDict whose `eval` split is scored (default: `load_data()`'s), or
@@ -390,7 +392,10 @@ def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | 
     settings = settings or TrainSettings()
     net, tokenizer = load_trained(model_dir)
     if eval_files is not None:
-        evals = load_split(eval_files, options or DataOptions(), names=class_names(net))
+        options = options or DataOptions()
+        if class_names(net) == list(REGRESSION_LABELS) and options.task != REGRESSION:
+            options = dataclasses.replace(options, task=REGRESSION)  # a regression model reads its targets as numbers
+        evals = load_split(eval_files, options, names=class_names(net))
         data = limit_data(DatasetDict(eval=evals), eval=limit)
     data = data if data is not None else load_data()
     refuse_other_classes(model_dir, "model", class_names(net), class_names_of(data["eval"]), "the data")
@@ -402,7 +407,8 @@ def evaluate(model_dir: str | os.PathLike, data=None, settings: TrainSettings | 
 def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.PathLike = "runs/lowrank",
             data=None, tokenized=None, tokenizer=None, settings: TrainSettings | None = None,
             ranks: list[int] | None = None, sweep_points: int = 0, targets=None,
-            lora_dirs: tuple = (), head_accuracy: float | None = None) -> tuple[list[Row], LowrankSummary]:
+            lora_dirs: tuple = (), head_score: float | None = None, metric: str = "accuracy",
+            head_accuracy: float | None = None) -> tuple[list[Row], LowrankSummary]:
     """The low-rank study: both approximated-model sweeps, the spectrum of dW and, for
     each LoRA adapter given, its subspace similarity to dW.
 
@@ -413,13 +419,15 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
         ranks: the sweep's ranks (default: full rank halving down to 1).
         sweep_points: keep only this many ranks, spread out (0 keeps all).
         lora_dirs: LoRA adapters trained from `pretrained`, compared with dW.
-        head_accuracy: the head-tuned model's eval accuracy where it is known (`loralab run`
+        metric: the score the sweeps are compared with head-tuning on (accuracy; a regression
+            task's pearson; any of `metrics.SCORES` but mse).
+        head_score: the head-tuned model's eval `metric` where it is known (`loralab run`
             passes its head-tuning run's, so the sweeps are compared with the figure the
-            report shows); None evaluates the model.
+            report shows); None evaluates the model. `head_accuracy` is its loralab 0.1 name.
 
     Returns:
         (rows, summary): a `Row` per approach and rank (`method` approx1/approx2, `rank`,
-        `trainable_params`, `eval_accuracy`) and the `LowrankSummary` written to `lowrank.json`.
+        `trainable_params`, its eval scores) and the `LowrankSummary` written to `lowrank.json`.
     """
     import numpy as np
 
@@ -443,16 +451,17 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
     def metrics_of(net) -> Metrics:
         return evaluate_metrics(net, tokenized["eval"], tokenizer, settings)
 
-    head_acc = metrics_of(head_model).accuracy if head_accuracy is None else head_accuracy
+    head_score = head_score if head_score is not None else head_accuracy
+    head_score = metrics_of(head_model).score(metric) if head_score is None else head_score
     head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(head_model)))
     rows = []
-    summary = LowrankSummary(headtuned_accuracy=head_acc, ranks=ranks, full_rank=study.full_rank,
-                             lowest_rank_above_head={})
+    summary = LowrankSummary(headtuned_score=head_score, ranks=ranks, full_rank=study.full_rank,
+                             lowest_rank_above_head={}, metric=metric)
     for approach in (1, 2):
         start = time.perf_counter()
         sweep = study.sweep(approach, ranks, metrics_of, progress=not settings.quiet)
         summary.sweep_seconds[approach] = time.perf_counter() - start
-        summary.lowest_rank_above_head[approach] = lowest_rank_above(sweep, head_acc)
+        summary.lowest_rank_above_head[approach] = lowest_rank_above(sweep, head_score, metric)
         for point in sweep:
             r = point.rank
             # What storing this model's change costs: rank-r factors of every target layer
@@ -460,8 +469,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
             # training time and memory are those of full fine-tuning and head-tuning.
             params = head_params + sum(min(r * (m.in_features + m.out_features), m.in_features * m.out_features)
                                        for m in study.tuned.values())
-            rows.append(Row(method=f"approx{approach}", rank=r, trainable_params=params,
-                            eval_accuracy=point.eval_accuracy, eval_macro_f1=point.eval_macro_f1))
+            rows.append(Row(method=f"approx{approach}", rank=r, trainable_params=params, **point.eval_scores()))
     spectrum = study.spectrum()
     write_json(out / "spectrum.json", {name: asdict(layer) for name, layer in spectrum.items()})
     plot_spectrum(spectrum, out / "spectrum.png", "Fine-tuning update dW per layer")

@@ -13,7 +13,19 @@ import os
 import sys
 
 from .errors import LoralabError
-from .settings import CLASS_WEIGHTS, DEVICES, INITS, POOLINGS, PRECISIONS, PROFILES, TRAIN_METHODS
+from .settings import (
+    CLASS_WEIGHTS,
+    DEVICES,
+    INITS,
+    POOLINGS,
+    PRECISIONS,
+    PROFILES,
+    SCORE_LABELS,
+    SELECT_METRICS,
+    TASKS,
+    TRAIN_METHODS,
+    study_metric,
+)
 
 logger = logging.getLogger("loralab")
 
@@ -35,7 +47,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-column", help="column with the review text (default: review)")
     g.add_argument("--text-pair-column", help="sentence pairs: the column with each pair's second text (the model "
                    "reads both: [CLS] a [SEP] b [SEP]); default: none, single texts")
-    g.add_argument("--label-column", help="column with the label (default: label)")
+    g.add_argument("--label-column", help="column with the label, or a regression task's number (default: label)")
+    g.add_argument("--task", choices=TASKS, help="classification (default): a class per row; regression: a number "
+                   "per row (a similarity score, a rating), predicted by a one-output head with a mean-squared-error "
+                   "loss and scored by Pearson / Spearman correlation")
+    g.add_argument("--metric", choices=SELECT_METRICS, help="the score the report leads with and the tuned profile "
+                   "chooses learning rates on (default: accuracy; pearson for regression)")
     g.add_argument("--labels", type=_name_list, help="the classes in order, comma-separated (default: from the "
                    "training data: 0/1 and the like are negative/positive, integers by value, strings alphabetically)")
     g.add_argument("--drop-invalid", action="store_true", default=None, help="skip rows with empty text")
@@ -106,7 +123,7 @@ FLAG_KEYS = {
     "save_steps": "train.save_steps", "class_weights": "train.class_weights", "pooling": "train.pooling",
     "eval_batch_size": "train.eval_batch_size",
     "data": "data.dir", "train": "data.train", "eval": "data.eval", "text_column": "data.text_column",
-    "text_pair_column": "data.text_pair_column",
+    "text_pair_column": "data.text_pair_column", "task": "data.task", "metric": "data.metric",
     "label_column": "data.label_column", "labels": "data.labels", "drop_invalid": "data.drop_invalid",
     "limit_train": "data.limit_train",
     "limit_eval": "data.limit_eval", "targets": "lora.targets", "init": "lora.init", "dropout": "lora.dropout",
@@ -246,6 +263,11 @@ def cmd_data(args) -> None:
     names = class_names_of(data["train"])
     for split in data:
         counts = class_counts(data[split])
+        if not counts:  # a regression task: its targets' range
+            values = data[split]["label"]
+            print(f"{split}: {len(data[split])} rows (targets {min(values):g} to {max(values):g}, "
+                  f"mean {sum(values) / len(values):.3f})")
+            continue
         print(f"{split}: {len(data[split])} rows ({', '.join(f'{c} {n}' for n, c in zip(names, counts))})")
 
 
@@ -278,6 +300,7 @@ def cmd_train(args) -> None:
 def _train(args) -> None:
     from .api import choose_learning_rate, train
     from .settings import LoraOptions, TrainSettings
+    from .study.config import select_metric
 
     config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
     data, selection = _data(config), None
@@ -290,14 +313,15 @@ def _train(args) -> None:
         trial = settings.replace(epochs=sel["epochs"]) if sel["epochs"] else settings
         selection = choose_learning_rate(args.method, sel[args.method], data, model=config["model"], settings=trial,
                                          lora=lora, work=f"{args.out}.choose", resume=args.resume,
-                                         metric=sel["metric"])
+                                         metric=select_metric(config))
         settings = settings.replace(learning_rate=selection.learning_rate)
         print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
               f"{selection.validation_rows} validation rows")
         del data["validation"]
     result = train(method=args.method, out=args.out, model=config["model"], data=data, settings=settings,
                    lora=lora, resume=args.resume, selection=selection, lock=False)
-    print(f"{args.method}: eval accuracy {result.eval_accuracy:.4f}, "
+    metric = study_metric(config)
+    print(f"{args.method}: eval {SCORE_LABELS[metric]} {result.metrics.score(metric):.4f}, "
           f"{result.trainable_params:,} trainable parameters, saved to {args.out}")
 
 
@@ -321,6 +345,11 @@ def cmd_evaluate(args) -> None:
                            limit=d["limit_eval"])
     else:
         metrics = evaluate(args.model_dir, data=_data(config), settings=settings)
+    if metrics.pearson is not None:  # a regression model
+        print(f"eval mean squared error: {metrics.mse:.4f}")
+        print(f"eval Spearman correlation: {metrics.spearman:.4f}")
+        print(f"eval Pearson correlation: {metrics.pearson:.4f}")
+        return
     print(f"eval macro-F1: {metrics.macro_f1:.4f}")
     print(f"eval Matthews correlation: {metrics.matthews:.4f}")
     if metrics.f1_positive is not None:
@@ -333,11 +362,13 @@ def cmd_lowrank(args) -> None:
 
     config, settings = _inference(args)
     pretrained = args.pretrained or config["model"]
+    metric = study_metric(config)
     rows, summary = lowrank(args.finetuned, args.headtuned, pretrained, out=args.out, data=_data(config),
-                            settings=settings, ranks=args.ranks, targets=args.targets, lora_dirs=tuple(args.lora))
-    print(f"head-tuned accuracy: {summary.headtuned_accuracy:.4f}")
+                            settings=settings, ranks=args.ranks, targets=args.targets, lora_dirs=tuple(args.lora),
+                            metric=metric)
+    print(f"head-tuned {SCORE_LABELS[metric]}: {summary.headtuned_score:.4f}")
     for r in rows:
-        print(f"{r.method} rank {r.rank:>4}: accuracy {r.eval_accuracy:.4f}")
+        print(f"{r.method} rank {r.rank:>4}: {SCORE_LABELS[metric]} {r.score(metric):.4f}")
     for approach, lowest in summary.lowest_rank_above_head.items():
         print(f"approximated model {approach}: lowest rank above head-tuning: "
               f"{lowest if lowest is not None else 'none'}")
@@ -359,14 +390,18 @@ def cmd_predict(args) -> None:
                      settings=settings, progress=not args.quiet,
                      text_pair_column=config["data"]["text_pair_column"] or None)
     if not args.output:
-        texts = args.texts or [None] * len(result.labels)
-        for text, label, probs in zip(texts, result.labels, result.probabilities):
+        texts = args.texts or [None] * len(result)
+        for i, text in enumerate(texts):
             shown = f"  {text[:60]!r}" if text else ""  # a pair as it was typed
-            print(f"{label}\t{probs.max():.4f}{shown}")
+            # A regression model prints its predicted score; a classifier its class and that class's probability.
+            print(f"{result.scores[i]:.4f}{shown}" if result.scores is not None
+                  else f"{result.labels[i]}\t{result.probabilities[i].max():.4f}{shown}")
     else:
-        print(f"{len(result.labels)} predictions written to {args.output}")
+        print(f"{len(result)} predictions written to {args.output}")
     if result.accuracy is not None:
         print(f"accuracy: {result.accuracy:.4f}")
+    if result.metrics is not None and result.metrics.pearson is not None:
+        print(f"Pearson correlation: {result.metrics.pearson:.4f}, Spearman: {result.metrics.spearman:.4f}")
 
 
 def cmd_extract(args) -> None:
@@ -403,7 +438,7 @@ def cmd_run(args) -> None:
     config = config_of(args, **({"out": args.out} if args.out else {}))
     result = run_study(config, quiet=args.quiet)
     report = write_report(config["out"], inside(config["out"], config["report_dir"], "report_dir"))
-    print(summary_table(result.rows))
+    print(summary_table(result.rows, study_metric(config)))
     print(f"\nResults: {Path(config['out']) / 'results.json'}\nReport: {report} and report.html")
 
 

@@ -44,7 +44,12 @@ class HeadOnFeatures(nn.Module):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         logits = self.arch.head_forward(self.model[0], features, self.dropout)
-        loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.weights) if labels is not None else None
+        if labels is None:
+            loss = None
+        elif logits.shape[-1] == 1:  # a regression head: the model's own mean squared error
+            loss = nn.functional.mse_loss(logits.float().squeeze(-1), labels.float())
+        else:
+            loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.weights)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
@@ -78,7 +83,7 @@ def head_features(model: nn.Module, tokenized, settings: TrainSettings, tokenize
     return datasets.DatasetDict({
         split: datasets.Dataset.from_dict({
             "features": encode_features(model, tokenized[split], tokenizer, settings, f"Encoding {split}"),
-            "labels": np.asarray(tokenized[split]["label"]),
+            "labels": np.asarray(tokenized[split]["label"]),  # class numbers, or a regression's float targets
         }).with_format("torch")
         for split in ("train", "eval")
     })

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import LoralabError
-from .metrics import Metrics, classification_metrics
+from .metrics import Metrics, scores_of
 from .models import pick_device
 from .settings import TrainSettings
 
@@ -156,13 +156,14 @@ def predict_logits(model: nn.Module, ds, tokenizer, settings: TrainSettings, des
 
 
 def evaluate_model(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating") -> float:
-    """Accuracy of `model` on a tokenized dataset with `label`s."""
+    """Accuracy of a classifier on a tokenized dataset with `label`s."""
     return evaluate_metrics(model, ds, tokenizer, settings, desc).accuracy
 
 
 def evaluate_metrics(model: nn.Module, ds, tokenizer, settings: TrainSettings, desc: str = "Evaluating",
                      names=None) -> Metrics:
-    """Accuracy and macro-F1 of `model` on a tokenized dataset with `label`s (and, given the
-    class `names`, each class's scores and the confusion matrix)."""
+    """The scores of `model` on a tokenized dataset with `label`s (`metrics.scores_of`): a
+    classifier's accuracy, macro-F1, ... (given the class `names`, each class's scores and
+    the confusion matrix too), a regression model's correlations and error."""
     logits = predict_logits(model, ds, tokenizer, settings, desc)
-    return classification_metrics(logits.argmax(-1), ds["label"], names)
+    return scores_of(logits, ds["label"], names)

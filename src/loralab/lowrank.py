@@ -117,11 +117,26 @@ def make_approximated_model_2(rank: int, headtuned, finetuned, pretrained, *, ta
 
 @dataclass
 class SweepPoint:
-    """An approximated model at one rank, as evaluated."""
+    """An approximated model at one rank, as evaluated: its eval scores by name (accuracy,
+    macro_f1, ...; a regression model's pearson, spearman, mse)."""
 
     rank: int
-    eval_accuracy: float
-    eval_macro_f1: float | None = None
+    scores: dict[str, float]
+
+    def score(self, name: str) -> float | None:
+        return self.scores.get(name)
+
+    @property
+    def eval_accuracy(self) -> float | None:
+        return self.scores.get("accuracy")
+
+    @property
+    def eval_macro_f1(self) -> float | None:
+        return self.scores.get("macro_f1")
+
+    def eval_scores(self) -> dict[str, float]:
+        """The scores as keywords of a results row: ``{"eval_accuracy": ...}``."""
+        return {f"eval_{name}": value for name, value in self.scores.items()}
 
 
 @dataclass
@@ -189,14 +204,14 @@ class LowRankStudy:
     def sweep(self, approach: int, ranks: Iterable[int], evaluate: Callable[[nn.Module], object],
               progress: bool = True) -> list[SweepPoint]:
         """Approximated model `approach` evaluated at each rank. `evaluate` returns the
-        accuracy, or scores with `accuracy` and `macro_f1` (`loralab.metrics.Metrics`)."""
+        accuracy, or the scores (`loralab.metrics.Metrics`: every score it has is kept)."""
         from tqdm.auto import tqdm
 
         points = []
         for rank in tqdm(list(ranks), desc=f"Approximated model {approach}", disable=not progress):
             result = evaluate(self.model(approach, rank))
-            points.append(SweepPoint(rank, float(result)) if isinstance(result, (int, float)) else
-                          SweepPoint(rank, result.accuracy, result.macro_f1))
+            points.append(SweepPoint(rank, {"accuracy": float(result)} if isinstance(result, (int, float))
+                                     else result.scores()))
         return points
 
     def spectrum(self) -> dict[str, LayerSpectrum]:
@@ -236,7 +251,7 @@ def subspace_similarity(update: torch.Tensor, reference: SVD | torch.Tensor, ran
     return float(overlap.square().sum() / r)
 
 
-def lowest_rank_above(points: list[SweepPoint], threshold: float) -> int | None:
-    """The lowest rank whose accuracy is still above `threshold` (None if none is)."""
-    above = [p.rank for p in points if p.eval_accuracy > threshold]
+def lowest_rank_above(points: list[SweepPoint], threshold: float, metric: str = "accuracy") -> int | None:
+    """The lowest rank whose `metric` is still above `threshold` (None if none is)."""
+    above = [p.rank for p in points if p.score(metric) is not None and p.score(metric) > threshold]
     return min(above) if above else None

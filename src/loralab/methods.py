@@ -34,6 +34,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "a logistic regression on TF-IDF features"),
     Method("tfidf-nb", "TF-IDF + naive Bayes", "#e377c2", "tfidf-nb", "baseline",
            "a multinomial naive Bayes on TF-IDF features"),
+    Method("tfidf-ridge", "TF-IDF + ridge regression", "#bcbd22", "tfidf-ridge", "baseline",
+           "a ridge regression on TF-IDF features (regression tasks)"),
     Method("full", "Full fine-tuning", "#d62728", "full", "trained", "every parameter"),
     Method("head", "Head-tuning", "#7f7f7f", "head", "trained", "the classification head on a frozen encoder"),
     Method("approx1", "Approximated model 1", "#1f77b4", "lowrank", "approximation",
@@ -49,6 +51,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, lora
 BASELINES = tuple(name for name, m in METHODS.items() if m.kind == "baseline")
+TASK_BASELINES = {"classification": ("tfidf-lr", "tfidf-nb"), "regression": ("tfidf-ridge",)}  # a study's, by task
 
 
 def method(name: str) -> Method:

@@ -1,5 +1,11 @@
-"""What a classifier scores: accuracy and macro-F1, per-class precision, recall and F1,
-the confusion matrix, and the class weights of an imbalanced task's loss."""
+"""What a model scores: for classes, accuracy and macro-F1, per-class precision, recall
+and F1, the confusion matrix, Matthews correlation and the positive class's F1; for a
+real-valued target (regression), Pearson and Spearman correlation and the mean squared
+error. Also the class weights of an imbalanced task's loss.
+
+A model with one output is a regression model (Hugging Face's rule: `num_labels == 1`),
+so every evaluation that has the model's outputs knows which scores apply (`scores_of`).
+"""
 
 from __future__ import annotations
 
@@ -9,42 +15,99 @@ import numpy as np
 import torch
 from torch import nn
 
+from .settings import (  # noqa: F401 - the task kinds and the scores' names
+    CLASSIFICATION,
+    REGRESSION,
+    REGRESSION_LABELS,
+    SCORE_LABELS,
+    TASKS,
+    default_metric,
+)
+
 
 @dataclass
 class Metrics:
-    """What a classifier scores on a split: every evaluation's result, from the function
-    that computes it (`classification_metrics`, `inference.evaluate_metrics`, the Trainer's
-    last evaluation) to the record that stores it (`Row.eval_accuracy`, ...)."""
+    """What a model scores on a split: every evaluation's result, from the function that
+    computes it (`scores_of`, `inference.evaluate_metrics`, the Trainer's last evaluation)
+    to the record that stores it (`Row.eval_accuracy`, `Row.eval_pearson`, ...). A
+    classifier's scores are the first six; a regression model's the last three."""
 
-    accuracy: float
-    macro_f1: float  # the unweighted mean of the classes' F1
+    accuracy: float | None = None
+    macro_f1: float | None = None  # the unweighted mean of the classes' F1
     per_class: dict[str, dict] | None = None   # class name -> precision, recall, f1, support
     confusion: list[list[int]] | None = None   # true class x predicted class, counts
     matthews: float | None = None     # Matthews correlation (CoLA's GLUE metric), from -1 to 1
     f1_positive: float | None = None  # binary tasks: F1 of the positive class, the second (MRPC's GLUE metric)
+    pearson: float | None = None      # regression: Pearson correlation of prediction and target (STS-B's)
+    spearman: float | None = None     # regression: Spearman (rank) correlation
+    mse: float | None = None          # regression: mean squared error (lower is better)
 
     def score(self, name: str) -> float | None:
         """The score a task is measured and chosen by: one of `SCORES`."""
         return getattr(self, name)
 
+    def scores(self) -> dict[str, float]:
+        """Every score this evaluation has, by name (the Trainer logs them as `eval_NAME`)."""
+        return {name: value for name in SCORES if (value := self.score(name)) is not None}
 
-# The scores a run records and the tuned profile may choose on (`select.metric`).
-SCORES = ("accuracy", "macro_f1", "matthews", "f1_positive")
+
+# The scores a run records; all but the mean squared error are higher-is-better and may be
+# what a study leads with and chooses learning rates on (`LEAD_SCORES`).
+SCORES = ("accuracy", "macro_f1", "matthews", "f1_positive", "pearson", "spearman", "mse")
+CLASSIFICATION_SCORES = SCORES[:4]
+REGRESSION_SCORES = SCORES[4:]
+LEAD_SCORES = SCORES[:-1]
+
+
+def metric_task(metric: str) -> str:
+    """The task whose runs record `metric`."""
+    return REGRESSION if metric in REGRESSION_SCORES else CLASSIFICATION
 
 
 class Scored:
     """A result that holds its eval `metrics`: its scores under the names results.json and
-    loralab.json give them (`eval_accuracy`, `eval_macro_f1`)."""
+    loralab.json give them (`eval_accuracy`, `eval_macro_f1`, `eval_pearson`, ...)."""
 
     metrics: Metrics
 
     @property
-    def eval_accuracy(self) -> float:
+    def eval_accuracy(self) -> float | None:
         return self.metrics.accuracy
 
     @property
-    def eval_macro_f1(self) -> float:
+    def eval_macro_f1(self) -> float | None:
         return self.metrics.macro_f1
+
+    def eval_scores(self) -> dict[str, float | None]:
+        """Every score as a keyword of `Row`: ``{"eval_accuracy": ..., "eval_pearson": ...}``."""
+        return eval_fields(self.metrics)
+
+
+def eval_fields(metrics: Metrics) -> dict[str, float | None]:
+    """The scores of `metrics` by the names results.json and loralab.json store them under."""
+    return {f"eval_{name}": metrics.score(name) for name in SCORES}
+
+
+def regression_metrics(predictions, targets) -> Metrics:
+    """Pearson and Spearman correlation and the mean squared error of predicted scores
+    against true ones (a correlation is 0 where either side is constant)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    predictions, targets = np.asarray(predictions, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    constant = len(targets) < 2 or np.ptp(predictions) == 0 or np.ptp(targets) == 0
+    return Metrics(pearson=0.0 if constant else float(pearsonr(predictions, targets)[0]),
+                   spearman=0.0 if constant else float(spearmanr(predictions, targets)[0]),
+                   mse=float(np.mean((predictions - targets) ** 2)) if len(targets) else None)
+
+
+def scores_of(outputs, labels, names=None) -> Metrics:
+    """The scores of a model's outputs (rows: examples, columns: its outputs): one column is
+    a regression model's predicted score (`regression_metrics`), more are a classifier's
+    logits (`classification_metrics` of their argmax, per class with `names`)."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim == 2 and outputs.shape[1] == 1:
+        return regression_metrics(outputs[:, 0], labels)
+    return classification_metrics(outputs.argmax(-1), labels, names)
 
 
 def classification_metrics(predictions, labels, names=None) -> Metrics:
@@ -82,6 +145,12 @@ def class_weights(labels, num_labels: int, kind: str) -> torch.Tensor | None:
     "balanced"; a class absent from `labels` gets weight 0)."""
     if kind == "none":
         return None
+    labels = list(labels)
+    if labels and isinstance(labels[0], float):
+        from .errors import LoralabError
+
+        raise LoralabError("class_weights = \"balanced\" weighs classes; a regression task has none "
+                           "(use class_weights = \"none\").")
     counts = torch.bincount(torch.as_tensor(list(labels)), minlength=num_labels).float()
     return torch.where(counts > 0, counts.sum() / (int((counts > 0).sum()) * counts.clamp(min=1)), 0.0)
 
@@ -102,19 +171,18 @@ def weighted_loss(weights: torch.Tensor | None):
 
 
 class EvalMetrics:
-    """The Trainer's `compute_metrics`: each of `SCORES` after each evaluation (the Trainer
-    logs them as `eval_accuracy`, `eval_macro_f1`, ...), with the last evaluation's
-    predictions kept for its full `Metrics` (`final`)."""
+    """The Trainer's `compute_metrics`: every score of `scores_of` after each evaluation
+    (the Trainer logs them as `eval_accuracy`, `eval_pearson`, ...), with the last
+    evaluation's outputs kept for its full `Metrics` (`final`)."""
 
     def __init__(self):
-        self.last = None  # (predictions, labels) of the last evaluation
+        self.last = None  # (outputs, labels) of the last evaluation
 
     def __call__(self, eval_pred) -> dict[str, float]:
         logits, labels = eval_pred
-        self.last = (np.argmax(logits, axis=-1), np.asarray(labels))
-        scores = classification_metrics(*self.last)
-        return {name: value for name in SCORES if (value := scores.score(name)) is not None}
+        self.last = (np.asarray(logits), np.asarray(labels))
+        return scores_of(*self.last).scores()
 
     def final(self, names) -> Metrics | None:
         """The last evaluation's scores, per class (of `names`) and confusion included."""
-        return classification_metrics(*self.last, names) if self.last is not None else None
+        return scores_of(*self.last, names) if self.last is not None else None

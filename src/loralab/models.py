@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import ModelLoadError
 from .pooling import pooling_of, set_pooling
-from .settings import BINARY_NAMES
+from .settings import BINARY_NAMES, REGRESSION_LABELS
 
 DEFAULT_MODEL = "minilm"
 
@@ -100,7 +100,9 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | 
     """Load a sequence-classification model with a head for the classes `labels` (their
     names, in order: `config.id2label`). Without `labels`, a saved classifier keeps its
     own classes, and a model that names none gets the binary sentiment task's two
-    (negative, positive).
+    (negative, positive). `labels` `REGRESSION_LABELS` (``("score",)``) is a regression
+    head: one output, `problem_type` "regression" (a mean-squared-error loss, and a
+    `pipeline` that returns the score as it is).
 
     Weights load from safetensors only; remote code is never trusted. Hugging Face's
     spellings are taken too: `num_labels=K` (a head of K unnamed classes, LABEL_0 ...,
@@ -131,6 +133,7 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, labels: Sequence[str] | 
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {n: i for i, n in enumerate(labels)}
+        config.problem_type = "regression" if tuple(labels) == REGRESSION_LABELS else None
         # A folder whose head names no classes (placeholders) gets a new head of the right size.
         kwargs.setdefault("ignore_mismatched_sizes", saved is None)
         model = AutoModelForSequenceClassification.from_pretrained(

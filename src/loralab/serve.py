@@ -22,12 +22,13 @@ from torch import nn
 
 from .adapters import CONFIG_NAME, MINILM_HUB_ID, class_names
 from .api import INFO_NAME, load_trained
-from .data.files import _check_readable, _read_file, label_ids, raw_labels
+from .data.files import _check_readable, _read_file, label_ids, raw_labels, raw_targets
 from .errors import DataError, LoralabError, ModelLoadError
 from .fileio import atomic_dir, atomic_path, write_text
 from .inference import check_max_length, map_batches, pair_token_types
+from .metrics import Metrics, classification_metrics, regression_metrics
 from .pooling import pooling_of
-from .settings import BINARY_NAMES, TrainSettings
+from .settings import BINARY_NAMES, REGRESSION_LABELS, SCORE_LABELS, TrainSettings
 from .surgery import lora_layers, merge_and_unload
 from .training import encode
 
@@ -36,13 +37,19 @@ ID_COLUMNS = ("id", "index")
 
 @dataclass
 class Predictions:
-    """What `predict` returns: a predicted class per text, every class's probability, and
-    the accuracy where the true labels were given."""
+    """What `predict` returns: a classifier's predicted class per text with every class's
+    probability, or a regression model's predicted score per text; and, where the true
+    labels were given, the accuracy (classes) and every score (`metrics`)."""
 
-    labels: list[str]           # predicted class names, one per text
-    probabilities: np.ndarray   # (texts, classes), in the order of `classes`
-    classes: list[str]          # the model's classes, in order
+    labels: list[str]           # predicted class names, one per text (a regression model: none)
+    probabilities: np.ndarray   # (texts, classes), in the order of `classes` (a regression model: (texts, 0))
+    classes: list[str]          # the model's classes, in order (a regression model: ["score"])
     accuracy: float | None = None
+    scores: np.ndarray | None = None  # a regression model: the predicted score of each text
+    metrics: Metrics | None = None    # against the true labels, where given
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
 
 
 PAIR_SEPARATOR = " ||| "  # on the command line and stdin: "first text ||| second text" is one pair
@@ -58,8 +65,9 @@ def split_pair(text: str) -> str | tuple[str, str]:
 
 def predict_texts(model: nn.Module, tokenizer, texts: list, settings: TrainSettings | None = None) -> np.ndarray:
     """Class probabilities (rows: texts, columns: classes), computed in the length-sorted
-    batches of every loralab inference (`training.map_batches`). A text may be a pair
-    (first, second), tokenized together as in training."""
+    batches of every loralab inference (`training.map_batches`); a regression model's one
+    column is its predicted score, as it is. A text may be a pair (first, second),
+    tokenized together as in training."""
     settings = settings or TrainSettings()
     pairs = [t for t in texts if isinstance(t, tuple)]
     if pairs and len(pairs) != len(texts):
@@ -68,6 +76,8 @@ def predict_texts(model: nn.Module, tokenizer, texts: list, settings: TrainSetti
     encoded = encode(tokenizer, list(firsts), list(seconds) if pairs else None, settings.max_length)
     logits = map_batches(model, encoded["input_ids"], tokenizer, settings, "Predicting", model.config.num_labels,
                          lambda batch: model(**batch).logits, pair_token_types(encoded))
+    if logits.shape[1] == 1:  # a regression model: the score itself
+        return logits
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
 
@@ -152,26 +162,40 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
         bar.update(len(chunk))
     bar.close()
     names = class_names(model)
+    if probs.shape[1] == 1:  # a regression model
+        scores, metrics = probs[:, 0], None
+        if true is not None:
+            metrics = regression_metrics(scores, raw_targets(true, labels or input, "label"))
+        if output:
+            write_predictions(Path(output), [], np.zeros((len(scores), 0)), [], ids, id_column, scores)
+        return Predictions([], np.zeros((len(scores), 0), dtype=np.float32), list(names), scores=scores,
+                           metrics=metrics)
     predicted = [names[i] for i in probs.argmax(-1)]
-    accuracy = None
+    accuracy, metrics = None, None
     if true is not None:
         gold = label_ids(raw_labels(true, labels or input, "label"), names, labels or input, "label",
                          advice="Fix the row, or predict with a model trained on these classes.")
-        accuracy = float((probs.argmax(-1) == np.asarray(gold)).mean())
+        metrics = classification_metrics(probs.argmax(-1), gold, names)
+        accuracy = metrics.accuracy
     if output:
         write_predictions(Path(output), predicted, probs, names, ids, id_column)
-    return Predictions(predicted, probs, list(names), accuracy)
+    return Predictions(predicted, probs, list(names), accuracy, metrics=metrics)
 
 
-def write_predictions(path: Path, predicted, probs, names, ids=None, id_column=None) -> None:
+def write_predictions(path: Path, predicted, probs, names, ids=None, id_column=None, scores=None) -> None:
+    """Each text's predicted label and class probabilities (`prob_NAME`), or a regression
+    model's `score`, after the input's id column where it has one."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise LoralabError(f"{path}: predictions are written as .csv or .jsonl.")
     rows = []
-    for i, label in enumerate(predicted):
+    for i in range(len(scores) if scores is not None else len(predicted)):
         entry = {id_column: ids[i]} if ids is not None else {}
-        entry["label"] = label
-        entry.update({f"prob_{name}": round(float(p), 6) for name, p in zip(names, probs[i])})
+        if scores is not None:
+            entry["score"] = round(float(scores[i]), 6)
+        else:
+            entry["label"] = predicted[i]
+            entry.update({f"prob_{name}": round(float(p), 6) for name, p in zip(names, probs[i])})
         rows.append(entry)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         if suffix == ".csv":
@@ -200,6 +224,7 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
            "full": "full fine-tuning"}.get(method, method)
     labels = list(info.get("labels") or BINARY_NAMES)
     sentiment = tuple(labels) == BINARY_NAMES
+    regression = tuple(labels) == REGRESSION_LABELS
     if adapter:
         load = ("```python\nfrom transformers import AutoModelForSequenceClassification\n"
                 "from peft import PeftModel\n\n"
@@ -215,8 +240,9 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
     front = ["---", "library_name: " + ("peft" if adapter else "transformers"), f"base_model: {base_model}",
              "pipeline_tag: text-classification", "tags:", "- loralab", f"- {method}",
              *(["- sentiment-analysis", "datasets:", "- imdb"] if sentiment else []),
-             "metrics:", "- accuracy", "- f1", "---", ""]
-    task = "IMDB sentiment" if sentiment else f"{len(labels)}-class text classification"
+             "metrics:", *(["- pearsonr", "- spearmanr"] if regression else ["- accuracy", "- f1"]), "---", ""]
+    task = ("IMDB sentiment" if sentiment else "regression (a score per text)" if regression
+            else f"{len(labels)}-class text classification")
     f1 = info.get("eval_macro_f1")
     body = [f"# {base_model} fine-tuned for {task} ({method}{f', r={rank}' if rank else ''})", "",
             f"Made with [loralab](https://pypi.org/project/loralab/) by {how}"
@@ -226,8 +252,11 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
             f"| rank | {rank if rank is not None else '-'} |",
             f"| trainable parameters | {info.get('trainable_params', 0):,} |",
             *(["| training data | IMDB movie reviews (Maas et al. 2011), lab sample |"] if sentiment else []),
-            f"| eval accuracy | {acc:.4f} |" if acc is not None else "| eval accuracy | not measured |",
+            *([f"| eval accuracy | {acc:.4f} |" if acc is not None else "| eval accuracy | not measured |"]
+              if not regression else []),
             *([f"| eval macro-F1 | {f1:.4f} |"] if f1 is not None else []),
+            *(f"| eval {SCORE_LABELS[k]} | {info[f'eval_{k}']:.4f} |" for k in ("pearson", "spearman", "mse")
+              if info.get(f"eval_{k}") is not None),
             "", "## Labels", "", "| id | label |", "|---:|---|",
             *[f"| {i} | {name} |" for i, name in enumerate(labels)], "", "## How to load it", "", load, ""]
     return "\n".join(front + body)

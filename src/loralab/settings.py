@@ -25,7 +25,28 @@ TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, head, full: the methods `train
 PROFILES = ("lab", "tuned")
 BINARY_NAMES = ("negative", "positive")  # the binary sentiment task's classes (IMDB's), 0 and 1
 CLASS_WEIGHTS = ("none", "balanced")
-SELECT_METRICS = ("accuracy", "macro_f1", "matthews", "f1_positive")  # = metrics.SCORES
+# What a task predicts: classes, or a real-valued target (one output, mean-squared-error loss).
+CLASSIFICATION, REGRESSION = "classification", "regression"
+TASKS = (CLASSIFICATION, REGRESSION)
+REGRESSION_LABELS = ("score",)  # a regression model's one output, by name (`config.id2label`)
+# The scores a study may lead with and choose learning rates on (= metrics.LEAD_SCORES):
+# classification's four, regression's two correlations.
+SELECT_METRICS = ("accuracy", "macro_f1", "matthews", "f1_positive", "pearson", "spearman")
+SCORE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "matthews": "Matthews correlation",
+                "f1_positive": "F1 (positive class)", "pearson": "Pearson correlation",
+                "spearman": "Spearman correlation", "mse": "mean squared error"}  # each score in words
+
+
+def default_metric(task: str) -> str:
+    """The score a task leads with unless told otherwise: accuracy, or Pearson correlation."""
+    return "pearson" if task == REGRESSION else "accuracy"
+
+
+def study_metric(config: dict) -> str:
+    """The score a resolved configuration's study leads with: `data.metric`, or its task's
+    default (`default_metric`)."""
+    data = config["data"]
+    return data.get("metric") or default_metric(data.get("task") or CLASSIFICATION)
 
 # Inference batches, sorted by length. On a CPU 16 beats 64 (100 lab eval reviews: 3.8 s
 # against 5.2 s; 500: 14.7 s against 17.9 s): smaller (batch, heads, seq, seq) attention

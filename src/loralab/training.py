@@ -24,7 +24,7 @@ from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
 from .inference import BucketedPadding, _sorted_by_length, bucket_length, resolve_precision
 from .measure import PeakMemory, release_free_memory, rss_bytes
-from .metrics import EvalMetrics, Metrics, Scored, class_weights, weighted_loss
+from .metrics import SCORES, EvalMetrics, Metrics, Scored, class_weights, weighted_loss
 from .models import pick_device
 from .settings import EVAL_BATCH_SIZE, TrainSettings  # noqa: F401 - the training API's settings
 
@@ -148,19 +148,17 @@ def _quiet_trainer(trainer, settings: TrainSettings) -> None:
 
 
 def epoch_history(log_history: list[dict]) -> list[dict]:
-    """Per-epoch rows from the Trainer's log: mean training loss, eval loss and accuracy."""
+    """Per-epoch rows from the Trainer's log: mean training loss, eval loss and every eval
+    score logged (`eval_accuracy`, `eval_macro_f1`, ... or `eval_pearson`, ...)."""
     rows, losses = [], []
     for entry in log_history:
         if "loss" in entry:
             losses.append(entry["loss"])
-        if "eval_accuracy" in entry:
+        if any(f"eval_{name}" in entry for name in SCORES):
             rows.append({"epoch": round(entry["epoch"], 4),
                          "train_loss": float(np.mean(losses)) if losses else None,
                          "eval_loss": entry.get("eval_loss"),
-                         "eval_accuracy": entry["eval_accuracy"],
-                         "eval_macro_f1": entry.get("eval_macro_f1"),
-                         **{f"eval_{k}": entry[f"eval_{k}"] for k in ("matthews", "f1_positive")
-                            if f"eval_{k}" in entry}})
+                         **{f"eval_{name}": entry[f"eval_{name}"] for name in SCORES if f"eval_{name}" in entry}})
             losses = []
     return rows
 
@@ -185,7 +183,7 @@ class TrainResult(Scored):
     metrics: Metrics                  # of the last evaluation, per class and confusion included
     train_seconds: float
     peak_memory_mb: float             # the process's peak resident (host) memory
-    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, eval_loss, eval_accuracy, ...
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, eval_loss, eval scores
     precision: str = "fp32"
     memory: list[dict] = field(default_factory=list)   # per epoch: resident MB after training, after eval, peak
     peak_gpu_memory_mb: float | None = None  # on a GPU: the most memory allocated on it
@@ -464,7 +462,7 @@ def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out
     final = metrics.final(class_names(model))
     if final is None:  # resumed after its last evaluation: the scores logged then
         last = history[-1] if history else {}
-        final = Metrics(last.get("eval_accuracy", float("nan")), last.get("eval_macro_f1", float("nan")))
+        final = Metrics(**{name: last.get(f"eval_{name}") for name in SCORES})
     return TrainResult(final, train_seconds=mem.seconds, peak_memory_mb=mem.peak_mb, history=history,
                        precision=precision, memory=epoch_memory(trainer.state.log_history),
                        peak_gpu_memory_mb=mem.gpu_peak_mb)

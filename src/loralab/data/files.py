@@ -2,7 +2,8 @@
 
 Every split comes back as a `datasets.Dataset` with two columns, `text` (str) and
 `label`, a `datasets.ClassLabel` whose names are the task's classes in order (see
-`label_names`): for IMDB 0 negative, 1 positive. Problems are reported as `DataError`s
+`label_names`): for IMDB 0 negative, 1 positive. A regression task's `label` is its
+real-valued target (float32). Sentence pairs add `text_pair`. Problems are reported as `DataError`s
 that name the file, the row (1-based data rows, the header not counted) and the column.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import DataError
-from ..settings import BINARY_NAMES
+from ..settings import BINARY_NAMES, CLASSIFICATION, REGRESSION, REGRESSION_LABELS, TASKS
 
 logger = logging.getLogger("loralab")
 
@@ -58,6 +59,8 @@ class DataOptions:
             takes them from the training split (see `label_names`).
         text_pair_column: for sentence pairs (entailment, paraphrase, answer matching), the
             column with each pair's second text; the model reads both (`[CLS] a [SEP] b [SEP]`).
+        task: ``"classification"`` (a class per row), or ``"regression"``: `label_column`
+            holds a number per row (a similarity score, a rating) that the model predicts.
     """
 
     text_column: str = "review"
@@ -65,6 +68,13 @@ class DataOptions:
     drop_invalid: bool = False
     labels: tuple[str, ...] | None = None
     text_pair_column: str | None = None
+    task: str = CLASSIFICATION
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise DataError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        if self.task == REGRESSION and self.labels:
+            raise DataError("--labels names classes; a regression task has a number per row instead.")
 
 
 def expand_files(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -231,6 +241,28 @@ def raw_labels(values, path, column: str) -> list[str]:
     return raw
 
 
+def raw_targets(values, path, column: str) -> list[float]:
+    """Every value of a regression target column as a number; a row whose value is missing
+    or does not read as a finite number is a `DataError` naming the row and the value."""
+    targets = []
+    for row, value in enumerate(values, start=1):
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                pass
+        if number is None or not math.isfinite(number):
+            what = "no target" if value is None or (isinstance(value, str) and not value.strip()) else \
+                f"the target {value!r}"
+            raise DataError(f"{path}: row {row}: {what} in column {column!r} is not a number; a regression task "
+                            "(--task regression) needs a number in every row.")
+        targets.append(number)
+    return targets
+
+
 def _as_int(text: str) -> int | None:
     try:
         return int(text)
@@ -281,7 +313,7 @@ class _Rows:
 
     texts: list[str]
     pairs: list[str] | None
-    raw: list[str]
+    raw: list  # raw labels as text; a regression task's targets as numbers
     rows: list[int]
 
 
@@ -314,7 +346,8 @@ def _read_rows(path: str | os.PathLike, options: DataOptions) -> _Rows:
 
     texts = ds[options.text_column]
     pairs = ds[options.text_pair_column] if options.text_pair_column else None
-    raw = raw_labels(ds[options.label_column], path, options.label_column)
+    read = raw_targets if options.task == REGRESSION else raw_labels
+    raw = read(ds[options.label_column], path, options.label_column)
     invalid = set(_check_texts(path, texts, options.text_column, "--text-column"))
     if pairs is not None:
         invalid |= set(_check_texts(path, pairs, options.text_pair_column, "--text-pair-column"))
@@ -339,13 +372,15 @@ def _read_rows(path: str | os.PathLike, options: DataOptions) -> _Rows:
     return _Rows(list(texts), list(pairs) if pairs is not None else None, raw, rows)
 
 
-def _make_dataset(texts: list[str], labels: list[int], names: Sequence[str], pairs: list[str] | None = None):
-    """A split: `text` (and `text_pair`, the second text of sentence pairs) and `label`."""
+def _make_dataset(texts: list[str], labels: list, names: Sequence[str], pairs: list[str] | None = None):
+    """A split: `text` (and `text_pair`, the second text of sentence pairs) and `label`:
+    class numbers of `names`, or a regression task's targets (`names` `REGRESSION_LABELS`)."""
     import datasets
 
     columns = {"text": texts, **({"text_pair": pairs} if pairs is not None else {}), "label": labels}
+    label = datasets.Value("float32") if tuple(names) == REGRESSION_LABELS else datasets.ClassLabel(names=list(names))
     features = datasets.Features({**{c: datasets.Value("string") for c in columns if c != "label"},
-                                  "label": datasets.ClassLabel(names=list(names))})
+                                  "label": label})
     return datasets.Dataset.from_dict(columns, features=features)
 
 
@@ -361,6 +396,16 @@ def load_split(patterns, options: DataOptions | None = None, names: Sequence[str
     options = options or DataOptions()
     files = expand_files(patterns)
     parts = [(path, _read_rows(path, options)) for path in files]
+    if options.task == REGRESSION:
+        if names is not None and tuple(names) != REGRESSION_LABELS:
+            raise DataError(f"{files[0]}: read as a regression task, but the model predicts the classes "
+                            f"{', '.join(map(repr, names))}; give the classification data it was trained for.")
+        texts = [t for _, part in parts for t in part.texts]
+        pairs = [t for _, part in parts for t in part.pairs] if options.text_pair_column else None
+        return _make_dataset(texts, [v for _, part in parts for v in part.raw], REGRESSION_LABELS, pairs)
+    if names is not None and tuple(names) == REGRESSION_LABELS:
+        raise DataError(f"{files[0]}: the model predicts a number (a regression model); read the data with "
+                        "--task regression.")
     if names is None:
         names = label_names([v for _, part in parts for v in part.raw], options.labels)
     if options.labels and len(set(names)) != len(names):
@@ -374,9 +419,23 @@ def load_split(patterns, options: DataOptions | None = None, names: Sequence[str
     return _make_dataset(texts, ids, names, pairs)
 
 
+def is_regression(split) -> bool:
+    """True for a regression task's split: its `label` column holds real numbers."""
+    dtype = getattr(split.features["label"], "dtype", "")
+    return dtype.startswith("float")
+
+
+def task_of(split) -> str:
+    """``"regression"`` or ``"classification"``: what a split's labels are."""
+    return REGRESSION if is_regression(split) else CLASSIFICATION
+
+
 def class_names_of(split) -> list[str]:
     """The class names of a split: its ClassLabel's, or, for a plain integer label column,
-    negative/positive where it holds only 0 and 1, else "0", "1", ... up to its largest."""
+    negative/positive where it holds only 0 and 1, else "0", "1", ... up to its largest.
+    A regression task's split has the one name of its output (`REGRESSION_LABELS`)."""
+    if is_regression(split):
+        return list(REGRESSION_LABELS)
     names = getattr(split.features["label"], "names", None)
     if names:
         return list(names)
@@ -385,7 +444,10 @@ def class_names_of(split) -> list[str]:
 
 
 def class_counts(split) -> list[int]:
-    """Rows per class of a split, in the order of its classes (`class_names_of`)."""
+    """Rows per class of a split, in the order of its classes (`class_names_of`); none for
+    a regression task."""
+    if is_regression(split):
+        return []
     counts = [0] * len(class_names_of(split))
     for label in split["label"]:
         counts[label] += 1
@@ -393,8 +455,14 @@ def class_counts(split) -> list[int]:
 
 
 def check_classes(train, where: str = "the training data") -> None:
-    """Refuse a training split with fewer than two classes; warn about classes with very
-    few rows (or none)."""
+    """Refuse a training split with fewer than two classes (a regression task's, with one
+    target value); warn about classes with very few rows (or none)."""
+    if is_regression(train):
+        values = set(train["label"])
+        if len(values) < 2:
+            raise DataError(f"{where}: every row has the target {next(iter(values), None)!r}; a regression task "
+                            "needs targets that vary.")
+        return
     names, counts = class_names_of(train), class_counts(train)
     present = [n for n, c in zip(names, counts) if c]
     if len(present) < 2:

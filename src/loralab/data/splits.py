@@ -7,7 +7,7 @@ import logging
 import os
 
 from ..errors import DataError
-from .files import DataOptions, check_classes, class_names_of, expand_files, load_split
+from .files import DataOptions, check_classes, class_names_of, expand_files, is_regression, load_split
 from .imdb import LAB_FILES, resolve_data_dir
 
 logger = logging.getLogger("loralab")
@@ -63,7 +63,8 @@ def limit_data(data, train: int | None = None, eval: int | None = None):
 def data_options(table: dict) -> DataOptions:
     """How a configuration's [data] table says to read its files."""
     return DataOptions(table["text_column"], table["label_column"], table["drop_invalid"],
-                       tuple(table["labels"]) or None, table.get("text_pair_column") or None)
+                       tuple(table["labels"]) or None, table.get("text_pair_column") or None,
+                       table.get("task") or "classification")
 
 
 def texts_of(split) -> list:
@@ -107,10 +108,11 @@ def data_digest(data, splits) -> str:
 def split_validation(data, fraction: float, seed: int = 0):
     """Carve a `validation` split from `train` to choose settings on, never from `eval`.
 
-    The split is stratified by label and seeded. Identical reviews stay on one side, and a
-    training review that also appears in `eval` is never put in `validation`: the validation
-    split shares no text with the reviews trained on or with `eval`. `train` keeps the rest
-    (the training set as trained), in its original order.
+    The split is stratified by label (a regression task's target, by its quartile) and
+    seeded. Identical reviews stay on one side, and a training review that also appears in
+    `eval` is never put in `validation`: the validation split shares no text with the
+    reviews trained on or with `eval`. `train` keeps the rest (the training set as
+    trained), in its original order.
     """
     import numpy as np
     from sklearn.model_selection import train_test_split
@@ -128,6 +130,8 @@ def split_validation(data, fraction: float, seed: int = 0):
         raise DataError(f"A validation fraction of {fraction} of {len(texts)} training rows leaves too "
                         "few rows on one side; use more data or another fraction.")
     strata = [first[t] for t in candidates]
+    if is_regression(data["train"]):  # a real target: stratified by its quartile
+        strata = list(np.searchsorted(np.quantile(strata, [0.25, 0.5, 0.75]), strata, side="right"))
     counts = np.bincount(strata)
     stratify = strata if counts[counts > 0].min() >= 2 else None
     _, held_out = train_test_split(candidates, test_size=wanted, random_state=seed, stratify=stratify)

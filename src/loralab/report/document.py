@@ -13,19 +13,26 @@ from typing import Union
 
 from ..lowrank import LayerSpectrum
 from ..methods import label, method
+from ..settings import SCORE_LABELS
 from ..study.records import Environment, Selection
 from .findings import Findings, Summary, _one
 from .plots import short_layer_name
 
-# The report's plots: file name -> title.
+# The report's plots: file name -> title ({score}: the study's metric, "Accuracy" or "Pearson correlation").
 PLOTS = {
-    "accuracy_vs_params.png": "Accuracy against trainable parameters",
-    "accuracy_vs_rank.png": "Accuracy against rank",
-    "training_curves.png": "Training loss and eval accuracy per epoch",
+    "accuracy_vs_params.png": "{score} against trainable parameters",
+    "accuracy_vs_rank.png": "{score} against rank",
+    "training_curves.png": "Training loss and eval {metric} per epoch",
     "spectrum.png": "Spectrum of the fine-tuning update dW",
     "cost.png": "Training time and peak memory",
     "confusion.png": "Confusion matrices of full fine-tuning and the best LoRA rank",
 }
+
+
+def plot_titles(metric: str = "accuracy") -> dict[str, str]:
+    """The plots' titles for a study led by `metric`."""
+    words = SCORE_LABELS[metric]
+    return {name: title.format(score=words[0].upper() + words[1:], metric=words) for name, title in PLOTS.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,7 +99,9 @@ def table(header: list[str], rows, align: str = "") -> Table:
 
 
 def pct(part, whole) -> str:
-    if part is None or not whole:
+    """`part` as a share of `whole`; "-" where that means nothing (a whole of 0 or below, such
+    as a correlation that is negative)."""
+    if part is None or whole is None or whole <= 0:
         return "-"
     return f"{100 * part / whole:.2f}%"
 
@@ -112,35 +121,49 @@ def _duration(seconds: float) -> str:
 # Tables
 
 
-def results_table(summaries: list[Summary]) -> Table:
-    """The results table of the summaries (see `aggregate`)."""
+def results_table(summaries: list[Summary], metric: str = "accuracy") -> Table:
+    """The results table of the summaries (see `aggregate`): the study's `metric` first,
+    with its min-max over seeds and its share of full fine-tuning's; then macro-F1 (with
+    its spread), cost, and the other scores the runs recorded (Matthews correlation, the
+    positive class's F1; a regression task's Spearman correlation and MSE)."""
     full = _one(summaries, "full")
     full_params = full.trainable_params if full else None
-    full_acc = full.eval_accuracy if full else None
+    full_score = full.score if full else None
     spread = any(s.seeds > 1 for s in summaries)
-    header = ["Method", "Trainable parameters", "% of full",
-              "Eval accuracy (median)" if spread else "Eval accuracy", *(["Min-max over seeds"] if spread else []),
-              "% of full accuracy", "Eval macro-F1 (median)" if spread else "Eval macro-F1",
-              *(["Min-max over seeds"] if spread else []), "Training time (s)", "Peak memory (MB)"]
+    median = " (median)" if spread else ""
+    words = SCORE_LABELS[metric]
+    lead = "accuracy" if metric == "accuracy" else words
+    second = "macro_f1" if metric != "macro_f1" and any(s.median("macro_f1") is not None for s in summaries) else None
+    header = ["Method", "Trainable parameters", "% of full", f"Eval {lead}{median}",
+              *(["Min-max over seeds"] if spread else []), f"% of full {lead}",
+              *([f"Eval macro-F1{median}", *(["Min-max over seeds"] if spread else [])] if second else []),
+              "Training time (s)", "Peak memory (MB)"]
     gpu = any(s.row.peak_gpu_memory_mb is not None for s in summaries)  # trained on a GPU: its memory apart
     header += ["Peak GPU memory (MB)"] if gpu else []
-    # A task's own GLUE metrics, where the runs recorded them (studies before loralab 0.2 did not).
-    extra = [(name, label) for name, label in (("matthews", "Matthews corr."), ("f1_positive", "F1 (positive)"))
-             if any(getattr(s, name) is not None for s in summaries)]
-    header += [f"Eval {label}{' (median)' if spread else ''}" for _, label in extra]
+    # The task's other scores, where the runs recorded them (studies before loralab 0.2 recorded two).
+    short = {"accuracy": "accuracy", "macro_f1": "macro-F1", "matthews": "Matthews corr.",
+             "f1_positive": "F1 (positive)", "pearson": "Pearson", "spearman": "Spearman", "mse": "MSE"}
+    extra = [name for name in short if name not in (metric, second)
+             and any(s.median(name) is not None for s in summaries)]
+    header += [f"Eval {short[name]}{median}" for name in extra]
+
+    def range_of(s: Summary, name: str) -> list[str]:
+        if not spread:
+            return []
+        if s.seeds <= 1:
+            return ["one run"]
+        low_high = s.ranges.get(name)
+        return [f"{low_high[0]:.4f}-{low_high[1]:.4f}" + (f" ({s.seeds} seeds)" if name == metric else "")
+                if low_high else "-"]
+
     rows = []
     for s in summaries:
-        acc_spread, f1_spread = [], []
-        if spread:
-            several = s.seeds > 1
-            acc_spread = [f"{s.accuracy_min:.4f}-{s.accuracy_max:.4f} ({s.seeds} seeds)" if several else "one run"]
-            f1_spread = [f"{s.macro_f1_min:.4f}-{s.macro_f1_max:.4f}" if several and s.macro_f1_min is not None
-                         else "one run" if not several else "-"]
         rows.append([s.label, fmt(s.trainable_params), pct(s.trainable_params, full_params),
-                     fmt(s.eval_accuracy, ".4f"), *acc_spread, pct(s.eval_accuracy, full_acc),
-                     fmt(s.macro_f1, ".4f"), *f1_spread, fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f"),
+                     fmt(s.score, ".4f"), *range_of(s, metric), pct(s.score, full_score),
+                     *([fmt(s.median(second), ".4f"), *range_of(s, second)] if second else []),
+                     fmt(s.train_seconds, ",.1f"), fmt(s.peak_memory_mb, ",.0f"),
                      *([fmt(s.row.peak_gpu_memory_mb, ",.0f")] if gpu else []),
-                     *(fmt(getattr(s, name), ".4f") for name, _ in extra)])
+                     *(fmt(s.median(name), ".4f") for name in extra)])
     return table(header, rows)
 
 
@@ -155,14 +178,16 @@ def per_class_table(f: Findings) -> Table | None:
 
 def extraction_table(f: Findings) -> Table:
     runs = {(r.method, r.rank, r.energy): r for r in f.runs if method(r.method).kind == "extracted"}
+    second = "spearman" if f.regression else "macro_f1"
     rows = []
     for e in f.extracted:
         row = runs.get((e.method, e.rank, e.energy))
         rows.append([e.targets, f"r = {e.rank}" if e.rank else f"energy {e.energy:g}", f"{e.ranks[0]}-{e.ranks[1]}",
                      f"{e.parameters:,}", f"{e.file_bytes / 1024:,.0f}", f"{100 * e.kept_share:.1f}%",
-                     f"{e.seconds:.1f}", fmt(row and row.eval_accuracy, ".4f"), fmt(row and row.eval_macro_f1, ".4f")])
+                     f"{e.seconds:.1f}", fmt(row and row.score(f.metric), ".4f"),
+                     fmt(row and row.score(second), ".4f")])
     return table(["targets", "size", "ranks given", "parameters", "file (KB)", "‖dW‖² kept", "extraction (s)",
-                  "eval accuracy", "eval macro-F1"], rows, "lllrrrrrr")
+                  f"eval {f.metric_label}", f"eval {SCORE_LABELS[second]}"], rows, "lllrrrrrr")
 
 
 def spectrum_table(spectrum: dict[str, LayerSpectrum]) -> Table:
@@ -231,13 +256,13 @@ def selection_lines(selections: list[Selection], unit: str = "reviews") -> list[
 def answers(f: Findings) -> list[str]:
     """The lab's questions, answered in sentences from the findings."""
     out = []
-    full, head = f.full, f.head
-    if full and head:
+    full, head, what = f.full, f.head, f.metric_label
+    if full and head and full.score is not None and head.score is not None:
         loss = f.head_points_below_full
         out.append(f"Head-tuning trains {head.trainable_params:,} parameters "
                    f"({pct(head.trainable_params, full.trainable_params)} of full fine-tuning) and "
-                   f"reaches {head.eval_accuracy:.4f} eval accuracy, {abs(loss):.1f} points "
-                   f"{'below' if loss >= 0 else 'above'} full fine-tuning ({full.eval_accuracy:.4f}).")
+                   f"reaches {head.score:.4f} eval {what}, {abs(loss):.1f} points "
+                   f"{'below' if loss >= 0 else 'above'} full fine-tuning ({full.score:.4f}).")
     else:
         out.append(f"Head-tuning against full fine-tuning: {_missing(full=full, head=head)}.")
 
@@ -250,36 +275,36 @@ def answers(f: Findings) -> list[str]:
         lowest = f.lowest_rank_above_head[approach]
         ranks = ", ".join(str(s.rank) for s in sweep)
         if lowest is None:
-            out.append(f"No rank of {name} (ranks {ranks}) beats the head-tuned model "
-                       f"({f.lowrank.headtuned_accuracy:.4f}).")
+            out.append(f"No rank of {name} (ranks {ranks}) beats the head-tuned model's {what} "
+                       f"({f.lowrank.headtuned_score:.4f}).")
         else:
-            acc = next(s.eval_accuracy for s in sweep if s.rank == lowest)
-            out.append(f"The lowest rank at which {name} still beats the head-tuned model "
-                       f"({f.lowrank.headtuned_accuracy:.4f}) is r = {lowest} ({acc:.4f}); ranks tried: {ranks}.")
+            score = next(s.score for s in sweep if s.rank == lowest)
+            out.append(f"The lowest rank at which {name} still beats the head-tuned model's {what} "
+                       f"({f.lowrank.headtuned_score:.4f}) is r = {lowest} ({score:.4f}); ranks tried: {ranks}.")
 
     lora6 = f.lora6
-    if lora6 and full:
+    if lora6 and full and lora6.score is not None and full.score is not None:
         out.append(f"LoRA with r = 6 trains {lora6.trainable_params:,} parameters, "
                    f"{pct(lora6.trainable_params, full.trainable_params)} of full fine-tuning's "
-                   f"{full.trainable_params:,}, and reaches {lora6.eval_accuracy:.4f} eval accuracy, "
-                   f"{pct(lora6.eval_accuracy, full.eval_accuracy)} of full fine-tuning's "
-                   f"{full.eval_accuracy:.4f}.")
+                   f"{full.trainable_params:,}, and reaches {lora6.score:.4f} eval {what}, "
+                   f"{pct(lora6.score, full.score)} of full fine-tuning's "
+                   f"{full.score:.4f}.")
     else:
         out.append(f"LoRA r = 6 against full fine-tuning: {_missing(**{'LoRA r=6': lora6, 'full': full})}.")
 
     if f.baselines:
-        parts = [f"{b.label} reaches {b.eval_accuracy:.4f} in {b.train_seconds:.2f} s" for b in f.baselines]
+        parts = [f"{b.label} reaches {b.score:.4f} eval {what} in {b.train_seconds:.2f} s" for b in f.baselines]
         sentence = "; ".join(parts) + "."
         best = f.best_transformer
         if best and best.train_seconds:
-            sentence += (f" The best Transformer model, {best.label}, reaches {best.eval_accuracy:.4f} "
-                         f"({(best.eval_accuracy - max(b.eval_accuracy for b in f.baselines)) * 100:+.1f} "
+            sentence += (f" The best Transformer model, {best.label}, reaches {best.score:.4f} "
+                         f"({(best.score - max(b.score for b in f.baselines)) * 100:+.1f} "
                          f"points against the better baseline) after {best.train_seconds:,.0f} s of training, "
                          f"{best.train_seconds / max(b.train_seconds for b in f.baselines):,.0f} times longer.")
         out.append(sentence)
     else:
         out.append("TF-IDF baselines: missing.")
-    trained = [s for s in f.summaries if s.method in ("full", "head", "lora")]
+    trained = [s for s in f.summaries if s.method in ("full", "head", "lora") and s.eval_accuracy is not None]
     if trained and f.majority_class:
         name, share = f.majority_class
         below = [s.label for s in trained if s.eval_accuracy <= share]
@@ -296,28 +321,31 @@ def extraction_lines(f: Findings) -> list[str]:
     extracted = [s for s in f.summaries if method(s.method).kind == "extracted"]
     if not extracted or not f.full:
         return []
-    out = []
-    near = [s for s in extracted if s.eval_accuracy >= f.full.eval_accuracy - 0.01]
+    extracted = [s for s in extracted if s.score is not None]
+    if not extracted or f.full.score is None:
+        return []
+    out, full = [], f.full.score
+    near = [s for s in extracted if s.score >= full - 0.01]
     if near:
         best = min(near, key=lambda s: s.trainable_params)
-        out.append(f"The smallest extracted adapter within 1 point of full fine-tuning ({f.full.eval_accuracy:.4f}) "
+        out.append(f"The smallest extracted adapter within 1 point of full fine-tuning's {f.metric_label} ({full:.4f}) "
                    f"is {best.label}: {best.trainable_params:,} parameters "
-                   f"({pct(best.trainable_params, f.full.trainable_params)} of the model), {best.eval_accuracy:.4f}.")
+                   f"({pct(best.trainable_params, f.full.trainable_params)} of the model), {best.score:.4f}.")
     else:
-        top = max(extracted, key=lambda s: s.eval_accuracy)
-        out.append(f"No extracted adapter comes within 1 point of full fine-tuning ({f.full.eval_accuracy:.4f}); "
-                   f"the best, {top.label} ({top.trainable_params:,} parameters), reaches {top.eval_accuracy:.4f}.")
+        top = max(extracted, key=lambda s: s.score)
+        out.append(f"No extracted adapter comes within 1 point of full fine-tuning's {f.metric_label} ({full:.4f}); "
+                   f"the best, {top.label} ({top.trainable_params:,} parameters), reaches {top.score:.4f}.")
     pairs = [(e, t) for e in extracted if e.method == "extract" and e.rank is not None
-             for t in [_one(f.summaries, "lora", e.rank)] if t]
+             for t in [_one(f.summaries, "lora", e.rank)] if t and t.score is not None]
     if pairs:
-        diffs = [100 * (t.eval_accuracy - e.eval_accuracy) for e, t in pairs]
+        diffs = [100 * (t.score - e.score) for e, t in pairs]
         wins = sum(d > 0 for d in diffs)
-        detail = "; ".join(f"r = {e.rank}: trained {t.eval_accuracy:.4f} ({t.trainable_params:,} parameters), "
-                           f"extracted {e.eval_accuracy:.4f} ({e.trainable_params:,})" for e, t in pairs)
+        detail = "; ".join(f"r = {e.rank}: trained {t.score:.4f} ({t.trainable_params:,} parameters), "
+                           f"extracted {e.score:.4f} ({e.trainable_params:,})" for e, t in pairs)
         verdict = ("trained LoRA is the better adapter" if wins > len(pairs) / 2 else
                    "the extracted adapter is the better one" if wins < len(pairs) / 2 else "neither is better")
-        out.append(f"At equal size (the same rank on the query and value layers), {verdict}: trained LoRA is more "
-                   f"accurate at {wins} of {len(pairs)} ranks, by {statistics.mean(diffs):+.1f} points on average "
+        out.append(f"At equal size (the same rank on the query and value layers), {verdict}: trained LoRA scores "
+                   f"higher at {wins} of {len(pairs)} ranks, by {statistics.mean(diffs):+.1f} points on average "
                    f"({detail}).")
     return out
 
@@ -348,23 +376,28 @@ def footer(env: Environment | None, unit: str = "reviews") -> list[str]:
 
 def document(f: Findings, plots: dict[str, bool]) -> Document:
     """The report of the findings `f`; `plots` says which plot files were made."""
-    intro = Section(None, [f"Accuracy against trainable parameters on {f.task}. Every figure below is computed "
-                           "from `results.json`."])
+    what = f.metric_label
+    intro = Section(None, [f"{what[0].upper() + what[1:]} against trainable parameters on {f.task}. Every figure "
+                           "below is computed from `results.json`."])
     questions = Section("The lab's questions", [Bullets(answers(f))])
     if f.seeds > 1:
         questions.blocks.append(f"Methods run with several seeds (up to {f.seeds}) are shown by their median eval "
-                                "accuracy, with the min-max spread in the table; every run is in results.json.")
+                                f"{what}, with the min-max spread in the table; every run is in results.json.")
     sections = [intro, questions]
     if f.selections:
         sections.append(Section("Choices made on the validation split", [
             "The eval split was not used to choose anything; it only measures the final runs.",
             Bullets(selection_lines(f.selections, f.unit))]))
-    results = Section("Results", [results_table(f.summaries)])
+    results = Section("Results", [results_table(f.summaries, f.metric)])
     if any(method(s.method).kind == "approximation" for s in f.summaries):
         results.blocks.append("Approximated models train nothing: their parameter count is what storing their change "
                               "costs (rank-r factors of each query/value layer plus the head); their training cost is "
                               "that of full fine-tuning plus head-tuning.")
-    results.blocks.append("Macro-F1 is the unweighted mean of the classes' F1.")
+    if not f.regression:
+        results.blocks.append("Macro-F1 is the unweighted mean of the classes' F1.")
+    else:
+        results.blocks.append("Pearson and Spearman correlation of the predicted score with the true one on the eval "
+                              "split (1 is perfect, 0 what a constant prediction scores); MSE, its mean squared error.")
     if f.majority_class:
         name, share = f.majority_class
         results.blocks.append(f"Always predicting the eval split's largest class ({name}) would score {share:.4f} "
@@ -376,11 +409,12 @@ def document(f: Findings, plots: dict[str, bool]) -> Document:
             per_class]))
     if f.replace_test:
         t = f.replace_test
+        chance = "majority class" if t.metric != "pearson" and t.metric != "spearman" else "a constant prediction"
         sections.append(Section("The replace test", [
             f"Replacing the {t.layers} query and value layers ({t.parameters:,} parameters) of the "
-            f"fine-tuned model with random clones takes its accuracy from {t.original_accuracy:.4f} to "
-            f"{t.random_clones_accuracy:.4f} (majority class: {t.majority_class_accuracy:.4f}); putting "
-            f"the originals back gives {t.restored_accuracy:.4f}, with "
+            f"fine-tuned model with random clones takes its {SCORE_LABELS[t.metric]} from {t.original_score:.4f} to "
+            f"{t.random_clones_score:.4f} ({chance}: {t.chance_score:.4f}); putting "
+            f"the originals back gives {t.restored_score:.4f}, with "
             f"{'identical' if t.restored_logits_identical else 'different'} logits."]))
     if f.extracted:
         sections.append(Section("Adapters extracted from full fine-tuning", [
@@ -411,6 +445,6 @@ def document(f: Findings, plots: dict[str, bool]) -> Document:
             "peak (the run closest to the median where several seeds ran). Memory that climbs from "
             "epoch to epoch is memory kept per step.", memory]))
     sections.append(Section("Plots", [Image(title, name if plots.get(name) else None)
-                                      for name, title in PLOTS.items()]))
+                                      for name, title in plot_titles(f.metric).items()]))
     sections.append(Section("Environment", [Bullets(footer(f.environment, f.unit))]))
     return Document("loralab study report", sections)

@@ -6,16 +6,17 @@ estimated.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import LoralabError
 from ..lowrank import LayerSpectrum, read_spectrum
 from ..methods import label, method
-from ..settings import BINARY_NAMES
+from ..settings import BINARY_NAMES, CLASSIFICATION, REGRESSION, SCORE_LABELS
 from ..study.records import (
     ANALYSES,
     EXTRACT,
@@ -39,21 +40,28 @@ from ..study.records import (
 
 @dataclass
 class Summary:
-    """One method at one rank, over its seeds: the median accuracy, time and memory, the
-    accuracy's min-max, and the run closest to the median (whose history is shown)."""
+    """One method at one rank, over its seeds: the median of the study's `metric` (`score`)
+    with its min-max, every other score's median, the median time and memory, and the run
+    closest to the median (whose history is shown)."""
 
     row: Row
-    eval_accuracy: float | None
-    accuracy_min: float | None = None
-    accuracy_max: float | None = None
+    metric: str                       # the score the study leads with (accuracy, pearson, ...)
+    score: float | None               # its median over seeds
+    score_min: float | None = None
+    score_max: float | None = None
     seeds: int = 1
     train_seconds: float | None = None
     peak_memory_mb: float | None = None
-    macro_f1: float | None = None       # median over seeds
-    macro_f1_min: float | None = None
-    macro_f1_max: float | None = None
-    matthews: float | None = None       # median over seeds, where the runs recorded it
-    f1_positive: float | None = None    # median over seeds (binary tasks)
+    medians: dict[str, float] = field(default_factory=dict)  # every score recorded -> its median over seeds
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # ... -> (min, max), several seeds
+
+    def median(self, name: str) -> float | None:
+        """The median over seeds of the score `name` (None where no run recorded it)."""
+        return self.medians.get(name)
+
+    @property
+    def eval_accuracy(self) -> float | None:
+        return self.medians.get("accuracy")
 
     @property
     def method(self) -> str:
@@ -86,32 +94,29 @@ class Summary:
         return f"{name} {self.size}" if self.size else name
 
 
-def aggregate(rows: list[Row]) -> list[Summary]:
-    """One summary per method and rank (or energy), in the order the rows first name them."""
+def aggregate(rows: list[Row], metric: str = "accuracy") -> list[Summary]:
+    """One summary per method and rank (or energy), in the order the rows first name them,
+    led by `metric`; the run shown is the one closest to its median."""
     groups: dict[tuple, list[Row]] = {}
     for r in rows:
         groups.setdefault((r.method, r.rank, r.energy), []).append(r)
     out = []
     for runs in groups.values():
-        accs = [r.eval_accuracy for r in runs if r.eval_accuracy is not None]
-        if len(runs) == 1 or not accs:
-            first = runs[0]
-            out.append(Summary(first, first.eval_accuracy, seeds=len(runs), train_seconds=first.train_seconds,
-                               peak_memory_mb=first.peak_memory_mb, macro_f1=first.eval_macro_f1,
-                               matthews=first.eval_matthews, f1_positive=first.eval_f1_positive))
-            continue
-        mid = statistics.median(accs)
-        middle = min(runs, key=lambda r: abs((r.eval_accuracy if r.eval_accuracy is not None else 9) - mid))
+        def values(name):
+            return [v for r in runs if (v := r.score(name)) is not None]
 
         def median_of(key):
-            values = [getattr(r, key) for r in runs if getattr(r, key) is not None]
-            return statistics.median(values) if values else None
+            found = [getattr(r, key) for r in runs if getattr(r, key) is not None]
+            return statistics.median(found) if found else None
 
-        f1s = [r.eval_macro_f1 for r in runs if r.eval_macro_f1 is not None]
-        out.append(Summary(middle, mid, min(accs), max(accs), len(runs), median_of("train_seconds"),
-                           median_of("peak_memory_mb"), median_of("eval_macro_f1"),
-                           min(f1s, default=None), max(f1s, default=None), median_of("eval_matthews"),
-                           median_of("eval_f1_positive")))
+        medians = {name: statistics.median(v) for name in SCORE_LABELS if (v := values(name))}
+        ranges = {name: (min(v), max(v)) for name in SCORE_LABELS if len(v := values(name)) > 1}
+        mid = medians.get(metric)
+        middle = runs[0] if mid is None else min(
+            runs, key=lambda r: abs(r.score(metric) - mid) if r.score(metric) is not None else math.inf)
+        low, high = ranges.get(metric, (None, None))
+        out.append(Summary(middle, metric, mid, low, high, len(runs), median_of("train_seconds"),
+                           median_of("peak_memory_mb"), medians, ranges))
     return out
 
 
@@ -134,7 +139,7 @@ class Findings:
     full: Summary | None
     head: Summary | None
     lora6: Summary | None
-    head_points_below_full: float | None  # (full - head) eval accuracy, in points
+    head_points_below_full: float | None  # (full - head) eval score (the study's metric), in points
     sweeps: dict[int, list[Summary]]       # approach (1, 2) -> its sweep, as run
     lowest_rank_above_head: dict[int, int | None]  # per approach whose sweep finished
     baselines: list[Summary]
@@ -150,8 +155,19 @@ class Findings:
     labels: list[str]                      # the classes, in order
     majority_class: tuple[str, float] | None  # the eval split's largest class and its share (what always
                                            # predicting it scores)
-    best_lora: Summary | None              # the LoRA rank with the best eval accuracy
+    best_lora: Summary | None              # the LoRA rank with the best eval score
     extracted: list[Extracted]             # adapters extracted from full fine-tuning (the first seed's)
+    metric: str = "accuracy"               # the score the study leads with (`data.metric`)
+    task_kind: str = CLASSIFICATION        # classification or regression
+
+    @property
+    def metric_label(self) -> str:
+        """The lead score in words: "accuracy", "Pearson correlation", ..."""
+        return SCORE_LABELS[self.metric]
+
+    @property
+    def regression(self) -> bool:
+        return self.task_kind == REGRESSION
 
     @property
     def seeds(self) -> int:
@@ -168,6 +184,8 @@ class Findings:
 
     @property
     def task(self) -> str:
+        if self.regression:
+            return f"{data_name(self.environment)} (regression: a score per row)"
         if self.sentiment:
             return "IMDB sentiment classification"
         return f"{data_name(self.environment)} ({len(self.labels)} classes: {', '.join(self.labels)})"
@@ -234,7 +252,10 @@ def build(out_dir: str | os.PathLike) -> Findings:
     runs = read_rows(out_dir / "results.json")
     if runs is None:
         raise LoralabError(f"{out_dir}: no results.json; run `loralab run --out {out_dir}` first.")
-    summaries = aggregate(runs)
+    env_json = load_json(out_dir / "environment.json")
+    env = Environment.from_json(env_json, str(out_dir / "environment.json")) if env_json is not None else None
+    metric = env.metric if env else "accuracy"
+    summaries = aggregate(runs, metric)
     full, head = _one(summaries, "full"), _one(summaries, "head")
     records = {name: _record(out_dir / name / RESULT_NAME) for name in ANALYSES}
     lowrank = records[LOWRANK].lowrank if records[LOWRANK] else None
@@ -244,18 +265,17 @@ def build(out_dir: str | os.PathLike) -> Findings:
                   if (record := _record(p)) and record.selection]
     baselines = [s for s in summaries if not method(s.method).transformer]
     times = run_times(out_dir, runs)
-    env_json = load_json(out_dir / "environment.json")
-    env = Environment.from_json(env_json, str(out_dir / "environment.json")) if env_json is not None else None
     labels = list((env.labels if env else None) or BINARY_NAMES)
     spectrum_json = load_json(out_dir / LOWRANK / "spectrum.json")
     return Findings(
         runs=runs, summaries=summaries, full=full, head=head, lora6=_one(summaries, "lora", 6),
-        head_points_below_full=(full.eval_accuracy - head.eval_accuracy) * 100 if full and head else None,
+        head_points_below_full=(full.score - head.score) * 100
+        if full and head and full.score is not None and head.score is not None else None,
         sweeps=sweeps,
         lowest_rank_above_head={a: lowrank.lowest_rank_above_head.get(a) for a in sweeps} if lowrank else {},
         baselines=baselines,
-        best_transformer=max((s for s in summaries if method(s.method).transformer),
-                             key=lambda s: s.eval_accuracy, default=None) if baselines else None,
+        best_transformer=max((s for s in summaries if method(s.method).transformer and s.score is not None),
+                             key=lambda s: s.score, default=None) if baselines else None,
         selections=selections,
         replace_test=records[REPLACE_TEST].replace_test if records[REPLACE_TEST] else None,
         lowrank=lowrank,
@@ -263,5 +283,7 @@ def build(out_dir: str | os.PathLike) -> Findings:
         spectrum=read_spectrum(spectrum_json) if spectrum_json is not None else None,
         times=times, busy_seconds=busy_seconds(times), environment=env, labels=labels,
         majority_class=majority_class(env, labels),
-        best_lora=max((s for s in summaries if s.method == "lora"), key=lambda s: s.eval_accuracy, default=None),
-        extracted=(records[EXTRACT].extracted or []) if records[EXTRACT] else [])
+        best_lora=max((s for s in summaries if s.method == "lora" and s.score is not None), key=lambda s: s.score,
+                      default=None),
+        extracted=(records[EXTRACT].extracted or []) if records[EXTRACT] else [],
+        metric=metric, task_kind=env.task if env else CLASSIFICATION)

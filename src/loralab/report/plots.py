@@ -1,6 +1,7 @@
-"""The report's plots, as PNG files: accuracy against parameters and rank, training
-curves, cost, and the spectrum of dW. Each takes the report's summaries (one per method
-and rank; see `loralab.report.Summary`) and writes its file atomically."""
+"""The report's plots, as PNG files: the study's score (accuracy, Pearson correlation,
+...) against parameters and rank, training curves, cost, and the spectrum of dW. Each
+takes the report's summaries (one per method and rank; see `loralab.report.Summary`) and
+writes its file atomically."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..fileio import atomic_path
 from ..methods import METHODS
+from ..settings import SCORE_LABELS
 
 if TYPE_CHECKING:  # the report's types; plots only read their attributes
     from ..lowrank import LayerSpectrum
@@ -53,29 +55,38 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _words(summaries: list[Summary]) -> tuple[str, str]:
+    """The score the summaries lead with, in words: ("accuracy", "Accuracy")."""
+    words = SCORE_LABELS[summaries[0].metric] if summaries else "accuracy"
+    return words, words[0].upper() + words[1:]
+
+
 def plot_accuracy_vs_params(summaries: list[Summary], path: Path) -> bool:
+    """The study's score (`Summary.score`: accuracy, or the task's metric) against trainable
+    parameters, with the Pareto front."""
     plt = _plt()
-    data = [r for r in summaries if r.trainable_params and r.eval_accuracy is not None]
+    data = [r for r in summaries if r.trainable_params and r.score is not None]
     if not data:
         return False
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for method in COLORS:
         pts = [r for r in data if r.method == method]
         if pts:
-            ax.scatter([r.trainable_params for r in pts], [r.eval_accuracy for r in pts],
+            ax.scatter([r.trainable_params for r in pts], [r.score for r in pts],
                        color=COLORS[method], label=LABELS[method], s=40, zorder=3)
             for r in pts:
                 if r.size:
-                    ax.annotate(r.size, (r.trainable_params, r.eval_accuracy), fontsize=7,
+                    ax.annotate(r.size, (r.trainable_params, r.score), fontsize=7,
                                 xytext=(3, 3), textcoords="offset points")
-    front = [data[i] for i in pareto_front([(r.trainable_params, r.eval_accuracy) for r in data])]
-    ax.step([r.trainable_params for r in front], [r.eval_accuracy for r in front], where="post",
+    front = [data[i] for i in pareto_front([(r.trainable_params, r.score) for r in data])]
+    ax.step([r.trainable_params for r in front], [r.score for r in front], where="post",
             color="black", lw=1, ls="--", zorder=2)
-    ax.scatter([r.trainable_params for r in front], [r.eval_accuracy for r in front], s=140,
+    ax.scatter([r.trainable_params for r in front], [r.score for r in front], s=140,
                facecolors="none", edgecolors="black", lw=1.2, label="Pareto front (no method better with fewer)",
                zorder=4)
-    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="eval accuracy",
-           title="Accuracy against trainable parameters")
+    words, title = _words(data)
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel=f"eval {words}",
+           title=f"{title} against trainable parameters")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, path)
     return True
@@ -90,20 +101,21 @@ def plot_accuracy_vs_rank(summaries: list[Summary], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(9, 5))
     for method, pts in series.items():
         if pts:
-            ax.plot([r.rank for r in pts], [r.eval_accuracy for r in pts], marker="o",
+            ax.plot([r.rank for r in pts], [r.score for r in pts], marker="o",
                     color=COLORS[method], label=LABELS[method])
             spread = [r for r in pts if r.seeds > 1]
             if spread:  # min-max over seeds around the median
-                ax.errorbar([r.rank for r in spread], [r.eval_accuracy for r in spread],
-                            yerr=[[r.eval_accuracy - r.accuracy_min for r in spread],
-                                  [r.accuracy_max - r.eval_accuracy for r in spread]],
+                ax.errorbar([r.rank for r in spread], [r.score for r in spread],
+                            yerr=[[r.score - r.score_min for r in spread],
+                                  [r.score_max - r.score for r in spread]],
                             fmt="none", ecolor=COLORS[method], capsize=3)
     for method, style in (("full", "-"), ("head", "--")):
         r = next((s for s in summaries if s.method == method), None)  # the first seed's
-        if r:
-            ax.axhline(r.eval_accuracy, color=COLORS[method], ls=style, lw=1.2,
-                       label=f"{LABELS[method]} ({r.eval_accuracy:.3f})")
-    ax.set(xscale="log", xlabel="rank r (log scale)", ylabel="eval accuracy", title="Accuracy against rank")
+        if r and r.score is not None:
+            ax.axhline(r.score, color=COLORS[method], ls=style, lw=1.2,
+                       label=f"{LABELS[method]} ({r.score:.3f})")
+    words, title = _words(summaries)
+    ax.set(xscale="log", xlabel="rank r (log scale)", ylabel=f"eval {words}", title=f"{title} against rank")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, path)
@@ -117,12 +129,16 @@ def plot_training_curves(summaries: list[Summary], path: Path) -> bool:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     cmap = plt.get_cmap("tab10")
+    words, title = _words(trained)
+    metric = trained[0].metric
     for i, r in enumerate(trained):
         epochs = [h["epoch"] for h in r.history]
         ax1.plot(epochs, [h["train_loss"] for h in r.history], marker="o", color=cmap(i % 10), label=r.label)
-        ax2.plot(epochs, [h["eval_accuracy"] for h in r.history], marker="o", color=cmap(i % 10), label=r.label)
-    ax1.set(xlabel="epoch", ylabel="mean training loss (cross-entropy)", title="Training loss per epoch")
-    ax2.set(xlabel="epoch", ylabel="eval accuracy", title="Eval accuracy after each epoch")
+        ax2.plot(epochs, [h.get(f"eval_{metric}", math.nan) for h in r.history], marker="o", color=cmap(i % 10),
+                 label=r.label)
+    loss = "mean squared error" if metric in ("pearson", "spearman") else "cross-entropy"
+    ax1.set(xlabel="epoch", ylabel=f"mean training loss ({loss})", title="Training loss per epoch")
+    ax2.set(xlabel="epoch", ylabel=f"eval {words}", title=f"Eval {words} after each epoch")
     ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, path)
     return True

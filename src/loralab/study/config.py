@@ -22,8 +22,10 @@ from ..settings import (
     PRECISIONS,
     PROFILES,
     SELECT_METRICS,
+    TASKS,
     LoraOptions,
     TrainSettings,
+    study_metric,
 )
 
 logger = logging.getLogger("loralab")
@@ -157,17 +159,43 @@ def validate(config: dict) -> None:
         raise LoralabError("config: data.validation must be a fraction in [0, 1).")
     if config["jobs"] < 1:
         raise LoralabError(f"config: jobs must be at least 1, got {config['jobs']}.")
+    data = config["data"]
+    if data["task"] not in TASKS:
+        raise LoralabError(f"config: data.task must be one of {', '.join(TASKS)}, not {data['task']!r}.")
+    for key, metric in (("data.metric", data["metric"]), ("select.metric", config["select"]["metric"])):
+        _check_metric(key, metric, data["task"])
+    if data["task"] == "regression":
+        if data["labels"]:
+            raise LoralabError("config: data.labels names classes; a regression task (data.task) has none.")
+        if config["train"]["class_weights"] != "none":
+            raise LoralabError("config: train.class_weights weighs classes; a regression task (data.task) has "
+                               "none, so it must be \"none\".")
     sel = config["select"]
     if sel["enabled"]:
         if not config["data"]["validation"]:
             raise LoralabError("config: select.enabled chooses learning rates on a validation split; "
                                "set data.validation (for example 0.1).")
-        if sel["metric"] not in SELECT_METRICS:
-            raise LoralabError(f"config: select.metric must be one of {', '.join(SELECT_METRICS)}, "
-                               f"not {sel['metric']!r}.")
         for method in ("full", "head", "lora"):
             if not sel[method] or any(lr <= 0 for lr in sel[method]):
                 raise LoralabError(f"config: select.{method} must list positive learning rates.")
+
+
+def _check_metric(key: str, metric: str, task: str) -> None:
+    """A metric a study may lead with or choose on ("" = the task's own), and one its task records."""
+    if not metric:
+        return
+    if metric not in SELECT_METRICS:
+        raise LoralabError(f"config: {key} must be one of {', '.join(SELECT_METRICS)} (or \"\" for the task's "
+                           f"own), not {metric!r}.")
+    regression = metric in ("pearson", "spearman")
+    if regression != (task == "regression"):
+        raise LoralabError(f"config: {key} = {metric!r} is a {'regression' if regression else 'classification'} "
+                           f"score, but data.task is {task!r}.")
+
+
+def select_metric(config: dict) -> str:
+    """The score validation chooses learning rates on: `select.metric`, else the study's."""
+    return config["select"]["metric"] or study_metric(config)
 
 
 def to_toml(config: dict) -> str:

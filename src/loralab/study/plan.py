@@ -13,8 +13,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Union
 
-from ..methods import BASELINES
-from ..settings import TRAIN_METHODS, LoraOptions, TrainSettings
+from ..methods import TASK_BASELINES
+from ..settings import TRAIN_METHODS, LoraOptions, TrainSettings, study_metric
+from .config import select_metric
 from .records import (
     EXTRACT,
     LOWRANK,
@@ -115,7 +116,7 @@ class WithSettings(Inputs):
 
 @dataclass(frozen=True)
 class BaselineInputs(Inputs):
-    method: str  # tfidf-lr or tfidf-nb
+    method: str  # tfidf-lr, tfidf-nb or (regression) tfidf-ridge
     data: str    # digest of the splits
     seed: int = 0
 
@@ -148,6 +149,7 @@ class ReplaceInputs(WithSettings):
     model: str
     data: str
     settings: TrainSettings  # inference batches, precision, device, max length; the clones' seed
+    metric: str = "accuracy"  # what the test is scored by
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class LowrankInputs(WithSettings):
     targets: str | None
     ranks: tuple[int, ...]  # () = full rank halving down to 1
     points: int
+    metric: str = "accuracy"  # the sweeps are compared with head-tuning on it
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,8 @@ def plan(config: dict, ctx: Context) -> list[Run]:
     isolate = c["isolate"] and int(os.environ.get("WORLD_SIZE", "1")) == 1
     seeds = seeds_of(c)
     model = c["model"]
+    metric = study_metric(c)
+
     targets = c["lora"]["targets"] or None
     runs: list[Run] = []
     chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate
@@ -253,16 +258,16 @@ def plan(config: dict, ctx: Context) -> list[Run]:
             settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=sel[method][0],
                                                  **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
             lora = LoraOptions.from_config(c, sel["lora_rank"]) if method == "lora" else None
-            run = Run(select_run(method), "select", SelectInputs(method, model, ctx.choice_key, settings, lora,
-                                                                 tuple(sel[method]), sel["limit_train"], sel["metric"]),
-                      isolate)
+            inputs = SelectInputs(method, model, ctx.choice_key, settings, lora, tuple(sel[method]),
+                                  sel["limit_train"], select_metric(c))
+            run = Run(select_run(method), "select", inputs, isolate)
             runs.append(run)
             chosen[method] = run.ref()
     for seed in seeds:
         sfx = seed_suffix(seed, bool(c["seeds"]))
         settings = {method: TrainSettings.from_config(c, method, seed=seed) for method in TRAIN_METHODS}
         if m["baselines"]:
-            for method in BASELINES:
+            for method in TASK_BASELINES[c["data"]["task"]]:
                 runs.append(Run(method_run(method, suffix=sfx), "baseline", BaselineInputs(method, ctx.data_key, seed)))
         trained: dict[str, Ref] = {}
         for method in ("full", "head"):
@@ -275,11 +280,11 @@ def plan(config: dict, ctx: Context) -> list[Run]:
         first = seed == seeds[0]
         if first and m["replace_test"] and "full" in trained:
             runs.append(Run(REPLACE_TEST, "replace",
-                            ReplaceInputs(trained["full"], model, ctx.data_key, settings["full"])))
+                            ReplaceInputs(trained["full"], model, ctx.data_key, settings["full"], metric)))
         if first and m["lowrank"]:
             runs.append(Run(LOWRANK, "lowrank", LowrankInputs(trained["full"], trained["head"], model, ctx.data_key,
                                                               settings["full"], targets, tuple(m["sweep_ranks"]),
-                                                              m["sweep_points"])))
+                                                              m["sweep_points"], metric)))
         if first and m["extract"] and "full" in trained:
             runs.append(Run(EXTRACT, "extract", ExtractInputs(trained["full"], model, ctx.data_key, settings["full"],
                                                               tuple(m["extract_targets"]), tuple(m["extract_ranks"]),

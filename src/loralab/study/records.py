@@ -86,6 +86,13 @@ class Row:
     peak_gpu_memory_mb: float | None = None  # trained on a GPU: the most memory allocated on it
     eval_matthews: float | None = None    # Matthews correlation
     eval_f1_positive: float | None = None  # binary tasks: F1 of the positive (second) class
+    eval_pearson: float | None = None     # regression: Pearson correlation with the target
+    eval_spearman: float | None = None    # regression: Spearman correlation
+    eval_mse: float | None = None         # regression: mean squared error
+
+    def score(self, metric: str) -> float | None:
+        """Its eval score `metric` (one of `metrics.SCORES`): ``row.score("pearson")``."""
+        return getattr(self, f"eval_{metric}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -118,29 +125,46 @@ class Selection:
 
 @dataclass
 class ReplaceTest:
-    """The lab's step 4 on the fine-tuned model."""
+    """The lab's step 4 on the fine-tuned model, scored by the study's `metric`."""
 
     layers: int
     parameters: int
-    original_accuracy: float
-    random_clones_accuracy: float
-    restored_accuracy: float
+    original_score: float
+    random_clones_score: float
+    restored_score: float
     restored_predictions_identical: bool
     restored_logits_identical: bool
-    majority_class_accuracy: float
+    chance_score: float       # what knowing nothing scores: the majority class's accuracy; a constant's 0 correlation
+    metric: str = "accuracy"
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "replace-test") -> "ReplaceTest":
+        return _from_dict(cls, _renamed(data, REPLACE_RENAMED), where)
+
+
+# Fields loralab 0.2 renamed when a study's metric stopped being accuracy alone: old records read as new.
+REPLACE_RENAMED = {"original_accuracy": "original_score", "random_clones_accuracy": "random_clones_score",
+                   "restored_accuracy": "restored_score", "majority_class_accuracy": "chance_score"}
+LOWRANK_RENAMED = {"headtuned_accuracy": "headtuned_score"}
+
+
+def _renamed(data: dict, names: dict[str, str]) -> dict:
+    return {names.get(key, key): value for key, value in data.items()}
 
 
 @dataclass
 class LowrankSummary:
-    """The low-rank study: both sweeps against head-tuning, and the spectrum of dW."""
+    """The low-rank study: both sweeps against head-tuning on the study's `metric`, and the
+    spectrum of dW."""
 
-    headtuned_accuracy: float
+    headtuned_score: float
     ranks: list[int]
     full_rank: int
     lowest_rank_above_head: dict[int, int | None]  # approach (1, 2) -> lowest rank, None if no rank beats it
     sweep_seconds: dict[int, float] = field(default_factory=dict)
     spectrum: dict[str, dict] = field(default_factory=dict)  # layer -> rank_50, rank_90, rank_99, frobenius_norm
     lora_similarity: dict[str, dict[str, float]] = field(default_factory=dict)
+    metric: str = "accuracy"
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -150,7 +174,7 @@ class LowrankSummary:
 
     @classmethod
     def from_json(cls, data: dict, where: str = "lowrank") -> "LowrankSummary":
-        data = dict(data)
+        data = _renamed(data, LOWRANK_RENAMED)
         for key in ("lowest_rank_above_head", "sweep_seconds"):
             data[key] = {int(k): v for k, v in data.get(key, {}).items()}
         return _from_dict(cls, data, where)
@@ -220,7 +244,7 @@ class RunRecord(RunOutput):
         if data.get("selection") is not None:
             data["selection"] = _from_dict(Selection, data["selection"], where)
         if data.get("replace_test") is not None:
-            data["replace_test"] = _from_dict(ReplaceTest, data["replace_test"], where)
+            data["replace_test"] = ReplaceTest.from_json(data["replace_test"], where)
         if data.get("lowrank") is not None:
             data["lowrank"] = LowrankSummary.from_json(data["lowrank"], where)
         if data.get("extracted") is not None:
@@ -261,8 +285,10 @@ class Environment:
     pooling: str = "cls"
     total_seconds: float | None = None
     skipped_runs: int = 0
-    labels: list[str] = field(default_factory=list)  # the classes, in order
+    labels: list[str] = field(default_factory=list)  # the classes, in order (a regression task: ["score"])
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # split -> rows per class
+    task: str = "classification"  # or "regression"
+    metric: str = "accuracy"      # the score the study leads with and chose on (`data.metric`)
 
     def to_json(self) -> dict:
         return asdict(self)

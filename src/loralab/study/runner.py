@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import LoralabError
 from ..fileio import write_json, write_text
+from ..settings import SCORE_LABELS, study_metric
 from .config import to_toml
 from .plan import Context, Run, plan, resolved_precision, seeds_of  # noqa: F401 - Context and plan are the study's API too
 from .records import RESULT_NAME, DataSummary, Environment, Row, RunRecord, read_record
@@ -211,7 +212,8 @@ def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) ->
         precision=resolved_precision(config), seed=config["seed"],
         seeds=seeds_of(config), profile=config["profile"], pooling=config["train"]["pooling"],
         total_seconds=seconds, skipped_runs=skipped, labels=class_names_of(ctx.data["train"]),
-        class_counts={split: class_counts(ctx.data[split]) for split in ctx.data})
+        class_counts={split: class_counts(ctx.data[split]) for split in ctx.data},
+        task=d["task"], metric=study_metric(config))
 
 
 @dataclass
@@ -233,9 +235,9 @@ class StudyResult:
 class _Progress:
     """The study's log lines and its events, in one place for both executors."""
 
-    def __init__(self, runs: list[Run], result: StudyResult):
+    def __init__(self, runs: list[Run], result: StudyResult, metric: str = "accuracy"):
         self.index = {run.name: i + 1 for i, run in enumerate(runs)}
-        self.total, self.result = len(runs), result
+        self.total, self.result, self.metric = len(runs), result, metric
 
     def start(self, run: Run) -> None:
         self.result.events.append(("start", run.name))
@@ -243,9 +245,9 @@ class _Progress:
 
     def done(self, run: Run, record: RunRecord) -> None:
         self.result.events.append(("done", run.name))
-        accs = [r.eval_accuracy for r in record.rows if r.eval_accuracy is not None]
+        scores = [r.score(self.metric) for r in record.rows if r.score(self.metric) is not None]
         logger.info("[%d/%d] %s: done in %.0f s%s", self.index[run.name], self.total, run.name, record.seconds,
-                    f", eval accuracy {max(accs):.4f}" if accs else "")
+                    f", eval {SCORE_LABELS[self.metric]} {max(scores):.4f}" if scores else "")
 
 
 def run_parallel(ctx: Context, runs: list[Run], todo: list[Run], jobs: int, progress: _Progress) -> None:
@@ -310,7 +312,7 @@ def _run_study(config: dict, quiet: bool) -> StudyResult:
     start = time.perf_counter()
     runs = plan(config, ctx)
     result = StudyResult(rows=[], runs=runs, skipped=[])
-    progress = _Progress(runs, result)
+    progress = _Progress(runs, result, study_metric(config))
     todo = []
     for run in runs:
         if read_result(ctx.out / run.name, run.key):
@@ -333,15 +335,23 @@ def _run_study(config: dict, quiet: bool) -> StudyResult:
     return result
 
 
-def summary_table(rows: list[Row]) -> str:
-    """The results as a plain-text table, for the terminal."""
-    lines = [f"{'method':<11} {'rank':>6} {'trainable':>12} {'accuracy':>9} {'macro-F1':>9} {'train s':>9} "
+def summary_table(rows: list[Row], metric: str = "accuracy") -> str:
+    """The results as a plain-text table, for the terminal: the study's `metric` and a
+    second score (macro-F1; a regression task's Spearman correlation)."""
+    second = "spearman" if metric in ("pearson", "spearman") else "macro_f1"
+    second = "pearson" if metric == "spearman" else second
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "matthews": "Matthews", "f1_positive": "F1 pos",
+             "pearson": "Pearson", "spearman": "Spearman"}
+    lines = [f"{'method':<11} {'rank':>6} {'trainable':>12} {names[metric]:>9} {names[second]:>9} {'train s':>9} "
              f"{'peak MB':>9}"]
+
+    def cell(value) -> str:
+        return f"{value:.4f}" if value is not None else "-"
+
     for r in rows:
         rank = r.rank if r.rank is not None else f"e{r.energy:g}" if r.energy is not None else ""
         secs = f"{r.train_seconds:.1f}" if r.train_seconds is not None else "-"
         mem = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "-"
-        f1 = f"{r.eval_macro_f1:.4f}" if r.eval_macro_f1 is not None else "-"
         lines.append(f"{r.method:<11} {rank:>6} {r.trainable_params or 0:>12,} "
-                     f"{r.eval_accuracy:>9.4f} {f1:>9} {secs:>9} {mem:>9}")
+                     f"{cell(r.score(metric)):>9} {cell(r.score(second)):>9} {secs:>9} {mem:>9}")
     return "\n".join(lines)

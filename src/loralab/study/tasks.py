@@ -43,9 +43,8 @@ def task_baseline(ctx: Context, run_dir: Path, inputs: BaselineInputs) -> RunOut
 
     with PeakMemory() as mem:
         result = run_baseline(inputs.method, ctx.data["train"], ctx.data["eval"], seed=inputs.seed)
-    return RunOutput([Row(inputs.method, trainable_params=result.trainable_params, eval_accuracy=result.eval_accuracy,
-                          eval_macro_f1=result.eval_macro_f1, train_seconds=result.train_seconds,
-                          peak_memory_mb=mem.peak_mb)])
+    return RunOutput([Row(inputs.method, trainable_params=result.trainable_params, train_seconds=result.train_seconds,
+                          peak_memory_mb=mem.peak_mb, **result.eval_scores())])
 
 
 def chosen_learning_rate(ctx: Context, ref: Ref) -> float:
@@ -92,10 +91,12 @@ def task_select(ctx: Context, run_dir: Path, inputs: SelectInputs) -> RunOutput:
 
 def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> RunOutput:
     """The lab's step 4 on a freshly loaded fine-tuned model: random clones of the query and
-    value layers give near-chance accuracy, the originals restore the predictions exactly."""
+    value layers take its score (the study's metric) to chance, the originals restore the
+    predictions exactly."""
     import torch
 
     from ..inference import predict_logits
+    from ..metrics import scores_of
     from ..models import load_model
     from ..surgery import clone_linear, replace, target_layers
 
@@ -111,13 +112,17 @@ def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> RunOutpu
     scrambled = predict_logits(model, evals, tokenizer, settings, "Replace test: random clones")
     replace(model, layers)
     restored = predict_logits(model, evals, tokenizer, settings, "Replace test: restored")
-    acc = lambda logits: float((logits.argmax(-1) == labels).mean())  # noqa: E731
+    score = lambda logits: scores_of(logits, labels).score(inputs.metric)  # noqa: E731
+    regression = original.shape[1] == 1
+    # Knowing nothing: always the largest class, or always the mean target (correlation 0).
+    constant = (np.full((len(labels), 1), labels.mean()) if regression
+                else np.eye(original.shape[1])[np.full(len(labels), np.bincount(labels).argmax())])
+    same = np.array_equal(original, restored) if regression else (original.argmax(-1) == restored.argmax(-1)).all()
     return RunOutput(replace_test=ReplaceTest(
         layers=len(layers), parameters=sum(p.numel() for layer in layers.values() for p in layer.parameters()),
-        original_accuracy=acc(original), random_clones_accuracy=acc(scrambled), restored_accuracy=acc(restored),
-        restored_predictions_identical=bool((original.argmax(-1) == restored.argmax(-1)).all()),
-        restored_logits_identical=bool(np.array_equal(original, restored)),
-        majority_class_accuracy=float(np.bincount(labels).max() / len(labels))))
+        original_score=score(original), random_clones_score=score(scrambled), restored_score=score(restored),
+        restored_predictions_identical=bool(same), restored_logits_identical=bool(np.array_equal(original, restored)),
+        chance_score=score(constant), metric=inputs.metric))
 
 
 def task_lowrank(ctx: Context, run_dir: Path, inputs: LowrankInputs) -> RunOutput:
@@ -129,7 +134,7 @@ def task_lowrank(ctx: Context, run_dir: Path, inputs: LowrankInputs) -> RunOutpu
                             inputs.model, out=run_dir, tokenized=ctx.tokenized(inputs.model, settings.max_length),
                             tokenizer=ctx.tokenizer(inputs.model), settings=settings,
                             ranks=list(inputs.ranks) or None, sweep_points=inputs.points, targets=inputs.targets,
-                            head_accuracy=head.rows[0].eval_accuracy)
+                            head_score=head.rows[0].score(inputs.metric), metric=inputs.metric)
     return RunOutput(rows, lowrank=summary)
 
 
@@ -152,6 +157,7 @@ def task_extract(ctx: Context, run_dir: Path, inputs: ExtractInputs) -> RunOutpu
     from ..adapters import WEIGHTS_NAME, class_names
     from ..extraction import extract_adapter, save_extraction
     from ..inference import evaluate_metrics
+    from ..metrics import eval_fields
     from ..models import load_model
 
     settings = _settings(ctx, inputs)
@@ -170,7 +176,7 @@ def task_extract(ctx: Context, run_dir: Path, inputs: ExtractInputs) -> RunOutpu
             size = f"r = {rank}" if rank else f"energy {energy:g}"
             metrics = evaluate_metrics(result.model, evals, ctx.tokenizer(inputs.model), settings,
                                        f"Extracted {targets or 'query,value'} {size}")
-            rows.append(Row(method, rank, result.parameters, metrics.accuracy, metrics.macro_f1, energy=energy))
+            rows.append(Row(method, rank, result.parameters, energy=energy, **eval_fields(metrics)))
             ranks = [m.rank for m in result.modules]
             extracted.append(Extracted(method, targets or "query,value", rank, energy, [min(ranks), max(ranks)],
                                        result.parameters, (run_dir / folder / WEIGHTS_NAME).stat().st_size,
