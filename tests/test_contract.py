@@ -116,7 +116,8 @@ LAYERS = {
     "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",
                  "fastdropout", "measure", "baselines", "logs"},
     "library": {"api", "serve", "study", "study.config", "study.records", "study.plan", "study.tasks",
-                "study.runner", "report", "report.findings", "report.document", "report.render", "report.plots",
+                "study.runner", "study.suite", "report", "report.findings", "report.document", "report.render",
+                "report.plots", "report.suite",
                 "lab", "lab.functions", "lab.checks"},
     "cli": {"cli", "__init__"},
 }

@@ -168,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
 
+    p = sub.add_parser("glue", parents=[debug],
+                       help="the study on every task of a suite (GLUE's five small tasks: examples/glue.toml), "
+                            "each in its own folder, and one table across them")
+    p.add_argument("suite", help="a suite file (TOML): its tasks, their files and metrics, published references")
+    p.add_argument("--data-root", help="where the tasks' file paths start (default: the suite's data_root)")
+    p.add_argument("--tasks", type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
+                   help="only these tasks, comma-separated (default: all)")
+    p.add_argument("--config", help="a TOML file of loralab run settings for every task")
+    p.add_argument("--out", default="runs/glue", help="output folder, one sub-folder per task (default: runs/glue)")
+    p.add_argument("--quick", action="store_true", help="each task's pipeline on a small subset")
+    p.add_argument("--profile", choices=PROFILES, help="lab (default) or tuned: learning rates chosen on a "
+                   "validation split of each task")
+    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--jobs", type=int, help="runs at a time, each in its own process (default: 1)")
+    _add_model_args(p)
+
     p = sub.add_parser("train", parents=[debug],
                        help="train one model: LoRA, head-tuning or full fine-tuning")
     p.add_argument("--method", required=True, choices=TRAIN_METHODS)
@@ -422,6 +438,17 @@ def cmd_export(args) -> None:
     print(f"exported to {export(args.model_dir, args.out, merge=args.merge)}")
 
 
+def cmd_glue(args) -> None:
+    from .study.suite import load_suite, run_suite, task_configs
+
+    suite = load_suite(args.suite, args.data_root, args.tasks)
+    flags = {key: getattr(args, name, None) for name, key in FLAG_KEYS.items() if hasattr(args, name)}
+    configs = task_configs(suite, args.out, args.config, quick=args.quick, profile=args.profile, **flags)
+    report = run_suite(suite, configs, args.out, quiet=args.quiet)
+    print(report.read_text("utf-8").split("## Results", 1)[-1].split("\n## ", 1)[0].strip())
+    print(f"\nReport: {report} and report.html; each task's study in {args.out}/TASK")
+
+
 def cmd_report(args) -> None:
     from .report import write_report
 
@@ -443,7 +470,8 @@ def cmd_run(args) -> None:
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "lowrank": cmd_lowrank,
-            "predict": cmd_predict, "extract": cmd_extract, "export": cmd_export, "report": cmd_report, "run": cmd_run}
+            "predict": cmd_predict, "extract": cmd_extract, "export": cmd_export, "report": cmd_report, "run": cmd_run,
+            "glue": cmd_glue}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,26 +58,32 @@ def _merge(base: dict, override: dict, where: str, path: str = "") -> dict:
 
 
 def load_config(path: str | Path | None = None, *, quick: bool = False, profile: str | None = None,
-                **flags) -> dict:
-    """Resolve the run configuration: defaults < TOML file < profile < --quick < flags.
+                base: dict | None = None, **flags) -> dict:
+    """Resolve the run configuration: defaults < `base` < TOML file < profile < --quick < flags.
 
     Args:
         path: a TOML file with the settings to change.
+        base: settings under the file's (a suite's [run] table), checked as a file's are.
         quick: apply the [quick] table.
         profile: ``"lab"`` (the defaults) or ``"tuned"`` (apply the [tuned] table); None
             keeps the file's `profile` setting.
         **flags: settings from the command line, dotted for tables (None means not given).
     """
     config, user = defaults(), {}
+    if base:
+        config = _merge(config, base, "the suite's [run] table")
+        user = copy.deepcopy(base)  # what a profile or --quick replaces of it is said too
     if path:
         path = Path(path)
         try:
-            user = tomllib.loads(path.read_text("utf-8"))
+            mine = tomllib.loads(path.read_text("utf-8"))
         except FileNotFoundError as err:
             raise LoralabError(f"Config file not found: {path}") from err
         except tomllib.TOMLDecodeError as err:
             raise LoralabError(f"{path}: not valid TOML ({err}).") from err
-        config = _merge(config, user, str(path))
+        config = _merge(config, mine, str(path))
+        user = _overlay(user, mine)
+    path = path or ("the suite's [run] table" if base else None)
     config["profile"] = profile or config["profile"]
     if config["profile"] not in PROFILES:
         raise LoralabError(f"config: profile must be one of {', '.join(PROFILES)}, not {config['profile']!r}.")
@@ -97,6 +103,14 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
             config = _merge(config, {key: value}, "command line")
     validate(config)
     return config
+
+
+def _overlay(base: dict, top: dict) -> dict:
+    """`top`'s values over `base`'s, table by table."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _leaves(table: dict, prefix: str = "") -> dict[str, object]:

@@ -1,0 +1,196 @@
+"""The combined report of a suite (`loralab glue`): one table shaped like the LoRA paper's
+Table 2 (rows: methods with their trainable parameters; columns: each task's own metric,
+median and min-max over seeds, in percent; an average), the published references beside
+it, each task's score-against-parameters plot, and the suite's `results.json`. Every figure
+comes from the tasks' own study folders; a task not run yet is said to be missing."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LoralabError
+from ..fileio import write_json, write_text
+from ..methods import label
+from ..settings import SCORE_LABELS
+from .document import Bullets, Document, Image, Section, Table, table
+from .findings import Findings, Summary, build
+from .render import markdown, to_html
+
+# The TF-IDF baseline of a classification task (logistic regression) and of a regression
+# task (ridge regression) share a row: the linear model on TF-IDF features.
+ROW_OF = {"tfidf-ridge": "tfidf-lr"}
+ROW_LABELS = {"tfidf-lr": "TF-IDF + linear model (logistic; ridge for regression)"}
+SHORT = {"accuracy": "acc.", "macro_f1": "macro-F1", "matthews": "Matthews", "f1_positive": "F1",
+         "pearson": "Pearson", "spearman": "Spearman", "mse": "MSE"}
+
+
+@dataclass
+class TaskResult:
+    """One task's study as the suite's table reads it (None where it has not run)."""
+
+    key: str
+    name: str
+    metric: str
+    findings: Findings | None
+
+
+def _row_key(s: Summary) -> tuple:
+    return ROW_OF.get(s.method, s.method), s.rank, s.energy
+
+
+def _row_label(key: tuple, s: Summary) -> str:
+    method, rank, energy = key
+    name = ROW_LABELS.get(method) or label(method)
+    size = f"r={rank}" if rank is not None else f"e={energy:g}" if energy is not None else ""
+    return f"{name} {size}".strip()
+
+
+def _parameters(values: list[int]) -> str:
+    """Trainable parameters as papers print them: 22.7 M, 0.30 M; a range where tasks differ."""
+    def one(p: int) -> str:
+        return f"{p / 1e6:.3g} M" if p >= 1e5 else f"{p:,}"
+
+    low, high = min(values), max(values)
+    return one(low) if one(low) == one(high) else f"{one(low)}-{one(high)}"
+
+
+def _cell(s: Summary | None) -> str:
+    if s is None or s.score is None:
+        return "-"
+    if s.seeds > 1 and s.score_min is not None:
+        return f"{100 * s.score:.1f} [{100 * s.score_min:.1f}, {100 * s.score_max:.1f}]"
+    return f"{100 * s.score:.1f}"
+
+
+def task_results(suite, out: Path) -> list[TaskResult]:
+    """Each task's findings from `out/TASK` (None for a task whose study has not finished a run)."""
+    results = []
+    for task in suite.tasks:
+        folder = out / task.key
+        findings = build(folder) if (folder / "results.json").exists() else None
+        metric = findings.metric if findings else task.data.get("metric") or "accuracy"
+        results.append(TaskResult(task.key, task.name, metric, findings))
+    return results
+
+
+def suite_table(tasks: list[TaskResult]) -> Table:
+    """Rows: each method (and rank) any task ran, with its trainable parameters; columns:
+    each task's own metric in percent (median, and min-max over seeds), and the average of
+    the medians where every task has one."""
+    order: dict[tuple, str] = {}
+    cells: dict[tuple, dict[str, Summary]] = {}
+    params: dict[tuple, list[int]] = {}
+    for t in tasks:
+        for s in t.findings.summaries if t.findings else []:
+            key = _row_key(s)
+            order.setdefault(key, _row_label(key, s))
+            cells.setdefault(key, {})[t.key] = s
+            if s.trainable_params:
+                params.setdefault(key, []).append(s.trainable_params)
+    header = ["Method", "Trainable parameters", *(f"{t.name} ({SHORT[t.metric]})" for t in tasks), "Avg."]
+    rows = []
+    for key, name in order.items():
+        found = [cells[key].get(t.key) for t in tasks]
+        scores = [s.score for s in found if s is not None and s.score is not None]
+        average = f"{100 * statistics.mean(scores):.1f}" if len(scores) == len(tasks) else "-"
+        rows.append([name, _parameters(params[key]) if key in params else "-", *map(_cell, found), average])
+    return table(header, rows, "lr" + "r" * (len(tasks) + 1))
+
+
+def also_table(tasks: list[TaskResult], also: dict[str, list[str]]) -> Table | None:
+    """The tasks' other scores (`also` per task: MRPC's F1, STS-B's Spearman), median in percent."""
+    columns = [(t, name) for t in tasks for name in also.get(t.key, []) if t.findings]
+    if not columns:
+        return None
+    order: dict[tuple, str] = {}
+    found: dict[tuple, dict[tuple, float | None]] = {}
+    for t, name in columns:
+        for s in t.findings.summaries:
+            key = _row_key(s)
+            order.setdefault(key, _row_label(key, s))
+            found.setdefault(key, {})[t.key, name] = s.median(name)
+    rows = [[label_, *(f"{100 * v:.1f}" if (v := found[key].get((t.key, name))) is not None else "-"
+                       for t, name in columns)] for key, label_ in order.items()]
+    return table(["Method", *(f"{t.name} ({SHORT[name]})" for t, name in columns)], rows,
+                 "l" + "r" * len(columns))
+
+
+def reference_table(suite, tasks: list[TaskResult]) -> Table | None:
+    if not suite.references:
+        return None
+    rows = []
+    for ref in suite.references:
+        given = [ref.scores.get(t.key) for t in tasks]
+        average = f"{statistics.mean(given):.1f}" if all(v is not None for v in given) else "-"
+        rows.append([ref.name, ref.parameters or "-", *(f"{v:.1f}" if v is not None else "-" for v in given),
+                     average])
+    return table(["Published (other models and sizes)", "Parameters", *(t.name for t in tasks), "Avg."], rows,
+                 "lr" + "r" * (len(tasks) + 1))
+
+
+def suite_document(suite, tasks: list[TaskResult], out: Path) -> Document:
+    done = [t for t in tasks if t.findings]
+    missing = [t.name for t in tasks if not t.findings]
+    env = next((t.findings.environment for t in done if t.findings.environment), None)
+    metrics = "; ".join(f"{t.name}: {SCORE_LABELS[t.metric]}" for t in tasks)
+    intro = [f"The study of `loralab run` on each task of the suite {suite.name!r} ({len(tasks)} tasks), "
+             f"from the tasks' own folders under `{out}`. Each cell is the task's own metric on its eval split, "
+             "in percent: the median over seeds, with [min, max] where several seeds ran. "
+             f"Metrics: {metrics}. Avg. is the mean of a row's medians, where every task has one."]
+    if missing:
+        intro.append(f"Not run yet: {', '.join(missing)} (their cells are '-'); run the same command to resume.")
+    sections = [Section(None, intro), Section("Results", [suite_table(tasks)])]
+    also = {task.key: list(task.also) for task in suite.tasks}
+    if (extra := also_table(tasks, also)) is not None:
+        sections.append(Section("Other scores", ["The tasks' other standard scores (median over seeds, percent).",
+                                                 extra]))
+    if (refs := reference_table(suite, tasks)) is not None:
+        sections.append(Section("Published figures, for reference", [
+            "As published, on the same tasks' dev sets but with other models, sizes and recipes (and, where "
+            "the suite's notes say so, other splits): a yardstick, not a comparison of equals.", refs]))
+    sections.append(Section("Score against trainable parameters, per task", [
+        Image(f"{t.name}: {SCORE_LABELS[t.metric]} against trainable parameters",
+              f"{t.key}/accuracy_vs_params.png" if (out / t.key / "accuracy_vs_params.png").exists() else None)
+        for t in tasks]))
+    lines = []
+    for t in done:
+        f = t.findings
+        busy = f.busy_seconds if f.busy_seconds is not None else sum(x.seconds for x in f.times)
+        d = f.environment.data if f.environment else None
+        rows = f"{d.train_rows} training, {d.eval_rows} eval" if d else "?"
+        lines.append(f"{t.name}: {len(f.runs)} results ({rows} rows), {busy / 3600:.1f} h of runs; report: "
+                     f"[{t.key}/report.md]({t.key}/report.md)")
+    if env:
+        lines.append(f"Model {env.model}; device {env.device} ({env.threads} threads), precision {env.precision}, "
+                     f"seeds {', '.join(map(str, env.seeds or [env.seed]))}, profile {env.profile}; "
+                     f"loralab {env.loralab}, torch {env.torch}, transformers {env.transformers}")
+    sections.append(Section("Tasks and environment", [Bullets(lines)]))
+    return Document(f"loralab suite report: {suite.name}", sections)
+
+
+def suite_results(suite, tasks: list[TaskResult]) -> dict:
+    """The suite's results.json: each task's metric and rows, and the references."""
+    return {"suite": suite.name,
+            "tasks": {t.key: {"name": t.name, "metric": t.metric,
+                              "task": t.findings.task_kind if t.findings else None,
+                              "rows": [r.to_json() for r in t.findings.runs] if t.findings else None}
+                      for t in tasks},
+            "references": [{"name": r.name, "parameters": r.parameters, "scores": r.scores}
+                           for r in suite.references]}
+
+
+def write_suite_report(suite, out: str | os.PathLike) -> Path:
+    """Write the suite's report.md, report.html and results.json into `out`, beside the
+    tasks' folders whose plots it shows; returns report.md's path."""
+    out = Path(out)
+    tasks = task_results(suite, out)
+    if not any(t.findings for t in tasks):
+        raise LoralabError(f"{out}: no task of the suite has results yet; run `loralab glue` first.")
+    text = markdown(suite_document(suite, tasks, out))
+    write_text(out / "report.md", text)
+    write_text(out / "report.html", to_html(text, out))
+    write_json(out / "results.json", suite_results(suite, tasks))
+    return out / "report.md"

@@ -1,0 +1,113 @@
+"""A suite of tasks (#37): `loralab glue SUITE` runs the study on each task in its own folder
+and writes one table across them, shaped like the LoRA paper's Table 2."""
+
+import json
+
+import pytest
+
+from conftest import SHARED_DATA
+from test_pairs import write_pairs
+from test_regression import write_scores
+
+SUITE = """
+name = "tiny suite"
+data_root = "{root}"
+[run.methods]
+extract = false
+[tasks.pairs]
+name = "Pairs"
+train = "pairs/train.csv"
+eval = "pairs/dev.csv"
+text_column = "sentence1"
+text_pair_column = "sentence2"
+labels = ["different", "same"]
+metric = "matthews"
+also = ["f1_positive"]
+[tasks.scores]
+name = "Scores"
+train = "scores/train.csv"
+eval = "scores/dev.csv"
+text_column = "sentence1"
+text_pair_column = "sentence2"
+label_column = "score"
+task = "regression"
+also = ["spearman"]
+[[references]]
+name = "A published model"
+parameters = "9 M"
+scores = {{ pairs = 81.5, scores = 70.0 }}
+"""
+
+
+@pytest.fixture
+def suite(tmp_path):
+    write_pairs(tmp_path / "data" / "pairs")
+    write_scores(tmp_path / "data" / "scores")
+    path = tmp_path / "suite.toml"
+    path.write_text(SUITE.format(root=tmp_path / "data"))
+    return path
+
+
+def test_a_suite_file_is_read_and_each_mistake_named(suite, tmp_path, monkeypatch):
+    from loralab.errors import LoralabError
+    from loralab.study.suite import load_suite
+
+    loaded = load_suite(suite)
+    assert [t.key for t in loaded.tasks] == ["pairs", "scores"] and loaded.tasks[1].data["task"] == "regression"
+    assert loaded.tasks[0].data["train"] == [str(tmp_path / "data" / "pairs" / "train.csv")]
+    assert [t.key for t in load_suite(suite, only=["scores"]).tasks] == ["scores"]
+    text = suite.read_text()
+    for change, says in ((("metric = \"matthews\"", "metrik = \"matth\""), "tasks.pairs has unknown key(s) 'metrik'"),
+                         (("pairs/dev.csv", "pairs/test.csv"), "tasks.pairs.eval:"),
+                         ((f'data_root = "{tmp_path / "data"}"', 'data_root = "$NO_SUCH_ROOT"'), "$NO_SUCH_ROOT"),
+                         (("[[references]]", "[[reference]]"), "unknown key(s) 'reference'")):
+        suite.write_text(text.replace(*change))
+        with pytest.raises(LoralabError, match=r"suite\.toml: .*" if "tasks." in says else ".*") as err:
+            load_suite(suite)
+        assert says in str(err.value)
+    with pytest.raises(LoralabError, match="no task 'nope'"):
+        suite.write_text(text)
+        load_suite(suite, only=["nope"])
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "glue" / "rte" / "train.csv").exists(), reason="no shared GLUE data")
+def test_the_example_glue_suite_reads_the_five_shared_tasks():
+    from conftest import ROOT
+    from loralab.study.suite import load_suite, task_configs
+
+    suite = load_suite(ROOT / "examples" / "glue.toml", SHARED_DATA / "glue")
+    assert [t.name for t in suite.tasks] == ["RTE", "MRPC", "CoLA", "SST-2", "STS-B"]
+    configs = task_configs(suite, "runs/glue", profile="tuned", seeds=[0, 1, 2])
+    assert configs["stsb"]["data"]["task"] == "regression" and configs["cola"]["data"]["metric"] == "matthews"
+    assert configs["mrpc"]["train"]["batch_size"] == 16 and configs["mrpc"]["select"]["enabled"]
+    assert configs["rte"]["methods"]["lora_ranks"] == [1, 2, 4, 8, 16] and configs["rte"]["out"].endswith("rte")
+
+
+def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path, tiny_model_dir, run_cli):
+    out = tmp_path / "out"
+    args = ["glue", suite, "--quick", "--model", tiny_model_dir, "--out", out, "--quiet", "--seeds", "0,1"]
+    code, stdout, err = run_cli(*args)
+    assert code == 0, err
+    assert "| Method | Trainable parameters | Pairs (Matthews) | Scores (Pearson) | Avg. |" in stdout
+    for task in ("pairs", "scores"):
+        assert (out / task / "results.json").exists() and (out / task / "report.md").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["tasks"]["scores"]["metric"] == "pearson" and results["tasks"]["pairs"]["metric"] == "matthews"
+    pairs = [r for r in results["tasks"]["pairs"]["rows"] if r["method"] == "lora" and r["rank"] == 2]
+    low, high = sorted(r["eval_matthews"] for r in pairs)
+    median = (low + high) / 2
+    report = (out / "report.md").read_text()
+    lora = next(line for line in report.splitlines() if line.startswith("| LoRA r=2 |"))
+    assert f"| {100 * median:.1f} [{100 * low:.1f}, {100 * high:.1f}] |" in lora  # median [min, max] over seeds
+    scores = [r["eval_pearson"] for r in results["tasks"]["scores"]["rows"] if r["method"] == "lora" and r["rank"] == 2]
+    assert lora.endswith(f"| {100 * (median + sum(scores) / 2) / 2:.1f} |")  # the mean of the two medians
+    assert "| TF-IDF + linear model (logistic; ridge for regression) |" in report
+    assert "| A published model | 9 M | 81.5 | 70.0 | 75.8 |" in report
+    assert "Pairs (F1)" in report and "Scores (Spearman)" in report  # each task's other scores
+    assert "](pairs/accuracy_vs_params.png)" in report and (out / "report.html").stat().st_size > 10_000
+
+    finished = {p: p.stat().st_mtime_ns for p in (out / "scores").glob("*/result.json")}
+    code, _, err = run_cli(*args[:-2], "--seeds", "0,1", "--tasks", "scores")  # resumed: nothing to redo
+    assert code == 0, err
+    assert len(finished) > 5 and {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert json.loads((out / "results.json").read_text())["tasks"].keys() == {"scores"}
