@@ -20,6 +20,16 @@ LAB_DATA = Path(os.environ.get("LORALAB_DATA", SHARED_DATA / "imdb-lab"))
 needs_lab_data = pytest.mark.skipif(not (LAB_DATA / "train.csv").exists(), reason="no IMDB lab sample")
 
 
+def write_csv(path, header, rows) -> None:
+    """A CSV file of a header and rows (tests' data)."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def tiny_bert(num_labels: int = 2, seed: int = 0, **overrides):
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import count_fraction
+from conftest import count_fraction, write_csv
 from loralab.data import DataOptions, load_data
 from loralab.training import TrainSettings, tokenize
 
@@ -22,13 +22,12 @@ def write_pairs(folder, n_train=64, n_eval=32, seed=0):
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("dev", n_eval)):
-        with open(folder / f"{split}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["sentence1", "sentence2", "label"])
-            for i in range(n):
-                first = " ".join(rng.sample(WORDS, 3))
-                second = first if i % 2 else " ".join(rng.sample(WORDS, 3))
-                writer.writerow([first, second, "same" if i % 2 else "different"])
+        rows = []
+        for i in range(n):
+            first = " ".join(rng.sample(WORDS, 3))
+            second = first if i % 2 else " ".join(rng.sample(WORDS, 3))
+            rows.append([first, second, "same" if i % 2 else "different"])
+        write_csv(folder / f"{split}.csv", ["sentence1", "sentence2", "label"], rows)
     return folder
 
 

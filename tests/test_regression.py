@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from conftest import write_csv
 from loralab.data import DataOptions, load_data
 from loralab.training import TrainSettings
 
@@ -27,12 +28,9 @@ def write_scores(folder, n_train=160, n_eval=48, seed=0):
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("dev", n_eval)):
-        with open(folder / f"{split}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["sentence1", "sentence2", "score"])
-            for _ in range(n):
-                first, second = (" ".join(rng.sample(WORDS + GOOD[:rng.randint(0, 2)], 3)) for _ in range(2))
-                writer.writerow([first, second, f"{planted(first, second):.1f}"])
+        pairs = [[" ".join(rng.sample(WORDS + GOOD[:rng.randint(0, 2)], 3)) for _ in range(2)] for _ in range(n)]
+        write_csv(folder / f"{split}.csv", ["sentence1", "sentence2", "score"],
+                  [[a, b, f"{planted(a, b):.1f}"] for a, b in pairs])
     return folder
 
 

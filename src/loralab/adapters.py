@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_path, write_json
-from .lora import LoRA
+from .lora import DoRA, LoRA
 from .models import load_model, minilm_path, refuse_other_classes
 from .pooling import pooling_of, set_pooling
 from .settings import REGRESSION_LABELS
@@ -36,6 +36,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
 PREFIX = "base_model.model."
+MAGNITUDE = "lora_magnitude_vector"  # DoRA's m of a layer, PEFT's key
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 WHOLE_ATTR = "loralab_whole_modules"  # a model attribute: modules beyond the head its adapter holds whole
 
@@ -84,11 +85,13 @@ def whole_modules(model: nn.Module) -> tuple[str, ...]:
 
 
 def _layer_keys(name: str, layer: "_LayerPlan") -> dict[str, tuple]:
-    """PEFT key -> shape of one adapted layer's tensors."""
+    """PEFT key -> shape of one adapted layer's tensors (DoRA's magnitude included)."""
     keys = {f"{PREFIX}{name}.lora_A.weight": (layer.rank, layer.in_features),
             f"{PREFIX}{name}.lora_B.weight": (layer.out_features, layer.rank)}
     if layer.bias:
         keys[f"{PREFIX}{name}.lora_B.bias"] = (layer.out_features,)
+    if layer.dora:
+        keys[f"{PREFIX}{name}.{MAGNITUDE}"] = (layer.out_features,)
     return keys
 
 
@@ -108,6 +111,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         state[f"{PREFIX}{name}.lora_B.weight"] = layer.B.detach().T
         if layer.b is not None:
             state[f"{PREFIX}{name}.lora_B.bias"] = layer.b.detach()
+        if isinstance(layer, DoRA):
+            state[f"{PREFIX}{name}.{MAGNITUDE}"] = layer.magnitude.detach()
     for module in whole_modules(model):
         for pname, param in model.get_submodule(module).named_parameters():
             state[f"{PREFIX}{module}.{pname}"] = param.detach()
@@ -149,6 +154,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     first = next(iter(layers.values()))
     if len({layer.b is not None for layer in layers.values()}) > 1:
         raise ModelLoadError("PEFT's lora_bias is one setting for every layer: give every adapter a bias or none.")
+    dora = {isinstance(layer, DoRA) for layer in layers.values()}
+    if len(dora) > 1:
+        raise ModelLoadError("PEFT's use_dora is one setting for every layer: make every adapter DoRA or none.")
     rank, rank_pattern = _common_and_pattern({n: layer.rank for n, layer in layers.items()})
     alpha, alpha_pattern = _common_and_pattern({n: layer.alpha for n, layer in layers.items()})
     config = {
@@ -168,6 +176,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
         "init_lora_weights": True,
         "inference_mode": True,
         **({"lora_bias": True} if first.b is not None else {}),  # only where set: older PEFT lacks the field
+        **({"use_dora": True} if True in dora else {}),
     }
     metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
                 "loralab_init": first.init, "loralab_pooling": pooling_of(model),
@@ -311,9 +320,10 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
 
     # Check everything before the model is touched: nothing is ever loaded partially.
     bias = bool(config.get("lora_bias", False))
+    dora = bool(config.get("use_dora", False))
     plans = {name: _LayerPlan(int(_from_pattern(config.get("rank_pattern") or {}, name, config["r"])),
                               _from_pattern(config.get("alpha_pattern") or {}, name, config["lora_alpha"]),
-                              layer.in_features, layer.out_features, bias)
+                              layer.in_features, layer.out_features, bias, dora)
              for name, layer in layers.items()}
     expected = _module_keys(model, head_modules(model) + extra)
     for name, plan in plans.items():
@@ -337,13 +347,15 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
 
     inject_lora(model, {n: p.rank for n, p in plans.items()}, {n: p.alpha for n, p in plans.items()},
                 dropout=float(config.get("lora_dropout", 0.0)), rslora=bool(config.get("use_rslora", False)),
-                bias=bias)
+                bias=bias, dora=dora)
     with torch.no_grad():
         for name, layer in lora_layers(model).items():
             layer.A.copy_(saved[f"{PREFIX}{name}.lora_A.weight"].T)
             layer.B.copy_(saved[f"{PREFIX}{name}.lora_B.weight"].T)
             if bias:
                 layer.b.copy_(saved[f"{PREFIX}{name}.lora_B.bias"])
+            if dora:
+                layer.magnitude.copy_(saved[f"{PREFIX}{name}.{MAGNITUDE}"])
         for module in head_modules(model) + extra:
             for pname, param in model.get_submodule(module).named_parameters():
                 param.copy_(saved[f"{PREFIX}{module}.{pname}"])
@@ -361,6 +373,7 @@ class _LayerPlan:
     in_features: int
     out_features: int
     bias: bool
+    dora: bool = False
 
 
 def _check_ranks(saved: dict[str, torch.Tensor], plans: dict[str, _LayerPlan], where: Path) -> None:

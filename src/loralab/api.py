@@ -26,6 +26,7 @@ from .fileio import atomic_dir, write_json
 from .head import head_features, train_head
 from .inference import check_max_length, evaluate_metrics
 from .lora import rate_warning
+from .methods import ADAPTERS
 from .metrics import SCORES, Metrics, Scored
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
@@ -105,9 +106,9 @@ def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: 
         raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
     net = load_model(model, labels) if not isinstance(model, nn.Module) else model
     set_pooling(net, pooling)
-    if method == "lora":
+    if method in ADAPTERS:
         lora = (lora or LoraOptions()).replace(**lora_options)
-        inject_lora(net, lora.rank, **lora.layer_options)
+        inject_lora(net, lora.rank, dora=method == "dora", **lora.layer_options)
     elif method == "head":
         freeze_all_but_head(net)
     return net
@@ -125,7 +126,7 @@ def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: 
                 shutil.copytree(extra, tmp / extra.name)
             elif extra.exists():
                 shutil.copy2(extra, tmp / extra.name)
-        if data.get("method") == "lora":
+        if data.get("method") in ADAPTERS:
             save_adapter(net, tmp)
         else:
             net.save_pretrained(tmp, safe_serialization=True)
@@ -202,7 +203,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     """Train one model and save it to `out`.
 
     Args:
-        method: ``"lora"``, ``"head"`` or ``"full"``.
+        method: ``"lora"``, ``"dora"`` (weight-decomposed LoRA), ``"head"`` or ``"full"``.
         out: folder for the adapter (LoRA) or the whole model.
         model: base model name or folder.
         data: a DatasetDict with `train`/`eval` (default: `load_data()`).
@@ -234,7 +235,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             return train(method, out, model, data, settings, lora=lora, tokenized=tokenized, resume=resume,
                          selection=selection, lock=False, **lora_options)
     settings = settings or TrainSettings()
-    lora = (lora or LoraOptions()).replace(**lora_options) if method == "lora" else None
+    lora = (lora or LoraOptions()).replace(**lora_options) if method in ADAPTERS else None
     out = Path(out)
     work = out.with_name(f".{out.name}.work")  # the Trainer's scratch; the result lands in `out`
     if not resume and is_main_process():
@@ -296,7 +297,7 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
     from .data import class_names_of, data_digest
 
     settings = settings or TrainSettings()
-    lora = (lora or LoraOptions()) if method == "lora" else None
+    lora = (lora or LoraOptions()) if method in ADAPTERS else None
     tokenizer = tokenizer or load_tokenizer(model)
     data = DatasetDict(train=data["train"], eval=data["validation"])
     if "input_ids" not in data["train"].column_names:

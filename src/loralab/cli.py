@@ -323,7 +323,7 @@ def _train(args) -> None:
     settings = TrainSettings.from_config(config, args.method, quiet=args.quiet,  # a --learning-rate given wins
                                          **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     lora = LoraOptions.from_config(config, args.rank, **({"alpha": args.alpha} if args.alpha else {}))
-    lora = lora if args.method == "lora" else None
+    lora = lora if args.method in ("lora", "dora") else None
     if config["select"]["enabled"]:  # --profile tuned
         sel = config["select"]
         trial = settings.replace(epochs=sel["epochs"]) if sel["epochs"] else settings

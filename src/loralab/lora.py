@@ -167,3 +167,98 @@ class LoRA(nn.Module):
 
 
 LoRALinear = LoRA
+
+
+class DoRA(LoRA):
+    """Weight-decomposed LoRA (Liu et al. 2024, "DoRA", arXiv:2402.09353): the adapted weight
+    is a learned magnitude per output row times the direction of the LoRA-updated weight,
+
+        W' = m * (W0 + s (A B)^T) / ||W0 + s (A B)^T||_c,
+
+    with m (out,) trainable, starting at the rows' norms of W0 (so W' = W0 at first, as B
+    starts at zero), and the norm treated as a constant: computed without a gradient, as the
+    paper's section 4.3 says (PEFT does the same). The forward pass never forms the
+    (out x in) matrix W0 + s (A B)^T: its row norms come from ||W0||^2 (fixed),
+    2 s <W0, (A B)^T> = 2 s rowsum((W0 A) * B^T) and s^2 rowsum((B^T A^T A) * B^T), an
+    (out x r) product per step, and the output is m / ||.|| * (x W0^T + s (x A) B) + bias.
+    Parameters: LoRA's plus `out_features`. Merging writes W' into the base layer and keeps
+    the norms it used, so that unmerging restores W0.
+    """
+
+    def __init__(self, pretrained: nn.Linear, rank: int = 12, alpha: float = 24, dropout: float = 0.0,
+                 init: str = "normal", rslora: bool = False, bias: bool = False):
+        if bias:
+            raise ValueError("DoRA takes no bias of its own (PEFT's DoRA has none)")
+        super().__init__(pretrained, rank, alpha, dropout, init, rslora, bias=False)
+        with torch.no_grad():
+            weight = pretrained.weight.float()
+            self.register_buffer("base_norm_sq", weight.square().sum(1), persistent=False)  # ||W0||^2 per row
+            self.magnitude = nn.Parameter(weight.norm(dim=1))                                   # m, (out,)
+        self.register_buffer("merged_norm", torch.zeros_like(self.magnitude), persistent=False)
+
+    @torch.no_grad()
+    def weight_norm(self) -> torch.Tensor:
+        """||W0 + s (A B)^T|| of each output row, in float32, without a gradient and without
+        forming the (out x in) matrix."""
+        a, b = self.A.float(), self.B.float()                     # (in, r), (r, out)
+        cross = ((self.base_weight() @ a) * b.T).sum(1)          # <W0_i, (A B)^T_i>
+        lowrank_sq = ((b.T @ (a.T @ a)) * b.T).sum(1)            # ||(A B)^T_i||^2
+        s = self.scaling
+        return (self.base_norm_sq + 2 * s * cross + s * s * lowrank_sq).clamp_min(0).sqrt()
+
+    def base_weight(self) -> torch.Tensor:
+        """W0 in float32, also while merged (recovered from the merged weight)."""
+        weight = self.base.weight.float()
+        if not self.merged:
+            return weight
+        return weight * (self.merged_norm / self.magnitude.detach().float())[:, None] - super().delta_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base(x)
+        y = nn.functional.linear(x, self.base.weight)            # x W0^T, no bias
+        h = self.dropout(x)
+        if not torch.is_autocast_enabled(h.device.type) and h.dtype != self.A.dtype:
+            h = h.to(self.A.dtype)
+        update = self.scaling * ((h @ self.A) @ self.B)
+        scale = self.magnitude / self.weight_norm()              # the gradient reaches m, not the norm
+        out = scale * (y + update)
+        if self.base.bias is not None:
+            out = out + self.base.bias
+        return out.to(y.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """W' - W0 in `nn.Linear` layout (out, in), float32: full rank, as DoRA's change is."""
+        with torch.no_grad():
+            w0 = self.base_weight()
+            norm = self.merged_norm if self.merged else self.weight_norm()
+            adapted = w0 + super().delta_weight()
+            return adapted * (self.magnitude.detach().float() / norm)[:, None] - w0
+
+    def _check_finite(self) -> None:
+        super()._check_finite()
+        if not torch.isfinite(self.magnitude).all():
+            raise ValueError("refusing to merge: the DoRA magnitudes contain NaN or inf")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        self._check_finite()
+        norm = self.weight_norm()
+        weight = self.base.weight
+        adapted = (weight.float() + super().delta_weight()) * (self.magnitude.float() / norm)[:, None]
+        weight.copy_(adapted.to(weight.dtype))
+        self.merged_norm.copy_(norm)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        weight = self.base.weight
+        weight.copy_(self.base_weight().to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", dora=True"

@@ -26,8 +26,10 @@ class Method:
 
     def run(self, rank: int | None = None, suffix: str = "") -> str:
         """The folder of one of its runs: ``full``, ``tfidf-lr``, ``lora-r6-seed1``."""
-        return (f"{self.prefix}-r{rank}" if self.name == "lora" else self.prefix) + suffix
+        return (f"{self.prefix}-r{rank}" if self.name in ADAPTERS else self.prefix) + suffix
 
+
+ADAPTERS = ("lora", "dora")  # methods that train low-rank adapters of a rank, saved in PEFT's layout
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tfidf-lr", "TF-IDF + logistic regression", "#8c564b", "tfidf-lr", "baseline",
@@ -42,6 +44,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "nothing: rank-r SVD of the fine-tuned query/value weights on the head-tuned model"),
     Method("approx2", "Approximated model 2", "#17becf", "lowrank", "approximation",
            "nothing: pretrained weights plus the rank-r SVD of the fine-tuning update"),
+    Method("dora", "DoRA", "#98df8a", "dora", "trained",
+           "low-rank adapters, a magnitude per output row (weight-decomposed LoRA) and the head"),
     Method("lora", "LoRA", "#2ca02c", "lora", "trained", "low-rank adapters and the head"),
     Method("extract", "Extracted LoRA (query, value)", "#ff7f0e", "extract", "extracted",
            "nothing: the truncated SVD of full fine-tuning's query/value updates"),
@@ -49,7 +53,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "nothing: the truncated SVD of full fine-tuning's update of every linear layer"),
 )}
 
-TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, lora
+TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, dora, lora
 BASELINES = tuple(name for name, m in METHODS.items() if m.kind == "baseline")
 TASK_BASELINES = {"classification": ("tfidf-lr", "tfidf-nb"), "regression": ("tfidf-ridge",)}  # a study's, by task
 

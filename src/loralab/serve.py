@@ -219,7 +219,9 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
     targets = info.get("targets")
     layers = ("every linear layer but the head" if targets == "all-linear" else
               f"the layers matching {targets!r}" if targets else "the query and value layers")
-    how = {"lora": f"LoRA (rank {rank}, alpha {info.get('alpha', 2 * (rank or 0))}) on {layers}",
+    alpha = info.get("alpha", 2 * (rank or 0))
+    how = {"lora": f"LoRA (rank {rank}, alpha {alpha}) on {layers}",
+           "dora": f"DoRA, weight-decomposed LoRA (rank {rank}, alpha {alpha}) on {layers}",
            "head": "head-tuning (only the classification head trained)",
            "full": "full fine-tuning"}.get(method, method)
     labels = list(info.get("labels") or BINARY_NAMES)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .arch import ARCHITECTURES, USUAL_HEADS, model_type
 from .errors import LoralabError
-from .lora import LoRA
+from .lora import DoRA, LoRA
 
 
 class TargetError(LoralabError):
@@ -138,8 +138,9 @@ def lora_layers(model: nn.Module) -> dict[str, LoRA]:
 
 
 def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | Mapping[str, float] | None = None,
-                targets: str | Iterable[str] | None = None, **lora_options) -> nn.Module:
-    """Wrap the target layers in LoRA adapters and train only adapters and head.
+                targets: str | Iterable[str] | None = None, dora: bool = False, **lora_options) -> nn.Module:
+    """Wrap the target layers in LoRA adapters (DoRA's with `dora`) and train only adapters
+    and head.
 
     Args:
         model: a sequence-classification model; changed in place and returned.
@@ -147,6 +148,7 @@ def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | 
             layers are then the targets).
         alpha: scale numerator, or one per layer name; defaults to 2 * rank as in the lab.
         targets: names or suffixes, ``"all-linear"``, or None for the defaults.
+        dora: weight-decomposed adapters (`loralab.lora.DoRA`): a magnitude per output row too.
         **lora_options: `dropout`, `init`, `rslora`, `bias`, passed to `LoRA`.
     """
     if isinstance(rank, Mapping) and targets is None:
@@ -159,7 +161,8 @@ def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | 
     wrapped = {}
     for name, layer in layers.items():
         r = each(rank, name)
-        wrapped[name] = LoRA(layer, rank=r, alpha=2 * r if alpha is None else each(alpha, name), **lora_options)
+        kind = DoRA if dora else LoRA
+        wrapped[name] = kind(layer, rank=r, alpha=2 * r if alpha is None else each(alpha, name), **lora_options)
     replace(model, wrapped)
     freeze_all_but_head(model)
     for layer in lora_layers(model).values():

@@ -22,7 +22,7 @@ LABELS = {name: m.label for name, m in METHODS.items()}
 COLORS = {name: m.color for name, m in METHODS.items()}
 # The series against rank: the approximated models and trained LoRA (extracted adapters are
 # compared in the report's extraction table instead).
-RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name == "lora")
+RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name in ("lora", "dora"))
 
 
 def _plt():

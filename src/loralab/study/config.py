@@ -36,6 +36,16 @@ def defaults() -> dict:
     return tomllib.loads(text)
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file's tables; a missing file or invalid TOML is a `LoralabError` naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError as err:
+        raise LoralabError(f"{what} not found: {path}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise LoralabError(f"{path}: not valid TOML ({err}).") from err
+
+
 def _merge(base: dict, override: dict, where: str, path: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -75,12 +85,7 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
         user = copy.deepcopy(base)  # what a profile or --quick replaces of it is said too
     if path:
         path = Path(path)
-        try:
-            mine = tomllib.loads(path.read_text("utf-8"))
-        except FileNotFoundError as err:
-            raise LoralabError(f"Config file not found: {path}") from err
-        except tomllib.TOMLDecodeError as err:
-            raise LoralabError(f"{path}: not valid TOML ({err}).") from err
+        mine = read_toml(path, "Config file")
         config = _merge(config, mine, str(path))
         user = _overlay(user, mine)
     path = path or ("the suite's [run] table" if base else None)

@@ -38,11 +38,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 from ..errors import LoralabError
 from ..settings import SCORE_LABELS
 
@@ -110,15 +105,10 @@ def load_suite(path: str | os.PathLike, data_root: str | os.PathLike | None = No
         LoralabError: naming the file and the key for an unknown key, a task without files,
             a task's file that does not exist, or a data setting `loralab run` does not know.
     """
-    from .config import defaults
+    from .config import defaults, read_toml
 
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_text("utf-8"))
-    except FileNotFoundError as err:
-        raise LoralabError(f"Suite file not found: {path}") from err
-    except tomllib.TOMLDecodeError as err:
-        raise LoralabError(f"{path}: not valid TOML ({err}).") from err
+    table = read_toml(path, "Suite file")
     unknown = sorted(set(table) - set(SUITE_KEYS))
     if unknown:
         raise LoralabError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a suite has "
