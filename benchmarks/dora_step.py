@@ -36,7 +36,8 @@ def sides(name: str) -> dict[str, torch.nn.Module]:
     out = {}
     for dora in (False, True):
         kind = "DoRA" if dora else "LoRA"
-        out[f"loralab {kind}"] = inject_lora(copy.deepcopy(base), RANK, ALPHA, init="kaiming", dora=dora)
+        out[f"loralab {kind}"] = inject_lora(copy.deepcopy(base), RANK, ALPHA, init="kaiming",
+                                                variant="dora" if dora else "lora")
         config = LoraConfig(task_type="SEQ_CLS", r=RANK, lora_alpha=ALPHA, target_modules=default_targets(base),
                             modules_to_save=list(head_modules(base)), use_dora=dora)
         out[f"PEFT {kind}"] = get_peft_model(copy.deepcopy(base), config)

@@ -23,7 +23,7 @@ def logits(model):
 
 def trained_dora(rank=2, seed=0):
     """A tiny model with DoRA layers whose B, magnitudes and head are not at their start."""
-    model = inject_lora(tiny_bert(seed=seed), rank, init="kaiming", dora=True)
+    model = inject_lora(tiny_bert(seed=seed), rank, init="kaiming", variant="dora")
     torch.manual_seed(seed + 10)
     with torch.no_grad():
         for layer in lora_layers(model).values():
@@ -43,7 +43,7 @@ def reference(layer: DoRA, x: torch.Tensor, detach: bool = True) -> torch.Tensor
 
 def test_dora_starts_as_the_base_model_and_counts_its_parameters():
     base = tiny_bert()
-    model = inject_lora(tiny_bert(), 3, dora=True, init="kaiming")
+    model = inject_lora(tiny_bert(), 3, variant="dora", init="kaiming")
     torch.testing.assert_close(logits(model), logits(base), atol=1e-6, rtol=0)  # B = 0, m = ||W0||: W' = W0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     layers = lora_layers(model)

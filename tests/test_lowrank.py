@@ -145,7 +145,7 @@ def test_subspace_similarity_bounds():
 
 
 def test_lowest_rank_above():
-    rows = [lowrank.SweepPoint(8, {"accuracy": 0.9}), lowrank.SweepPoint(4, {"accuracy": 0.85}),
+    rows = [lowrank.SweepPoint(8, {"accuracy": 0.9}), lowrank.SweepPoint(4, 0.85),  # an accuracy alone, as 0.1 took
             lowrank.SweepPoint(2, {"accuracy": 0.7})]
     assert lowest_rank_above(rows, 0.8) == 4
     assert lowest_rank_above(rows, 0.95) is None

@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_path, write_json
-from .lora import DoRA, LoRA
+from .lora import DoRA, LoRA, PiSSA
 from .models import load_model, minilm_path, refuse_other_classes
 from .pooling import pooling_of, set_pooling
 from .settings import REGRESSION_LABELS
@@ -68,7 +68,9 @@ def base_fingerprint(layers: dict[str, nn.Module]) -> str:
     digest = hashlib.sha256()
     for name, layer in sorted(layers.items()):
         weight = layer.base.weight.detach().float() if isinstance(layer, LoRA) else layer.weight.detach().float()
-        if isinstance(layer, LoRA) and layer.merged:
+        if isinstance(layer, PiSSA):  # its base holds a residual; the adapter is saved for the original
+            weight = layer.original_weight()
+        elif isinstance(layer, LoRA) and layer.merged:
             weight = weight - layer.delta_weight()
         # Rounded to bfloat16, so that merge round-off and bfloat16 storage do not count.
         digest.update(name.encode())
@@ -107,8 +109,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         raise ModelLoadError("This model has no LoRA layers to save.")
     state: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
-        state[f"{PREFIX}{name}.lora_A.weight"] = layer.A.detach().T
-        state[f"{PREFIX}{name}.lora_B.weight"] = layer.B.detach().T
+        a, b, _ = saved_factors(layer)
+        state[f"{PREFIX}{name}.lora_A.weight"] = a.T
+        state[f"{PREFIX}{name}.lora_B.weight"] = b.T
         if layer.b is not None:
             state[f"{PREFIX}{name}.lora_B.bias"] = layer.b.detach()
         if isinstance(layer, DoRA):
@@ -117,6 +120,14 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for pname, param in model.get_submodule(module).named_parameters():
             state[f"{PREFIX}{module}.{pname}"] = param.detach()
     return {k: v.contiguous().float().cpu() for k, v in state.items()}
+
+
+def saved_factors(layer: LoRA) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(A, B, alpha) as an adapter stores a layer: its own, or for PiSSA the rank-2r LoRA
+    of the unchanged base model it equals (`PiSSA.saved_factors`)."""
+    if isinstance(layer, PiSSA):
+        return layer.saved_factors()
+    return layer.A.detach(), layer.B.detach(), layer.alpha
 
 
 def _common_and_pattern(values: dict[str, float]) -> tuple[float, dict[str, float]]:
@@ -157,8 +168,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     dora = {isinstance(layer, DoRA) for layer in layers.values()}
     if len(dora) > 1:
         raise ModelLoadError("PEFT's use_dora is one setting for every layer: make every adapter DoRA or none.")
-    rank, rank_pattern = _common_and_pattern({n: layer.rank for n, layer in layers.items()})
-    alpha, alpha_pattern = _common_and_pattern({n: layer.alpha for n, layer in layers.items()})
+    factors = {n: saved_factors(layer) for n, layer in layers.items()}
+    rank, rank_pattern = _common_and_pattern({n: a.shape[1] for n, (a, _, _) in factors.items()})
+    alpha, alpha_pattern = _common_and_pattern({n: alpha for n, (_, _, alpha) in factors.items()})
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
@@ -347,7 +359,7 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
 
     inject_lora(model, {n: p.rank for n, p in plans.items()}, {n: p.alpha for n, p in plans.items()},
                 dropout=float(config.get("lora_dropout", 0.0)), rslora=bool(config.get("use_rslora", False)),
-                bias=bias, dora=dora)
+                bias=bias, variant="dora" if dora else "lora")
     with torch.no_grad():
         for name, layer in lora_layers(model).items():
             layer.A.copy_(saved[f"{PREFIX}{name}.lora_A.weight"].T)

@@ -108,7 +108,7 @@ def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: 
     set_pooling(net, pooling)
     if method in ADAPTERS:
         lora = (lora or LoraOptions()).replace(**lora_options)
-        inject_lora(net, lora.rank, dora=method == "dora", **lora.layer_options)
+        inject_lora(net, lora.rank, variant=method, **lora.layer_options)
     elif method == "head":
         freeze_all_but_head(net)
     return net
@@ -203,7 +203,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     """Train one model and save it to `out`.
 
     Args:
-        method: ``"lora"``, ``"dora"`` (weight-decomposed LoRA), ``"head"`` or ``"full"``.
+        method: ``"lora"``, ``"dora"`` (weight-decomposed LoRA), ``"pissa"`` (LoRA started from
+            the principal singular directions), ``"head"`` or ``"full"``.
         out: folder for the adapter (LoRA) or the whole model.
         model: base model name or folder.
         data: a DatasetDict with `train`/`eval` (default: `load_data()`).
@@ -247,7 +248,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     labels = class_names_of(tokenized["train"])
     net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
     check_max_length(net, tokenizer, settings, str(model))
-    if lora is not None:  # a rate that suits kaiming diverges at the lab's init: say so before training
+    if lora is not None and method != "pissa":  # a rate that suits kaiming diverges at the lab's init: say so
         first = next(iter(lora_layers(net).values()))
         warning = rate_warning(lora.init, lora.rank, first.in_features, settings.learning_rate * (lora.lr_ratio or 1))
         if warning:

@@ -315,6 +315,7 @@ def cmd_train(args) -> None:
 
 def _train(args) -> None:
     from .api import choose_learning_rate, train
+    from .methods import ADAPTERS
     from .settings import LoraOptions, TrainSettings
     from .study.config import select_metric
 
@@ -323,7 +324,7 @@ def _train(args) -> None:
     settings = TrainSettings.from_config(config, args.method, quiet=args.quiet,  # a --learning-rate given wins
                                          **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     lora = LoraOptions.from_config(config, args.rank, **({"alpha": args.alpha} if args.alpha else {}))
-    lora = lora if args.method in ("lora", "dora") else None
+    lora = lora if args.method in ADAPTERS else None
     if config["select"]["enabled"]:  # --profile tuned
         sel = config["select"]
         trial = settings.replace(epochs=sel["epochs"]) if sel["epochs"] else settings

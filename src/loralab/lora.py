@@ -262,3 +262,55 @@ class DoRA(LoRA):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", dora=True"
+
+
+class PiSSA(LoRA):
+    """Principal singular values and vectors adaptation (Meng et al. 2024, "PiSSA",
+    arXiv:2404.02948): LoRA whose A and B start as the top-`rank` singular directions of W0,
+    s (A B)^T = U_r S_r V_r^T, with the frozen base holding the residual W0 - s (A B)^T, so the
+    layer starts as W0 and trains its principal part. A and B are split from the singular
+    values as PEFT does (sqrt(S_r / s) on each side), so the same W0 gives the same start.
+
+    The starting factors are kept (`A0`, `B0`): the trained layer is W0 + s (A B - A0 B0)^T,
+    which `saved_factors` writes as a rank-2r LoRA adapter of the *unchanged* base
+    ([A, A0] and [B; -B0], PEFT's conversion), so several PiSSA adapters share one base
+    model; it costs twice the rank's storage, and loads as plain LoRA.
+    """
+
+    def __init__(self, pretrained: nn.Linear, rank: int = 12, alpha: float = 24, dropout: float = 0.0,
+                 init: str = "normal", rslora: bool = False, bias: bool = False):
+        if bias:
+            raise ValueError("PiSSA takes no bias of its own")
+        super().__init__(pretrained, rank, alpha, dropout, "kaiming", rslora, bias=False)
+        self.init = "pissa"
+        with torch.no_grad():
+            weight = pretrained.weight.float()
+            u, s, vh = torch.linalg.svd(weight, full_matrices=False)  # weight = u diag(s) vh
+            root = (s[:rank] / self.scaling).sqrt()
+            self.A.copy_((root[:, None] * vh[:rank]).T)              # (in, r)
+            self.B.copy_((u[:, :rank] * root).T)                      # (r, out)
+            pretrained.weight.copy_((weight - self.scaling * (self.A @ self.B).T).to(pretrained.weight.dtype))
+        self.register_buffer("A0", self.A.detach().clone())
+        self.register_buffer("B0", self.B.detach().clone())
+
+    def reset_parameters(self) -> None:  # the SVD sets A and B in __init__; nothing to draw
+        if hasattr(self, "A0"):
+            with torch.no_grad():
+                self.A.copy_(self.A0)
+                self.B.copy_(self.B0)
+
+    def original_weight(self) -> torch.Tensor:
+        """W0, the weight before PiSSA took its principal part out, in float32."""
+        residual = self.base.weight.float() - (super().delta_weight() if self.merged else 0)
+        return residual + self.scaling * (self.A0.float() @ self.B0.float()).T
+
+    def saved_factors(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(A', B', alpha') of the rank-2r LoRA of the unchanged base that this layer equals:
+        W0 + s' (A' B')^T with A' = [A, A0], B' = [B; -B0] and s' = s."""
+        a = torch.cat([self.A.detach(), self.A0], dim=1)
+        b = torch.cat([self.B.detach(), -self.B0], dim=0)
+        alpha = self.scaling * (math.sqrt(2 * self.rank) if self.rslora else 2 * self.rank)
+        return a, b, alpha
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", pissa=True"

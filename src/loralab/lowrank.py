@@ -121,7 +121,11 @@ class SweepPoint:
     macro_f1, ...; a regression model's pearson, spearman, mse)."""
 
     rank: int
-    scores: dict[str, float]
+    scores: dict[str, float]  # or, as loralab 0.1 took it, the accuracy alone
+
+    def __post_init__(self):
+        if isinstance(self.scores, (int, float)):
+            self.scores = {"accuracy": float(self.scores)}
 
     def score(self, name: str) -> float | None:
         return self.scores.get(name)

@@ -29,7 +29,7 @@ class Method:
         return (f"{self.prefix}-r{rank}" if self.name in ADAPTERS else self.prefix) + suffix
 
 
-ADAPTERS = ("lora", "dora")  # methods that train low-rank adapters of a rank, saved in PEFT's layout
+ADAPTERS = ("lora", "dora", "pissa")  # methods that train low-rank adapters of a rank, saved in PEFT's layout
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tfidf-lr", "TF-IDF + logistic regression", "#8c564b", "tfidf-lr", "baseline",
@@ -46,6 +46,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "nothing: pretrained weights plus the rank-r SVD of the fine-tuning update"),
     Method("dora", "DoRA", "#98df8a", "dora", "trained",
            "low-rank adapters, a magnitude per output row (weight-decomposed LoRA) and the head"),
+    Method("pissa", "PiSSA", "#bcbd22", "pissa", "trained",
+           "low-rank adapters started from W0's principal singular directions, and the head"),
     Method("lora", "LoRA", "#2ca02c", "lora", "trained", "low-rank adapters and the head"),
     Method("extract", "Extracted LoRA (query, value)", "#ff7f0e", "extract", "extracted",
            "nothing: the truncated SVD of full fine-tuning's query/value updates"),
@@ -53,7 +55,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "nothing: the truncated SVD of full fine-tuning's update of every linear layer"),
 )}
 
-TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, dora, lora
+TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, dora, pissa, lora
 BASELINES = tuple(name for name, m in METHODS.items() if m.kind == "baseline")
 TASK_BASELINES = {"classification": ("tfidf-lr", "tfidf-nb"), "regression": ("tfidf-ridge",)}  # a study's, by task
 

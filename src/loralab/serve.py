@@ -222,6 +222,8 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
     alpha = info.get("alpha", 2 * (rank or 0))
     how = {"lora": f"LoRA (rank {rank}, alpha {alpha}) on {layers}",
            "dora": f"DoRA, weight-decomposed LoRA (rank {rank}, alpha {alpha}) on {layers}",
+           "pissa": f"PiSSA (rank {rank}, alpha {alpha}) on {layers}, saved as a rank-{2 * (rank or 0)} LoRA adapter "
+                    "of the unchanged base model",
            "head": "head-tuning (only the classification head trained)",
            "full": "full fine-tuning"}.get(method, method)
     labels = list(info.get("labels") or BINARY_NAMES)

@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean")
 INITS = ("normal", "kaiming", "gaussian")
-TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, dora, head, full: the methods `train` takes
+TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, pissa, dora, head, full: what `train` takes
 PROFILES = ("lab", "tuned")
 BINARY_NAMES = ("negative", "positive")  # the binary sentiment task's classes (IMDB's), 0 and 1
 CLASS_WEIGHTS = ("none", "balanced")
@@ -171,7 +171,7 @@ class TrainSettings:
         ``"head"`` or ``"lora"``, that table's own learning rate where it sets one."""
         settings = cls(**config["train"], seed=config["seed"], precision=config["precision"],
                        device=config["device"])
-        table = "lora" if method == "dora" else method  # DoRA reads LoRA's table
+        table = "lora" if method in ("dora", "pissa") else method  # LoRA's variants read LoRA's table
         own_rate = config[table]["learning_rate"] if table in ("head", "lora") else 0.0
         return settings.replace(**{**({"learning_rate": own_rate} if own_rate else {}), **changes})
 

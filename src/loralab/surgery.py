@@ -14,7 +14,9 @@ from torch import nn
 
 from .arch import ARCHITECTURES, USUAL_HEADS, model_type
 from .errors import LoralabError
-from .lora import DoRA, LoRA
+from .lora import DoRA, LoRA, PiSSA
+
+VARIANTS = {"lora": LoRA, "dora": DoRA, "pissa": PiSSA}  # the adapter layers `inject_lora` makes
 
 
 class TargetError(LoralabError):
@@ -138,9 +140,9 @@ def lora_layers(model: nn.Module) -> dict[str, LoRA]:
 
 
 def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | Mapping[str, float] | None = None,
-                targets: str | Iterable[str] | None = None, dora: bool = False, **lora_options) -> nn.Module:
-    """Wrap the target layers in LoRA adapters (DoRA's with `dora`) and train only adapters
-    and head.
+                targets: str | Iterable[str] | None = None, variant: str = "lora", **lora_options) -> nn.Module:
+    """Wrap the target layers in LoRA adapters (or a variant's) and train only adapters and
+    head.
 
     Args:
         model: a sequence-classification model; changed in place and returned.
@@ -148,11 +150,14 @@ def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | 
             layers are then the targets).
         alpha: scale numerator, or one per layer name; defaults to 2 * rank as in the lab.
         targets: names or suffixes, ``"all-linear"``, or None for the defaults.
-        dora: weight-decomposed adapters (`loralab.lora.DoRA`): a magnitude per output row too.
+        variant: ``"lora"``, ``"dora"`` (`loralab.lora.DoRA`: a magnitude per output row too) or
+            ``"pissa"`` (`loralab.lora.PiSSA`: A and B from W0's top singular directions).
         **lora_options: `dropout`, `init`, `rslora`, `bias`, passed to `LoRA`.
     """
     if isinstance(rank, Mapping) and targets is None:
         targets = list(rank)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     layers = find_targets(model, targets)
 
     def each(value, name):
@@ -161,7 +166,7 @@ def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | 
     wrapped = {}
     for name, layer in layers.items():
         r = each(rank, name)
-        kind = DoRA if dora else LoRA
+        kind = VARIANTS[variant]
         wrapped[name] = kind(layer, rank=r, alpha=2 * r if alpha is None else each(alpha, name), **lora_options)
     replace(model, wrapped)
     freeze_all_but_head(model)

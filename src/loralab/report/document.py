@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from ..lowrank import LayerSpectrum
-from ..methods import label, method
+from ..methods import ADAPTERS, label, method
 from ..settings import SCORE_LABELS
 from ..study.records import Environment, Selection
 from .findings import Findings, Summary, _one
@@ -350,6 +350,39 @@ def extraction_lines(f: Findings) -> list[str]:
     return out
 
 
+def variant_comparison(f: Findings) -> tuple[Table, list[str]] | None:
+    """LoRA and its variants (DoRA, PiSSA) rank by rank: a table of their scores (median and
+    min-max over seeds, trainable parameters), and per rank which is best and whether its lead
+    exceeds the seeds' spread (its lowest run above every other method's highest)."""
+    methods = [m for m in ADAPTERS if any(s.method == m for s in f.summaries)]
+    if len(methods) < 2:
+        return None
+    ranks = sorted({s.rank for s in f.summaries if s.method in methods and s.rank is not None})
+    rows, lines = [], []
+    for rank in ranks:
+        found = {m: s for m in methods if (s := _one(f.summaries, m, rank)) is not None and s.score is not None}
+        cells = []
+        for m in methods:
+            s = found.get(m)
+            spread = f" [{s.score_min:.4f}, {s.score_max:.4f}]" if s and s.score_min is not None else ""
+            cells.append(f"{s.score:.4f}{spread} ({s.trainable_params:,})" if s else "-")
+        rows.append([str(rank), *cells])
+        if len(found) < 2:
+            continue
+        best = max(found.values(), key=lambda s: s.score)
+        others = [s for s in found.values() if s is not best]
+        low = best.score_min if best.score_min is not None else best.score
+        clear = all(low > (s.score_max if s.score_max is not None else s.score) for s in others)
+        seeds = best.seeds > 1 and all(s.seeds > 1 for s in others)
+        verdict = ("its lowest seed above every other method's highest" if clear else
+                   "within the seeds' spread of " + ", ".join(label(s.method) for s in others)) if seeds else \
+            "one run each, so no spread to judge the difference by"
+        lines.append(f"r = {rank}: {label(best.method)} is best ({best.score:.4f} eval {f.metric_label}, "
+                     f"{best.trainable_params:,} parameters), {verdict}.")
+    header = ["rank", *(f"{label(m)} {f.metric_label} (parameters)" for m in methods)]
+    return table(header, rows, "r" + "l" * len(methods)), lines
+
+
 def _missing(**runs) -> str:
     absent = [name for name, run in runs.items() if run is None]
     return f"missing ({', '.join(absent)} not run)"
@@ -416,6 +449,12 @@ def document(f: Findings, plots: dict[str, bool]) -> Document:
             f"{t.random_clones_score:.4f} ({chance}: {t.chance_score:.4f}); putting "
             f"the originals back gives {t.restored_score:.4f}, with "
             f"{'identical' if t.restored_logits_identical else 'different'} logits."]))
+    if (variants := variant_comparison(f)) is not None:
+        compared, lines = variants
+        sections.append(Section("LoRA and its variants at each rank", [
+            "LoRA, DoRA (a magnitude per output row) and PiSSA (started from W0's principal singular directions) "
+            "at the same ranks, each at the learning rate chosen for it; median and [min, max] over seeds.",
+            Bullets(lines), compared]))
     if f.extracted:
         sections.append(Section("Adapters extracted from full fine-tuning", [
             "`loralab extract`: each layer's fine-tuning update dW factored by truncated SVD into a LoRA "

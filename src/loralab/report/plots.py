@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..fileio import atomic_path
-from ..methods import METHODS
+from ..methods import ADAPTERS, METHODS
 from ..settings import SCORE_LABELS
 
 if TYPE_CHECKING:  # the report's types; plots only read their attributes
@@ -22,7 +22,7 @@ LABELS = {name: m.label for name, m in METHODS.items()}
 COLORS = {name: m.color for name, m in METHODS.items()}
 # The series against rank: the approximated models and trained LoRA (extracted adapters are
 # compared in the report's extraction table instead).
-RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name in ("lora", "dora"))
+RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name in ADAPTERS)
 
 
 def _plt():

@@ -15,6 +15,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from ..errors import LoralabError
+from ..methods import ADAPTERS
 from ..settings import (
     DEVICES,
     INITS,
@@ -29,6 +30,8 @@ from ..settings import (
 )
 
 logger = logging.getLogger("loralab")
+
+VARIANTS = tuple(m for m in ADAPTERS if m != "lora")  # methods.variants: LoRA's variants a study may add
 
 
 def defaults() -> dict:
@@ -153,6 +156,11 @@ def validate(config: dict) -> None:
     m, t = config["methods"], config["train"]
     if any(r < 1 for r in m["lora_ranks"]) or any(r < 1 for r in m["sweep_ranks"]):
         raise LoralabError("config: ranks must be positive integers.")
+    if not set(m["variants"]) <= set(VARIANTS) or len(set(m["variants"])) != len(m["variants"]):
+        raise LoralabError(f"config: methods.variants may list {', '.join(map(repr, VARIANTS))} once each, "
+                           f"not {m['variants']!r}.")
+    if m["variants"] and not m["lora_ranks"]:
+        raise LoralabError("config: methods.variants train at methods.lora_ranks; list at least one rank.")
     if m["lowrank"] and not (m["full"] and m["head"]):
         raise LoralabError("config: methods.lowrank needs methods.full and methods.head.")
     if m["extract"]:  # it extracts from full fine-tuning, and is left out where that is

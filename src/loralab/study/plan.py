@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Union
 
-from ..methods import TASK_BASELINES
+from ..methods import ADAPTERS, TASK_BASELINES
 from ..settings import TRAIN_METHODS, LoraOptions, TrainSettings, study_metric
 from .config import select_metric
 from .records import (
@@ -220,6 +220,11 @@ class Run:
         return Ref(self.name, self.key)
 
 
+def grid_of(method: str) -> str:
+    """The [select] grid a method's learning rate is chosen from: LoRA's for its variants."""
+    return "lora" if method in ADAPTERS else method
+
+
 def seeds_of(config: dict) -> list[int]:
     return list(config["seeds"]) or [config["seed"]]
 
@@ -253,12 +258,13 @@ def plan(config: dict, ctx: Context) -> list[Run]:
     runs: list[Run] = []
     chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate
     if sel["enabled"]:
-        wanted = {"full": m["full"], "head": m["head"], "lora": bool(m["lora_ranks"])}
+        wanted = {"full": m["full"], "head": m["head"], "lora": bool(m["lora_ranks"]),
+                  **{variant: True for variant in m["variants"]}}
         for method in (name for name, on in wanted.items() if on):
-            settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=sel[method][0],
+            settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=sel[grid_of(method)][0],
                                                  **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
-            lora = LoraOptions.from_config(c, sel["lora_rank"]) if method == "lora" else None
-            inputs = SelectInputs(method, model, ctx.choice_key, settings, lora, tuple(sel[method]),
+            lora = LoraOptions.from_config(c, sel["lora_rank"]) if method in ADAPTERS else None
+            inputs = SelectInputs(method, model, ctx.choice_key, settings, lora, tuple(sel[grid_of(method)]),
                                   sel["limit_train"], select_metric(c))
             run = Run(select_run(method), "select", inputs, isolate)
             runs.append(run)
@@ -296,6 +302,10 @@ def plan(config: dict, ctx: Context) -> list[Run]:
                                   LoraOptions.from_config(c, rank), chosen.get("lora")), isolate)
             runs.append(run)
             loras.append((rank, run.ref()))
+            for variant in m["variants"]:  # LoRA's variants at the same rank, each at its own chosen rate
+                runs.append(Run(method_run(variant, rank, sfx), "train",
+                                TrainInputs(variant, model, ctx.data_key, settings[variant],
+                                            LoraOptions.from_config(c, rank), chosen.get(variant)), isolate))
         if first and loras and "full" in trained:
             runs.append(Run(SIMILARITY, "similarity", SimilarityInputs(trained["full"], tuple(loras), model, targets)))
     return runs
