@@ -111,3 +111,12 @@ def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path,
     assert code == 0, err
     assert len(finished) > 5 and {p: p.stat().st_mtime_ns for p in finished} == finished
     assert json.loads((out / "results.json").read_text())["tasks"].keys() == {"scores"}
+
+    # A task stopped before its study finished has no environment.json: still read by its metric.
+    from loralab.report.suite import write_suite_report
+    from loralab.study.suite import load_suite
+
+    (out / "scores" / "environment.json").unlink()
+    write_suite_report(load_suite(suite, only=["scores"]), out)
+    lora = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| LoRA r=2 |"))
+    assert f"| {100 * sum(scores) / 2:.1f} [" in lora  # the median of two seeds, not '-'

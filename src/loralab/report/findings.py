@@ -246,15 +246,17 @@ def majority_class(env: Environment | None, labels: list[str]) -> tuple[str, flo
     return labels[top], counts[top] / sum(counts)
 
 
-def build(out_dir: str | os.PathLike) -> Findings:
-    """The findings of the study in `out_dir`, from its files."""
+def build(out_dir: str | os.PathLike, metric: str | None = None) -> Findings:
+    """The findings of the study in `out_dir`, from its files, led by `metric` (default: the
+    one environment.json names; a study stopped before writing it, by what its rows hold)."""
     out_dir = Path(out_dir)
     runs = read_rows(out_dir / "results.json")
     if runs is None:
         raise LoralabError(f"{out_dir}: no results.json; run `loralab run --out {out_dir}` first.")
     env_json = load_json(out_dir / "environment.json")
     env = Environment.from_json(env_json, str(out_dir / "environment.json")) if env_json is not None else None
-    metric = env.metric if env else "accuracy"
+    regression = env.task == REGRESSION if env else any(r.eval_pearson is not None for r in runs)
+    metric = metric or (env.metric if env else "pearson" if regression else "accuracy")
     summaries = aggregate(runs, metric)
     full, head = _one(summaries, "full"), _one(summaries, "head")
     records = {name: _record(out_dir / name / RESULT_NAME) for name in ANALYSES}
@@ -286,4 +288,4 @@ def build(out_dir: str | os.PathLike) -> Findings:
         best_lora=max((s for s in summaries if s.method == "lora" and s.score is not None), key=lambda s: s.score,
                       default=None),
         extracted=(records[EXTRACT].extracted or []) if records[EXTRACT] else [],
-        metric=metric, task_kind=env.task if env else CLASSIFICATION)
+        metric=metric, task_kind=REGRESSION if regression else CLASSIFICATION)

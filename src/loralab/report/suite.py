@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import LoralabError
 from ..fileio import write_json, write_text
 from ..methods import label
-from ..settings import SCORE_LABELS
+from ..settings import SCORE_LABELS, default_metric
 from .document import Bullets, Document, Image, Section, Table, table
 from .findings import Findings, Summary, build
 from .render import markdown, to_html
@@ -70,8 +70,8 @@ def task_results(suite, out: Path) -> list[TaskResult]:
     results = []
     for task in suite.tasks:
         folder = out / task.key
-        findings = build(folder) if (folder / "results.json").exists() else None
-        metric = findings.metric if findings else task.data.get("metric") or "accuracy"
+        metric = task.data.get("metric") or default_metric(task.data.get("task") or "classification")
+        findings = build(folder, metric) if (folder / "results.json").exists() else None
         results.append(TaskResult(task.key, task.name, metric, findings))
     return results
 
