@@ -48,6 +48,30 @@ def alternate(sides: dict[str, Callable[[], float]], repeats: int = 5, warmup: i
     return results
 
 
+def training_pass(model, batches, precision: str, fast_dropout: bool = False) -> Callable[[], float]:
+    """A timer of training steps (forward, backward, AdamW step) over `batches` under bf16
+    autocast when `precision` is "bf16": each call runs one pass and returns its seconds."""
+    import torch
+
+    from loralab.fastdropout import fast_dropout_enabled
+
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+
+    def run() -> float:
+        start = time.perf_counter()
+        with fast_dropout_enabled(model, fast_dropout):
+            for batch in batches:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = model(**batch).loss
+                loss.backward()
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    return run
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

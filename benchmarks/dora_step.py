@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 
-from _common import alternate, done, lab_batches, machine, median, table
+from _common import alternate, done, lab_batches, machine, median, table, training_pass
 
 RANK, ALPHA = 8, 16
 
@@ -46,21 +45,8 @@ def sides(name: str) -> dict[str, torch.nn.Module]:
 
 def step_timer(model, batches, precision: str):
     """Seconds per training step over `batches` (one call: one pass over them)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=1e-4)
-    model.train()
-
-    def run() -> float:
-        start = time.perf_counter()
-        for batch in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = model(**batch).loss
-            loss.backward()
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-        return (time.perf_counter() - start) / len(batches)
-
-    return run
+    seconds = training_pass(model, batches, precision)
+    return lambda: seconds() / len(batches)
 
 
 def main() -> None:

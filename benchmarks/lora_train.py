@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from _common import alternate, done, lab_batches, machine, median, table
+from _common import alternate, done, lab_batches, machine, median, table, training_pass
 
 RANK, ALPHA = 6, 12
 
@@ -44,24 +44,10 @@ def models(name: str):
 
 
 def epoch_timer(model, batches, precision: str, fast_dropout: bool):
-    from loralab.fastdropout import fast_dropout_enabled
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=1e-4)
-    model.train()
-
-    def run() -> float:
-        start = time.perf_counter()
-        with fast_dropout_enabled(model, fast_dropout):
-            for batch in batches:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss = model(**batch).loss
-                loss.backward()
-                optim.step()
-                optim.zero_grad(set_to_none=True)
-        return sum(len(b["labels"]) for b in batches) / (time.perf_counter() - start)
-
-    return run
+    """Reviews per second of training over `batches` (one call: one pass)."""
+    seconds = training_pass(model, batches, precision, fast_dropout)
+    reviews = sum(len(b["labels"]) for b in batches)
+    return lambda: reviews / seconds()
 
 
 def layer_timer(layer, x, precision: str):

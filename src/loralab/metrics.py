@@ -19,9 +19,11 @@ from .settings import (  # noqa: F401 - the task kinds and the scores' names
     CLASSIFICATION,
     REGRESSION,
     REGRESSION_LABELS,
+    REGRESSION_SCORES,
     SCORE_LABELS,
     TASKS,
     default_metric,
+    metric_task,
 )
 
 
@@ -53,15 +55,8 @@ class Metrics:
 
 # The scores a run records; all but the mean squared error are higher-is-better and may be
 # what a study leads with and chooses learning rates on (`LEAD_SCORES`).
-SCORES = ("accuracy", "macro_f1", "matthews", "f1_positive", "pearson", "spearman", "mse")
-CLASSIFICATION_SCORES = SCORES[:4]
-REGRESSION_SCORES = SCORES[4:]
+SCORES = ("accuracy", "macro_f1", "matthews", "f1_positive", *REGRESSION_SCORES)
 LEAD_SCORES = SCORES[:-1]
-
-
-def metric_task(metric: str) -> str:
-    """The task whose runs record `metric`."""
-    return REGRESSION if metric in REGRESSION_SCORES else CLASSIFICATION
 
 
 class Scored:

@@ -37,6 +37,14 @@ SCORE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "matthews": "Mat
                 "spearman": "Spearman correlation", "mse": "mean squared error"}  # each score in words
 
 
+REGRESSION_SCORES = ("pearson", "spearman", "mse")  # what a regression run records; the rest are classes
+
+
+def metric_task(metric: str) -> str:
+    """The task whose runs record `metric`: regression for its scores, else classification."""
+    return REGRESSION if metric in REGRESSION_SCORES else CLASSIFICATION
+
+
 def default_metric(task: str) -> str:
     """The score a task leads with unless told otherwise: accuracy, or Pearson correlation."""
     return "pearson" if task == REGRESSION else "accuracy"

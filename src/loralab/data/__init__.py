@@ -17,7 +17,6 @@ from .files import (
     raw_label,
     raw_labels,
     raw_targets,
-    task_of,
 )
 from .imdb import IMDB_URL, LAB_FILES, cache_dir, download_lab_sample, resolve_data_dir
 from .splits import (
@@ -35,5 +34,5 @@ __all__ = [
     "FORMATS", "IMDB_URL", "LABEL_VALUES", "LAB_FILES", "DataOptions", "cache_dir", "check_classes", "class_counts",
     "class_names_of", "data_digest", "data_options", "download_lab_sample", "expand_files", "is_regression",
     "label_ids", "label_names", "limit_data", "load_configured", "load_data", "load_file", "load_split", "raw_label",
-    "raw_labels", "raw_targets", "resolve_data_dir", "split_validation", "task_of", "texts_of", "warn_overlap",
+    "raw_labels", "raw_targets", "resolve_data_dir", "split_validation", "texts_of", "warn_overlap",
 ]

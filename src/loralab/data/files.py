@@ -396,17 +396,15 @@ def load_split(patterns, options: DataOptions | None = None, names: Sequence[str
     options = options or DataOptions()
     files = expand_files(patterns)
     parts = [(path, _read_rows(path, options)) for path in files]
-    if options.task == REGRESSION:
-        if names is not None and tuple(names) != REGRESSION_LABELS:
-            raise DataError(f"{files[0]}: read as a regression task, but the model predicts the classes "
-                            f"{', '.join(map(repr, names))}; give the classification data it was trained for.")
-        texts = [t for _, part in parts for t in part.texts]
-        pairs = [t for _, part in parts for t in part.pairs] if options.text_pair_column else None
-        return _make_dataset(texts, [v for _, part in parts for v in part.raw], REGRESSION_LABELS, pairs)
-    if names is not None and tuple(names) == REGRESSION_LABELS:
-        raise DataError(f"{files[0]}: the model predicts a number (a regression model); read the data with "
-                        "--task regression.")
-    if names is None:
+    regression = options.task == REGRESSION
+    if names is not None and (tuple(names) == REGRESSION_LABELS) != regression:
+        raise DataError(f"{files[0]}: read as a regression task, but the model predicts the classes "
+                        f"{', '.join(map(repr, names))}; give the classification data it was trained for."
+                        if regression else f"{files[0]}: the model predicts a number (a regression model); read "
+                        "the data with --task regression.")
+    if regression:
+        names = REGRESSION_LABELS
+    elif names is None:
         names = label_names([v for _, part in parts for v in part.raw], options.labels)
     if options.labels and len(set(names)) != len(names):
         raise DataError(f"--labels names a class twice: {', '.join(names)}.")
@@ -415,7 +413,8 @@ def load_split(patterns, options: DataOptions | None = None, names: Sequence[str
         texts += part.texts
         if pairs is not None:
             pairs += part.pairs
-        ids += label_ids(part.raw, names, path, options.label_column, part.rows)
+        # A regression task's targets are its numbers; classes are numbered among `names`.
+        ids += part.raw if regression else label_ids(part.raw, names, path, options.label_column, part.rows)
     return _make_dataset(texts, ids, names, pairs)
 
 
@@ -423,11 +422,6 @@ def is_regression(split) -> bool:
     """True for a regression task's split: its `label` column holds real numbers."""
     dtype = getattr(split.features["label"], "dtype", "")
     return dtype.startswith("float")
-
-
-def task_of(split) -> str:
-    """``"regression"`` or ``"classification"``: what a split's labels are."""
-    return REGRESSION if is_regression(split) else CLASSIFICATION
 
 
 def class_names_of(split) -> list[str]:

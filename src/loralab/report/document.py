@@ -13,7 +13,7 @@ from typing import Union
 
 from ..lowrank import LayerSpectrum
 from ..methods import ADAPTERS, label, method
-from ..settings import SCORE_LABELS
+from ..settings import REGRESSION, SCORE_LABELS, metric_task
 from ..study.records import Environment, Selection
 from .findings import Findings, Summary, _one
 from .plots import short_layer_name
@@ -442,7 +442,7 @@ def document(f: Findings, plots: dict[str, bool]) -> Document:
             per_class]))
     if f.replace_test:
         t = f.replace_test
-        chance = "majority class" if t.metric != "pearson" and t.metric != "spearman" else "a constant prediction"
+        chance = "a constant prediction" if metric_task(t.metric) == REGRESSION else "majority class"
         sections.append(Section("The replace test", [
             f"Replacing the {t.layers} query and value layers ({t.parameters:,} parameters) of the "
             f"fine-tuned model with random clones takes its {SCORE_LABELS[t.metric]} from {t.original_score:.4f} to "

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..fileio import atomic_path
 from ..methods import ADAPTERS, METHODS
-from ..settings import SCORE_LABELS
+from ..settings import REGRESSION, SCORE_LABELS, metric_task
 
 if TYPE_CHECKING:  # the report's types; plots only read their attributes
     from ..lowrank import LayerSpectrum
@@ -136,7 +136,7 @@ def plot_training_curves(summaries: list[Summary], path: Path) -> bool:
         ax1.plot(epochs, [h["train_loss"] for h in r.history], marker="o", color=cmap(i % 10), label=r.label)
         ax2.plot(epochs, [h.get(f"eval_{metric}", math.nan) for h in r.history], marker="o", color=cmap(i % 10),
                  label=r.label)
-    loss = "mean squared error" if metric in ("pearson", "spearman") else "cross-entropy"
+    loss = "mean squared error" if metric_task(metric) == REGRESSION else "cross-entropy"
     ax1.set(xlabel="epoch", ylabel=f"mean training loss ({loss})", title="Training loss per epoch")
     ax2.set(xlabel="epoch", ylabel=f"eval {words}", title=f"Eval {words} after each epoch")
     ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

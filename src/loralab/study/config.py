@@ -26,6 +26,7 @@ from ..settings import (
     TASKS,
     LoraOptions,
     TrainSettings,
+    metric_task,
     study_metric,
 )
 
@@ -214,10 +215,8 @@ def _check_metric(key: str, metric: str, task: str) -> None:
     if metric not in SELECT_METRICS:
         raise LoralabError(f"config: {key} must be one of {', '.join(SELECT_METRICS)} (or \"\" for the task's "
                            f"own), not {metric!r}.")
-    regression = metric in ("pearson", "spearman")
-    if regression != (task == "regression"):
-        raise LoralabError(f"config: {key} = {metric!r} is a {'regression' if regression else 'classification'} "
-                           f"score, but data.task is {task!r}.")
+    if metric_task(metric) != task:
+        raise LoralabError(f"config: {key} = {metric!r} is a {metric_task(metric)} score, but data.task is {task!r}.")
 
 
 def select_metric(config: dict) -> str:

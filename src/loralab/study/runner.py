@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import LoralabError
 from ..fileio import write_json, write_text
-from ..settings import SCORE_LABELS, study_metric
+from ..settings import REGRESSION, SCORE_LABELS, metric_task, study_metric
 from .config import to_toml
 from .plan import Context, Run, plan, resolved_precision, seeds_of  # noqa: F401 - Context and plan are the study's API too
 from .records import RESULT_NAME, DataSummary, Environment, Row, RunRecord, read_record
@@ -338,7 +338,7 @@ def _run_study(config: dict, quiet: bool) -> StudyResult:
 def summary_table(rows: list[Row], metric: str = "accuracy") -> str:
     """The results as a plain-text table, for the terminal: the study's `metric` and a
     second score (macro-F1; a regression task's Spearman correlation)."""
-    second = "spearman" if metric in ("pearson", "spearman") else "macro_f1"
+    second = "spearman" if metric_task(metric) == REGRESSION else "macro_f1"
     second = "pearson" if metric == "spearman" else second
     names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "matthews": "Matthews", "f1_positive": "F1 pos",
              "pearson": "Pearson", "spearman": "Spearman"}
