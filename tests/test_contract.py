@@ -10,7 +10,7 @@ import torch
 
 from conftest import ROOT
 from loralab.errors import LoralabError
-from loralab.settings import LoraOptions, TrainSettings
+from loralab.settings import IA3Options, LoraOptions, TrainSettings, VeraOptions
 from loralab.study.config import defaults, load_config
 
 
@@ -21,6 +21,9 @@ def test_settings_defaults_are_those_of_defaults_toml():
         "seed", "precision", "device", "quiet"}
     lora = LoraOptions()
     assert LoraOptions.from_config(config, lora.rank) == lora.replace(alpha=config["lora"]["alpha_factor"] * lora.rank)
+    assert VeraOptions.from_config(config) == VeraOptions() and IA3Options.from_config(config) == IA3Options()
+    for options, table in ((VeraOptions, "vera"), (IA3Options, "ia3")):  # each table: the fields and a rate
+        assert {f.name for f in dataclasses.fields(options)} | {"learning_rate"} == set(config[table])
 
 
 def test_no_flag_has_a_default_of_its_own():
@@ -110,7 +113,8 @@ def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synth
 # core and training stay flat files (where a reader starts, as in litgpt and torchtune's
 # `modules/peft/`); data, the study, the report and the lab are sub-packages.
 LAYERS = {
-    "core": {"version", "errors", "fileio", "locks", "settings", "methods", "arch", "lora", "surgery", "adapters",
+    "core": {"version", "errors", "fileio", "locks", "settings", "methods", "arch", "lora", "vectors", "surgery",
+             "adapters",
              "lowrank",
              "extraction", "pooling", "models"},
     "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",

@@ -74,7 +74,7 @@ def test_merge_unmerge_and_merge_and_unload_keep_the_outputs():
     layer = next(iter(lora_layers(model).values()))
     w0 = layer.base.weight.detach().clone()
     layer.merge()
-    torch.testing.assert_close(layer.base_weight(), w0, atol=1e-6, rtol=0)  # W0 recovered while merged
+    torch.testing.assert_close(layer.original_weight(), w0, atol=1e-6, rtol=0)  # W0 recovered while merged
     layer.unmerge()
     torch.testing.assert_close(layer.base.weight, w0, atol=1e-6, rtol=0)
     merged = merge_and_unload(model)

@@ -158,6 +158,6 @@ def test_a_study_trains_lora_and_its_variants_at_each_rank_and_compares_them(tmp
     assert "## LoRA and its variants at each rank" in report
     assert report.count("r = 2: ") == 1 and ("is best (" in report)
 
-    config.write_text(config.read_text().replace('"pissa"]', '"vera"]'))
+    config.write_text(config.read_text().replace('"pissa"]', '"adalora"]'))
     code, _, err = run_cli("run", "--quick", "--config", config, "--out", tmp_path / "bad")
-    assert code == 2 and "methods.variants may list 'dora', 'pissa'" in err, err
+    assert code == 2 and "methods.variants may list 'dora', 'pissa', 'vera', 'ia3'" in err, err

@@ -110,7 +110,7 @@ def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path,
     code, _, err = run_cli(*args[:-2], "--seeds", "0,1", "--tasks", "scores")  # resumed: nothing to redo
     assert code == 0, err
     assert len(finished) > 5 and {p: p.stat().st_mtime_ns for p in finished} == finished
-    assert json.loads((out / "results.json").read_text())["tasks"].keys() == {"scores"}
+    assert json.loads((out / "results.json").read_text())["tasks"].keys() == {"pairs", "scores"}  # both kept
 
     # A task stopped before its study finished has no environment.json: still read by its metric.
     from loralab.report.suite import write_suite_report

@@ -15,17 +15,21 @@ from .lora import LoRA, LoRALinear
 from .models import load_model, load_tokenizer, num_trainable_parameters
 from .pooling import pooling_of, set_pooling
 from .serve import export, predict
-from .settings import LoraOptions, TrainSettings
+from .settings import IA3Options, LoraOptions, TrainSettings, VeraOptions
 from .surgery import (
+    adapter_layers,
     find_targets,
     freeze_all_but_head,
     head_modules,
+    inject_ia3,
     inject_lora,
+    inject_vera,
     lora_layers,
     merge_and_unload,
     replace,
     target_layers,
 )
+from .vectors import IA3, VeRA
 from .version import __version__  # noqa: E402, F401
 
 # Modules of loralab 0.1 that moved into sub-packages stay importable by their old paths
@@ -38,10 +42,11 @@ for _old, _new in _MOVED.items():
     sys.modules.setdefault(f"{__name__}.{_old}", sys.modules[f"{__name__}.{_new}"])
 
 __all__ = [
-    "DataError", "DataOptions", "LoRA", "LoRALinear", "LoraOptions", "LoralabError", "ModelLoadError",
-    "TrainSettings",
-    "choose_learning_rate", "evaluate", "export", "extract", "extract_adapter", "find_targets", "freeze_all_but_head",
-    "head_modules", "inject_lora", "load_adapter", "load_data", "load_model", "load_split",
+    "DataError", "DataOptions", "IA3", "IA3Options", "LoRA", "LoRALinear", "LoraOptions", "LoralabError",
+    "ModelLoadError", "TrainSettings", "VeRA", "VeraOptions",
+    "adapter_layers", "choose_learning_rate", "evaluate", "export", "extract", "extract_adapter", "find_targets",
+    "freeze_all_but_head",
+    "head_modules", "inject_ia3", "inject_lora", "inject_vera", "load_adapter", "load_data", "load_model", "load_split",
     "load_tokenizer", "load_trained", "lora_layers", "merge_and_unload", "num_trainable_parameters",
     "pooling_of", "predict", "prepare_model", "replace", "save_adapter", "save_extraction", "save_trained",
     "set_pooling",

@@ -1,14 +1,20 @@
 """Saving and loading adapters in the layout of Hugging Face PEFT.
 
-An adapter folder holds `adapter_config.json` (a PEFT `LoraConfig`) and
-`adapter_model.safetensors` with, for every wrapped layer NAME,
+An adapter folder holds `adapter_config.json` (a PEFT `LoraConfig`, `VeraConfig` or
+`IA3Config`) and `adapter_model.safetensors` with, for every wrapped layer NAME,
 
-    base_model.model.NAME.lora_A.weight   (r, in)   = A^T
-    base_model.model.NAME.lora_B.weight   (out, r)  = B^T
+    LoRA (DoRA, PiSSA)   base_model.model.NAME.lora_A.weight   (r, in)   = A^T
+                         base_model.model.NAME.lora_B.weight   (out, r)  = B^T
+                         base_model.model.NAME.lora_magnitude_vector (out,)  DoRA's m
+    VeRA                 base_model.model.NAME.vera_lambda_b   (out,)
+                         base_model.model.NAME.vera_lambda_d   (r,)
+                         base_model.vera_A (r, in_max), base_model.vera_B (out_max, r): shared
+    IA3                  base_model.model.NAME.ia3_l           (out, 1), or (1, in) where the
+                                                               layer's input is scaled
 
 plus the classification head's parameters under `base_model.model.`, so
 `peft.PeftModel.from_pretrained(base, folder)` loads a loralab adapter and
-`load_adapter` loads a PEFT LoRA adapter. Weights are never pickled.
+`load_adapter` loads a PEFT adapter of these kinds. Weights are never pickled.
 """
 
 from __future__ import annotations
@@ -26,17 +32,30 @@ from torch import nn
 
 from .errors import LoralabError, ModelLoadError
 from .fileio import atomic_path, write_json
-from .lora import DoRA, LoRA, PiSSA
+from .lora import Adapter, DoRA, LoRA, PiSSA
 from .models import load_model, minilm_path, refuse_other_classes
 from .pooling import pooling_of, set_pooling
 from .settings import REGRESSION_LABELS
-from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers, matches
+from .surgery import (
+    adapter_layers,
+    find_targets,
+    head_modules,
+    inject_ia3,
+    inject_lora,
+    inject_vera,
+    inside,
+    lora_layers,
+    matches,
+)
+from .vectors import IA3, VeRA
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
 PREFIX = "base_model.model."
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's m of a layer, PEFT's key
+VERA_A, VERA_B = "base_model.vera_A", "base_model.vera_B"  # VeRA's shared projections, PEFT's keys
+PEFT_TYPES = ("LORA", "VERA", "IA3")
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 WHOLE_ATTR = "loralab_whole_modules"  # a model attribute: modules beyond the head its adapter holds whole
 
@@ -63,15 +82,12 @@ def base_fingerprint(layers: dict[str, nn.Module]) -> str:
     even when they share an architecture.
 
     Args:
-        layers: the adapted layers by name, plain `nn.Linear`s or `LoRA` wrappers.
+        layers: the adapted layers by name, plain `nn.Linear`s or adapter layers.
     """
     digest = hashlib.sha256()
     for name, layer in sorted(layers.items()):
-        weight = layer.base.weight.detach().float() if isinstance(layer, LoRA) else layer.weight.detach().float()
-        if isinstance(layer, PiSSA):  # its base holds a residual; the adapter is saved for the original
-            weight = layer.original_weight()
-        elif isinstance(layer, LoRA) and layer.merged:
-            weight = weight - layer.delta_weight()
+        # PiSSA's base holds a residual; its adapter is saved for the original weight.
+        weight = layer.original_weight() if isinstance(layer, Adapter) else layer.weight.detach().float()
         # Rounded to bfloat16, so that merge round-off and bfloat16 storage do not count.
         digest.update(name.encode())
         digest.update(weight.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
@@ -102,20 +118,37 @@ def _module_keys(model: nn.Module, modules) -> dict[str, tuple]:
             for module in modules for pname, param in model.get_submodule(module).named_parameters()}
 
 
+def peft_type(model: nn.Module) -> str:
+    """PEFT's name of the one kind of adapter layers `model` has: LORA, VERA or IA3."""
+    layers = adapter_layers(model)
+    if not layers:
+        raise ModelLoadError("This model has no adapter layers to save.")
+    kinds = {"VERA" if isinstance(m, VeRA) else "IA3" if isinstance(m, IA3) else "LORA" for m in layers.values()}
+    if len(kinds) > 1:
+        raise ModelLoadError(f"A PEFT adapter holds one kind of layers; this model mixes {', '.join(sorted(kinds))}.")
+    return kinds.pop()
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter, head and other whole-module tensors under PEFT's key names."""
-    layers = lora_layers(model)
-    if not layers:
-        raise ModelLoadError("This model has no LoRA layers to save.")
+    kind = peft_type(model)
     state: dict[str, torch.Tensor] = {}
-    for name, layer in layers.items():
-        a, b, _ = saved_factors(layer)
-        state[f"{PREFIX}{name}.lora_A.weight"] = a.T
-        state[f"{PREFIX}{name}.lora_B.weight"] = b.T
-        if layer.b is not None:
-            state[f"{PREFIX}{name}.lora_B.bias"] = layer.b.detach()
-        if isinstance(layer, DoRA):
-            state[f"{PREFIX}{name}.{MAGNITUDE}"] = layer.magnitude.detach()
+    for name, layer in adapter_layers(model).items():
+        key = f"{PREFIX}{name}."
+        if kind == "VERA":
+            state[key + "vera_lambda_b"] = layer.lambda_b.detach()
+            state[key + "vera_lambda_d"] = layer.lambda_d.detach()
+            state[VERA_A], state[VERA_B] = layer.A, layer.B  # shared: every layer holds the same pair
+        elif kind == "IA3":
+            state[key + "ia3_l"] = layer.scale.detach()[None, :] if layer.feedforward else layer.scale.detach()[:, None]
+        else:
+            a, b, _ = saved_factors(layer)
+            state[key + "lora_A.weight"] = a.T
+            state[key + "lora_B.weight"] = b.T
+            if layer.b is not None:
+                state[key + "lora_B.bias"] = layer.b.detach()
+            if isinstance(layer, DoRA):
+                state[key + MAGNITUDE] = layer.magnitude.detach()
     for module in whole_modules(model):
         for pname, param in model.get_submodule(module).named_parameters():
             state[f"{PREFIX}{module}.{pname}"] = param.detach()
@@ -152,7 +185,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     `alpha_pattern`; adapters with a bias of their own set `lora_bias`.
 
     Args:
-        model: a model with LoRA layers (see `inject_lora`).
+        model: a model with adapter layers of one kind (see `inject_lora`, `inject_vera`, `inject_ia3`).
         directory: created if missing; both files are written atomically.
         extra: more string metadata for the safetensors header.
     """
@@ -160,9 +193,33 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    layers = lora_layers(model)
     state = adapter_state_dict(model)
+    layers = adapter_layers(model)
+    kind = peft_type(model)
+    config = {"peft_type": kind, "task_type": "SEQ_CLS", "base_model_name_or_path": base_model_name(model),
+              "target_modules": sorted(layers), "modules_to_save": list(whole_modules(model)),
+              "fan_in_fan_out": False, "inference_mode": True, **_type_config(kind, layers, model)}
+    init = getattr(next(iter(layers.values())), "init", kind.lower())
+    metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
+                "loralab_init": init, "loralab_pooling": pooling_of(model),
+                "loralab_labels": json.dumps(class_names(model)),
+                **{k: str(v) for k, v in (extra or {}).items()}}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    write_json(directory / CONFIG_NAME, config)
+    return directory
+
+
+def _type_config(kind: str, layers: dict[str, Adapter], model: nn.Module) -> dict:
+    """The fields of PEFT's config of this kind of adapter beyond those every kind has."""
     first = next(iter(layers.values()))
+    if kind == "VERA":
+        return {"r": first.rank, "projection_prng_key": getattr(model, "loralab_vera_seed", 0), "save_projection": True,
+                "vera_dropout": float(getattr(first.dropout, "p", 0.0)), "d_initial": first.d_initial,
+                "bias": "none", "init_weights": True}
+    if kind == "IA3":
+        return {"feedforward_modules": sorted(n for n, m in layers.items() if m.feedforward),
+                "init_ia3_weights": True}
     if len({layer.b is not None for layer in layers.values()}) > 1:
         raise ModelLoadError("PEFT's lora_bias is one setting for every layer: give every adapter a bias or none.")
     dora = {isinstance(layer, DoRA) for layer in layers.values()}
@@ -171,33 +228,11 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     factors = {n: saved_factors(layer) for n, layer in layers.items()}
     rank, rank_pattern = _common_and_pattern({n: a.shape[1] for n, (a, _, _) in factors.items()})
     alpha, alpha_pattern = _common_and_pattern({n: alpha for n, (_, _, alpha) in factors.items()})
-    config = {
-        "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
-        "base_model_name_or_path": base_model_name(model),
-        "r": rank,
-        "lora_alpha": alpha,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
-        "lora_dropout": float(getattr(first.dropout, "p", 0.0)),
-        "use_rslora": first.rslora,
-        "target_modules": sorted(layers),
-        "modules_to_save": list(whole_modules(model)),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "init_lora_weights": True,
-        "inference_mode": True,
-        **({"lora_bias": True} if first.b is not None else {}),  # only where set: older PEFT lacks the field
-        **({"use_dora": True} if True in dora else {}),
-    }
-    metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
-                "loralab_init": first.init, "loralab_pooling": pooling_of(model),
-                "loralab_labels": json.dumps(class_names(model)),
-                **{k: str(v) for k, v in (extra or {}).items()}}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-    write_json(directory / CONFIG_NAME, config)
-    return directory
+    return {"r": rank, "lora_alpha": alpha, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+            "lora_dropout": float(getattr(first.dropout, "p", 0.0)), "use_rslora": first.rslora, "bias": "none",
+            "init_lora_weights": True,
+            **({"lora_bias": True} if first.b is not None else {}),  # only where set: older PEFT lacks the field
+            **({"use_dora": True} if True in dora else {})}
 
 
 def class_names(model: nn.Module) -> list[str]:
@@ -228,10 +263,13 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
     except json.JSONDecodeError as err:
         raise ModelLoadError(f"{directory / CONFIG_NAME}: not valid JSON ({err}).") from err
     _check_config_shape(config, directory / CONFIG_NAME)
-    if config.get("peft_type", "LORA") != "LORA":
-        raise ModelLoadError(f"{directory / CONFIG_NAME}: peft_type is {config.get('peft_type')!r}; "
-                             "loralab loads LoRA adapters only.")
-    for key in ("r", "lora_alpha", "target_modules"):
+    kind = config.setdefault("peft_type", "LORA")
+    if kind not in PEFT_TYPES:
+        raise ModelLoadError(f"{directory / CONFIG_NAME}: peft_type is {kind!r}; loralab loads "
+                             f"{', '.join(PEFT_TYPES)} adapters.")
+    needed = {"LORA": ("r", "lora_alpha", "target_modules"), "VERA": ("r", "target_modules"),
+              "IA3": ("target_modules",)}[kind]
+    for key in needed:
         if key not in config:
             raise ModelLoadError(f"{directory / CONFIG_NAME}: the field {key!r} is missing.")
     try:
@@ -318,8 +356,8 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         if not base:
             raise ModelLoadError(f"{where}: names no base model; pass one.")
         model = load_model(base, labels)
-    if lora_layers(model):
-        raise ModelLoadError("The model already has LoRA layers; load the adapter onto a base model.")
+    if adapter_layers(model):
+        raise ModelLoadError("The model already has adapter layers; load the adapter onto a base model.")
 
     try:
         layers = find_targets(model, _resolve_targets(model, config["target_modules"]))
@@ -331,17 +369,15 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         _check_base(model, layers, config, metadata, where)
 
     # Check everything before the model is touched: nothing is ever loaded partially.
-    bias = bool(config.get("lora_bias", False))
-    dora = bool(config.get("use_dora", False))
-    plans = {name: _LayerPlan(int(_from_pattern(config.get("rank_pattern") or {}, name, config["r"])),
-                              _from_pattern(config.get("alpha_pattern") or {}, name, config["lora_alpha"]),
-                              layer.in_features, layer.out_features, bias, dora)
-             for name, layer in layers.items()}
-    expected = _module_keys(model, head_modules(model) + extra)
-    for name, plan in plans.items():
-        expected.update(_layer_keys(name, plan))
-    saved = {k if k.startswith(PREFIX) else PREFIX + k: v for k, v in tensors.items()}
-    _check_ranks(saved, plans, where)
+    saved = {k if k.startswith("base_model.") else PREFIX + k: v for k, v in tensors.items()}
+    kind = config["peft_type"]
+    if kind == "VERA":
+        expected, build = _vera_plan(config, layers, saved)
+    elif kind == "IA3":
+        expected, build = _ia3_plan(config, layers)
+    else:
+        expected, build = _lora_plan(config, layers, saved, where)
+    expected.update(_module_keys(model, head_modules(model) + extra))
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
@@ -357,23 +393,93 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
             raise ModelLoadError(f"{directory}: {key} has shape {tuple(value.shape)}, the model "
                                  f"needs {expected[key]}. Nothing was loaded.")
 
-    inject_lora(model, {n: p.rank for n, p in plans.items()}, {n: p.alpha for n, p in plans.items()},
-                dropout=float(config.get("lora_dropout", 0.0)), rslora=bool(config.get("use_rslora", False)),
-                bias=bias, variant="dora" if dora else "lora")
+    build(model, saved)
     with torch.no_grad():
-        for name, layer in lora_layers(model).items():
-            layer.A.copy_(saved[f"{PREFIX}{name}.lora_A.weight"].T)
-            layer.B.copy_(saved[f"{PREFIX}{name}.lora_B.weight"].T)
-            if bias:
-                layer.b.copy_(saved[f"{PREFIX}{name}.lora_B.bias"])
-            if dora:
-                layer.magnitude.copy_(saved[f"{PREFIX}{name}.{MAGNITUDE}"])
         for module in head_modules(model) + extra:
             for pname, param in model.get_submodule(module).named_parameters():
                 param.copy_(saved[f"{PREFIX}{module}.{pname}"])
     if extra:
         setattr(model, WHOLE_ATTR, extra)
     return set_pooling(model, metadata.get("loralab_pooling", "cls"))
+
+
+def _lora_plan(config: dict, layers: dict[str, nn.Module], saved: dict, where: Path):
+    """A LORA adapter's expected keys and shapes, and how to put it into the model."""
+    bias = bool(config.get("lora_bias", False))
+    dora = bool(config.get("use_dora", False))
+    plans = {name: _LayerPlan(int(_from_pattern(config.get("rank_pattern") or {}, name, config["r"])),
+                              _from_pattern(config.get("alpha_pattern") or {}, name, config["lora_alpha"]),
+                              layer.in_features, layer.out_features, bias, dora)
+             for name, layer in layers.items()}
+    _check_ranks(saved, plans, where)
+    expected = {}
+    for name, plan in plans.items():
+        expected.update(_layer_keys(name, plan))
+
+    def build(model: nn.Module, saved: dict) -> None:
+        inject_lora(model, {n: p.rank for n, p in plans.items()}, {n: p.alpha for n, p in plans.items()},
+                    dropout=float(config.get("lora_dropout", 0.0)), rslora=bool(config.get("use_rslora", False)),
+                    bias=bias, variant="dora" if dora else "lora")
+        with torch.no_grad():
+            for name, layer in lora_layers(model).items():
+                layer.A.copy_(saved[f"{PREFIX}{name}.lora_A.weight"].T)
+                layer.B.copy_(saved[f"{PREFIX}{name}.lora_B.weight"].T)
+                if bias:
+                    layer.b.copy_(saved[f"{PREFIX}{name}.lora_B.bias"])
+                if dora:
+                    layer.magnitude.copy_(saved[f"{PREFIX}{name}.{MAGNITUDE}"])
+
+    return expected, build
+
+
+def _vera_plan(config: dict, layers: dict[str, nn.Module], saved: dict):
+    """A VERA adapter's expected keys and shapes, and how to put it into the model. Without
+    its projections (PEFT's `save_projection = false`) they are drawn again from its
+    `projection_prng_key`."""
+    from .vectors import vera_projections
+
+    rank, seed = int(config["r"]), int(config.get("projection_prng_key", 0))
+    in_max = max(m.in_features for m in layers.values())
+    out_max = max(m.out_features for m in layers.values())
+    expected = {}
+    for name, layer in layers.items():
+        expected[f"{PREFIX}{name}.vera_lambda_b"] = (layer.out_features,)
+        expected[f"{PREFIX}{name}.vera_lambda_d"] = (rank,)
+    if VERA_A in saved or VERA_B in saved:
+        expected[VERA_A], expected[VERA_B] = (rank, in_max), (out_max, rank)
+
+    def build(model: nn.Module, saved: dict) -> None:
+        projections = ((saved[VERA_A], saved[VERA_B]) if VERA_A in saved
+                       else vera_projections(rank, in_max, out_max, seed))
+        inject_vera(model, rank, list(layers), seed=seed, dropout=float(config.get("vera_dropout", 0.0)),
+                    d_initial=float(config.get("d_initial", 0.1)), projections=projections)
+        with torch.no_grad():
+            for name, layer in adapter_layers(model).items():
+                layer.lambda_b.copy_(saved[f"{PREFIX}{name}.vera_lambda_b"])
+                layer.lambda_d.copy_(saved[f"{PREFIX}{name}.vera_lambda_d"])
+
+    return expected, build
+
+
+def _ia3_plan(config: dict, layers: dict[str, nn.Module]):
+    """An IA3 adapter's expected keys and shapes, and how to put it into the model. A layer
+    is a feed-forward one (its input scaled) by PEFT's rule: its name ends in one of
+    `feedforward_modules`, or matches it where it is one regular expression."""
+    wanted = config.get("feedforward_modules") or []
+    if isinstance(wanted, str):
+        inputs = [n for n in layers if re.fullmatch(wanted, n)]
+    else:
+        inputs = [n for n in layers if any(n.endswith(f) for f in wanted)]
+    expected = {f"{PREFIX}{name}.ia3_l": (1, layer.in_features) if name in inputs else (layer.out_features, 1)
+                for name, layer in layers.items()}
+
+    def build(model: nn.Module, saved: dict) -> None:
+        inject_ia3(model, list(layers), inputs or None)
+        with torch.no_grad():
+            for name, layer in adapter_layers(model).items():
+                layer.scale.copy_(saved[f"{PREFIX}{name}.ia3_l"].flatten())
+
+    return expected, build
 
 
 @dataclass(frozen=True)

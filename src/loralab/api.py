@@ -30,9 +30,18 @@ from .methods import ADAPTERS
 from .metrics import SCORES, Metrics, Scored
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
-from .settings import REGRESSION, REGRESSION_LABELS, TRAIN_METHODS, LoraOptions
+from .settings import (
+    REGRESSION,
+    REGRESSION_LABELS,
+    TRAIN_METHODS,
+    AdapterOptions,
+    IA3Options,
+    LoraOptions,
+    VeraOptions,
+    default_options,
+)
 from .study.records import LowrankSummary, Row, Selection, fingerprint, read_json
-from .surgery import freeze_all_but_head, inject_lora, lora_layers
+from .surgery import freeze_all_but_head, inject_ia3, inject_lora, inject_vera, lora_layers
 from .training import TrainResult, TrainSettings, is_main_process, tokenize, train_with_trainer
 
 logger = logging.getLogger("loralab")
@@ -46,7 +55,7 @@ class TrainInfo(Scored):
     saved model (flat, as `to_json` writes it), and read by `export` for the model card and
     by the study for its `Row`."""
 
-    method: str                      # lora, head or full
+    method: str                      # lora, dora, pissa, vera, ia3, head or full
     base_model: str
     labels: list[str]                # the classes, in order
     trainable_params: int
@@ -54,7 +63,7 @@ class TrainInfo(Scored):
     pooling: str
     learning_rate: float
     result: TrainResult
-    lora: LoraOptions | None = None  # LoRA's options (rank, alpha, targets, init, ...)
+    lora: AdapterOptions | None = None  # the adapters' options: LoRA's (rank, alpha, targets, ...), VeRA's, IA3's
     selection: Selection | None = None  # where the learning rate was chosen on a validation split
 
     @property
@@ -67,7 +76,7 @@ class TrainInfo(Scored):
 
     @property
     def alpha(self) -> float | None:
-        return (self.lora.alpha or 2 * self.lora.rank) if self.lora else None
+        return (self.lora.alpha or 2 * self.lora.rank) if isinstance(self.lora, LoraOptions) else None
 
     def row(self, chosen_on: str | None = None) -> Row:
         """The study's record of this training (a line of results.json)."""
@@ -89,29 +98,41 @@ class TrainInfo(Scored):
                 "peak_gpu_memory_mb": r.peak_gpu_memory_mb,
                 "precision": r.precision, "history": r.history, "memory": r.memory, "seed": self.seed,
                 "pooling": self.pooling, "learning_rate": self.learning_rate,
-                "lr_ratio": self.lora.lr_ratio if self.lora else None,
+                "lr_ratio": getattr(self.lora, "lr_ratio", None),
                 "lora": asdict(self.lora) if self.lora else None}
         if self.selection is not None:
             data["selection"] = asdict(self.selection)
         return data
 
 
-def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: LoraOptions | None = None,
+def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: AdapterOptions | None = None,
                   pooling: str = "cls", labels=None, **lora_options) -> nn.Module:
     """A model set up for `method`: a head for the classes `labels` (names in order; None:
     the model's own, or negative/positive), reading the first token (``pooling="cls"``) or
-    the mean of the tokens (``"mean"``), and adapters injected (`lora`, or its fields as
-    keywords) or everything but the head frozen."""
+    the mean of the tokens (``"mean"``), and adapters injected (`lora`: `LoraOptions` for
+    LoRA, DoRA and PiSSA, `VeraOptions`, `IA3Options`; or its fields as keywords) or
+    everything but the head frozen."""
     if method not in TRAIN_METHODS:
         raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
     net = load_model(model, labels) if not isinstance(model, nn.Module) else model
     set_pooling(net, pooling)
     if method in ADAPTERS:
-        lora = (lora or LoraOptions()).replace(**lora_options)
-        inject_lora(net, lora.rank, variant=method, **lora.layer_options)
+        inject_adapters(net, method, (lora or default_options(method)).replace(**lora_options))
     elif method == "head":
         freeze_all_but_head(net)
     return net
+
+
+def inject_adapters(net: nn.Module, method: str, options: AdapterOptions) -> nn.Module:
+    """Put `method`'s adapter layers into `net` as `options` say; only they and the head train."""
+    wanted = VeraOptions if method == "vera" else IA3Options if method == "ia3" else LoraOptions
+    if not isinstance(options, wanted):
+        raise LoralabError(f"{method} takes {wanted.__name__}, got {type(options).__name__}")
+    if method == "vera":
+        return inject_vera(net, options.rank, **options.layer_options)
+    if method == "ia3":
+        return inject_ia3(net, **options.layer_options)
+    return inject_lora(net, options.rank, variant=method, **options.layer_options)
 
 
 def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: TrainInfo | dict,
@@ -190,27 +211,30 @@ def train_in_place(net: nn.Module, method: str, tokenized, settings: TrainSettin
     if method == "head":
         return train_head(net, tokenized, settings, work, tokenizer)
     return train_with_trainer(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume,
-                              lr_ratio=lora.lr_ratio if lora else 1.0)
+                              lr_ratio=getattr(lora, "lr_ratio", 1.0))
 
 
 fit = train_in_place  # its name in loralab 0.1
 
 
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
-          data=None, settings: TrainSettings | None = None, *, lora: LoraOptions | None = None,
+          data=None, settings: TrainSettings | None = None, *, lora: AdapterOptions | None = None,
           tokenized=None, resume: bool = False, selection: Selection | None = None, lock: bool = True,
           **lora_options) -> TrainInfo:
     """Train one model and save it to `out`.
 
     Args:
         method: ``"lora"``, ``"dora"`` (weight-decomposed LoRA), ``"pissa"`` (LoRA started from
-            the principal singular directions), ``"head"`` or ``"full"``.
+            the principal singular directions), ``"vera"`` (scaling vectors around shared
+            random matrices), ``"ia3"`` (rescaled keys, values and feed-forward activations),
+            ``"head"`` or ``"full"``.
         out: folder for the adapter (LoRA) or the whole model.
         model: base model name or folder.
         data: a DatasetDict with `train`/`eval` (default: `load_data()`).
         settings: training settings (default: the lab's).
-        lora: LoRA's options; or give them as keywords (`rank`, `alpha`, `targets`, `init`,
-            `dropout`, `rslora`, `lr_ratio`; see `LoraOptions`).
+        lora: the adapters' options (`LoraOptions` for LoRA, DoRA and PiSSA, `VeraOptions`,
+            `IA3Options`); or give their fields as keywords (LoRA's `rank`, `alpha`,
+            `targets`, `init`, `dropout`, `rslora`, `lr_ratio`).
         tokenized: already tokenized data, to skip tokenizing again.
         resume: continue from the newest checkpoint of an interrupted run with the same
             `out` (checkpoints live in `.OUT.work/` beside it until the run finishes).
@@ -236,7 +260,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             return train(method, out, model, data, settings, lora=lora, tokenized=tokenized, resume=resume,
                          selection=selection, lock=False, **lora_options)
     settings = settings or TrainSettings()
-    lora = (lora or LoraOptions()).replace(**lora_options) if method in ADAPTERS else None
+    lora = (lora or default_options(method)).replace(**lora_options) if method in ADAPTERS else None
     out = Path(out)
     work = out.with_name(f".{out.name}.work")  # the Trainer's scratch; the result lands in `out`
     if not resume and is_main_process():
@@ -248,7 +272,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     labels = class_names_of(tokenized["train"])
     net = prepare_model(method, model, lora=lora, pooling=settings.pooling, labels=labels)
     check_max_length(net, tokenizer, settings, str(model))
-    if lora is not None and method != "pissa":  # a rate that suits kaiming diverges at the lab's init: say so
+    if isinstance(lora, LoraOptions) and method != "pissa":  # a rate that suits kaiming diverges at the lab's init
         first = next(iter(lora_layers(net).values()))
         warning = rate_warning(lora.init, lora.rank, first.in_features, settings.learning_rate * (lora.lr_ratio or 1))
         if warning:
@@ -270,7 +294,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
 
 
 def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,
-                         settings: TrainSettings | None = None, lora: LoraOptions | None = None,
+                         settings: TrainSettings | None = None, lora: AdapterOptions | None = None,
                          tokenizer=None, work: str | os.PathLike = "runs/.choose",
                          resume: bool = True, metric: str = "accuracy", extend: bool = True) -> Selection:
     """The learning rate of `candidates` that gives `method` the best `metric` (one of
@@ -298,7 +322,7 @@ def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_
     from .data import class_names_of, data_digest
 
     settings = settings or TrainSettings()
-    lora = (lora or LoraOptions()) if method in ADAPTERS else None
+    lora = (lora or default_options(method)) if method in ADAPTERS else None
     tokenizer = tokenizer or load_tokenizer(model)
     data = DatasetDict(train=data["train"], eval=data["validation"])
     if "input_ids" not in data["train"].column_names:

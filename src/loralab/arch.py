@@ -14,6 +14,13 @@ head its input (`pooling.set_pooling`).
 | deberta-v2         | query_proj, value_proj   | pooler, classifier        | the sequence    |
 | deberta            | in_proj                  | pooler, classifier        | the sequence    |
 
+IA3's defaults (`ia3`): the key and value projections, whose outputs it rescales, and the
+feed-forward block's second layer, whose input (the block's hidden activations) it
+rescales: bert and its kin `key, value` and `output.dense` outside the attention block
+(PEFT's defaults name `output.dense` and so also rescale the attention's output
+projection), distilbert `k_lin, v_lin` and `lin2`; deberta has none (its `in_proj` holds
+query, key and value in one layer).
+
 "Reads the sequence": the first head module takes (batch, seq, hidden) and picks the first
 token itself; otherwise the model picks it before the head.
 """
@@ -61,18 +68,23 @@ class Architecture:
     head_forward: HeadForward          # the head on cached features (head-tuning)
     dropout_keys: tuple[str, ...] = ()  # config attributes of the head's dropout, the first set wins
     head_reads_sequence: bool = True   # the first head module takes (batch, seq, hidden)
+    ia3: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # IA3's (outputs scaled, inputs scaled)
 
+
+_BERT_IA3 = (("key", "value"), ("output.dense",))
 
 ARCHITECTURES: dict[str, Architecture] = {
     "distilbert": Architecture(("q_lin", "v_lin"), ("pre_classifier", "classifier"), _distilbert_head,
-                               ("seq_classif_dropout",), head_reads_sequence=False),
+                               ("seq_classif_dropout",), head_reads_sequence=False,
+                               ia3=(("k_lin", "v_lin"), ("lin2",))),
     "bert": Architecture(("query", "value"), ("bert.pooler", "classifier"), _bert_head,
-                         ("classifier_dropout", "hidden_dropout_prob")),
-    "roberta": Architecture(("query", "value"), ("classifier",), _sequence_head),
-    "xlm-roberta": Architecture(("query", "value"), ("classifier",), _sequence_head),
-    "electra": Architecture(("query", "value"), ("classifier",), _sequence_head),
+                         ("classifier_dropout", "hidden_dropout_prob"), ia3=_BERT_IA3),
+    "roberta": Architecture(("query", "value"), ("classifier",), _sequence_head, ia3=_BERT_IA3),
+    "xlm-roberta": Architecture(("query", "value"), ("classifier",), _sequence_head, ia3=_BERT_IA3),
+    "electra": Architecture(("query", "value"), ("classifier",), _sequence_head, ia3=_BERT_IA3),
     "deberta-v2": Architecture(("query_proj", "value_proj"), ("pooler", "classifier"), _deberta_head,
-                               ("cls_dropout", "hidden_dropout_prob")),
+                               ("cls_dropout", "hidden_dropout_prob"), ia3=(("key_proj", "value_proj"),
+                                                                             ("output.dense",))),
     "deberta": Architecture(("in_proj",), ("pooler", "classifier"), _deberta_head,
                             ("cls_dropout", "hidden_dropout_prob")),
 }

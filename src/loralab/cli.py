@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="a suite file (TOML): its tasks, their files and metrics, published references")
     p.add_argument("--data-root", help="where the tasks' file paths start (default: the suite's data_root)")
     p.add_argument("--tasks", type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
-                   help="only these tasks, comma-separated (default: all)")
+                   help="run only these tasks, comma-separated (default: all); the report keeps every task "
+                        "with results in --out")
     p.add_argument("--config", help="a TOML file of loralab run settings for every task")
     p.add_argument("--out", default="runs/glue", help="output folder, one sub-folder per task (default: runs/glue)")
     p.add_argument("--quick", action="store_true", help="each task's pipeline on a small subset")
@@ -185,9 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
 
     p = sub.add_parser("train", parents=[debug],
-                       help="train one model: LoRA, head-tuning or full fine-tuning")
-    p.add_argument("--method", required=True, choices=TRAIN_METHODS)
-    p.add_argument("--rank", type=int, default=6)
+                       help="train one model: LoRA (or DoRA, PiSSA, VeRA, IA3), head-tuning or full fine-tuning")
+    p.add_argument("--method", required=True, choices=TRAIN_METHODS,
+                   help="lora, dora (a magnitude per output row), pissa (A, B from W0's top singular directions), "
+                        "vera (two vectors per layer around shared random matrices; the [vera] table), ia3 (a "
+                        "vector per layer rescaling keys, values, feed-forward activations; [ia3]), head, full")
+    p.add_argument("--rank", type=int, help="the adapters' rank (default: 6; VeRA: [vera].rank, 256)")
     p.add_argument("--alpha", type=float, help="default: 2 * rank")
     p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
     p.add_argument("--init", choices=INITS, help="how A starts (default: normal, the lab's; tuned: kaiming, PEFT's)")
@@ -315,21 +319,20 @@ def cmd_train(args) -> None:
 
 def _train(args) -> None:
     from .api import choose_learning_rate, train
-    from .methods import ADAPTERS
-    from .settings import LoraOptions, TrainSettings
+    from .settings import TrainSettings
     from .study.config import select_metric
+    from .study.plan import grid_of
 
     config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
     data, selection = _data(config), None
     settings = TrainSettings.from_config(config, args.method, quiet=args.quiet,  # a --learning-rate given wins
                                          **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
-    lora = LoraOptions.from_config(config, args.rank, **({"alpha": args.alpha} if args.alpha else {}))
-    lora = lora if args.method in ADAPTERS else None
+    lora = _adapter_options(args, config)
     if config["select"]["enabled"]:  # --profile tuned
         sel = config["select"]
         trial = settings.replace(epochs=sel["epochs"]) if sel["epochs"] else settings
-        selection = choose_learning_rate(args.method, sel[args.method], data, model=config["model"], settings=trial,
-                                         lora=lora, work=f"{args.out}.choose", resume=args.resume,
+        selection = choose_learning_rate(args.method, sel[grid_of(args.method)], data, model=config["model"],
+                                         settings=trial, lora=lora, work=f"{args.out}.choose", resume=args.resume,
                                          metric=select_metric(config))
         settings = settings.replace(learning_rate=selection.learning_rate)
         print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
@@ -340,6 +343,22 @@ def _train(args) -> None:
     metric = study_metric(config)
     print(f"{args.method}: eval {SCORE_LABELS[metric]} {result.metrics.score(metric):.4f}, "
           f"{result.trainable_params:,} trainable parameters, saved to {args.out}")
+
+
+def _adapter_options(args, config: dict):
+    """The options of `train --method`'s adapters: LoRA's table for LoRA, DoRA and PiSSA
+    (--rank, default 6, and --alpha), [vera] (--rank, default its table's) or [ia3]; the
+    flags --targets and --dropout reach VeRA's and IA3's too. None for head and full."""
+    from .settings import LoraOptions, adapter_options
+
+    if args.method in ("vera", "ia3"):
+        changes = {"targets": args.targets} if args.targets else {}
+        if args.method == "vera" and args.dropout is not None:
+            changes["dropout"] = args.dropout
+        return adapter_options(config, args.method, args.rank if args.method == "vera" else None, **changes)
+    if args.method in ("head", "full"):
+        return None
+    return LoraOptions.from_config(config, args.rank or 6, **({"alpha": args.alpha} if args.alpha else {}))
 
 
 def _inference(args):
@@ -442,10 +461,10 @@ def cmd_export(args) -> None:
 def cmd_glue(args) -> None:
     from .study.suite import load_suite, run_suite, task_configs
 
-    suite = load_suite(args.suite, args.data_root, args.tasks)
+    suite = load_suite(args.suite, args.data_root)
     flags = {key: getattr(args, name, None) for name, key in FLAG_KEYS.items() if hasattr(args, name)}
     configs = task_configs(suite, args.out, args.config, quick=args.quick, profile=args.profile, **flags)
-    report = run_suite(suite, configs, args.out, quiet=args.quiet)
+    report = run_suite(suite, configs, args.out, quiet=args.quiet, only=args.tasks)
     print(report.read_text("utf-8").split("## Results", 1)[-1].split("\n## ", 1)[0].strip())
     print(f"\nReport: {report} and report.html; each task's study in {args.out}/TASK")
 

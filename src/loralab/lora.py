@@ -47,7 +47,84 @@ def rate_warning(init: str, rank: int, in_features: int, learning_rate: float) -
             f"{KAIMING_RATE_LIMIT / scale:.2g}.")
 
 
-class LoRA(nn.Module):
+class Adapter(nn.Module):
+    """A frozen `nn.Linear` (`base`) and a trainable change of it: what every adapter layer
+    (LoRA and its variants here, VeRA and IA3 in `loralab.vectors`) shares. A subclass
+    gives `delta_weight()` (and `delta_bias()` where it changes the bias); merge, unmerge,
+    `original_weight()` and `merge_and_unload` follow from them.
+    """
+
+    kind = "adapter"  # what the layer is called in messages
+
+    def __init__(self, pretrained: nn.Linear):
+        super().__init__()
+        if isinstance(pretrained, Adapter):  # checked first: an adapter layer is no nn.Linear either
+            raise TypeError(f"this layer already has a {pretrained.kind} adapter; wrapping it twice would stack two "
+                            "updates (merge_and_unload it first)")
+        if not isinstance(pretrained, nn.Linear):
+            raise TypeError(f"{self.kind} wraps nn.Linear layers, got {type(pretrained).__name__}")
+        self.base = pretrained
+        self.base.requires_grad_(False)
+        self.merged = False
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def delta_weight(self) -> torch.Tensor:
+        """The change of the weight in `nn.Linear` layout, (out, in), in float32."""
+        raise NotImplementedError
+
+    def delta_bias(self) -> torch.Tensor | None:
+        """The change of the bias, in float32 (None: the bias is unchanged)."""
+        return None
+
+    def original_weight(self) -> torch.Tensor:
+        """W0, the frozen weight without the change, in float32 (also while merged)."""
+        weight = self.base.weight.detach().float()
+        return weight - self.delta_weight() if self.merged else weight
+
+    def _check_finite(self) -> None:
+        if not all(torch.isfinite(p).all() for p in self.parameters(recurse=False)):
+            raise ValueError("refusing to merge: the adapter weights contain NaN or inf")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the change into the base layer; harmless when already merged."""
+        if self.merged:
+            return
+        self._check_finite()
+        self._add(+1)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the change out of the base layer again; harmless when not merged."""
+        if not self.merged:
+            return
+        self._add(-1)
+        self.merged = False
+
+    def _add(self, sign: int) -> None:
+        delta_bias = self.delta_bias()
+        weight = self.base.weight
+        weight.copy_((weight.float() + sign * self.delta_weight()).to(weight.dtype))
+        if delta_bias is not None:
+            bias = self.base.bias
+            bias.copy_((bias.float() + sign * delta_bias).to(bias.dtype))
+
+    def _adapter_input(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`x` in the adapter's dtype (float32) where autocast does not cast it already."""
+        if not torch.is_autocast_enabled(x.device.type) and x.dtype != like.dtype:
+            return x.to(like.dtype)
+        return x
+
+
+class LoRA(Adapter):
     """Wrap a frozen `nn.Linear` with a trainable rank-`rank` update.
 
     Args:
@@ -62,20 +139,15 @@ class LoRA(nn.Module):
         bias: give the update a bias `b` of its own (zeros at first), added as s * b.
     """
 
+    kind = "LoRA"
+
     def __init__(self, pretrained: nn.Linear, rank: int = 12, alpha: float = 24,
                  dropout: float = 0.0, init: str = "normal", rslora: bool = False, bias: bool = False):
-        super().__init__()
-        if isinstance(pretrained, LoRA):  # checked first: a LoRA layer is no nn.Linear either
-            raise TypeError("this layer already has a LoRA adapter; wrapping it twice would stack two "
-                            "updates (merge_and_unload it first)")
-        if not isinstance(pretrained, nn.Linear):
-            raise TypeError(f"LoRA wraps nn.Linear layers, got {type(pretrained).__name__}")
+        super().__init__(pretrained)
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        self.base = pretrained
-        self.base.requires_grad_(False)
         self.rank = rank
         self.alpha = alpha
         self.rslora = rslora
@@ -89,16 +161,7 @@ class LoRA(nn.Module):
         if bias and pretrained.bias is None:
             raise ValueError("bias=True needs a layer with a bias to merge into")
         self.b = nn.Parameter(torch.zeros(pretrained.out_features, device=device)) if bias else None
-        self.merged = False
         self.reset_parameters()
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -115,9 +178,7 @@ class LoRA(nn.Module):
         y = self.base(x)  # (..., out)
         if self.merged:
             return y
-        h = self.dropout(x)
-        if not torch.is_autocast_enabled(h.device.type) and h.dtype != self.A.dtype:
-            h = h.to(self.A.dtype)
+        h = self._adapter_input(self.dropout(x), self.A)
         update = (h @ self.A) @ self.B  # (..., r) then (..., out)
         if self.b is not None:
             update = update + self.b
@@ -130,35 +191,6 @@ class LoRA(nn.Module):
     def delta_bias(self) -> torch.Tensor | None:
         """The update's bias, s * b, in float32 (None without `bias`)."""
         return None if self.b is None else self.scaling * self.b.detach().float()
-
-    def _check_finite(self) -> None:
-        params = [self.A, self.B] + ([self.b] if self.b is not None else [])
-        if not all(torch.isfinite(p).all() for p in params):
-            raise ValueError("refusing to merge: the adapter weights contain NaN or inf")
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add the update into the base weight; harmless when already merged."""
-        if self.merged:
-            return
-        self._check_finite()
-        self._add(+1)
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update from the base weight; harmless when not merged."""
-        if not self.merged:
-            return
-        self._add(-1)
-        self.merged = False
-
-    def _add(self, sign: int) -> None:
-        weight = self.base.weight
-        weight.copy_((weight.float() + sign * self.delta_weight()).to(weight.dtype))
-        if self.b is not None:
-            bias = self.base.bias
-            bias.copy_((bias.float() + sign * self.delta_bias()).to(bias.dtype))
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
@@ -201,12 +233,12 @@ class DoRA(LoRA):
         """||W0 + s (A B)^T|| of each output row, in float32, without a gradient and without
         forming the (out x in) matrix."""
         a, b = self.A.float(), self.B.float()                     # (in, r), (r, out)
-        cross = ((self.base_weight() @ a) * b.T).sum(1)          # <W0_i, (A B)^T_i>
+        cross = ((self.original_weight() @ a) * b.T).sum(1)      # <W0_i, (A B)^T_i>
         lowrank_sq = ((b.T @ (a.T @ a)) * b.T).sum(1)            # ||(A B)^T_i||^2
         s = self.scaling
         return (self.base_norm_sq + 2 * s * cross + s * s * lowrank_sq).clamp_min(0).sqrt()
 
-    def base_weight(self) -> torch.Tensor:
+    def original_weight(self) -> torch.Tensor:
         """W0 in float32, also while merged (recovered from the merged weight)."""
         weight = self.base.weight.float()
         if not self.merged:
@@ -217,9 +249,7 @@ class DoRA(LoRA):
         if self.merged:
             return self.base(x)
         y = nn.functional.linear(x, self.base.weight)            # x W0^T, no bias
-        h = self.dropout(x)
-        if not torch.is_autocast_enabled(h.device.type) and h.dtype != self.A.dtype:
-            h = h.to(self.A.dtype)
+        h = self._adapter_input(self.dropout(x), self.A)
         update = self.scaling * ((h @ self.A) @ self.B)
         scale = self.magnitude / self.weight_norm()              # the gradient reaches m, not the norm
         out = scale * (y + update)
@@ -230,15 +260,10 @@ class DoRA(LoRA):
     def delta_weight(self) -> torch.Tensor:
         """W' - W0 in `nn.Linear` layout (out, in), float32: full rank, as DoRA's change is."""
         with torch.no_grad():
-            w0 = self.base_weight()
+            w0 = self.original_weight()
             norm = self.merged_norm if self.merged else self.weight_norm()
             adapted = w0 + super().delta_weight()
             return adapted * (self.magnitude.detach().float() / norm)[:, None] - w0
-
-    def _check_finite(self) -> None:
-        super()._check_finite()
-        if not torch.isfinite(self.magnitude).all():
-            raise ValueError("refusing to merge: the DoRA magnitudes contain NaN or inf")
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -257,7 +282,7 @@ class DoRA(LoRA):
         if not self.merged:
             return
         weight = self.base.weight
-        weight.copy_(self.base_weight().to(weight.dtype))
+        weight.copy_(self.original_weight().to(weight.dtype))
         self.merged = False
 
     def extra_repr(self) -> str:

@@ -26,10 +26,12 @@ class Method:
 
     def run(self, rank: int | None = None, suffix: str = "") -> str:
         """The folder of one of its runs: ``full``, ``tfidf-lr``, ``lora-r6-seed1``."""
-        return (f"{self.prefix}-r{rank}" if self.name in ADAPTERS else self.prefix) + suffix
+        return (f"{self.prefix}-r{rank}" if self.name in RANKED else self.prefix) + suffix
 
 
-ADAPTERS = ("lora", "dora", "pissa")  # methods that train low-rank adapters of a rank, saved in PEFT's layout
+LORA_FAMILY = ("lora", "dora", "pissa")  # low-rank adapters at LoRA's ranks, set up by LoRA's options
+ADAPTERS = LORA_FAMILY + ("vera", "ia3")  # methods that train adapters, saved in PEFT's layout
+RANKED = ("lora", "dora", "pissa", "vera")  # adapters with a rank, in their run folders' names
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tfidf-lr", "TF-IDF + logistic regression", "#8c564b", "tfidf-lr", "baseline",
@@ -48,6 +50,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "low-rank adapters, a magnitude per output row (weight-decomposed LoRA) and the head"),
     Method("pissa", "PiSSA", "#bcbd22", "pissa", "trained",
            "low-rank adapters started from W0's principal singular directions, and the head"),
+    Method("vera", "VeRA", "#aec7e8", "vera", "trained",
+           "two scaling vectors per layer around frozen random matrices shared by every layer, and the head"),
+    Method("ia3", "IA3", "#ffbb78", "ia3", "trained",
+           "a vector per layer rescaling keys, values and feed-forward activations, and the head"),
     Method("lora", "LoRA", "#2ca02c", "lora", "trained", "low-rank adapters and the head"),
     Method("extract", "Extracted LoRA (query, value)", "#ff7f0e", "extract", "extracted",
            "nothing: the truncated SVD of full fine-tuning's query/value updates"),
@@ -55,7 +61,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "nothing: the truncated SVD of full fine-tuning's update of every linear layer"),
 )}
 
-TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, dora, pissa, lora
+TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, dora, ..., lora
 BASELINES = tuple(name for name, m in METHODS.items() if m.kind == "baseline")
 TASK_BASELINES = {"classification": ("tfidf-lr", "tfidf-nb"), "regression": ("tfidf-ridge",)}  # a study's, by task
 

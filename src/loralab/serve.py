@@ -29,7 +29,7 @@ from .inference import check_max_length, map_batches, pair_token_types
 from .metrics import Metrics, classification_metrics, regression_metrics
 from .pooling import pooling_of
 from .settings import BINARY_NAMES, REGRESSION_LABELS, SCORE_LABELS, TrainSettings
-from .surgery import lora_layers, merge_and_unload
+from .surgery import adapter_layers, merge_and_unload
 from .training import encode
 
 ID_COLUMNS = ("id", "index")
@@ -307,7 +307,7 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
                 shutil.copy2(model_dir / name, tmp / name)
             tokenizer.save_pretrained(tmp)
         else:
-            if lora_layers(model):
+            if adapter_layers(model):
                 model = merge_and_unload(model)
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import LoralabError
-from .methods import TRAINED
+from .methods import ADAPTERS, TRAINED
 
 # The choices of every option that has a fixed set; argparse, the config check and the
 # dataclasses below all read these.
@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean")
 INITS = ("normal", "kaiming", "gaussian")
-TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, pissa, dora, head, full: what `train` takes
+TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, ia3, vera, pissa, dora, head, full: what `train` takes
 PROFILES = ("lab", "tuned")
 BINARY_NAMES = ("negative", "positive")  # the binary sentiment task's classes (IMDB's), 0 and 1
 CLASS_WEIGHTS = ("none", "balanced")
@@ -180,7 +180,7 @@ class TrainSettings:
         settings = cls(**config["train"], seed=config["seed"], precision=config["precision"],
                        device=config["device"])
         table = "lora" if method in ("dora", "pissa") else method  # LoRA's variants read LoRA's table
-        own_rate = config[table]["learning_rate"] if table in ("head", "lora") else 0.0
+        own_rate = config[table]["learning_rate"] if table in ("head", "lora", "vera", "ia3") else 0.0
         return settings.replace(**{**({"learning_rate": own_rate} if own_rate else {}), **changes})
 
 
@@ -230,3 +230,87 @@ class LoraOptions:
         return cls(rank=rank, alpha=lora["alpha_factor"] * rank, targets=lora["targets"] or None,
                    init=lora["init"], dropout=lora["dropout"], rslora=lora["rslora"],
                    lr_ratio=lora["lr_ratio"]).replace(**changes)
+
+
+@dataclass(frozen=True)
+class VeraOptions:
+    """How VeRA adapters are set up (`loralab.vectors.VeRA`, `inject_vera`): the [vera] table.
+
+    Args:
+        rank: r, the shared random matrices' inner dimension; a layer trains out + r numbers.
+        targets: as LoRA's (None: the architecture's query and value projections).
+        dropout: dropout on the adapters' input.
+        d_initial: where the vector d starts (b starts at zero).
+        projection_seed: the seed the shared A and B are drawn from (PEFT's `projection_prng_key`).
+    """
+
+    rank: int = 256
+    targets: str | None = None
+    dropout: float = 0.0
+    d_initial: float = 0.1
+    projection_seed: int = 0
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise LoralabError(f"VeRA's rank must be at least 1, got {self.rank}.")
+        if not 0 <= self.dropout < 1:
+            raise LoralabError(f"VeRA's dropout must be in [0, 1), got {self.dropout}.")
+
+    def replace(self, **changes) -> "VeraOptions":
+        return _replace(self, changes)
+
+    @property
+    def layer_options(self) -> dict:
+        """Keyword arguments of `inject_vera` besides the rank."""
+        return dict(targets=self.targets, seed=self.projection_seed, dropout=self.dropout, d_initial=self.d_initial)
+
+    @classmethod
+    def from_config(cls, config: dict, rank: int | None = None, **changes) -> "VeraOptions":
+        """The options of a resolved configuration's [vera] table (at `rank` where given)."""
+        vera = config["vera"]
+        return cls(rank=rank or vera["rank"], targets=vera["targets"] or None, dropout=vera["dropout"],
+                   d_initial=vera["d_initial"], projection_seed=vera["projection_seed"]).replace(**changes)
+
+
+@dataclass(frozen=True)
+class IA3Options:
+    """How IA3 adapters are set up (`loralab.vectors.IA3`, `inject_ia3`): the [ia3] table.
+
+    Args:
+        targets: the layers to rescale (None: the architecture's keys, values and
+            feed-forward second layers, `loralab.arch`).
+        feedforward: of `targets`, those whose input is rescaled rather than their output.
+    """
+
+    targets: str | None = None
+    feedforward: str | None = None
+
+    rank = None  # IA3 has no rank
+
+    def replace(self, **changes) -> "IA3Options":
+        return _replace(self, changes)
+
+    @property
+    def layer_options(self) -> dict:
+        return dict(targets=self.targets, feedforward=self.feedforward)
+
+    @classmethod
+    def from_config(cls, config: dict, rank: int | None = None, **changes) -> "IA3Options":
+        ia3 = config["ia3"]
+        return cls(targets=ia3["targets"] or None, feedforward=ia3["feedforward"] or None).replace(**changes)
+
+
+AdapterOptions = LoraOptions | VeraOptions | IA3Options
+
+
+def adapter_options(config: dict, method: str, rank: int | None = None, **changes) -> AdapterOptions | None:
+    """The options `method` trains with from a resolved configuration: LoRA's table at `rank`
+    for LoRA and its variants, [vera] or [ia3]; None for a method without adapters."""
+    kind = {"lora": LoraOptions, "dora": LoraOptions, "pissa": LoraOptions, "vera": VeraOptions,
+            "ia3": IA3Options}.get(method)
+    return kind.from_config(config, rank, **changes) if kind else None
+
+
+def default_options(method: str) -> AdapterOptions | None:
+    """`method`'s adapter options at their defaults (None for full fine-tuning and head-tuning)."""
+    return {"vera": VeraOptions, "ia3": IA3Options}.get(method, LoraOptions)() if method in ADAPTERS else None

@@ -14,7 +14,8 @@ from torch import nn
 
 from .arch import ARCHITECTURES, USUAL_HEADS, model_type
 from .errors import LoralabError
-from .lora import DoRA, LoRA, PiSSA
+from .lora import Adapter, DoRA, LoRA, PiSSA
+from .vectors import D_INITIAL, IA3, VeRA, vera_projections
 
 VARIANTS = {"lora": LoRA, "dora": DoRA, "pissa": PiSSA}  # the adapter layers `inject_lora` makes
 
@@ -79,21 +80,21 @@ def find_targets(model: nn.Module, targets: str | Iterable[str] | None = None,
         parsed = default_targets(model)
     heads = head_modules(model)
     found: dict[str, nn.Module] = {}
-    inside_lora = set()
+    inside_adapter = set()
     for name, module in model.named_modules():
-        if any(name.startswith(p + ".") for p in inside_lora):
-            continue  # the base layer inside a LoRA wrapper is not a separate target
-        if isinstance(module, LoRA):
-            inside_lora.add(name)
-        if not isinstance(module, (nn.Linear, LoRA)) or inside(name, heads):
+        if any(name.startswith(p + ".") for p in inside_adapter):
+            continue  # the base layer inside an adapter's wrapper is not a separate target
+        if isinstance(module, Adapter):
+            inside_adapter.add(name)
+        if not isinstance(module, (nn.Linear, Adapter)) or inside(name, heads):
             continue
         if parsed == "all-linear" or any(matches(name, t) for t in parsed):
             found[name] = module
     if not found:
         raise TargetError(f"No linear layer matches targets {parsed!r} in {type(model).__name__}.")
-    wrapped = [n for n, m in found.items() if isinstance(m, LoRA)]
+    wrapped = [n for n, m in found.items() if isinstance(m, Adapter)]
     if wrapped and not allow_wrapped:
-        raise TargetError(f"Layer {wrapped[0]} already has a LoRA adapter; refusing to wrap it "
+        raise TargetError(f"Layer {wrapped[0]} already has a {found[wrapped[0]].kind} adapter; refusing to wrap it "
                           f"twice ({len(wrapped)} such layer(s)).")
     return found
 
@@ -135,8 +136,23 @@ def freeze_all_but_head(model: nn.Module) -> nn.Module:
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRA]:
-    """Every LoRA layer in the model, found by type, keyed by module name."""
+    """Every LoRA layer in the model (DoRA and PiSSA included), found by type, keyed by module name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRA)}
+
+
+def adapter_layers(model: nn.Module) -> dict[str, Adapter]:
+    """Every adapter layer in the model (LoRA and its variants, VeRA, IA3), keyed by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, Adapter)}
+
+
+def _train_adapters_and_head(model: nn.Module, wrapped: dict[str, Adapter]) -> nn.Module:
+    """Put the adapter layers in and leave only their own parameters and the head's trainable."""
+    replace(model, wrapped)
+    freeze_all_but_head(model)
+    for layer in adapter_layers(model).values():
+        layer.requires_grad_(True)
+        layer.base.requires_grad_(False)
+    return model
 
 
 def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | Mapping[str, float] | None = None,
@@ -168,17 +184,57 @@ def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | 
         r = each(rank, name)
         kind = VARIANTS[variant]
         wrapped[name] = kind(layer, rank=r, alpha=2 * r if alpha is None else each(alpha, name), **lora_options)
-    replace(model, wrapped)
-    freeze_all_but_head(model)
-    for layer in lora_layers(model).values():
-        layer.requires_grad_(True)
-        layer.base.requires_grad_(False)
-    return model
+    return _train_adapters_and_head(model, wrapped)
+
+
+def inject_vera(model: nn.Module, rank: int, targets: str | Iterable[str] | None = None, *, seed: int = 0,
+                dropout: float = 0.0, d_initial: float = D_INITIAL,
+                projections: tuple | None = None) -> nn.Module:
+    """Wrap the target layers (by default the query and value projections) in VeRA adapters
+    sharing one random pair A (rank, in_max), B (out_max, rank) drawn from `seed`, or the
+    `projections` (A, B) given (a saved adapter's); train only the vectors and the head."""
+    layers = find_targets(model, targets)
+    if projections is None:
+        projections = vera_projections(rank, max(m.in_features for m in layers.values()),
+                                       max(m.out_features for m in layers.values()), seed)
+    a, b = projections
+    wrapped = {name: VeRA(layer, a, b, dropout=dropout, d_initial=d_initial) for name, layer in layers.items()}
+    model.loralab_vera_seed = seed  # saved as PEFT's projection_prng_key
+    return _train_adapters_and_head(model, wrapped)
+
+
+def ia3_targets(model: nn.Module) -> tuple[list[str], list[str]]:
+    """IA3's default layers (`loralab.arch`): (those whose output it scales, those whose input
+    it scales), as fully qualified names."""
+    kind = model_type(model)
+    if ARCHITECTURES.get(kind) is None or ARCHITECTURES[kind].ia3 is None:
+        raise TargetError(f"No default IA3 targets for model type {kind!r}; pass targets and feedforward "
+                          "explicitly, for example --targets key,value,output.dense with feedforward output.dense.")
+    outputs, inputs = ARCHITECTURES[kind].ia3
+    ff = [n for n in find_targets(model, inputs) if ".attention." not in f".{n}."]
+    return list(find_targets(model, outputs)), ff
+
+
+def inject_ia3(model: nn.Module, targets: str | Iterable[str] | None = None,
+               feedforward: str | Iterable[str] | None = None) -> nn.Module:
+    """Wrap layers in IA3 adapters: by default the keys and values (outputs rescaled) and the
+    feed-forward blocks' second layers (inputs rescaled; see `loralab.arch`). With `targets`,
+    the layers of `targets` that match `feedforward` have their input rescaled, the others
+    their output. Only the vectors and the head train."""
+    if targets is None and feedforward is None:
+        outputs, inputs = ia3_targets(model)
+        layers = find_targets(model, outputs + inputs)
+    else:
+        layers = find_targets(model, targets if targets is not None else parse_targets(feedforward))
+        wanted = parse_targets(feedforward) or []
+        inputs = [n for n in layers if wanted == "all-linear" or any(matches(n, f) for f in wanted)]
+    wrapped = {name: IA3(layer, feedforward=name in inputs) for name, layer in layers.items()}
+    return _train_adapters_and_head(model, wrapped)
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge every adapter into its base weight and put plain `nn.Linear`s back."""
-    layers = lora_layers(model)
+    layers = adapter_layers(model)
     for layer in layers.values():
         layer.merge()
     return replace(model, {name: layer.base for name, layer in layers.items()})

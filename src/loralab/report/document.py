@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from ..lowrank import LayerSpectrum
-from ..methods import ADAPTERS, label, method
+from ..methods import ADAPTERS, LORA_FAMILY, label, method
 from ..settings import REGRESSION, SCORE_LABELS, metric_task
 from ..study.records import Environment, Selection
 from .findings import Findings, Summary, _one
@@ -354,7 +354,7 @@ def variant_comparison(f: Findings) -> tuple[Table, list[str]] | None:
     """LoRA and its variants (DoRA, PiSSA) rank by rank: a table of their scores (median and
     min-max over seeds, trainable parameters), and per rank which is best and whether its lead
     exceeds the seeds' spread (its lowest run above every other method's highest)."""
-    methods = [m for m in ADAPTERS if any(s.method == m for s in f.summaries)]
+    methods = [m for m in LORA_FAMILY if any(s.method == m for s in f.summaries)]
     if len(methods) < 2:
         return None
     ranks = sorted({s.rank for s in f.summaries if s.method in methods and s.rank is not None})
@@ -371,16 +371,48 @@ def variant_comparison(f: Findings) -> tuple[Table, list[str]] | None:
             continue
         best = max(found.values(), key=lambda s: s.score)
         others = [s for s in found.values() if s is not best]
-        low = best.score_min if best.score_min is not None else best.score
-        clear = all(low > (s.score_max if s.score_max is not None else s.score) for s in others)
-        seeds = best.seeds > 1 and all(s.seeds > 1 for s in others)
-        verdict = ("its lowest seed above every other method's highest" if clear else
-                   "within the seeds' spread of " + ", ".join(label(s.method) for s in others)) if seeds else \
-            "one run each, so no spread to judge the difference by"
         lines.append(f"r = {rank}: {label(best.method)} is best ({best.score:.4f} eval {f.metric_label}, "
-                     f"{best.trainable_params:,} parameters), {verdict}.")
+                     f"{best.trainable_params:,} parameters), {_lead(best, others)}.")
     header = ["rank", *(f"{label(m)} {f.metric_label} (parameters)" for m in methods)]
     return table(header, rows, "r" + "l" * len(methods)), lines
+
+
+def _lead(best: Summary, others: list[Summary]) -> str:
+    """Whether `best`'s lead over `others` exceeds the seeds' spread (its lowest run above
+    every other's highest), in words."""
+    if not (best.seeds > 1 and all(s.seeds > 1 for s in others)):
+        return "one run each, so no spread to judge the difference by"
+    low = best.score_min if best.score_min is not None else best.score
+    if all(low > (s.score_max if s.score_max is not None else s.score) for s in others):
+        return "its lowest seed above every other method's highest"
+    return "within the seeds' spread of " + ", ".join(_named(s) for s in others)
+
+
+def _named(s: Summary) -> str:
+    return label(s.method) + (f" r = {s.rank}" if s.rank is not None else "")
+
+
+def budget_comparison(f: Findings) -> tuple[Table, list[str]] | None:
+    """Every adapter method's runs (LoRA and its variants at each rank, VeRA, IA3) by their
+    trainable parameters, and at each budget where the best method changes, which is best among
+    those within it and whether its lead over the runner-up exceeds the seeds' spread."""
+    runs = sorted((s for s in f.summaries if s.method in ADAPTERS and s.score is not None),
+                  key=lambda s: (s.trainable_params, s.method))
+    if len({s.method for s in runs}) < 2 or not any(s.method not in LORA_FAMILY for s in runs):
+        return None
+    rows, lines, best = [], [], None
+    for i, s in enumerate(runs):
+        spread = f" [{s.score_min:.4f}, {s.score_max:.4f}]" if s.score_min is not None else ""
+        rows.append([_named(s), f"{s.trainable_params:,}", f"{s.score:.4f}{spread}"])
+        if best is not None and s.score <= best.score:
+            continue
+        best = s
+        within = [t for t in runs[:i + 1] if t is not s]
+        runner_up = max(within, key=lambda t: t.score) if within else None
+        lead = f", {_lead(s, [runner_up])}" if runner_up else ""
+        lines.append(f"Up to {s.trainable_params:,} trainable parameters: {_named(s)} is best "
+                     f"({s.score:.4f} eval {f.metric_label}){lead}.")
+    return table(["method", "trainable parameters", f"{f.metric_label} [min, max]"], rows, "lrl"), lines
 
 
 def _missing(**runs) -> str:
@@ -454,6 +486,14 @@ def document(f: Findings, plots: dict[str, bool]) -> Document:
         sections.append(Section("LoRA and its variants at each rank", [
             "LoRA, DoRA (a magnitude per output row) and PiSSA (started from W0's principal singular directions) "
             "at the same ranks, each at the learning rate chosen for it; median and [min, max] over seeds.",
+            Bullets(lines), compared]))
+    if (budgets := budget_comparison(f)) is not None:
+        compared, lines = budgets
+        sections.append(Section("Which adapter at which budget", [
+            "Every adapter method by its trainable parameters (the head's included): LoRA and its variants at "
+            "each rank, VeRA (two vectors per layer around shared frozen random matrices) and IA3 (a vector per "
+            "layer rescaling keys, values and feed-forward activations), each at the learning rate chosen for "
+            "it; median and [min, max] over seeds. At each budget where the best method changes:",
             Bullets(lines), compared]))
     if f.extracted:
         sections.append(Section("Adapters extracted from full fine-tuning", [

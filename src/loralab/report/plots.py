@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..fileio import atomic_path
-from ..methods import ADAPTERS, METHODS
+from ..methods import LORA_FAMILY, METHODS
 from ..settings import REGRESSION, SCORE_LABELS, metric_task
 
 if TYPE_CHECKING:  # the report's types; plots only read their attributes
@@ -20,9 +20,10 @@ if TYPE_CHECKING:  # the report's types; plots only read their attributes
 
 LABELS = {name: m.label for name, m in METHODS.items()}
 COLORS = {name: m.color for name, m in METHODS.items()}
-# The series against rank: the approximated models and trained LoRA (extracted adapters are
+# The series against rank: the approximated models, trained LoRA and its variants (VeRA's rank is
+# another kind of number and IA3 has none: they are points on the parameters plot; extracted adapters are
 # compared in the report's extraction table instead).
-RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name in ADAPTERS)
+RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name in LORA_FAMILY)
 
 
 def _plt():

@@ -15,7 +15,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from ..errors import LoralabError
-from ..methods import ADAPTERS
+from ..methods import ADAPTERS, LORA_FAMILY
 from ..settings import (
     DEVICES,
     INITS,
@@ -24,15 +24,17 @@ from ..settings import (
     PROFILES,
     SELECT_METRICS,
     TASKS,
+    IA3Options,
     LoraOptions,
     TrainSettings,
+    VeraOptions,
     metric_task,
     study_metric,
 )
 
 logger = logging.getLogger("loralab")
 
-VARIANTS = tuple(m for m in ADAPTERS if m != "lora")  # methods.variants: LoRA's variants a study may add
+VARIANTS = tuple(m for m in ADAPTERS if m != "lora")  # methods.variants: the adapter methods a study may add
 
 
 def defaults() -> dict:
@@ -160,8 +162,9 @@ def validate(config: dict) -> None:
     if not set(m["variants"]) <= set(VARIANTS) or len(set(m["variants"])) != len(m["variants"]):
         raise LoralabError(f"config: methods.variants may list {', '.join(map(repr, VARIANTS))} once each, "
                            f"not {m['variants']!r}.")
-    if m["variants"] and not m["lora_ranks"]:
-        raise LoralabError("config: methods.variants train at methods.lora_ranks; list at least one rank.")
+    if set(m["variants"]) & set(LORA_FAMILY) and not m["lora_ranks"]:
+        raise LoralabError("config: methods.variants' dora and pissa train at methods.lora_ranks; list at least "
+                           "one rank.")
     if m["lowrank"] and not (m["full"] and m["head"]):
         raise LoralabError("config: methods.lowrank needs methods.full and methods.head.")
     if m["extract"]:  # it extracts from full fine-tuning, and is left out where that is
@@ -179,6 +182,8 @@ def validate(config: dict) -> None:
     try:  # the typed settings check the rest of their tables
         TrainSettings.from_config(config)
         LoraOptions.from_config(config, rank=1)
+        VeraOptions.from_config(config)
+        IA3Options.from_config(config)
     except LoralabError as err:
         raise LoralabError(f"config: {err}") from err
     if any(s < 0 for s in config["seeds"]) or len(set(config["seeds"])) != len(config["seeds"]):
@@ -203,7 +208,7 @@ def validate(config: dict) -> None:
         if not config["data"]["validation"]:
             raise LoralabError("config: select.enabled chooses learning rates on a validation split; "
                                "set data.validation (for example 0.1).")
-        for method in ("full", "head", "lora"):
+        for method in ("full", "head", "lora", "vera", "ia3"):
             if not sel[method] or any(lr <= 0 for lr in sel[method]):
                 raise LoralabError(f"config: select.{method} must list positive learning rates.")
 

@@ -13,8 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Union
 
-from ..methods import ADAPTERS, TASK_BASELINES
-from ..settings import TRAIN_METHODS, LoraOptions, TrainSettings, study_metric
+from ..methods import LORA_FAMILY, TASK_BASELINES
+from ..settings import TRAIN_METHODS, AdapterOptions, LoraOptions, TrainSettings, adapter_options, study_metric
 from .config import select_metric
 from .records import (
     EXTRACT,
@@ -127,7 +127,7 @@ class SelectInputs(WithSettings):
     model: str
     data: str                     # digest of train and validation: eval chooses nothing
     settings: TrainSettings       # each candidate's (its learning rate replaced)
-    lora: LoraOptions | None
+    lora: AdapterOptions | None
     candidates: tuple[float, ...]
     limit_train: int              # each candidate trains on this many rows (0: all)
     metric: str = "accuracy"      # what the validation split chooses on
@@ -139,7 +139,7 @@ class TrainInputs(WithSettings):
     model: str
     data: str
     settings: TrainSettings
-    lora: LoraOptions | None = None
+    lora: AdapterOptions | None = None
     learning_rate_from: Ref | None = None  # the select-* run whose choice replaces the learning rate
 
 
@@ -221,8 +221,8 @@ class Run:
 
 
 def grid_of(method: str) -> str:
-    """The [select] grid a method's learning rate is chosen from: LoRA's for its variants."""
-    return "lora" if method in ADAPTERS else method
+    """The [select] grid a method's learning rate is chosen from: LoRA's for DoRA and PiSSA."""
+    return "lora" if method in LORA_FAMILY else method
 
 
 def seeds_of(config: dict) -> list[int]:
@@ -263,7 +263,7 @@ def plan(config: dict, ctx: Context) -> list[Run]:
         for method in (name for name, on in wanted.items() if on):
             settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=sel[grid_of(method)][0],
                                                  **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
-            lora = LoraOptions.from_config(c, sel["lora_rank"]) if method in ADAPTERS else None
+            lora = adapter_options(c, method, sel["lora_rank"] if method in LORA_FAMILY else None)
             inputs = SelectInputs(method, model, ctx.choice_key, settings, lora, tuple(sel[grid_of(method)]),
                                   sel["limit_train"], select_metric(c))
             run = Run(select_run(method), "select", inputs, isolate)
@@ -302,10 +302,15 @@ def plan(config: dict, ctx: Context) -> list[Run]:
                                   LoraOptions.from_config(c, rank), chosen.get("lora")), isolate)
             runs.append(run)
             loras.append((rank, run.ref()))
-            for variant in m["variants"]:  # LoRA's variants at the same rank, each at its own chosen rate
+            for variant in (v for v in m["variants"] if v in LORA_FAMILY):  # at the same rank, each at its own rate
                 runs.append(Run(method_run(variant, rank, sfx), "train",
                                 TrainInputs(variant, model, ctx.data_key, settings[variant],
                                             LoraOptions.from_config(c, rank), chosen.get(variant)), isolate))
+        for method in (v for v in m["variants"] if v not in LORA_FAMILY):  # VeRA and IA3 at their own sizes
+            options = adapter_options(c, method)
+            runs.append(Run(method_run(method, options.rank, sfx), "train",
+                            TrainInputs(method, model, ctx.data_key, settings[method], options, chosen.get(method)),
+                            isolate))
         if first and loras and "full" in trained:
             runs.append(Run(SIMILARITY, "similarity", SimilarityInputs(trained["full"], tuple(loras), model, targets)))
     return runs

@@ -175,18 +175,26 @@ def task_configs(suite: Suite, out: str | os.PathLike, config_file: str | os.Pat
     return configs
 
 
-def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, quiet: bool = False) -> Path:
-    """Run (or resume) every task's study in turn, each with its report, then write the
-    suite's combined report; returns its path. The suite's folder is locked throughout."""
+def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, quiet: bool = False,
+              only: list[str] | None = None) -> Path:
+    """Run (or resume) every task's study in turn (`only`: these tasks' alone), each with its
+    report, then write the suite's combined report over every task with results in `out`, so a
+    task run by an earlier call keeps its column; returns its path. The suite's folder is
+    locked throughout."""
     from ..locks import output_lock
     from ..report import write_report
     from ..report.suite import write_suite_report
     from .runner import run_study
 
+    unknown = sorted(set(only or ()) - {t.key for t in suite.tasks})
+    if unknown:
+        raise LoralabError(f"{suite.path}: no task {', '.join(map(repr, unknown))}; its tasks are "
+                           f"{', '.join(t.key for t in suite.tasks)}.")
     out = Path(out)
+    chosen = [t for t in suite.tasks if not only or t.key in only]
     with output_lock(out):
-        for i, task in enumerate(suite.tasks, start=1):
-            logger.info("Task %d of %d: %s", i, len(suite.tasks), task.name)
+        for i, task in enumerate(chosen, start=1):
+            logger.info("Task %d of %d: %s", i, len(chosen), task.name)
             run_study(configs[task.key], quiet=quiet)
             write_report(configs[task.key]["out"])
         return write_suite_report(suite, out)
