@@ -111,11 +111,20 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
 
+def _add_executor_args(p) -> None:
+    p.add_argument("--executor", choices=("local", "ray"),
+                   help="local: processes on this machine (default); ray: the runs spread over a Ray cluster "
+                        "(pip install 'loralab[ray]'; --out must be a path every node sees)")
+    p.add_argument("--address", help="with --executor ray: the cluster to join (auto: the one `ray start` runs "
+                                     "here; HOST:PORT); default: a Ray started on this machine for the study")
+
+
 # Where each flag lands in the configuration (`defaults.toml`): flags override it, and
 # every default a flag shows comes from there.
 FLAG_KEYS = {
     "model": "model", "seed": "seed", "precision": "precision", "device": "device", "seeds": "seeds",
-    "jobs": "jobs", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "jobs": "jobs", "executor": "executor", "address": "address", "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
     "micro_batch_size": "train.micro_batch_size",
     "learning_rate": "train.learning_rate", "max_length": "train.max_length",
     "pad_to_multiple_of": "train.pad_to_multiple_of", "compile": "train.compile",
@@ -165,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_class_weights(p)
     p.add_argument("--jobs", type=int, help="runs at a time, each in its own process (default: 1; on a GPU, "
                                             "several fill it)")
+    _add_executor_args(p)
     _add_model_args(p)
     _add_data_args(p)
 
@@ -183,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "validation split of each task")
     p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--jobs", type=int, help="runs at a time, each in its own process (default: 1)")
+    _add_executor_args(p)
     _add_model_args(p)
 
     p = sub.add_parser("train", parents=[debug],

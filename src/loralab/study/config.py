@@ -34,6 +34,7 @@ from ..settings import (
 
 logger = logging.getLogger("loralab")
 
+EXECUTORS = ("local", "ray")  # where a study's runs run: processes on this machine, or a Ray cluster
 VARIANTS = tuple(m for m in ADAPTERS if m != "lora")  # methods.variants: the adapter methods a study may add
 
 
@@ -192,6 +193,11 @@ def validate(config: dict) -> None:
         raise LoralabError("config: data.validation must be a fraction in [0, 1).")
     if config["jobs"] < 1:
         raise LoralabError(f"config: jobs must be at least 1, got {config['jobs']}.")
+    if config["executor"] not in EXECUTORS:
+        raise LoralabError(f"config: executor must be one of {', '.join(EXECUTORS)}, not {config['executor']!r}.")
+    res = config["resources"]
+    if not (res["cpus"] > 0 and res["gpus"] >= 0):
+        raise LoralabError(f"config: resources.cpus must be positive and resources.gpus at least 0, got {res}.")
     data = config["data"]
     if data["task"] not in TASKS:
         raise LoralabError(f"config: data.task must be one of {', '.join(TASKS)}, not {data['task']!r}.")

@@ -219,12 +219,13 @@ class RunRecord(RunOutput):
     seconds: float               # wall time: loading, training, evaluation
     finished: str                # ISO time
     device: str                  # what it ran on: "cpu" or the GPU's name
+    node: str | None = None      # the Ray node that ran it (its IP and node id); None: this machine
 
     @classmethod
     def of(cls, output: RunOutput, *, name: str, key: str, seconds: float, finished: str,
-           device: str) -> "RunRecord":
+           device: str, node: str | None = None) -> "RunRecord":
         """The record of a run that computed `output`."""
-        return cls(name=name, key=key, seconds=seconds, finished=finished, device=device,
+        return cls(name=name, key=key, seconds=seconds, finished=finished, device=device, node=node,
                    **{f.name: getattr(output, f.name) for f in fields(RunOutput)})
 
     def to_json(self) -> dict:
@@ -289,6 +290,8 @@ class Environment:
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # split -> rows per class
     task: str = "classification"  # or "regression"
     metric: str = "accuracy"      # the score the study leads with and chose on (`data.metric`)
+    executor: str = "local"       # local, or ray
+    nodes: dict[str, str] = field(default_factory=dict)  # run -> the Ray node that ran it (`RunRecord.node`)
 
     def to_json(self) -> dict:
         return asdict(self)

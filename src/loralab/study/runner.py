@@ -78,7 +78,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _execute(ctx: Context, run: Run) -> RunRecord:
+def _execute(ctx: Context, run: Run, node: str | None = None) -> RunRecord:
     import torch
 
     run_dir = ctx.out / run.name
@@ -87,7 +87,7 @@ def _execute(ctx: Context, run: Run) -> RunRecord:
     output = TASKS[run.task](ctx, run_dir, run.inputs)
     record = RunRecord.of(output, name=run.name, key=run.key, seconds=time.perf_counter() - start,
                           finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                          device=device_name(run.inputs.device))
+                          device=device_name(run.inputs.device), node=node)
     for row in record.rows:
         row.seed = run.inputs.seed if row.seed is None else row.seed
         row.run = run.name
@@ -192,7 +192,7 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name(picked) if picked.type == "cuda" else "cpu"
 
 
-def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) -> Environment:
+def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0, runs: list[Run] = ()) -> Environment:
     import torch
     import transformers
 
@@ -213,7 +213,9 @@ def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0) ->
         seeds=seeds_of(config), profile=config["profile"], pooling=config["train"]["pooling"],
         total_seconds=seconds, skipped_runs=skipped, labels=class_names_of(ctx.data["train"]),
         class_counts={split: class_counts(ctx.data[split]) for split in ctx.data},
-        task=d["task"], metric=study_metric(config))
+        task=d["task"], metric=study_metric(config), executor=config["executor"],
+        nodes={run.name: record.node for run in runs
+               if (record := read_result(ctx.out / run.name, run.key)) is not None and record.node})
 
 
 @dataclass
@@ -239,14 +241,15 @@ class _Progress:
         self.index = {run.name: i + 1 for i, run in enumerate(runs)}
         self.total, self.result, self.metric = len(runs), result, metric
 
-    def start(self, run: Run) -> None:
+    def start(self, run: Run, state: str = "running") -> None:
         self.result.events.append(("start", run.name))
-        logger.info("[%d/%d] %s: running", self.index[run.name], self.total, run.name)
+        logger.info("[%d/%d] %s: %s", self.index[run.name], self.total, run.name, state)
 
     def done(self, run: Run, record: RunRecord) -> None:
         self.result.events.append(("done", run.name))
         scores = [r.score(self.metric) for r in record.rows if r.score(self.metric) is not None]
-        logger.info("[%d/%d] %s: done in %.0f s%s", self.index[run.name], self.total, run.name, record.seconds,
+        logger.info("[%d/%d] %s: done in %.0f s%s%s", self.index[run.name], self.total, run.name, record.seconds,
+                    f" on {record.node}" if record.node else "",
                     f", eval {SCORE_LABELS[self.metric]} {max(scores):.4f}" if scores else "")
 
 
@@ -320,17 +323,27 @@ def _run_study(config: dict, quiet: bool) -> StudyResult:
             result.skipped.append(run.name)
         else:
             todo.append(run)
-    if any(run.isolate for run in todo) or (todo and config["jobs"] > 1):
-        warm_up_processes()
-    if config["jobs"] > 1:
-        run_parallel(ctx, runs, todo, config["jobs"], progress)
-    else:
-        for run in todo:
-            progress.start(run)
-            progress.done(run, run_one(ctx, run))
+    if config["executor"] == "ray":
+        from .cluster import run_on_ray
+
+        def done(run: Run, record: RunRecord) -> None:
+            progress.done(run, record)
             write_results(ctx, runs)
+
+        run_on_ray(ctx, runs, todo, config, progress.start, done,
+                   lambda run: read_result(ctx.out / run.name, run.key), quiet)
+    else:
+        if any(run.isolate for run in todo) or (todo and config["jobs"] > 1):
+            warm_up_processes()
+        if config["jobs"] > 1:
+            run_parallel(ctx, runs, todo, config["jobs"], progress)
+        else:
+            for run in todo:
+                progress.start(run)
+                progress.done(run, run_one(ctx, run))
+                write_results(ctx, runs)
     result.rows = write_results(ctx, runs)
-    env = environment(config, ctx, time.perf_counter() - start, len(result.skipped))
+    env = environment(config, ctx, time.perf_counter() - start, len(result.skipped), runs)
     write_json(ctx.out / "environment.json", env.to_json())
     return result
 

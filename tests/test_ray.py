@@ -1,0 +1,150 @@
+"""`loralab run --executor ray` on a real Ray cluster on this machine (#36): a head node and a
+second node on 127.0.0.1, one CPU each (Ray's own `ray.cluster_utils.Cluster`, which starts
+real raylets), and a small study on a tiny model driven by `loralab run` in a process of its
+own. It must use both nodes, give the local executor's numbers, survive the second node's
+death mid-run, and resume after the driver is killed without redoing a finished run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_synthetic_reviews
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
+ray = pytest.importorskip("ray")
+
+STUDY = """
+model = "{model}"
+seeds = [0, 1]
+[data]
+dir = "{data}"
+limit_train = 48
+limit_eval = 32
+[train]
+epochs = 1
+max_length = 48
+learning_rate = 1e-3
+[methods]
+baselines = false
+full = false
+replace_test = false
+lowrank = false
+extract = false
+lora_ranks = [2]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = made.add_node(num_cpus=1)
+    made.wait_for_nodes()
+    made.worker = worker
+    yield made
+    made.shutdown()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("ray-study")
+    data = write_synthetic_reviews(folder / "data", n_train=48, n_eval=32)
+    config = folder / "study.toml"
+    config.write_text(STUDY.format(model=tiny_model_dir, data=data))
+    return config
+
+
+def driver(config: Path, out: Path, *extra) -> subprocess.Popen:
+    """`loralab run` in a process of its own (as a user runs it), on the cluster `extra` names."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "loralab.cli", "run", "--config", str(config), "--out", str(out),
+                             "--quiet", *map(str, extra)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    output, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, output
+    return output
+
+
+def scores(out: Path) -> dict:
+    return {(r["run"], r["seed"]): (r["eval_accuracy"], round(r["history"][-1]["train_loss"], 4))
+            for r in json.loads((out / "results.json").read_text())}
+
+
+def nodes(out: Path) -> dict[str, str]:
+    return json.loads((out / "environment.json").read_text())["nodes"]
+
+
+@pytest.fixture(scope="module")
+def local_scores(study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "out"
+    finish(driver(study, out, "--jobs", "2"))  # one thread a run, as each Ray run with resources.cpus = 1
+    return scores(out)
+
+
+def test_a_study_uses_both_nodes_and_gives_the_local_numbers(cluster, study, local_scores, tmp_path):
+    out = tmp_path / "out"
+    finish(driver(study, out, "--executor", "ray", "--address", cluster.address))
+    ran_on = nodes(out)
+    assert set(ran_on) == {"head-seed0", "head-seed1", "lora-r2-seed0", "lora-r2-seed1"}
+    assert {node.split()[1] for node in ran_on.values()} == {cluster.head_node.node_id, cluster.worker.node_id}
+    assert scores(out) == local_scores
+    assert json.loads((out / "lora-r2-seed0" / "result.json").read_text())["node"] == ran_on["lora-r2-seed0"]
+    assert (out / "lora-r2-seed0" / "run.log").exists()
+
+
+def test_a_node_dying_mid_run_loses_only_that_run(cluster, study, local_scores, tmp_path):
+    out = tmp_path / "out"
+    proc = driver(study, out, "--executor", "ray", "--address", cluster.address)
+    worker_id = cluster.worker.node_id
+    deadline = time.time() + 300
+    while time.time() < deadline:  # a run started on the second node and not finished
+        started = [p.parent for p in out.glob("*/node.json") if worker_id in p.read_text()
+                   and not (p.parent / "result.json").exists()]
+        if started:
+            break
+        time.sleep(0.2)
+    assert started, "no run started on the second node"
+    cluster.remove_node(cluster.worker)
+    try:
+        finish(proc)
+        assert scores(out) == local_scores  # every run done, the lost one again on the head node
+        assert nodes(out)[started[0].name].split()[1] == cluster.head_node.node_id
+    finally:
+        cluster.worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+
+
+def test_a_killed_driver_resumes_without_redoing_a_finished_run(cluster, study, local_scores, tmp_path):
+    out = tmp_path / "out"
+    proc = driver(study, out, "--executor", "ray", "--address", cluster.address)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("*/result.json")):
+        time.sleep(0.2)
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*/result.json")}
+    assert finished, "no run finished"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    output = finish(driver(study, out, "--executor", "ray", "--address", cluster.address))
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # never redone
+    assert json.loads((out / "environment.json").read_text())["skipped_runs"] >= len(finished)
+    assert scores(out) == local_scores, output
+
+
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
+    from loralab.errors import LoralabError
+    from loralab.study import cluster
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(LoralabError, match=r"pip install 'loralab\[ray\]'"):
+        cluster.import_ray()
