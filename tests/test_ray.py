@@ -141,6 +141,19 @@ def test_a_killed_driver_resumes_without_redoing_a_finished_run(cluster, study, 
     assert scores(out) == local_scores, output
 
 
+def test_a_failed_run_is_named_with_its_node_and_log(cluster, study, tmp_path):
+    config = tmp_path / "failing.toml"
+    config.write_text(study.read_text().replace("max_length = 48", "max_length = 4096"))  # past the model's 512
+    proc = driver(config, tmp_path / "out", "--executor", "ray", "--address", cluster.address)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 2, output
+    line = next(line for line in output.splitlines() if "The run 'head-seed0' failed on " in line)
+    node = line.split(" failed on ")[1].split(":")[0]
+    assert node.split()[1] in {cluster.head_node.node_id, cluster.worker.node_id}
+    log = tmp_path / "out" / "head-seed0" / "run.log"
+    assert f"(its log: {log})" in line and "max_length" in log.read_text()
+
+
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
     from loralab.errors import LoralabError
     from loralab.study import cluster
