@@ -33,9 +33,12 @@ limit_eval = 16
 epochs = 1
 max_length = 32
 [methods]
-lora_ranks = [2]
+baselines = false
+full = false
+replace_test = false
 lowrank = false
 extract = false
+lora_ranks = [2]
 """
 
 
@@ -47,14 +50,14 @@ def study_seconds(nodes: int, args, folder: Path) -> float:
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        extra = ["--model", args.model] if args.model else []
-        if args.tiny:
+        extra = ["--quick"] + (["--model", args.model] if args.model else [])
+        if args.tiny:  # head-tuning and LoRA alone, without --quick's sweeps
             config = folder / "tiny.toml"
             config.write_text(TINY_STUDY.format(model=args.model))
             extra = ["--config", str(config)]
         out = folder / f"nodes{nodes}-{time.monotonic_ns()}"
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "loralab.cli", "run", "--quick", "--quiet", "--executor", "ray",
+        proc = subprocess.run([sys.executable, "-m", "loralab.cli", "run", "--quiet", "--executor", "ray",
                                "--address", cluster.address, "--out", str(out), *extra],
                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         seconds = time.perf_counter() - start
@@ -69,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="", help="default: the study's (minilm)")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--tiny", action="store_true", help="a smoke run: a tiny study (needs --model)")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run: head-tuning and LoRA on --model")
     args = parser.parse_args()
     print(f"loralab run --quick on a Ray cluster of 1 node against 2 (1 CPU each); {machine()}")
     runs: dict[int, list[float]] = {1: [], 2: []}

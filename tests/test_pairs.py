@@ -31,6 +31,17 @@ def write_pairs(folder, n_train=64, n_eval=32, seed=0):
     return folder
 
 
+def pair_study(folder, model, tables: str):
+    """A `loralab run` config on the tiny pair task (written into `folder`, seeds 0 and 1)
+    with more TOML `tables` after its [data] table."""
+    pairs = write_pairs(folder / "pairs")
+    config = folder / "study.toml"
+    config.write_text(f'model = "{model}"\nseeds = [0, 1]\n[data]\ntext_column = "sentence1"\n'
+                      f'text_pair_column = "sentence2"\ntrain = ["{pairs / "train.csv"}"]\n'
+                      f'eval = ["{pairs / "dev.csv"}"]\n' + tables)
+    return config
+
+
 @pytest.fixture
 def pairs(tmp_path):
     return write_pairs(tmp_path / "pairs")

@@ -135,15 +135,10 @@ def test_pissa_through_train_and_predict(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow  # a tuned study of 3 methods x 2 ranks x 2 seeds: a minute or more
 def test_a_study_trains_lora_and_its_variants_at_each_rank_and_compares_them(tmp_path, tiny_model_dir, run_cli):
-    from test_pairs import write_pairs
+    from test_pairs import pair_study
 
-    pairs = write_pairs(tmp_path / "pairs")
-    config = tmp_path / "variants.toml"
-    config.write_text(f'model = "{tiny_model_dir}"\nseeds = [0, 1]\n[data]\ntext_column = "sentence1"\n'
-                      f'text_pair_column = "sentence2"\ntrain = ["{pairs / "train.csv"}"]\n'
-                      f'eval = ["{pairs / "dev.csv"}"]\n'
-                      '[methods]\nvariants = ["dora", "pissa"]\nlowrank = false\nextract = false\n'
-                      'replace_test = false\n')
+    config = pair_study(tmp_path, tiny_model_dir, '[methods]\nvariants = ["dora", "pissa"]\nlowrank = false\n'
+                        'extract = false\nreplace_test = false\n')
     code, _, err = run_cli("run", "--quick", "--profile", "tuned", "--config", config, "--out", tmp_path / "out",
                            "--quiet")
     assert code == 0, err

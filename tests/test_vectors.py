@@ -273,15 +273,10 @@ def test_train_predict_and_merged_export_agree(tmp_path, tiny_model_dir, run_cli
 
 @pytest.mark.slow  # a tuned study of LoRA, VeRA and IA3 with 2 seeds: a minute or more
 def test_a_study_compares_the_adapters_at_their_budgets(tmp_path, tiny_model_dir, run_cli):
-    from test_pairs import write_pairs
+    from test_pairs import pair_study
 
-    pairs = write_pairs(tmp_path / "pairs")
-    config = tmp_path / "methods.toml"
-    config.write_text(f'model = "{tiny_model_dir}"\nseeds = [0, 1]\n[data]\ntext_column = "sentence1"\n'
-                      f'text_pair_column = "sentence2"\ntrain = ["{pairs / "train.csv"}"]\n'
-                      f'eval = ["{pairs / "dev.csv"}"]\n[vera]\nrank = 8\n'
-                      '[methods]\nvariants = ["vera", "ia3"]\nlora_ranks = [2]\nlowrank = false\nextract = false\n'
-                      'replace_test = false\nfull = false\n')
+    config = pair_study(tmp_path, tiny_model_dir, '[vera]\nrank = 8\n[methods]\nvariants = ["vera", "ia3"]\n'
+                        'lora_ranks = [2]\nlowrank = false\nextract = false\nreplace_test = false\nfull = false\n')
     code, _, err = run_cli("run", "--quick", "--profile", "tuned", "--config", config, "--out", tmp_path / "out",
                            "--quiet")
     assert code == 0, err
