@@ -62,12 +62,12 @@ def study(tmp_path_factory, tiny_model_dir):
     return config
 
 
-def driver(config: Path, out: Path, *extra) -> subprocess.Popen:
+def driver(config: Path, out: Path, *extra, quiet: bool = True) -> subprocess.Popen:
     """`loralab run` in a process of its own (as a user runs it), on the cluster `extra` names."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "loralab.cli", "run", "--config", str(config), "--out", str(out),
-                             "--quiet", *map(str, extra)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    argv = [sys.executable, "-m", "loralab.cli", "run", "--config", str(config), "--out", str(out),
+            *(["--quiet"] if quiet else []), *map(str, extra)]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -94,8 +94,10 @@ def local_scores(study, tmp_path_factory):
 
 def test_a_study_uses_both_nodes_and_gives_the_local_numbers(cluster, study, local_scores, tmp_path):
     out = tmp_path / "out"
-    finish(driver(study, out, "--executor", "ray", "--address", cluster.address))
+    output = finish(driver(study, out, "--executor", "ray", "--address", cluster.address, quiet=False))
     ran_on = nodes(out)
+    for run, node in ran_on.items():  # the progress lines say where each run is, then where it finished
+        assert f"{run}: running on {node}" in output and f"{run}: done in " in output, output
     assert set(ran_on) == {"head-seed0", "head-seed1", "lora-r2-seed0", "lora-r2-seed1"}
     assert {node.split()[1] for node in ran_on.values()} == {cluster.head_node.node_id, cluster.worker.node_id}
     assert scores(out) == local_scores

@@ -36,6 +36,7 @@ INSTALL_HINT = "pip install 'loralab[ray]' (or pip install ray)"
 NODE_NAME = "node.json"  # written into a run's folder when a node starts it: where it ran
 LOG_NAME = "run.log"     # a run's messages on its node, kept beside its result
 RETRIES = 2              # runs whose node died are started again this many times
+WATCH_SECONDS = 2.0      # how often the driver looks for runs that started on a node
 
 
 def import_ray():
@@ -149,15 +150,19 @@ def run_on_ray(ctx, runs: list[Run], todo: list[Run], config: dict, on_start: Ca
         threads = max(1, int(res["cpus"]))
         finished = {run.name for run in runs if run not in todo}
         waiting, running, failed = list(todo), {}, []
+        placed: dict[str, str] = {}  # run -> the node it was last seen starting on
+        sent: dict[str, float] = {}   # run -> when it was sent (an older node.json is a killed driver's)
         try:
             while waiting or running:
                 for run in [r for r in waiting if set(r.after) <= finished] if not failed else []:
                     waiting.remove(run)  # Ray queues what does not fit yet
                     on_start(run, "sent to Ray")
+                    sent[run.name] = time.time()
                     running[task.remote(ctx.data_options, str(ctx.out), quiet, run, threads)] = run
                 if not running:
                     break  # what is left waits on a run that failed
-                done, _ = ray.wait(list(running), num_returns=1)
+                done, _ = ray.wait(list(running), num_returns=1, timeout=WATCH_SECONDS)
+                _say_where(ctx.out, running.values(), sent, placed)
                 for ref in done:
                     run = running.pop(ref)
                     try:
@@ -178,6 +183,24 @@ def run_on_ray(ctx, runs: list[Run], todo: list[Run], config: dict, on_start: Ca
     if failed:
         raise LoralabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their nodes and logs are named "
                            "above. Finished runs are kept; run the same command again to retry.")
+
+
+def _say_where(out: Path, running, sent: dict[str, float], placed: dict[str, str]) -> None:
+    """Log each run in progress that has started on a node since last looked (its
+    RUN/node.json, written after it was sent), again where a retry moved it."""
+    import json
+
+    for run in running:
+        try:
+            started = json.loads((out / run.name / NODE_NAME).read_text())
+            node = started["node"] if started["started"] >= sent[run.name] - 1 else None
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # queued, or its node is writing the file
+        if node is None:
+            continue  # left by an earlier driver's attempt
+        if placed.get(run.name) != node:
+            placed[run.name] = node
+            logger.info("%s: running on %s", run.name, node)
 
 
 def failure(run_dir: Path, name: str, err: Exception) -> str:
