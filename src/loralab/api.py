@@ -31,13 +31,12 @@ from .metrics import SCORES, Metrics, Scored
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
 from .pooling import set_pooling
 from .settings import (
+    OPTIONS,
     REGRESSION,
     REGRESSION_LABELS,
     TRAIN_METHODS,
     AdapterOptions,
-    IA3Options,
     LoraOptions,
-    VeraOptions,
     default_options,
 )
 from .study.records import LowrankSummary, Row, Selection, fingerprint, read_json
@@ -125,7 +124,7 @@ def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: 
 
 def inject_adapters(net: nn.Module, method: str, options: AdapterOptions) -> nn.Module:
     """Put `method`'s adapter layers into `net` as `options` say; only they and the head train."""
-    wanted = VeraOptions if method == "vera" else IA3Options if method == "ia3" else LoraOptions
+    wanted = OPTIONS[method]
     if not isinstance(options, wanted):
         raise LoralabError(f"{method} takes {wanted.__name__}, got {type(options).__name__}")
     if method == "vera":

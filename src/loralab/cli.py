@@ -369,7 +369,8 @@ def _adapter_options(args, config: dict):
         return adapter_options(config, args.method, args.rank if args.method == "vera" else None, **changes)
     if args.method in ("head", "full"):
         return None
-    return LoraOptions.from_config(config, args.rank or 6, **({"alpha": args.alpha} if args.alpha else {}))
+    return LoraOptions.from_config(config, args.rank or LoraOptions.rank,
+                                   **({"alpha": args.alpha} if args.alpha else {}))
 
 
 def _inference(args):

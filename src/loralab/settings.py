@@ -303,14 +303,18 @@ class IA3Options:
 AdapterOptions = LoraOptions | VeraOptions | IA3Options
 
 
+# The options type of each method that trains adapters: LoRA's for its variants.
+OPTIONS: dict[str, type] = {**{m: LoraOptions for m in ADAPTERS}, "vera": VeraOptions, "ia3": IA3Options}
+
+
 def adapter_options(config: dict, method: str, rank: int | None = None, **changes) -> AdapterOptions | None:
     """The options `method` trains with from a resolved configuration: LoRA's table at `rank`
     for LoRA and its variants, [vera] or [ia3]; None for a method without adapters."""
-    kind = {"lora": LoraOptions, "dora": LoraOptions, "pissa": LoraOptions, "vera": VeraOptions,
-            "ia3": IA3Options}.get(method)
+    kind = OPTIONS.get(method)
     return kind.from_config(config, rank, **changes) if kind else None
 
 
 def default_options(method: str) -> AdapterOptions | None:
     """`method`'s adapter options at their defaults (None for full fine-tuning and head-tuning)."""
-    return {"vera": VeraOptions, "ia3": IA3Options}.get(method, LoraOptions)() if method in ADAPTERS else None
+    kind = OPTIONS.get(method)
+    return kind() if kind else None

@@ -185,19 +185,26 @@ def run_on_ray(ctx, runs: list[Run], todo: list[Run], config: dict, on_start: Ca
                            "above. Finished runs are kept; run the same command again to retry.")
 
 
+def _started(run_dir: Path) -> dict | None:
+    """A run's RUN/node.json (`node`, `pid`, `started`), or None where no node has written it
+    (yet, or whole)."""
+    import json
+
+    try:
+        started = json.loads((run_dir / NODE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return started if isinstance(started, dict) and {"node", "started"} <= set(started) else None
+
+
 def _say_where(out: Path, running, sent: dict[str, float], placed: dict[str, str]) -> None:
     """Log each run in progress that has started on a node since last looked (its
     RUN/node.json, written after it was sent), again where a retry moved it."""
-    import json
-
     for run in running:
-        try:
-            started = json.loads((out / run.name / NODE_NAME).read_text())
-            node = started["node"] if started["started"] >= sent[run.name] - 1 else None
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # queued, or its node is writing the file
-        if node is None:
-            continue  # left by an earlier driver's attempt
+        started = _started(out / run.name)
+        if started is None or started["started"] < sent[run.name] - 1:
+            continue  # queued, or left by an earlier driver's attempt
+        node = started["node"]
         if placed.get(run.name) != node:
             placed[run.name] = node
             logger.info("%s: running on %s", run.name, node)
@@ -205,11 +212,7 @@ def _say_where(out: Path, running, sent: dict[str, float], placed: dict[str, str
 
 def failure(run_dir: Path, name: str, err: Exception) -> str:
     """A failed run in words: its node (from RUN/node.json), its log and the error's last line."""
-    import json
-
-    try:
-        node = json.loads((run_dir / NODE_NAME).read_text())["node"]
-    except (OSError, ValueError, KeyError):
-        node = "a node that did not start it"
+    started = _started(run_dir)
+    node = started["node"] if started else "a node that did not start it"
     last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
     return f"The run {name!r} failed on {node}: {last} (its log: {run_dir / LOG_NAME})."
