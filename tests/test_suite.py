@@ -2,6 +2,7 @@
 and writes one table across them, shaped like the LoRA paper's Table 2."""
 
 import json
+import shutil
 
 import pytest
 
@@ -120,3 +121,14 @@ def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path,
     write_suite_report(load_suite(suite, only=["scores"]), out)
     lora = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| LoRA r=2 |"))
     assert f"| {100 * sum(scores) / 2:.1f} [" in lora  # the median of two seeds, not '-'
+
+    # Some of a suite's tasks asked for on their own (--tasks): the others, without results, are left out of
+    # the table and its average, and said to be; asked for by the whole suite, they are "not run yet".
+    alone = tmp_path / "alone"
+    shutil.copytree(out / "scores", alone / "scores")
+    report = write_suite_report(load_suite(suite), alone, only=["scores"]).read_text()
+    assert "| Method | Trainable parameters | Scores (Pearson) | Avg. |" in report and "(Matthews)" not in report
+    assert "other tasks (Pairs) have no results here" in report and "Not run yet" not in report
+    assert json.loads((alone / "results.json").read_text())["tasks"].keys() == {"scores"}
+    report = write_suite_report(load_suite(suite), alone).read_text()
+    assert "| Pairs (Matthews) |" in report and "Not run yet: Pairs" in report

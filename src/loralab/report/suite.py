@@ -131,7 +131,8 @@ def reference_table(suite, tasks: list[TaskResult]) -> Table | None:
                  "lr" + "r" * (len(tasks) + 1))
 
 
-def suite_document(suite, tasks: list[TaskResult], out: Path) -> Document:
+def suite_document(suite, tasks: list[TaskResult], out: Path, left_out: list[str] = ()) -> Document:
+    """The combined report of `tasks`; `left_out` names the suite's tasks it leaves out."""
     done = [t for t in tasks if t.findings]
     missing = [t.name for t in tasks if not t.findings]
     env = next((t.findings.environment for t in done if t.findings.environment), None)
@@ -142,6 +143,9 @@ def suite_document(suite, tasks: list[TaskResult], out: Path) -> Document:
              f"Metrics: {metrics}. Avg. is the mean of a row's medians, where every task has one."]
     if missing:
         intro.append(f"Not run yet: {', '.join(missing)} (their cells are '-'); run the same command to resume.")
+    if left_out:
+        intro.append(f"The suite's other tasks ({', '.join(left_out)}) have no results here and were not asked for "
+                     "(`--tasks`): they are left out of the table and its average.")
     sections = [Section(None, intro), Section("Results", [suite_table(tasks)])]
     also = {task.key: list(task.also) for task in suite.tasks}
     if (extra := also_table(tasks, also)) is not None:
@@ -182,15 +186,19 @@ def suite_results(suite, tasks: list[TaskResult]) -> dict:
                            for r in suite.references]}
 
 
-def write_suite_report(suite, out: str | os.PathLike) -> Path:
+def write_suite_report(suite, out: str | os.PathLike, only: list[str] | None = None) -> Path:
     """Write the suite's report.md, report.html and results.json into `out`, beside the
-    tasks' folders whose plots it shows; returns report.md's path."""
+    tasks' folders whose plots it shows; returns report.md's path. Every task of the suite is
+    in it, or with `only` (a run of some of its tasks), those and any others with results in
+    `out`: two tasks compared on their own are not shown as three unfinished ones."""
     out = Path(out)
     tasks = task_results(suite, out)
     if not any(t.findings for t in tasks):
         raise LoralabError(f"{out}: no task of the suite has results yet; run `loralab glue` first.")
-    text = markdown(suite_document(suite, tasks, out))
+    shown = [t for t in tasks if not only or t.key in only or t.findings]
+    left_out = [t.name for t in tasks if only and t.key not in only and not t.findings]
+    text = markdown(suite_document(suite, shown, out, left_out))
     write_text(out / "report.md", text)
     write_text(out / "report.html", to_html(text, out))
-    write_json(out / "results.json", suite_results(suite, tasks))
+    write_json(out / "results.json", suite_results(suite, shown))
     return out / "report.md"

@@ -178,8 +178,9 @@ def task_configs(suite: Suite, out: str | os.PathLike, config_file: str | os.Pat
 def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, quiet: bool = False,
               only: list[str] | None = None) -> Path:
     """Run (or resume) every task's study in turn (`only`: these tasks' alone), each with its
-    report, then write the suite's combined report over every task with results in `out`, so a
-    task run by an earlier call keeps its column; returns its path. The suite's folder is
+    report, then write the suite's combined report over every task with results in `out` (and,
+    without `only`, every other task, as not run yet), so a task run by an earlier call keeps its
+    column; returns its path. The suite's folder is
     locked throughout."""
     from ..locks import output_lock
     from ..report import write_report
@@ -197,4 +198,4 @@ def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, qu
             logger.info("Task %d of %d: %s", i, len(chosen), task.name)
             run_study(configs[task.key], quiet=quiet)
             write_report(configs[task.key]["out"])
-        return write_suite_report(suite, out)
+        return write_suite_report(suite, out, only)
