@@ -141,48 +141,59 @@ def run_on_ray(ctx, runs: list[Run], todo: list[Run], config: dict, on_start: Ca
     """Do the runs in `todo` on the Ray cluster `config["address"]` names, each once the runs
     it reads are finished, each asking for `[resources]`. A failed run stops new starts; the
     runs in progress finish and a LoralabError names each failure's node and log."""
-    res = config["resources"]
+    from .runner import schedule
+
     with connected(config["address"], quiet) as ray:
         nodes = check_storage(ray, ctx.out)
         logger.info("Ray: %d node(s) see %s: %s", len(nodes), ctx.out, ", ".join(nodes))
-        task = ray.remote(num_cpus=res["cpus"], num_gpus=res["gpus"], max_calls=1, max_retries=RETRIES,
-                          retry_exceptions=False)(_task)
-        threads = max(1, int(res["cpus"]))
-        finished = {run.name for run in runs if run not in todo}
-        waiting, running, failed = list(todo), {}, []
-        placed: dict[str, str] = {}  # run -> the node it was last seen starting on
-        sent: dict[str, float] = {}   # run -> when it was sent (an older node.json is a killed driver's)
-        try:
-            while waiting or running:
-                for run in [r for r in waiting if set(r.after) <= finished] if not failed else []:
-                    waiting.remove(run)  # Ray queues what does not fit yet
-                    on_start(run, "sent to Ray")
-                    sent[run.name] = time.time()
-                    running[task.remote(ctx.data_options, str(ctx.out), quiet, run, threads)] = run
-                if not running:
-                    break  # what is left waits on a run that failed
-                done, _ = ray.wait(list(running), num_returns=1, timeout=WATCH_SECONDS)
-                _say_where(ctx.out, running.values(), sent, placed)
-                for ref in done:
-                    run = running.pop(ref)
-                    try:
-                        ray.get(ref)
-                        record = read(run)
-                        if record is None:
-                            raise LoralabError("it wrote no result")
-                    except Exception as err:  # RayTaskError, a lost node past its retries, no result
-                        logger.error("%s", failure(ctx.out / run.name, run.name, err))
-                        failed.append(run.name)
-                        continue
-                    finished.add(run.name)
-                    on_done(run, record)
-        except KeyboardInterrupt:
-            for ref in running:
-                ray.cancel(ref, force=True)
-            raise
+        failed = schedule(runs, todo, RayTasks(ray, ctx, config["resources"], on_start, read, quiet), on_done)
     if failed:
         raise LoralabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their nodes and logs are named "
                            "above. Finished runs are kept; run the same command again to retry.")
+
+
+class RayTasks:
+    """`runner.schedule`'s executor on Ray: each run a task asking for `[resources]`, sent
+    as soon as it is ready (Ray queues what does not fit yet), in a fresh worker process."""
+
+    capacity = None
+
+    def __init__(self, ray, ctx, resources: dict, on_start: Callable[[Run, str], None],
+                 read: Callable[[Run], RunRecord | None], quiet: bool):
+        self.ray, self.ctx, self.on_start, self.read, self.quiet = ray, ctx, on_start, read, quiet
+        self.task = ray.remote(num_cpus=resources["cpus"], num_gpus=resources["gpus"], max_calls=1,
+                               max_retries=RETRIES, retry_exceptions=False)(_task)
+        self.threads = max(1, int(resources["cpus"]))
+        self.runs: dict = {}               # handle -> its run
+        self.placed: dict[str, str] = {}   # run -> the node it was last seen starting on
+        self.sent: dict[str, float] = {}   # run -> when it was sent (an older node.json is a killed driver's)
+
+    def start(self, run: Run):
+        self.on_start(run, "sent to Ray")
+        self.sent[run.name] = time.time()
+        ref = self.task.remote(self.ctx.data_options, str(self.ctx.out), self.quiet, run, self.threads)
+        self.runs[ref] = run
+        return ref
+
+    def wait(self, handles: list) -> list:
+        done, _ = self.ray.wait(handles, num_returns=1, timeout=WATCH_SECONDS)
+        _say_where(self.ctx.out, [self.runs[ref] for ref in handles], self.sent, self.placed)
+        return done
+
+    def finish(self, run: Run, handle) -> RunRecord:
+        self.runs.pop(handle)
+        try:
+            self.ray.get(handle)
+            record = self.read(run)
+            if record is None:
+                raise LoralabError("it wrote no result")
+        except Exception as err:  # RayTaskError, a lost node past its retries, no result
+            raise LoralabError(failure(self.ctx.out / run.name, run.name, err)) from err
+        return record
+
+    def stop(self, handles: list) -> None:
+        for ref in handles:
+            self.ray.cancel(ref, force=True)
 
 
 def _started(run_dir: Path) -> dict | None:

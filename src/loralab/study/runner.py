@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Hashable, Protocol
 
 from ..errors import LoralabError
 from ..fileio import write_json, write_text
@@ -253,50 +254,85 @@ class _Progress:
                     f", eval {SCORE_LABELS[self.metric]} {max(scores):.4f}" if scores else "")
 
 
-def run_parallel(ctx: Context, runs: list[Run], todo: list[Run], jobs: int, progress: _Progress) -> None:
-    """Do the runs in `todo`, up to `jobs` at a time, each in a process of its own,
-    starting each once the runs it reads (`Run.after`) are finished.
+class Executor(Protocol):
+    """Where the runs of a study are done, as `schedule` drives it: local processes
+    (`Processes`) or a Ray cluster (`cluster.RayTasks`)."""
 
-    A failed run stops new starts; the runs in progress finish (their work is kept) and a
-    LoralabError names the failures.
-    """
-    from multiprocessing.connection import wait
+    capacity: int | None  # runs in progress at most; None: every ready run is handed over (it queues them)
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    def start(self, run: Run) -> Hashable:
+        """Start `run`; a handle to wait on."""
+
+    def wait(self, handles: list) -> list:
+        """Those of `handles` whose runs ended (none where it stopped waiting first)."""
+
+    def finish(self, run: Run, handle) -> RunRecord:
+        """The record an ended run wrote; a LoralabError that says how it failed."""
+
+    def stop(self, handles: list) -> None:
+        """Stop the runs in progress (at a KeyboardInterrupt)."""
+
+
+def schedule(runs: list[Run], todo: list[Run], executor: Executor, on_done: Callable[[Run, RunRecord], None]
+             ) -> list[str]:
+    """Do the runs in `todo` with `executor`, starting each once the runs it reads
+    (`Run.after`) are finished; returns the names of those that failed. A failed run stops
+    new starts; the runs in progress finish (their work is kept)."""
     finished = {run.name for run in runs if run not in todo}
     waiting, running, failed = list(todo), {}, []
     try:
         while waiting or running:
             ready = [run for run in waiting if set(run.after) <= finished] if not failed else []
-            for run in ready[:jobs - len(running)]:
+            room = len(ready) if executor.capacity is None else max(0, executor.capacity - len(running))
+            for run in ready[:room]:
                 waiting.remove(run)
-                progress.start(run)
-                running[run.name] = (run, start_child(ctx, run, threads))
+                running[executor.start(run)] = run
             if not running:
                 break  # what is left waits on a run that failed
-            sentinels = {proc.sentinel: name for name, (_, proc) in running.items()}
-            for sentinel in wait(list(sentinels)):
-                run, proc = running.pop(sentinels[sentinel])
-                proc.join()
+            for handle in executor.wait(list(running)):
+                run = running.pop(handle)
                 try:
-                    record = child_result(ctx, run, proc)
+                    record = executor.finish(run, handle)
                 except LoralabError as err:
                     logger.error("%s", err)
                     failed.append(run.name)
                     continue
                 finished.add(run.name)
-                progress.done(run, record)
-                write_results(ctx, runs)
+                on_done(run, record)
     except KeyboardInterrupt:
-        for _, proc in running.values():
-            proc.terminate()
-            proc.join()
+        executor.stop(list(running))
         raise
     if waiting and not failed:  # pragma: no cover - plan() names only runs it makes
         raise LoralabError(f"runs wait on runs that are not in the study: {[run.name for run in waiting]}")
-    if failed:
-        raise LoralabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their messages are above. "
-                           "Finished runs are kept; run the same command again to retry.")
+    return failed
+
+
+class Processes:
+    """Runs side by side on this machine, `jobs` at a time, each in a process of its own
+    with its share of the CPU threads."""
+
+    def __init__(self, ctx: Context, jobs: int, progress: _Progress):
+        self.ctx, self.capacity, self.progress = ctx, jobs, progress
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def start(self, run: Run):
+        self.progress.start(run)
+        return start_child(self.ctx, run, self.threads)
+
+    def wait(self, handles: list) -> list:
+        from multiprocessing.connection import wait
+
+        by_sentinel = {proc.sentinel: proc for proc in handles}
+        return [by_sentinel[sentinel] for sentinel in wait(list(by_sentinel))]
+
+    def finish(self, run: Run, handle) -> RunRecord:
+        handle.join()
+        return child_result(self.ctx, run, handle)
+
+    def stop(self, handles: list) -> None:
+        for proc in handles:
+            proc.terminate()
+            proc.join()
 
 
 def run_study(config: dict, quiet: bool = False) -> StudyResult:
@@ -323,12 +359,12 @@ def _run_study(config: dict, quiet: bool) -> StudyResult:
             result.skipped.append(run.name)
         else:
             todo.append(run)
+    def done(run: Run, record: RunRecord) -> None:
+        progress.done(run, record)
+        write_results(ctx, runs)
+
     if config["executor"] == "ray":
         from .cluster import run_on_ray
-
-        def done(run: Run, record: RunRecord) -> None:
-            progress.done(run, record)
-            write_results(ctx, runs)
 
         run_on_ray(ctx, runs, todo, config, progress.start, done,
                    lambda run: read_result(ctx.out / run.name, run.key), quiet)
@@ -336,12 +372,14 @@ def _run_study(config: dict, quiet: bool) -> StudyResult:
         if any(run.isolate for run in todo) or (todo and config["jobs"] > 1):
             warm_up_processes()
         if config["jobs"] > 1:
-            run_parallel(ctx, runs, todo, config["jobs"], progress)
+            failed = schedule(runs, todo, Processes(ctx, config["jobs"], progress), done)
+            if failed:
+                raise LoralabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their messages are above. "
+                                   "Finished runs are kept; run the same command again to retry.")
         else:
             for run in todo:
                 progress.start(run)
-                progress.done(run, run_one(ctx, run))
-                write_results(ctx, runs)
+                done(run, run_one(ctx, run))
     result.rows = write_results(ctx, runs)
     env = environment(config, ctx, time.perf_counter() - start, len(result.skipped), runs)
     write_json(ctx.out / "environment.json", env.to_json())
