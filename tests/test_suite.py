@@ -132,3 +132,14 @@ def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path,
     assert json.loads((alone / "results.json").read_text())["tasks"].keys() == {"scores"}
     report = write_suite_report(load_suite(suite), alone).read_text()
     assert "| Pairs (Matthews) |" in report and "Not run yet: Pairs" in report
+
+
+def test_sst2_is_named_by_its_files_not_taken_for_the_labs_imdb_task(tmp_path):
+    """SST-2's classes are named as IMDB's (negative, positive); its report still names SST-2's files."""
+    from conftest import ROOT
+    from loralab.report import build
+
+    shutil.copytree(ROOT / "docs" / "example-report-glue" / "records" / "sst2", tmp_path / "sst2")
+    findings = build(tmp_path / "sst2")
+    assert findings.labels == ["negative", "positive"] and not findings.sentiment
+    assert findings.task == "sst2 (2 classes: negative, positive)" and findings.unit == "rows"

@@ -175,8 +175,10 @@ class Findings:
 
     @property
     def sentiment(self) -> bool:
-        """The binary sentiment task (IMDB's), whose report speaks of reviews."""
-        return tuple(self.labels) == BINARY_NAMES
+        """The lab's task, IMDB sentiment (its data folder, not files of a task of one's own:
+        SST-2's classes have the same names), whose report speaks of reviews."""
+        files = self.environment.data.train_files if self.environment else None
+        return tuple(self.labels) == BINARY_NAMES and not files
 
     @property
     def unit(self) -> str:
