@@ -97,6 +97,16 @@ def test_model_card_names_the_layers_the_adapter_wraps(targets, says):
     assert f"LoRA (rank 4, alpha 8) {says}" in card
 
 
+@pytest.mark.parametrize("method, says", [("vera", "VeRA (rank 256: frozen random matrices shared by every layer"),
+                                         ("ia3", "IA3 (trained vectors rescaling the keys, the values")])
+def test_model_card_says_what_vera_and_ia3_train(method, says):
+    from loralab.serve import model_card
+
+    card = model_card({"method": method, "rank": 256 if method == "vera" else None}, "base", merged=True,
+                      adapter=False)
+    assert says in card
+
+
 def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synthetic_data_dir, monkeypatch):
     import tempfile
 

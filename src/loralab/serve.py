@@ -224,6 +224,9 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
            "dora": f"DoRA, weight-decomposed LoRA (rank {rank}, alpha {alpha}) on {layers}",
            "pissa": f"PiSSA (rank {rank}, alpha {alpha}) on {layers}, saved as a rank-{2 * (rank or 0)} LoRA adapter "
                     "of the unchanged base model",
+           "vera": f"VeRA (rank {rank}: frozen random matrices shared by every layer, trained scaling vectors) "
+                   f"on {layers}",
+           "ia3": "IA3 (trained vectors rescaling the keys, the values and the feed-forward activations)",
            "head": "head-tuning (only the classification head trained)",
            "full": "full fine-tuning"}.get(method, method)
     labels = list(info.get("labels") or BINARY_NAMES)
