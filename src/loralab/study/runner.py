@@ -359,6 +359,7 @@ def _run_study(config: dict, quiet: bool) -> StudyResult:
             result.skipped.append(run.name)
         else:
             todo.append(run)
+
     def done(run: Run, record: RunRecord) -> None:
         progress.done(run, record)
         write_results(ctx, runs)
