@@ -156,3 +156,19 @@ def test_a_study_trains_lora_and_its_variants_at_each_rank_and_compares_them(tmp
     config.write_text(config.read_text().replace('"pissa"]', '"adalora"]'))
     code, _, err = run_cli("run", "--quick", "--config", config, "--out", tmp_path / "bad")
     assert code == 2 and "methods.variants may list 'dora', 'pissa', 'vera', 'ia3'" in err, err
+
+
+def test_a_methods_lead_is_judged_by_the_seeds_spread_only_where_every_side_has_seeds():
+    from types import SimpleNamespace
+
+    from loralab.report.document import _lead
+
+    def run(method, low, mid, high, seeds):
+        return SimpleNamespace(method=method, rank=1, seeds=seeds, score=mid,
+                               score_min=low if seeds > 1 else None, score_max=high if seeds > 1 else None)
+
+    dora, lora = run("dora", 0.60, 0.61, 0.62, 3), run("lora", 0.50, 0.55, 0.59, 3)
+    assert _lead(dora, [lora]) == "its lowest seed above every other method's highest"
+    assert _lead(dora, [run("lora", 0.50, 0.55, 0.60, 3)]).startswith("within the seeds' spread of LoRA r = 1")
+    assert _lead(run("dora", 0, 0.61, 0, 1), [lora]).startswith("one run of DoRA r = 1, so no spread")
+    assert _lead(run("dora", 0, 0.61, 0, 1), [run("lora", 0, 0.5, 0, 1)]).startswith("one run each, so no spread")

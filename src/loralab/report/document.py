@@ -381,7 +381,9 @@ def _lead(best: Summary, others: list[Summary]) -> str:
     """Whether `best`'s lead over `others` exceeds the seeds' spread (its lowest run above
     every other's highest), in words."""
     if not (best.seeds > 1 and all(s.seeds > 1 for s in others)):
-        return "one run each, so no spread to judge the difference by"
+        single = [_named(s) for s in (best, *others) if s.seeds <= 1]
+        return ("one run each" if len(single) == 1 + len(others) else f"one run of {', '.join(single)}") + \
+            ", so no spread to judge the difference by"
     low = best.score_min if best.score_min is not None else best.score
     if all(low > (s.score_max if s.score_max is not None else s.score) for s in others):
         return "its lowest seed above every other method's highest"
