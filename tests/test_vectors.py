@@ -290,3 +290,16 @@ def test_a_study_compares_the_adapters_at_their_budgets(tmp_path, tiny_model_dir
         assert set(selected["validation_accuracy"]) >= grid
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Which adapter at which budget" in report and "Up to " in report
+
+
+def test_vera_rate_choice_is_said_at_its_own_rank_and_loras_at_every_rank():
+    from loralab.report.document import selection_lines
+    from loralab.study.records import Selection
+
+    def chosen(method, rank):
+        return Selection(method, 1e-2, 90, 10, 3.0, "mean", {"0.003": 0.5, "0.01": 0.6}, rank=rank)
+
+    vera, lora, ia3 = selection_lines([chosen("vera", 256), chosen("lora", 6), chosen("ia3", None)], "rows")
+    assert vera.startswith("VeRA (at r = 256): learning rate 0.01")
+    assert lora.startswith("LoRA (at r = 6, used at every rank): learning rate 0.01")
+    assert ia3.startswith("IA3: learning rate 0.01")

@@ -242,7 +242,8 @@ def selection_lines(selections: list[Selection], unit: str = "reviews") -> list[
         scores = {"accuracy": sel.validation_accuracy, "macro_f1": sel.validation_macro_f1}.get(sel.metric) or \
             sel.validation_scores.get(sel.metric, {})
         tried = ", ".join(f"{float(lr):g}: {acc:.4f}" for lr, acc in scores.items())
-        rank = f" (at r = {sel.rank}, used at every rank)" if sel.rank else ""
+        rank = "" if not sel.rank else f" (at r = {sel.rank}, used at every rank)" if sel.method in LORA_FAMILY \
+            else f" (at r = {sel.rank})"  # VeRA runs at its one rank
         out.append(f"{label(sel.method)}{rank}: learning rate {sel.learning_rate:g}, "
                    f"chosen on the validation split ({sel.validation_rows} {unit} held out of train, "
                    f"{sel.train_rows} trained on, {sel.epochs:g} epochs, {sel.pooling} pooling); "

@@ -115,7 +115,7 @@ class Selection:
     validation_accuracy: dict[str, float]  # repr(lr) -> accuracy, in the order tried
     validation_macro_f1: dict[str, float] = field(default_factory=dict)
     history: dict[str, list] = field(default_factory=dict)
-    rank: int | None = None  # LoRA's rate is chosen at this rank and used at every rank
+    rank: int | None = None  # LoRA's (DoRA's, PiSSA's) rate is chosen at this rank and used at every rank; VeRA's own
     chosen_on: str = "validation"
     metric: str = "accuracy"  # what the choice maximised: accuracy or macro_f1
     validation_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # other scores: name -> lr -> value
