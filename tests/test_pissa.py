@@ -170,5 +170,7 @@ def test_a_methods_lead_is_judged_by_the_seeds_spread_only_where_every_side_has_
     dora, lora = run("dora", 0.60, 0.61, 0.62, 3), run("lora", 0.50, 0.55, 0.59, 3)
     assert _lead(dora, [lora]) == "its lowest seed above every other method's highest"
     assert _lead(dora, [run("lora", 0.50, 0.55, 0.60, 3)]).startswith("within the seeds' spread of LoRA r = 1")
+    pissa = run("pissa", 0.50, 0.55, 0.605, 3)
+    assert _lead(dora, [lora, pissa]) == "within the seeds' spread of PiSSA r = 1"  # clear of LoRA, not of PiSSA
     assert _lead(run("dora", 0, 0.61, 0, 1), [lora]).startswith("one run of DoRA r = 1, so no spread")
     assert _lead(run("dora", 0, 0.61, 0, 1), [run("lora", 0, 0.5, 0, 1)]).startswith("one run each, so no spread")

@@ -386,9 +386,10 @@ def _lead(best: Summary, others: list[Summary]) -> str:
         return ("one run each" if len(single) == 1 + len(others) else f"one run of {', '.join(single)}") + \
             ", so no spread to judge the difference by"
     low = best.score_min if best.score_min is not None else best.score
-    if all(low > (s.score_max if s.score_max is not None else s.score) for s in others):
+    close = [s for s in others if low <= (s.score_max if s.score_max is not None else s.score)]
+    if not close:
         return "its lowest seed above every other method's highest"
-    return "within the seeds' spread of " + ", ".join(_named(s) for s in others)
+    return "within the seeds' spread of " + ", ".join(_named(s) for s in close)  # those it is not clear of
 
 
 def _named(s: Summary) -> str:
