@@ -61,11 +61,15 @@ def distilbert():
 
 @pytest.fixture
 def run_cli(capsys):
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    """Run the CLI in-process: (exit code, stdout, stderr); a value the parser refuses is
+    argparse's exit 2, as a process would end."""
     from loralab.cli import main
 
     def run(*argv):
-        code = main([str(a) for a in argv])
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as stop:
+            code = stop.code
         out = capsys.readouterr()
         return code, out.out, out.err
 

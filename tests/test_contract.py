@@ -123,8 +123,8 @@ def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synth
 # core and training stay flat files (where a reader starts, as in litgpt and torchtune's
 # `modules/peft/`); data, the study, the report and the lab are sub-packages.
 LAYERS = {
-    "core": {"version", "errors", "fileio", "locks", "settings", "methods", "arch", "lora", "vectors", "surgery",
-             "adapters",
+    "core": {"version", "errors", "fileio", "outputs", "locks", "settings", "methods", "arch", "lora", "vectors",
+             "surgery", "adapters",
              "lowrank",
              "extraction", "pooling", "models"},
     "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",

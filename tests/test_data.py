@@ -264,7 +264,7 @@ def test_limits_below_zero_or_leaving_one_class_are_refused(tmp_path, run_cli):
     train = _csv(tmp_path / "train.csv", [f"r{i},{int(i >= 38)}" for i in range(40)])
     evals = _csv(tmp_path / "eval.csv", ["a,0", "b,1"])
     code, _, err = run_cli("data", "--train", train, "--eval", evals, "--limit-train", -1)
-    assert code == 2 and "--limit-train must be 0 (all rows) or more, got -1" in err
+    assert code == 2 and "argument --limit-train: must be at least 0, got -1" in err
     code, _, err = run_cli("data", "--train", train, "--eval", evals, "--limit-train", 2)
     assert code == 2 and "limited to 2 rows (--limit-train): every row has the label 'negative'" in err
     code, out, err = run_cli("data", "--train", train, "--eval", evals, "--limit-train", 0)

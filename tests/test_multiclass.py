@@ -65,7 +65,7 @@ def test_string_labels_through_train_save_predict_export_and_pipeline(tmp_path, 
     result = predict(tmp_path / "lora", texts, output=tmp_path / "p.csv", progress=False)
     assert set(result.labels) <= set(FRUIT) and result.probabilities.shape == (3, 3)
     header = next(csv.reader(open(tmp_path / "p.csv")))
-    assert header == ["label", "prob_apple", "prob_banana", "prob_cherry"]
+    assert header == ["row", "text", "label", "prob_apple", "prob_banana", "prob_cherry"]  # texts given: echoed
 
     code, _, err = run_cli("export", tmp_path / "lora", "--out", tmp_path / "merged", "--merge")
     assert code == 0, err

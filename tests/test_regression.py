@@ -139,7 +139,7 @@ def test_regression_through_the_cli_and_the_exported_pipeline(scores, tmp_path, 
                            "fp32", "--max-length", 32, "--quiet")
     assert code == 0, err
     written = list(csv.DictReader(open(tmp_path / "scores.csv")))
-    assert list(written[0]) == ["score"] and float(written[0]["score"]) == pytest.approx(float(ours.scores[0]),
+    assert list(written[0]) == ["row", "score"] and float(written[0]["score"]) == pytest.approx(float(ours.scores[0]),
                                                                                         abs=1e-5)
 
     code, _, err = run_cli("export", out, "--out", tmp_path / "merged", "--merge")

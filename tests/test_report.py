@@ -231,3 +231,61 @@ def test_memory_over_the_epochs_shows_growth(tmp_path):
     assert "| LoRA r=6 | 1,000 | 1,150 | +15% | 1,234 |" in section
     assert "Full fine-tuning" not in section  # no memory recorded: not a row of dashes
     assert "## Memory over the epochs" not in write_report(hand_made(tmp_path)).read_text()
+
+
+def _drawn(monkeypatch):
+    """The figures the plot functions draw, kept instead of closed (their files are still written)."""
+    import loralab.report.plots as plots
+
+    figures = []
+    save = plots._save
+
+    def keep(fig, path, **options):
+        figures.append(fig)
+        import matplotlib.pyplot as plt
+
+        with plots.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures, save
+
+
+def test_point_labels_never_overlap_even_at_one_place():
+    from loralab.report.plots import CHAR_WIDTH, LABEL_HEIGHT, label_offsets
+
+    points = [(100.0, 200.0), (101.0, 200.5), (102.0, 199.0), (300.0, 50.0)]  # three at nearly one spot
+    texts = ["r=1", "r=2", "r=4", "r=8"]
+    boxes = [(x + dx, y + dy, x + dx + CHAR_WIDTH * len(t), y + dy + LABEL_HEIGHT)
+             for (x, y), t, (dx, dy) in zip(points, texts, label_offsets(points, texts))]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_approximated_models_on_top_of_each_other_both_show_and_one_epoch_is_an_epoch(tmp_path, monkeypatch):
+    from loralab.report.findings import build
+    from loralab.report.plots import plot_accuracy_vs_rank, plot_training_curves
+
+    folder = hand_made(tmp_path)
+    rows = json.loads((folder / "results.json").read_text())
+    for r in rows:  # model 1 exactly on model 2, and every history one epoch long
+        if r["method"] == "approx1":
+            r["eval_accuracy"] = next(s["eval_accuracy"] for s in rows if s["method"] == "approx2"
+                                      and s["rank"] == r["rank"])
+        r["history"] = r["history"][:1]
+    (folder / "results.json").write_text(json.dumps(rows))
+    figures, _ = _drawn(monkeypatch)
+    summaries = build(folder).summaries
+    assert plot_accuracy_vs_rank(summaries, tmp_path / "rank.png")
+    lines = {line.get_label(): line for line in figures[-1].axes[0].get_lines()}
+    one, two = lines["Approximated model 1"], lines["Approximated model 2"]
+    assert list(one.get_ydata()) == list(two.get_ydata())
+    assert (one.get_marker(), one.get_linestyle()) != (two.get_marker(), two.get_linestyle())
+    assert one.get_markersize() > two.get_markersize() and one.get_markerfacecolor() == "none"
+    assert plot_training_curves(summaries, tmp_path / "curves.png")
+    for ax in figures[-1].axes:
+        low, high = ax.get_xlim()
+        assert low <= 0.5 and high >= 1.5, (low, high)
+        assert list(ax.get_xticks()) == [1]

@@ -47,7 +47,8 @@ def test_predict_csv_matches_the_model(lora_dir, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "out.csv")))
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(5)]
     assert [r["label"] for r in rows] == [["negative", "positive"][i] for i in expected.argmax(-1)]
-    assert set(rows[0]) == {"id", "label", "prob_negative", "prob_positive"}
+    assert [r["row"] for r in rows] == ["1", "2", "3", "4", "5"]  # the input's data rows
+    assert set(rows[0]) == {"row", "id", "label", "prob_negative", "prob_positive"}
     assert result.accuracy == pytest.approx(float((expected.argmax(-1) == np.arange(5) % 2).mean()))
 
 
@@ -134,13 +135,13 @@ def test_malformed_class_metadata_in_an_adapter_is_refused(lora_dir, tmp_path, r
 def test_predict_labels_file_without_a_label_column_and_a_malformed_loralab_json(lora_dir, tmp_path, run_cli):
     source = tmp_path / "in.csv"
     source.write_text("review\nfine\ndull\n")
-    code, _, err = run_cli("predict", lora_dir, "--input", source, "--labels", source, "--quiet")
-    assert code == 2 and f"{source}: no column 'label'" in err and "Traceback" not in err, err
+    code, _, err = run_cli("predict", lora_dir, "--input", source, "--score-against", source, "--quiet")
+    assert code == 2 and f"{source}: no column 'label' (--label-column" in err and "Traceback" not in err, err
     unseen = tmp_path / "gold.csv"
     unseen.write_text("review,label\nfine,maybe\ndull,0\n")
-    code, _, err = run_cli("predict", lora_dir, "--input", unseen, "--labels", unseen, "--quiet")
+    code, _, err = run_cli("predict", lora_dir, "--input", unseen, "--score-against", unseen, "--quiet")
     assert code == 2 and "row 1: label 'maybe'" in err and "with a model trained on these classes" in err, err
-    assert "--labels" not in err  # predict's --labels is a file, not the class names
+    assert "--labels" not in err  # --labels names classes; predict's file of true labels is --score-against
     folder = _copy(lora_dir, tmp_path)
     (folder / "loralab.json").write_text("{broken")
     code, _, err = run_cli("export", folder, "--out", tmp_path / "out")

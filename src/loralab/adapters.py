@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -48,6 +49,8 @@ from .surgery import (
     matches,
 )
 from .vectors import IA3, VeRA
+
+logger = logging.getLogger("loralab")
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -377,7 +380,13 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         expected, build = _ia3_plan(config, layers)
     else:
         expected, build = _lora_plan(config, layers, saved, where)
-    expected.update(_module_keys(model, head_modules(model) + extra))
+    # The head's modules that the adapter saves (all of a module's tensors, or a missing
+    # key is refused); one it does not save keeps the base model's, as in PEFT (which
+    # saves the classifier alone, not BERT's pooler).
+    heads = tuple(m for m in head_modules(model) if any(k in saved for k in _module_keys(model, [m])))
+    if not heads:
+        logger.warning("%s saves no classification head: the base model's is used, as PEFT does.", directory)
+    expected.update(_module_keys(model, heads + extra))
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
@@ -395,7 +404,7 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
 
     build(model, saved)
     with torch.no_grad():
-        for module in head_modules(model) + extra:
+        for module in heads + extra:
             for pname, param in model.get_submodule(module).named_parameters():
                 param.copy_(saved[f"{PREFIX}{module}.{pname}"])
     if extra:

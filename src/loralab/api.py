@@ -64,6 +64,9 @@ class TrainInfo(Scored):
     result: TrainResult
     lora: AdapterOptions | None = None  # the adapters' options: LoRA's (rank, alpha, targets, ...), VeRA's, IA3's
     selection: Selection | None = None  # where the learning rate was chosen on a validation split
+    # The data it was trained on, as `evaluate` and `predict` read it again by default: the
+    # files' text_column, text_pair_column, label_column and task.
+    columns: dict | None = None
 
     @property
     def metrics(self) -> Metrics:
@@ -101,6 +104,8 @@ class TrainInfo(Scored):
                 "lora": asdict(self.lora) if self.lora else None}
         if self.selection is not None:
             data["selection"] = asdict(self.selection)
+        if self.columns:
+            data["data"] = dict(self.columns)
         return data
 
 
@@ -140,7 +145,7 @@ def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: 
     `loralab.json` describing how it was made (a `TrainInfo`, or the dict loralab 0.1 took),
     and copies of `extra_files` (logs)."""
     data = info.to_json() if isinstance(info, TrainInfo) else dict(info)
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, kind="model") as tmp:
         for extra in map(Path, extra_files):
             if extra.is_dir():
                 shutil.copytree(extra, tmp / extra.name)
@@ -219,7 +224,7 @@ fit = train_in_place  # its name in loralab 0.1
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
           data=None, settings: TrainSettings | None = None, *, lora: AdapterOptions | None = None,
           tokenized=None, resume: bool = False, selection: Selection | None = None, lock: bool = True,
-          **lora_options) -> TrainInfo:
+          overwrite: bool = False, columns: dict | None = None, **lora_options) -> TrainInfo:
     """Train one model and save it to `out`.
 
     Args:
@@ -241,6 +246,11 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             (`choose_learning_rate`), recorded in `loralab.json`.
         lock: hold `out`'s lock (`loralab.locks`) while training; a study that holds its
             own folder's lock trains its runs without.
+        columns: the data files' `text_column`, `text_pair_column`, `label_column` and
+            `task`, kept in `loralab.json` so `evaluate` and `predict` read files alike.
+        overwrite: `out` may be a non-empty folder that loralab did not write; its files
+            are kept (`loralab.outputs.check_output`). Without it such a folder, an
+            existing file, or the base model's own folder is refused before training.
 
     Returns:
         The `TrainInfo` saved as `loralab.json`: `eval_accuracy`, `trainable_params`,
@@ -249,15 +259,17 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     import torch
 
     from .data import class_names_of, data_digest, load_data
+    from .outputs import check_output, model_input
 
     if method not in TRAIN_METHODS:
         raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
+    check_output(out, "model", overwrite=overwrite, inputs=[model_input(model)])
     if lock and is_main_process():  # under torchrun every rank trains; rank 0 holds the folder
         from .locks import output_lock
 
         with output_lock(out):
             return train(method, out, model, data, settings, lora=lora, tokenized=tokenized, resume=resume,
-                         selection=selection, lock=False, **lora_options)
+                         selection=selection, lock=False, overwrite=overwrite, columns=columns, **lora_options)
     settings = settings or TrainSettings()
     lora = (lora or default_options(method)).replace(**lora_options) if method in ADAPTERS else None
     out = Path(out)
@@ -284,7 +296,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             "lora": asdict(lora) if lora else None, "data": data_digest(tokenized, ("train", "eval"))})
     result = train_in_place(net, method, tokenized, settings, work, tokenizer, lora=lora, resume=resume)
     info = TrainInfo(method, str(model), list(labels), trainable, settings.seed, settings.pooling,
-                     settings.learning_rate, result, lora, selection)
+                     settings.learning_rate, result, lora, selection, columns)
     if is_main_process():  # under torchrun every rank trains; one writes
         # Experiment-tracker logs (--report-to tensorboard) land in checkpoints/runs: keep them.
         save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json", work / "checkpoints" / "runs"])

@@ -38,6 +38,40 @@ logger = logging.getLogger("loralab")
 ONEDNN_CACHE_CAPACITY = "64"
 
 
+def _number(kind, low=None, high=None, *, low_open: bool = False, high_open: bool = False, what: str = ""):
+    """An argparse type: a finite `kind` (int or float) in [low, high] (an open end where
+    `low_open` / `high_open`), so a bad value is refused by its flag, before anything runs,
+    never replaced by a default."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            lo = "" if low is None else f"{'above' if low_open else 'at least'} {low:g}"
+            hi = "" if high is None else f"{'below' if high_open else 'at most'} {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (lo, hi) if x)}{what}, got {text}")
+        return value
+
+    parse.__name__ = "whole number" if kind is int else "number"  # argparse's "invalid <name> value"
+    return parse
+
+
+COUNT = _number(int, 0)                    # 0 and up: limits, save steps, "0 = auto" settings
+POSITIVE_INT = _number(int, 1)             # batch sizes, ranks, jobs
+POSITIVE = _number(float, 0, low_open=True)  # epochs, learning rates, alpha, LoRA+'s ratio
+FRACTION = _number(float, 0, 1, high_open=True)  # dropout
+SEED = _number(int, 0, 2**32 - 1)
+MAX_LENGTH = _number(int, 2)
+ENERGY = _number(float, 0, 1, low_open=True)
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="folder with train.csv and eval.csv (default: $LORALAB_DATA, "
@@ -56,8 +90,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", type=_name_list, help="the classes in order, comma-separated (default: from the "
                    "training data: 0/1 and the like are negative/positive, integers by value, strings alphabetically)")
     g.add_argument("--drop-invalid", action="store_true", default=None, help="skip rows with empty text")
-    g.add_argument("--limit-train", type=int, help="use only N training rows (a seeded random subset)")
-    g.add_argument("--limit-eval", type=int, help="use only N eval rows (a seeded random subset)")
+    g.add_argument("--limit-train", type=COUNT, help="use only N training rows (a seeded random subset)")
+    g.add_argument("--limit-eval", type=COUNT, help="use only N eval rows (a seeded random subset)")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -69,13 +103,13 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="'minilm' (the packaged default), a local model folder, or a Hub id")
-    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--seed", type=SEED, help="random seed (default: 0)")
     _add_device_args(p)
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-length", type=int, help="longest input in tokens (default: 512)")
-    p.add_argument("--batch-size", dest="eval_batch_size", type=int,
+    p.add_argument("--max-length", type=MAX_LENGTH, help="longest input in tokens (default: 512)")
+    p.add_argument("--batch-size", dest="eval_batch_size", type=POSITIVE_INT,
                    help="inference batch (default 16: fastest on a CPU)")
     _add_device_args(p)
 
@@ -87,16 +121,16 @@ def _add_class_weights(p) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: src/loralab/defaults.toml, [train])")
-    g.add_argument("--epochs", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--micro-batch-size", type=int,
+    g.add_argument("--epochs", type=POSITIVE)
+    g.add_argument("--batch-size", type=POSITIVE_INT)
+    g.add_argument("--micro-batch-size", type=COUNT,
                    help="examples per forward/backward pass, accumulated into each batch "
                    "(default: on a CPU at most 1,024 tokens a pass, on a GPU the whole batch)")
-    g.add_argument("--learning-rate", "--lr", type=float)
-    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
+    g.add_argument("--learning-rate", "--lr", type=POSITIVE)
+    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=POSITIVE_INT,
                    help="batch of the evaluation after each epoch (default: 16)")
-    g.add_argument("--max-length", type=int)
-    g.add_argument("--pad-to-multiple-of", type=int,
+    g.add_argument("--max-length", type=MAX_LENGTH)
+    g.add_argument("--pad-to-multiple-of", type=COUNT,
                    help="pad each batch to a multiple of N tokens (default 0: an eighth of its length's "
                    "power of two, at least 8; 1: to its longest row)")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None,
@@ -106,9 +140,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile training and evaluation (inductor; needs a C++ compiler on a CPU)")
     g.add_argument("--report-to", help="experiment trackers, passed to the Trainer "
                    "(tensorboard, wandb, ...; default: none, nothing written outside --out)")
-    g.add_argument("--save-steps", type=int, help="also checkpoint every N steps (default: each epoch)")
+    g.add_argument("--save-steps", type=COUNT, help="also checkpoint every N steps (default: each epoch)")
     _add_class_weights(g)
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+
+
+def _add_overwrite(p, what: str = "--out") -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"write into a non-empty {what} that loralab did not write (its files are kept; loralab "
+                        "replaces only what it wrote and refuses to replace anything else)")
 
 
 def _add_executor_args(p) -> None:
@@ -164,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[debug],
                        help="the whole lab study: baselines, full, head, low-rank, LoRA, report")
     p.add_argument("--config", help="a TOML file overriding the defaults")
-    p.add_argument("--out", help="output folder (default: runs/lab)")
+    p.add_argument("--out", help="output folder (default: runs/lab): new, empty, or a study's to resume")
+    _add_overwrite(p)
     p.add_argument("--quick", action="store_true", help="the same pipeline on a small subset")
     p.add_argument("--profile", choices=PROFILES,
                    help="lab: the lab's settings (default); tuned: learning rates chosen on a validation "
@@ -172,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: every method once per seed")
     p.add_argument("--pooling", choices=POOLINGS, help="what the classification head reads")
     _add_class_weights(p)
-    p.add_argument("--jobs", type=int, help="runs at a time, each in its own process (default: 1; on a GPU, "
+    p.add_argument("--jobs", type=POSITIVE_INT, help="runs at a time, each in its own process (default: 1; on a GPU, "
                                             "several fill it)")
     _add_executor_args(p)
     _add_model_args(p)
@@ -188,11 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "with results in --out")
     p.add_argument("--config", help="a TOML file of loralab run settings for every task")
     p.add_argument("--out", default="runs/glue", help="output folder, one sub-folder per task (default: runs/glue)")
+    _add_overwrite(p)
     p.add_argument("--quick", action="store_true", help="each task's pipeline on a small subset")
+    p.add_argument("--limit-train", type=COUNT, help="use only N training rows of each task (a seeded random "
+                   "subset)")
+    p.add_argument("--limit-eval", type=COUNT, help="use only N eval rows of each task (a seeded random subset)")
     p.add_argument("--profile", choices=PROFILES, help="lab (default) or tuned: learning rates chosen on a "
                    "validation split of each task")
     p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--jobs", type=int, help="runs at a time, each in its own process (default: 1)")
+    p.add_argument("--jobs", type=POSITIVE_INT, help="runs at a time, each in its own process (default: 1)")
     _add_executor_args(p)
     _add_model_args(p)
 
@@ -202,18 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lora, dora (a magnitude per output row), pissa (A, B from W0's top singular directions), "
                         "vera (two vectors per layer around shared random matrices; the [vera] table), ia3 (a "
                         "vector per layer rescaling keys, values, feed-forward activations; [ia3]), head, full")
-    p.add_argument("--rank", type=int, help="the adapters' rank (default: 6; VeRA: [vera].rank, 256)")
-    p.add_argument("--alpha", type=float, help="default: 2 * rank")
+    p.add_argument("--rank", type=POSITIVE_INT, help="the adapters' rank (default: 6; VeRA: [vera].rank, 256)")
+    p.add_argument("--alpha", type=POSITIVE, help="default: 2 * rank")
     p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
     p.add_argument("--init", choices=INITS, help="how A starts (default: normal, the lab's; tuned: kaiming, PEFT's)")
-    p.add_argument("--dropout", type=float, help="LoRA dropout (default: 0)")
+    p.add_argument("--dropout", type=FRACTION, help="LoRA dropout (default: 0)")
     p.add_argument("--rslora", action="store_true", default=None,
                    help="scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r")
-    p.add_argument("--lr-ratio", type=float, help="LoRA+: B learns this many times faster than A (default: 1)")
+    p.add_argument("--lr-ratio", type=POSITIVE, help="LoRA+: B learns this many times faster than A (default: 1)")
     p.add_argument("--pooling", choices=POOLINGS, help="what the head reads (default: cls; tuned: mean)")
     p.add_argument("--profile", choices=PROFILES,
                    help="tuned: choose the learning rate on a validation split carved from train, mean pooling")
-    p.add_argument("--out", required=True, help="folder for the trained model or adapter")
+    p.add_argument("--out", required=True, help="folder for the trained model or adapter: new, empty, or one "
+                   "loralab trained into")
+    _add_overwrite(p)
     _add_model_args(p)
     _add_train_args(p)
     _add_data_args(p)
@@ -230,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headtuned", required=True, help="folder of the head-tuned model")
     p.add_argument("--pretrained", help="the base model both started from (default: minilm)")
     p.add_argument("--out", default="runs/lowrank", help="folder for JSON and PNG files")
-    p.add_argument("--ranks", type=int, nargs="+", help="ranks to sweep (default: full rank halving to 1)")
+    _add_overwrite(p)
+    p.add_argument("--ranks", type=POSITIVE_INT, nargs="+", help="ranks to sweep (default: full rank halving to 1)")
     p.add_argument("--targets", help="layers (default: query and value)")
     p.add_argument("--lora", nargs="+", default=(), help="LoRA adapter folders to compare with dW")
     _add_inference_args(p)
@@ -239,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", parents=[debug],
                        help="a LoRA adapter from a fully fine-tuned model (truncated SVD of its update)")
     p.add_argument("--finetuned", required=True, help="the fully fine-tuned model's folder")
-    p.add_argument("--base", help="the model it was fine-tuned from (default: minilm)")
+    p.add_argument("--base", help="the model it was fine-tuned from (default: the base its loralab.json records, "
+                   "else minilm)")
     p.add_argument("--out", required=True, help="folder for the adapter")
+    _add_overwrite(p)
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--rank", type=int, help="one rank for every target layer")
-    size.add_argument("--energy", type=float,
+    size.add_argument("--rank", type=POSITIVE_INT, help="one rank for every target layer")
+    size.add_argument("--energy", type=ENERGY,
                       help="per layer, the smallest rank keeping this fraction of ||dW||^2, e.g. 0.9")
-    p.add_argument("--max-rank", type=int, help="the largest rank a layer gets (with --energy)")
+    p.add_argument("--max-rank", type=POSITIVE_INT, help="the largest rank a layer gets (with --energy)")
     p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
     p.add_argument("--keep", action="append", default=[], metavar="MODULE",
                    help="also save this module whole, e.g. embeddings (repeatable)")
@@ -258,22 +308,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to classify, or - alone for one text per line on stdin; "
                    "for a model of sentence pairs, each pair as one text: \"first ||| second\"")
     p.add_argument("--input", help="CSV/TSV/JSONL/Parquet file, or - for one text per line on stdin")
-    p.add_argument("--output", help="write predictions to this .csv or .jsonl file")
-    p.add_argument("--text-column", help="column with the text in --input (default: review)")
-    p.add_argument("--text-pair-column", help="sentence pairs: the column with each pair's second text in --input")
-    p.add_argument("--labels", dest="labels_file", help="a file with a label column: also print accuracy")
+    p.add_argument("--output", help="write predictions to this .csv or .jsonl file (a new one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--text-column", help="column with the text in --input (default: the one the model was "
+                   "trained on, else review)")
+    p.add_argument("--text-pair-column", help="sentence pairs: the column with each pair's second text in --input "
+                   "(default: the model's)")
+    p.add_argument("--label-column", help="column with the true labels in --input or --score-against: then the "
+                   "accuracy is printed too (default: the model's, else label)")
+    p.add_argument("--score-against", metavar="FILE", help="a file whose --label-column holds the true label of "
+                   "each input row: also print accuracy")
     _add_inference_args(p)
 
     p = sub.add_parser("export", parents=[debug],
                        help="a plain Hugging Face folder (merged model or PEFT adapter) with a model card")
     p.add_argument("model_dir")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for the export: new, empty, or an earlier export's")
+    _add_overwrite(p)
     p.add_argument("--merge", action="store_true", help="merge a LoRA adapter into the base weights")
 
     p = sub.add_parser("report", parents=[debug],
                        help="write report.md, report.html and plots for a study's output folder")
     p.add_argument("out_dir", help="the folder `loralab run` wrote")
     p.add_argument("--report-dir", help="where to write the report (default: OUT_DIR)")
+    _add_overwrite(p, "--report-dir")
 
     p = sub.add_parser("data", parents=[debug],
                        help="load and check the data; print its size")
@@ -320,8 +378,12 @@ def cmd_train(args) -> None:
     from contextlib import nullcontext
 
     from .locks import output_lock
+    from .outputs import check_output, data_inputs, model_input
     from .training import is_main_process
 
+    config = config_of(args)
+    check_output(args.out, "model", overwrite=args.overwrite,  # before any data is read or trained on
+                 inputs=[model_input(config["model"]), *data_inputs(config["data"])])
     # The learning-rate choice's scratch and the result: one writer. Under torchrun every
     # rank runs this command; rank 0 holds the folder.
     with output_lock(args.out) if is_main_process() else nullcontext():
@@ -335,10 +397,10 @@ def _train(args) -> None:
     from .study.plan import grid_of
 
     config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
-    data, selection = _data(config), None
+    lora = _adapter_options(args, config)  # its flags checked before any data is read
     settings = TrainSettings.from_config(config, args.method, quiet=args.quiet,  # a --learning-rate given wins
                                          **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
-    lora = _adapter_options(args, config)
+    data, selection = _data(config), None
     if config["select"]["enabled"]:  # --profile tuned
         sel = config["select"]
         trial = settings.replace(epochs=sel["epochs"]) if sel["epochs"] else settings
@@ -350,10 +412,15 @@ def _train(args) -> None:
               f"{selection.validation_rows} validation rows")
         del data["validation"]
     result = train(method=args.method, out=args.out, model=config["model"], data=data, settings=settings,
-                   lora=lora, resume=args.resume, selection=selection, lock=False)
+                   lora=lora, resume=args.resume, selection=selection, lock=False, overwrite=args.overwrite,
+                   columns={key: config["data"][key] for key in REMEMBERED})
     metric = study_metric(config)
     print(f"{args.method}: eval {SCORE_LABELS[metric]} {result.metrics.score(metric):.4f}, "
           f"{result.trainable_params:,} trainable parameters, saved to {args.out}")
+
+
+# The flags of `train` that set adapters up (LoRA's and its variants' all of them).
+ADAPTER_FLAGS = ("rank", "alpha", "targets", "init", "dropout", "rslora", "lr_ratio")
 
 
 def _adapter_options(args, config: dict):
@@ -362,22 +429,67 @@ def _adapter_options(args, config: dict):
     flags --targets and --dropout reach VeRA's and IA3's too. None for head and full."""
     from .settings import LoraOptions, adapter_options
 
+    takes = {"lora": ADAPTER_FLAGS, "dora": ADAPTER_FLAGS, "pissa": ADAPTER_FLAGS,
+             "vera": ("rank", "targets", "dropout"), "ia3": ("targets",)}.get(args.method, ())
+    ignored = [f"--{name.replace('_', '-')}" for name in ADAPTER_FLAGS
+               if getattr(args, name, None) is not None and name not in takes]
+    if ignored:
+        raise LoralabError(f"--method {args.method} takes no {', '.join(ignored)}: "
+                           + ("it trains no adapters." if not takes else
+                              f"its adapters take {', '.join('--' + n.replace('_', '-') for n in takes)}."))
     if args.method in ("vera", "ia3"):
         changes = {"targets": args.targets} if args.targets else {}
         if args.method == "vera" and args.dropout is not None:
             changes["dropout"] = args.dropout
+        if args.method == "ia3" and args.rank is not None:
+            raise LoralabError("--rank: IA3 has no rank (it trains a vector per layer); leave --rank out.")
         return adapter_options(config, args.method, args.rank if args.method == "vera" else None, **changes)
     if args.method in ("head", "full"):
         return None
-    return LoraOptions.from_config(config, args.rank or LoraOptions.rank,
-                                   **({"alpha": args.alpha} if args.alpha else {}))
+    return LoraOptions.from_config(config, LoraOptions.rank if args.rank is None else args.rank,
+                                   **({"alpha": args.alpha} if args.alpha is not None else {}))
+
+
+# What a trained model remembers of its data (`loralab.json`'s "data"), read again by
+# evaluate and predict where their flags do not say otherwise.
+REMEMBERED = ("text_column", "text_pair_column", "label_column", "task")
+
+
+def _record(model_dir) -> dict:
+    """`model_dir`'s loralab.json (how loralab trained it), or {} where it has none."""
+    import json
+    from pathlib import Path
+
+    try:
+        info = json.loads((Path(model_dir) / "loralab.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _remembered(model_dir) -> dict:
+    """The data settings `model_dir` was trained with, as configuration keys; {} where it
+    records none (a model trained elsewhere, or by an earlier loralab)."""
+    data = _record(model_dir).get("data")
+    if not isinstance(data, dict):
+        return {}
+    return {f"data.{key}": data[key] for key in REMEMBERED if isinstance(data.get(key), str)}
+
+
+def _trained_from(model_dir) -> str | None:
+    """The base model `model_dir`'s loralab.json records (where loralab trained it)."""
+    base = _record(model_dir).get("base_model")
+    return base if isinstance(base, str) and base else None
 
 
 def _inference(args):
-    """(configuration, settings) of a command that only runs models."""
+    """(configuration, settings) of a command that only runs models: a model folder's own
+    data columns and task unless a flag names others."""
     from .settings import TrainSettings
 
-    config = config_of(args)
+    remembered = _remembered(args.model_dir) if getattr(args, "model_dir", None) else {}
+    config = config_of(args, **{key: value for key, value in remembered.items()
+                                if getattr(args, key.split(".")[1], None) is None})
     return config, TrainSettings.from_config(config, quiet=args.quiet)
 
 
@@ -407,10 +519,15 @@ def cmd_evaluate(args) -> None:
 
 def cmd_lowrank(args) -> None:
     from .api import lowrank
+    from .outputs import check_output, claim_folder, model_input
 
     config, settings = _inference(args)
     pretrained = args.pretrained or config["model"]
     metric = study_metric(config)
+    check_output(args.out, "lowrank", overwrite=args.overwrite,
+                 inputs=[("--finetuned", args.finetuned), ("--headtuned", args.headtuned),
+                         ("--pretrained", model_input(pretrained)[1]), *(("--lora", d) for d in args.lora)])
+    claim_folder(args.out, "lowrank", ("lowrank.json", "spectrum.json", "spectrum.png"))
     rows, summary = lowrank(args.finetuned, args.headtuned, pretrained, out=args.out, data=_data(config),
                             settings=settings, ranks=args.ranks, targets=args.targets, lora_dirs=tuple(args.lora),
                             metric=metric)
@@ -424,26 +541,30 @@ def cmd_lowrank(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .serve import predict
+    from .serve import predict, split_pair
 
     if args.texts == ["-"] and not args.input:  # `loralab predict DIR -`: the texts come from stdin
         args.texts, args.input = [], "-"
     if not args.texts and not args.input:
         raise LoralabError("Give texts to classify, - for stdin, or --input FILE.")
     config, settings = _inference(args)
-    from .serve import split_pair
-
+    d = config["data"]
     result = predict(args.model_dir, [split_pair(t) for t in args.texts] or None, input=args.input,
-                     output=args.output, text_column=config["data"]["text_column"], labels=args.labels_file,
-                     settings=settings, progress=not args.quiet,
-                     text_pair_column=config["data"]["text_pair_column"] or None)
+                     output=args.output, text_column=d["text_column"], labels=args.score_against,
+                     settings=settings, progress=not args.quiet, text_pair_column=d["text_pair_column"] or None,
+                     label_column=d["label_column"], overwrite=args.overwrite)
     if not args.output:
         texts = args.texts or [None] * len(result)
         for i, text in enumerate(texts):
             shown = f"  {text[:60]!r}" if text else ""  # a pair as it was typed
-            # A regression model prints its predicted score; a classifier its class and that class's probability.
-            print(f"{result.scores[i]:.4f}{shown}" if result.scores is not None
-                  else f"{result.labels[i]}\t{result.probabilities[i].max():.4f}{shown}")
+            # A regression model prints its predicted score; a classifier its class and that class's probability;
+            # an empty line a dash and why, so the output keeps a line per input line.
+            if result.errors and result.errors[i]:
+                print(f"-\t{result.errors[i]}{shown}")
+            elif result.scores is not None:
+                print(f"{result.scores[i]:.4f}{shown}")
+            else:
+                print(f"{result.labels[i]}\t{result.probabilities[i].max():.4f}{shown}")
     else:
         print(f"{len(result)} predictions written to {args.output}")
     if result.accuracy is not None:
@@ -455,11 +576,15 @@ def cmd_predict(args) -> None:
 def cmd_extract(args) -> None:
     from .extraction import extract_adapter, save_extraction
     from .models import DEFAULT_MODEL
+    from .outputs import check_output, model_input
 
-    result = extract_adapter(args.finetuned, args.base or DEFAULT_MODEL, rank=args.rank, energy=args.energy,
+    base = args.base or _trained_from(args.finetuned) or DEFAULT_MODEL
+    check_output(args.out, "extract", overwrite=args.overwrite,  # before the SVDs
+                 inputs=[("--finetuned", args.finetuned), ("--base", model_input(base)[1])])
+    result = extract_adapter(args.finetuned, base, rank=args.rank, energy=args.energy,
                              max_rank=args.max_rank, targets=args.targets, keep=args.keep,
                              keep_norms=not args.no_norms, progress=not args.quiet)
-    save_extraction(result, args.out, source=args.finetuned)
+    save_extraction(result, args.out, source=args.finetuned, overwrite=args.overwrite, base=model_input(base)[1])
     print(result.summary())
     print(f"adapter written to {args.out} (its README.md lists every layer)")
 
@@ -467,16 +592,23 @@ def cmd_extract(args) -> None:
 def cmd_export(args) -> None:
     from .serve import export
 
-    print(f"exported to {export(args.model_dir, args.out, merge=args.merge)}")
+    print(f"exported to {export(args.model_dir, args.out, merge=args.merge, overwrite=args.overwrite)}")
 
 
-def cmd_glue(args) -> None:
-    from .study.suite import load_suite, run_suite, task_configs
+def glue_configs(args):
+    """(suite, each task's resolved configuration) of `loralab glue`'s arguments."""
+    from .study.suite import load_suite, task_configs
 
     suite = load_suite(args.suite, args.data_root)
     flags = {key: getattr(args, name, None) for name, key in FLAG_KEYS.items() if hasattr(args, name)}
-    configs = task_configs(suite, args.out, args.config, quick=args.quick, profile=args.profile, **flags)
-    report = run_suite(suite, configs, args.out, quiet=args.quiet, only=args.tasks)
+    return suite, task_configs(suite, args.out, args.config, quick=args.quick, profile=args.profile, **flags)
+
+
+def cmd_glue(args) -> None:
+    from .study.suite import run_suite
+
+    suite, configs = glue_configs(args)
+    report = run_suite(suite, configs, args.out, quiet=args.quiet, only=args.tasks, overwrite=args.overwrite)
     print(report.read_text("utf-8").split("## Results", 1)[-1].split("\n## ", 1)[0].strip())
     print(f"\nReport: {report} and report.html; each task's study in {args.out}/TASK")
 
@@ -484,7 +616,7 @@ def cmd_glue(args) -> None:
 def cmd_report(args) -> None:
     from .report import write_report
 
-    print(f"written: {write_report(args.out_dir, args.report_dir)} and report.html")
+    print(f"written: {write_report(args.out_dir, args.report_dir, overwrite=args.overwrite)} and report.html")
 
 
 def cmd_run(args) -> None:
@@ -495,7 +627,7 @@ def cmd_run(args) -> None:
     from .study.config import inside
 
     config = config_of(args, **({"out": args.out} if args.out else {}))
-    result = run_study(config, quiet=args.quiet)
+    result = run_study(config, quiet=args.quiet, overwrite=args.overwrite)
     report = write_report(config["out"], inside(config["out"], config["report_dir"], "report_dir"))
     print(summary_table(result.rows, study_metric(config)))
     print(f"\nResults: {Path(config['out']) / 'results.json'}\nReport: {report} and report.html")

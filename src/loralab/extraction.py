@@ -38,6 +38,7 @@ from torch import nn
 from .adapters import WHOLE_ATTR, class_names, save_adapter
 from .arch import model_type
 from .errors import LoralabError, ModelLoadError
+from .fileio import atomic_dir
 from .lowrank import SVD, rank_for_energy
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model_path
 from .pooling import pooling_of, set_pooling
@@ -267,19 +268,26 @@ def _whole_modules(model: nn.Module, changed: dict[str, float], keep: Iterable[s
     return tuple(chosen)
 
 
-def save_extraction(result: Extraction, directory: str | os.PathLike, source: str | os.PathLike | None = None) -> Path:
+def save_extraction(result: Extraction, directory: str | os.PathLike, source: str | os.PathLike | None = None,
+                    *, overwrite: bool = False, base: str | os.PathLike | None = None) -> Path:
     """Save the adapter in PEFT's layout, with a README.md of what it holds and leaves out,
-    and the tokenizer of `source` (the fine-tuned folder) where it has one."""
-    directory = Path(directory)
-    save_adapter(result.model, directory, extra={"loralab_extracted_from": source or "",
-                                                 "loralab_kept_share": f"{result.kept_share:.6f}"})
+    and the tokenizer of `source` (the fine-tuned folder) where it has one; atomically, into
+    a new folder or one loralab wrote (`overwrite`: `loralab.outputs.check_output`), never
+    into `source` or `base`."""
+    from .outputs import check_output
+
+    directory = check_output(directory, "extract", overwrite=overwrite,
+                             inputs=[("--finetuned", source), ("--base", base)])
     text = [f"# A LoRA adapter extracted from {source or 'a fully fine-tuned model'}", "",
             "Made by `loralab extract` (the truncated SVD of each layer's fine-tuning update, alpha = rank).",
             f"Settings: {', '.join(f'{k} = {v}' for k, v in result.settings.items() if v not in (None, [], ''))}.", "",
             "```", result.summary(), "```", "", result.table(), "",
             "Load it with `loralab.load_adapter(base, folder)`, `peft.PeftModel.from_pretrained(base, folder)`, "
             "`loralab predict FOLDER \"some text\"` or `loralab export FOLDER --out MERGED --merge`.", ""]
-    (directory / "README.md").write_text("\n".join(text), encoding="utf-8")
-    if source and (Path(source) / "tokenizer_config.json").exists():  # predict and export read it here
-        load_tokenizer(source).save_pretrained(directory)
+    with atomic_dir(directory, kind="extract") as tmp:
+        save_adapter(result.model, tmp, extra={"loralab_extracted_from": source or "",
+                                               "loralab_kept_share": f"{result.kept_share:.6f}"})
+        (tmp / "README.md").write_text("\n".join(text), encoding="utf-8")
+        if source and (Path(source) / "tokenizer_config.json").exists():  # predict and export read it here
+            load_tokenizer(source).save_pretrained(tmp)
     return directory

@@ -129,7 +129,7 @@ def map_batches(module: nn.Module, input_ids, tokenizer, settings: TrainSettings
     total = math.ceil(len(input_ids) / settings.eval_batch_size)
     batches = tqdm(_batches(input_ids, settings.eval_batch_size, tokenizer, settings.pad_to_multiple_of,
                             settings.max_length, token_type_ids), total=total, desc=desc,
-                   disable=settings.quiet, leave=False)
+                   disable=settings.quiet, leave=False, unit="batch")
     with torch.inference_mode():
         for rows, batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}

@@ -39,20 +39,25 @@ ID_COLUMNS = ("id", "index")
 class Predictions:
     """What `predict` returns: a classifier's predicted class per text with every class's
     probability, or a regression model's predicted score per text; and, where the true
-    labels were given, the accuracy (classes) and every score (`metrics`)."""
+    labels were given, the accuracy (classes) and every score (`metrics`).
 
-    labels: list[str]           # predicted class names, one per text (a regression model: none)
+    There is one entry per input text, in order; an empty text has no prediction: its label
+    is None, its probabilities (or score) NaN, and `errors` says why."""
+
+    labels: list[str | None]    # predicted class names, one per text (None: empty; a regression model: none)
     probabilities: np.ndarray   # (texts, classes), in the order of `classes` (a regression model: (texts, 0))
     classes: list[str]          # the model's classes, in order (a regression model: ["score"])
     accuracy: float | None = None
     scores: np.ndarray | None = None  # a regression model: the predicted score of each text
-    metrics: Metrics | None = None    # against the true labels, where given
+    metrics: Metrics | None = None    # against the true labels, where given (texts with a prediction)
+    errors: list[str | None] | None = None  # why a text has no prediction (None where it has one)
 
     def __len__(self) -> int:
         return len(self.probabilities)
 
 
 PAIR_SEPARATOR = " ||| "  # on the command line and stdin: "first text ||| second text" is one pair
+EMPTY_TEXT = "empty text: no prediction"
 
 
 def split_pair(text: str) -> str | tuple[str, str]:
@@ -61,6 +66,12 @@ def split_pair(text: str) -> str | tuple[str, str]:
         first, _, second = text.partition(PAIR_SEPARATOR.strip())
         return first.strip(), second.strip()
     return text
+
+
+def is_empty(text) -> bool:
+    """True for a text (or a pair with a text) that is missing, not text, or only white space."""
+    parts = text if isinstance(text, tuple) else (text,)
+    return any(not isinstance(t, str) or not t.strip() for t in parts)
 
 
 def predict_texts(model: nn.Module, tokenizer, texts: list, settings: TrainSettings | None = None) -> np.ndarray:
@@ -81,13 +92,27 @@ def predict_texts(model: nn.Module, tokenizer, texts: list, settings: TrainSetti
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
 
+@dataclass
+class Inputs:
+    """Texts read for `predict`, each with the row it came from (a file's 1-based data row,
+    stdin's line), the input's id column where it has one, and its true labels if any."""
+
+    texts: list
+    rows: list[int]
+    ids: list | None = None
+    id_column: str | None = None
+    labels: list | None = None
+    echo: bool = False  # write each text beside its prediction (stdin: nothing else names the row)
+
+
 def read_texts(path: str, text_column: str = "review", text_pair_column: str | None = None,
-               ) -> tuple[list, list | None, list | None, str | None]:
-    """(texts, ids, labels, id column) from a data file (pairs where `text_pair_column` is
-    given), or one text per line from stdin ("-"; "a ||| b" a pair)."""
+               label_column: str = "label") -> Inputs:
+    """The texts of a data file (pairs where `text_pair_column` is given; its `label_column`
+    where it has one), or one text per line from stdin ("-"; "a ||| b" a pair). Every row
+    is kept, empty ones too: each input row gets an output row."""
     if path == "-":
-        texts = [split_pair(line.rstrip("\n")) for line in sys.stdin if line.strip()]
-        return texts, None, None, None
+        texts = [split_pair(line.rstrip("\r\n")) for line in sys.stdin]
+        return Inputs(texts, list(range(1, len(texts) + 1)), echo=True)
     file = Path(path)
     _check_readable(file)
     ds = _read_file(file)
@@ -96,24 +121,30 @@ def read_texts(path: str, text_column: str = "review", text_pair_column: str | N
             raise DataError(f"{file}: no column {column!r} ({flag}). Columns found: "
                             f"{', '.join(map(repr, ds.column_names))}.")
     texts = list(ds[text_column])
-    seconds = list(ds[text_pair_column]) if text_pair_column else [None] * len(texts)
-    bad = [i + 1 for i, (t, u) in enumerate(zip(texts, seconds)) if not isinstance(t, str) or not t.strip()
-           or (text_pair_column and (not isinstance(u, str) or not u.strip()))]
-    if bad:
-        raise DataError(f"{file}: rows {', '.join(map(str, bad[:10]))} have empty text.")
     if text_pair_column:
-        texts = list(zip(texts, seconds))
+        texts = list(zip(texts, ds[text_pair_column]))
     id_column = next((c for c in ID_COLUMNS if c in ds.column_names), None)
-    ids = list(ds[id_column]) if id_column else None
-    labels = list(ds["label"]) if "label" in ds.column_names else None
-    return texts, ids, labels, id_column
+    return Inputs(texts, list(range(1, len(texts) + 1)), list(ds[id_column]) if id_column else None, id_column,
+                  list(ds[label_column]) if label_column in ds.column_names else None)
+
+
+def _true_labels(path: str, column: str) -> list:
+    file = Path(path)
+    _check_readable(file)
+    found = _read_file(file)
+    if column not in found.column_names:
+        raise DataError(f"{file}: no column {column!r} (--label-column: the true classes of --score-against). "
+                        f"Columns found: {', '.join(map(repr, found.column_names))}.")
+    return list(found[column])
 
 
 def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *, input: str | None = None,
             output: str | os.PathLike | None = None, text_column: str = "review", labels: str | None = None,
             chunk_size: int = 4096, settings: TrainSettings | None = None, progress: bool = True,
-            text_pair_column: str | None = None) -> Predictions:
-    """Predict sentiment for texts or a file and optionally write the predictions.
+            text_pair_column: str | None = None, label_column: str = "label",
+            overwrite: bool = False) -> Predictions:
+    """Predict the class (or a regression model's score) of texts or a file's rows, and
+    optionally write the predictions.
 
     Args:
         model_dir: a full or head-tuned model folder, or an adapter folder (its base model
@@ -122,84 +153,111 @@ def predict(model_dir: str | os.PathLike, texts: Iterable[str] | None = None, *,
             (first, second).
         input: a CSV/TSV/JSONL/Parquet file with `text_column`, or "-" for one text per line
             on stdin.
-        output: a `.csv` or `.jsonl` file for label, probability of each class and the
-            input's `id`/`index` column if it has one; written atomically.
-        labels: a file whose `label` column gives the true labels (or the input's own
-            `label` column is used); then accuracy is computed.
+        output: a new `.csv` or `.jsonl` file (`overwrite`: or an existing one) with a row
+            per input: its `row` number, the input's `id`/`index` column if it has one, the
+            text itself for texts and stdin, then the label and each class's probability
+            (or the score), and an `error` where a text was empty; written atomically.
+        labels: a file whose `label_column` gives the true labels (or the input's own
+            `label_column` is used); then accuracy is computed.
         chunk_size: texts tokenized at a time, so memory stays bounded for large files.
         settings: inference batches (`eval_batch_size`), `max_length`, precision, device.
 
     Returns:
         The `Predictions`: `labels` (predicted names), `probabilities` (an array) and
-        `accuracy` (None without true labels).
+        `accuracy` (None without true labels), one entry per input text.
     """
     from tqdm.auto import tqdm
 
+    from .outputs import check_output_file
+
+    if output:
+        check_output_file(output, overwrite=overwrite,
+                          inputs=[("--input", input if input != "-" else None), ("MODEL_DIR", model_dir),
+                                  ("--score-against", labels)])
     settings = (settings or TrainSettings()).replace(quiet=True)  # one bar, over the chunks
     model, tokenizer = load_trained(model_dir)
     check_max_length(model, tokenizer, settings, str(model_dir))
-    ids, true, id_column = None, None, None
     if texts is None:
         if input is None:
             raise LoralabError("Give texts or an input file.")
-        texts, ids, true, id_column = read_texts(input, text_column, text_pair_column)
-    texts = list(texts)
-    if labels:
-        file = Path(labels)
-        _check_readable(file)
-        found = _read_file(file)
-        if "label" not in found.column_names:
-            raise DataError(f"{file}: no column 'label' (--labels names a file whose 'label' column holds the "
-                            f"true classes). Columns found: {', '.join(map(repr, found.column_names))}.")
-        true = list(found["label"])
+        given = read_texts(input, text_column, text_pair_column, label_column)
+    else:
+        texts = list(texts)
+        given = Inputs(texts, list(range(1, len(texts) + 1)), echo=True)
+    true = _true_labels(labels, label_column) if labels else given.labels
+    texts = given.texts
     if true is not None and len(true) != len(texts):
         raise DataError(f"{labels or input}: {len(true)} labels for {len(texts)} texts.")
-    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    bar = tqdm(total=len(texts), desc="Predicting", unit="review", disable=not progress)
-    for start in range(0, len(texts), chunk_size):
-        chunk = texts[start:start + chunk_size]
-        probs[start:start + len(chunk)] = predict_texts(model, tokenizer, chunk, settings)
+    keep = [i for i, t in enumerate(texts) if not is_empty(t)]
+    errors = [EMPTY_TEXT if is_empty(t) else None for t in texts]
+    probs = np.full((len(texts), model.config.num_labels), np.nan, dtype=np.float32)
+    bar = tqdm(total=len(keep), desc="Predicting", unit=_unit(texts), disable=not progress)
+    for start in range(0, len(keep), chunk_size):
+        chunk = keep[start:start + chunk_size]
+        probs[chunk] = predict_texts(model, tokenizer, [texts[i] for i in chunk], settings)
         bar.update(len(chunk))
     bar.close()
     names = class_names(model)
+    where = labels or input
     if probs.shape[1] == 1:  # a regression model
         scores, metrics = probs[:, 0], None
-        if true is not None:
-            metrics = regression_metrics(scores, raw_targets(true, labels or input, "label"))
-        if output:
-            write_predictions(Path(output), [], np.zeros((len(scores), 0)), [], ids, id_column, scores)
-        return Predictions([], np.zeros((len(scores), 0), dtype=np.float32), list(names), scores=scores,
-                           metrics=metrics)
-    predicted = [names[i] for i in probs.argmax(-1)]
-    accuracy, metrics = None, None
-    if true is not None:
-        gold = label_ids(raw_labels(true, labels or input, "label"), names, labels or input, "label",
-                         advice="Fix the row, or predict with a model trained on these classes.")
-        metrics = classification_metrics(probs.argmax(-1), gold, names)
-        accuracy = metrics.accuracy
+        if true is not None and keep:
+            metrics = regression_metrics(scores[keep], raw_targets([true[i] for i in keep], where, label_column))
+        result = Predictions([], np.zeros((len(scores), 0), dtype=np.float32), list(names),
+                             scores=scores, metrics=metrics, errors=errors)
+    else:
+        predicted = [None if errors[i] else names[row.argmax()] for i, row in enumerate(probs)]
+        accuracy, metrics = None, None
+        if true is not None and keep:
+            gold = label_ids(raw_labels([true[i] for i in keep], where, label_column), names, where, label_column,
+                             rows=[given.rows[i] for i in keep],
+                             advice="Fix the row, or predict with a model trained on these classes.")
+            metrics = classification_metrics(probs[keep].argmax(-1), gold, names)
+            accuracy = metrics.accuracy
+        result = Predictions(predicted, probs, list(names), accuracy, metrics=metrics, errors=errors)
     if output:
-        write_predictions(Path(output), predicted, probs, names, ids, id_column)
-    return Predictions(predicted, probs, list(names), accuracy, metrics=metrics)
+        write_predictions(Path(output), result, given)
+    return result
 
 
-def write_predictions(path: Path, predicted, probs, names, ids=None, id_column=None, scores=None) -> None:
-    """Each text's predicted label and class probabilities (`prob_NAME`), or a regression
-    model's `score`, after the input's id column where it has one."""
+def _unit(texts: list) -> str:
+    """The progress bar's unit: what the task reads."""
+    return "pairs" if texts and isinstance(texts[0], tuple) else "texts"
+
+
+def write_predictions(path: Path, result: Predictions, given: Inputs) -> None:
+    """A row per input text: its `row`, the input's id column where it has one, the text
+    where it came from stdin or the caller (`text`, and `text_pair` for pairs), then the
+    predicted `label` and class probabilities (`prob_NAME`), or a regression model's
+    `score`, and `error` where the text had no prediction."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise LoralabError(f"{path}: predictions are written as .csv or .jsonl.")
+    regression = result.scores is not None
+    any_error = any(result.errors or ())
     rows = []
-    for i in range(len(scores) if scores is not None else len(predicted)):
-        entry = {id_column: ids[i]} if ids is not None else {}
-        if scores is not None:
-            entry["score"] = round(float(scores[i]), 6)
+    for i, text in enumerate(given.texts):
+        entry = {"row": given.rows[i]}
+        if given.ids is not None:
+            entry[given.id_column] = given.ids[i]
+        if given.echo:
+            first, second = text if isinstance(text, tuple) else (text, None)
+            entry["text"] = first
+            if isinstance(text, tuple):
+                entry["text_pair"] = second
+        failed = result.errors[i] if result.errors else None
+        if regression:
+            entry["score"] = None if failed else round(float(result.scores[i]), 6)
         else:
-            entry["label"] = predicted[i]
-            entry.update({f"prob_{name}": round(float(p), 6) for name, p in zip(names, probs[i])})
+            entry["label"] = result.labels[i]
+            entry.update({f"prob_{name}": None if failed else round(float(p), 6)
+                          for name, p in zip(result.classes, result.probabilities[i])})
+        if any_error:
+            entry["error"] = failed or ""
         rows.append(entry)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         if suffix == ".csv":
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["label"])
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["row", "label"])
             writer.writeheader()
             writer.writerows(rows)
         else:
@@ -283,7 +341,8 @@ def read_info(model_dir: Path) -> dict:
     return info
 
 
-def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool = False) -> Path:
+def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool = False,
+           overwrite: bool = False) -> Path:
     """Export a trained model as a plain Hugging Face folder with a model card.
 
     With `merge`, a LoRA adapter is merged into its base model and the result saved as a
@@ -291,12 +350,20 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
     `transformers.pipeline("text-classification", model=out)` loads without loralab.
     Without it, an adapter is exported in PEFT's format and a full or head-tuned model as
     it is.
+
+    `out` is a new folder, or one an earlier export wrote; `overwrite` lets it be a folder
+    of the user's, whose files are kept (`loralab.outputs.check_output`). It may not be,
+    hold or lie inside `model_dir` or the base model.
     """
+    from .outputs import check_output, model_input
+
     model_dir = Path(model_dir)
+    check_output(out, "export", overwrite=overwrite, inputs=[("MODEL_DIR", model_dir)])
     info = read_info(model_dir)
     is_adapter = (model_dir / CONFIG_NAME).exists()
     base = (json.loads((model_dir / CONFIG_NAME).read_text()).get("base_model_name_or_path") if is_adapter
             else info.get("base_model")) or "unknown"
+    check_output(out, "export", overwrite=overwrite, inputs=[("the base model", model_input(base)[1])])
     base = MINILM_HUB_ID if base == "minilm" else base
     model, tokenizer = load_trained(model_dir)
     if pooling_of(model) != "cls":
@@ -304,7 +371,7 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
                            "transformers model (or PEFT) cannot express: exported, it would read the first "
                            "token and predict differently. Serve it with `loralab predict` or "
                            "`loralab.load_trained`, or train with --pooling cls to export.")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="export") as tmp:
         if is_adapter and not merge:
             for name in (CONFIG_NAME, "adapter_model.safetensors"):
                 shutil.copy2(model_dir / name, tmp / name)

@@ -10,6 +10,7 @@ configuration is checked before anything heavy is imported.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .errors import LoralabError
@@ -155,8 +156,13 @@ class TrainSettings:
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
-        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.eval_batch_size < 1:
-            raise LoralabError("epochs, batch_size, eval_batch_size and learning_rate must be positive.")
+        for name in ("epochs", "learning_rate", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not (0 < value < math.inf):  # NaN too
+                raise LoralabError(f"{name} must be a positive finite number, got {value!r}.")
+        if not (0 <= self.warmup_ratio <= 1) or not (0 <= self.weight_decay < math.inf):
+            raise LoralabError(f"warmup_ratio must be in [0, 1] and weight_decay at least 0, got "
+                               f"{self.warmup_ratio!r} and {self.weight_decay!r}.")
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise LoralabError(f"micro_batch_size must divide batch_size ({self.batch_size}), "
                                f"got {self.micro_batch_size} (0 = auto).")
@@ -211,8 +217,11 @@ class LoraOptions:
         _check_choice("init", self.init, INITS)
         if self.rank < 1:
             raise LoralabError(f"rank must be at least 1, got {self.rank}.")
-        if self.lr_ratio <= 0 or not 0 <= self.dropout < 1:
-            raise LoralabError("lr_ratio must be positive and dropout in [0, 1).")
+        if self.alpha is not None and not (0 < self.alpha < math.inf):
+            raise LoralabError(f"alpha must be a positive finite number (or None: 2 * rank), got {self.alpha!r}.")
+        if not (0 < self.lr_ratio < math.inf) or not 0 <= self.dropout < 1:
+            raise LoralabError(f"lr_ratio must be a positive finite number and dropout in [0, 1), got "
+                               f"{self.lr_ratio!r} and {self.dropout!r}.")
 
     def replace(self, **changes) -> "LoraOptions":
         return _replace(self, changes)

@@ -179,6 +179,11 @@ def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | 
     def each(value, name):
         return value[name] if isinstance(value, Mapping) else value
 
+    for name, layer in layers.items():  # an update of a larger rank has more numbers than the layer
+        smallest = min(layer.in_features, layer.out_features)
+        if each(rank, name) > smallest:
+            raise LoralabError(f"rank {each(rank, name)} is larger than the smallest dimension of {name} "
+                               f"({layer.out_features} x {layer.in_features}); give a rank from 1 to {smallest}.")
     wrapped = {}
     for name, layer in layers.items():
         r = each(rank, name)

@@ -263,6 +263,41 @@ def raw_targets(values, path, column: str) -> list[float]:
     return targets
 
 
+def _as_number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _refuse_mixed_labels(parts, column: str) -> None:
+    """Classes read from the data alone are all numbers or all names: a column holding
+    `0`, `1`, `pos` and `1.5` is a mistake, not four classes. A fraction (`1.5`) is no
+    class; the binary spellings (0/1, neg/pos, ...) mix freely. `--labels` names the
+    classes and lifts this."""
+    numbers, words, binary_words = [], [], []  # (file, row, label)
+    for path, part in parts:
+        for row, value in zip(part.rows, part.raw):
+            number = _as_number(value)
+            if number is not None and not number.is_integer():
+                raise DataError(f"{path}: row {row}: label {value} in column {column!r} is not a class label (a "
+                                "whole number or a name); a number per row is a regression task (--task "
+                                "regression).")
+            if number is not None:
+                numbers.append((path, row, value))
+            elif value.lower() in LABEL_VALUES:
+                binary_words.append((path, row, value))
+            else:
+                words.append((path, row, value))
+    if (words and numbers) or (binary_words and any(v not in ("0", "1") for _, _, v in numbers)):
+        path, row, value = (words or binary_words)[0]
+        shown = ", ".join(sorted({v for _, _, v in numbers}, key=_as_number)[:5])
+        raise DataError(f"{path}: row {row}: the label {value!r} in column {column!r} is a word where other rows "
+                        f"hold numbers ({shown}); a column of classes holds numbers or names, not both. Fix the "
+                        "rows, or name every class in order with --labels.")
+
+
 def _as_int(text: str) -> int | None:
     try:
         return int(text)
@@ -405,6 +440,8 @@ def load_split(patterns, options: DataOptions | None = None, names: Sequence[str
     if regression:
         names = REGRESSION_LABELS
     elif names is None:
+        if not options.labels:
+            _refuse_mixed_labels(parts, options.label_column)
         names = label_names([v for _, part in parts for v in part.raw], options.labels)
     if options.labels and len(set(names)) != len(names):
         raise DataError(f"--labels names a class twice: {', '.join(names)}.")

@@ -24,6 +24,10 @@ COLORS = {name: m.color for name, m in METHODS.items()}
 # another kind of number and IA3 has none: they are points on the parameters plot; extracted adapters are
 # compared in the report's extraction table instead).
 RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name in LORA_FAMILY)
+# Series that often lie on top of one another, drawn so that each shows through: approximated
+# model 1 as large hollow squares on a dashed line around model 2's dots.
+SERIES_STYLE = {"approx1": {"marker": "s", "markersize": 10, "markerfacecolor": "none", "ls": "--", "lw": 2},
+                "approx2": {"marker": "o", "markersize": 5}}
 
 
 def _plt():
@@ -56,6 +60,29 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+# Where a point's label may go, in points from it: right and above first, then below, then
+# further out; the first place whose box meets no other label's is taken.
+LABEL_PLACES = [(3, 3), (3, -9), (3, 11), (3, -17), (3, 19), (3, -25), (-18, 3), (-18, -9)]
+CHAR_WIDTH, LABEL_HEIGHT = 4.5, 8.0  # a 7-point label's box, in points
+
+
+def label_offsets(points: list[tuple[float, float]], texts: list[str]) -> list[tuple[int, int]]:
+    """An offset (in points) for each text's label at its point (in display points), so
+    that no two labels' boxes overlap where `LABEL_PLACES` allows: "r=1" and "r=2" at
+    nearly the same place read as "r=1r=2" when both sit above-right."""
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = []
+    for (x, y), text in zip(points, texts):
+        width = CHAR_WIDTH * len(text)
+        for dx, dy in LABEL_PLACES:
+            box = (x + dx, y + dy, x + dx + width, y + dy + LABEL_HEIGHT)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        offsets.append((dx, dy))
+    return offsets
+
+
 def _words(summaries: list[Summary]) -> tuple[str, str]:
     """The score the summaries lead with, in words: ("accuracy", "Accuracy")."""
     words = SCORE_LABELS[summaries[0].metric] if summaries else "accuracy"
@@ -75,10 +102,12 @@ def plot_accuracy_vs_params(summaries: list[Summary], path: Path) -> bool:
         if pts:
             ax.scatter([r.trainable_params for r in pts], [r.score for r in pts],
                        color=COLORS[method], label=LABELS[method], s=40, zorder=3)
-            for r in pts:
-                if r.size:
-                    ax.annotate(r.size, (r.trainable_params, r.score), fontsize=7,
-                                xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.autoscale_view()
+    sized = [r for r in data if r.size]
+    where = ax.transData.transform([(r.trainable_params, r.score) for r in sized]) if sized else []
+    for r, offset in zip(sized, label_offsets([tuple(p) for p in where], [r.size for r in sized])):
+        ax.annotate(r.size, (r.trainable_params, r.score), fontsize=7, xytext=offset, textcoords="offset points")
     front = [data[i] for i in pareto_front([(r.trainable_params, r.score) for r in data])]
     ax.step([r.trainable_params for r in front], [r.score for r in front], where="post",
             color="black", lw=1, ls="--", zorder=2)
@@ -101,9 +130,9 @@ def plot_accuracy_vs_rank(summaries: list[Summary], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(9, 5))
     for method, pts in series.items():
-        if pts:
-            ax.plot([r.rank for r in pts], [r.score for r in pts], marker="o",
-                    color=COLORS[method], label=LABELS[method])
+        if pts:  # each series its own marker and dashes: approximated models 1 and 2 often coincide
+            ax.plot([r.rank for r in pts], [r.score for r in pts], color=COLORS[method], label=LABELS[method],
+                    **SERIES_STYLE.get(method, {"marker": "o"}))
             spread = [r for r in pts if r.seeds > 1]
             if spread:  # min-max over seeds around the median
                 ax.errorbar([r.rank for r in spread], [r.score for r in spread],
@@ -138,6 +167,13 @@ def plot_training_curves(summaries: list[Summary], path: Path) -> bool:
         ax2.plot(epochs, [h.get(f"eval_{metric}", math.nan) for h in r.history], marker="o", color=cmap(i % 10),
                  label=r.label)
     loss = "mean squared error" if metric_task(metric) == REGRESSION else "cross-entropy"
+    epochs = sorted({h["epoch"] for r in trained for h in r.history})
+    for ax in (ax1, ax2):  # the epochs themselves, with room around one epoch (not an axis from 0.96 to 1.04)
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax1.set(xlabel="epoch", ylabel=f"mean training loss ({loss})", title="Training loss per epoch")
     ax2.set(xlabel="epoch", ylabel=f"eval {words}", title=f"Eval {words} after each epoch")
     ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

@@ -98,12 +98,24 @@ def write_plots(f: Findings, report_dir: Path) -> dict[str, bool]:
     return made
 
 
-def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:
+# Every file a report writes (a suite's report writes the first two and results.json).
+REPORT_FILES = ("report.md", "report.html", "accuracy_vs_params.png", "accuracy_vs_rank.png", "training_curves.png",
+                "cost.png", "confusion.png", "spectrum.png")
+
+
+def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None, *,
+                 overwrite: bool = False) -> Path:
     """Write report.md, report.html and the PNG plots for the study in `out_dir`:
-    findings -> document -> Markdown -> HTML."""
+    findings -> document -> Markdown -> HTML.
+
+    `report_dir` (default: `out_dir`) is a new or empty folder, a study's, or one a report
+    was written to; `overwrite` lets it be a folder of the user's, whose files are never
+    written over (`loralab.outputs`)."""
+    from ..outputs import check_output, claim_folder
+
     out_dir = Path(out_dir)
-    report_dir = Path(report_dir or out_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    report_dir = check_output(report_dir or out_dir, "report", overwrite=overwrite, flag="--report-dir")
+    claim_folder(report_dir, "report", REPORT_FILES)
     findings = build(out_dir)
     text = markdown(document(findings, write_plots(findings, report_dir)))
     write_text(report_dir / "report.md", text)

@@ -53,13 +53,14 @@ def _child(data_options: dict, out: str, quiet: bool, run: Run, threads: int = 0
     CPU threads for torch, when several children share the machine). `environ` is the
     parent's environment when the run started: a fork server's children would otherwise
     see the environment of the moment the server started."""
-    from ..logs import setup_logging
+    from ..logs import once_from_environ, setup_logging
 
     _die_with_parent()
     if environ is not None:
         os.environ.clear()
         os.environ.update(environ)
     setup_logging(quiet)
+    once_from_environ()
     if threads:
         import torch
 
@@ -137,9 +138,13 @@ def warm_up_processes() -> None:
 
 def start_child(ctx: Context, run: Run, threads: int = 0):
     """Start `run` in a process of its own (after clearing its folder)."""
+    from ..logs import active_once
+
     prepare_run_dir(ctx.out / run.name)
+    once = active_once()  # what the study has warned about, the child does not say again
+    environ = {**os.environ, **(once.environ() if once else {})}
     proc = process_context().Process(
-        target=_child, args=(ctx.data_options, str(ctx.out), ctx.quiet, run, threads, dict(os.environ)),
+        target=_child, args=(ctx.data_options, str(ctx.out), ctx.quiet, run, threads, environ),
         name=f"loralab-{run.name}")
     proc.start()
     return proc
@@ -335,21 +340,36 @@ class Processes:
             proc.join()
 
 
-def run_study(config: dict, quiet: bool = False) -> StudyResult:
-    """Run (or resume) the whole study of a resolved configuration (`load_config`), holding
-    its output folder's lock (`loralab.locks`): a second study on the folder stops at once."""
-    from ..locks import output_lock
+# What a study writes at its folder's top level besides its runs' folders.
+STUDY_FILES = ("config.toml", "results.json", "environment.json")
 
-    with output_lock(config["out"]):
+
+def run_study(config: dict, quiet: bool = False, overwrite: bool = False, name: str = "") -> StudyResult:
+    """Run (or resume) the whole study of a resolved configuration (`load_config`), holding
+    its output folder's lock (`loralab.locks`): a second study on the folder stops at once.
+
+    The folder is a new one or a study's (`loralab.outputs.check_output`); `overwrite` lets
+    it be a folder of the user's, none of whose entries is written over. It may not be,
+    hold or lie inside the model or the data. Each warning is said once (by the runs in
+    their own processes too), after `name` where given (a suite's task)."""
+    from ..locks import output_lock
+    from ..logs import warnings_once
+    from ..outputs import check_output, data_inputs, model_input
+
+    check_output(config["out"], "study", overwrite=overwrite,
+                 inputs=[model_input(config["model"]), *data_inputs(config["data"])])
+    with output_lock(config["out"]), warnings_once(name):
         return _run_study(config, quiet)
 
 
 def _run_study(config: dict, quiet: bool) -> StudyResult:
+    from ..outputs import claim_folder
+
     ctx = Context(config["data"], config["out"], quiet)
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    write_text(ctx.out / "config.toml", to_toml(config))
     start = time.perf_counter()
     runs = plan(config, ctx)
+    claim_folder(ctx.out, "study", [*STUDY_FILES, *(run.name for run in runs)])  # before anything is written
+    write_text(ctx.out / "config.toml", to_toml(config))
     result = StudyResult(rows=[], runs=runs, skipped=[])
     progress = _Progress(runs, result, study_metric(config))
     todo = []

@@ -163,27 +163,33 @@ def load_suite(path: str | os.PathLike, data_root: str | os.PathLike | None = No
 def task_configs(suite: Suite, out: str | os.PathLike, config_file: str | os.PathLike | None = None, *,
                  quick: bool = False, profile: str | None = None, **flags) -> dict[str, dict]:
     """Each task's resolved study configuration (`load_config`), its output in `out/TASK`."""
+    from ..logs import warnings_once
     from .config import load_config
 
     configs = {}
-    for task in suite.tasks:
-        task_flags = {**flags, **{f"data.{k}": v for k, v in task.data.items()}, "out": str(Path(out) / task.key)}
-        try:
-            configs[task.key] = load_config(config_file, quick=quick, profile=profile, base=suite.run, **task_flags)
-        except LoralabError as err:
-            raise LoralabError(f"{suite.path}: task {task.key}: {err}") from err
+    with warnings_once():  # what --quick or a profile replaces of the suite's settings: said once, not per task
+        for task in suite.tasks:
+            task_flags = {**flags, **{f"data.{k}": v for k, v in task.data.items()},
+                          "out": str(Path(out) / task.key)}
+            try:
+                configs[task.key] = load_config(config_file, quick=quick, profile=profile, base=suite.run,
+                                                **task_flags)
+            except LoralabError as err:
+                raise LoralabError(f"{suite.path}: task {task.key}: {err}") from err
     return configs
 
 
 def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, quiet: bool = False,
-              only: list[str] | None = None) -> Path:
+              only: list[str] | None = None, overwrite: bool = False) -> Path:
     """Run (or resume) every task's study in turn (`only`: these tasks' alone), each with its
     report, then write the suite's combined report over every task with results in `out` (and,
     without `only`, every other task, as not run yet), so a task run by an earlier call keeps its
     column; returns its path. The suite's folder is
     locked throughout."""
     from ..locks import output_lock
+    from ..outputs import check_output, claim_folder, data_inputs, model_input
     from ..report import write_report
+    from ..report.render import REPORT_FILES
     from ..report.suite import write_suite_report
     from .runner import run_study
 
@@ -193,9 +199,14 @@ def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, qu
                            f"{', '.join(t.key for t in suite.tasks)}.")
     out = Path(out)
     chosen = [t for t in suite.tasks if not only or t.key in only]
+    check_output(out, "suite", overwrite=overwrite, inputs=[("the suite file", suite.path)])
+    for task in chosen:  # every task's folder checked before the first trains
+        check_output(configs[task.key]["out"], "study", overwrite=overwrite,
+                     inputs=[model_input(configs[task.key]["model"]), *data_inputs(configs[task.key]["data"])])
     with output_lock(out):
+        claim_folder(out, "suite", [t.key for t in suite.tasks] + list(REPORT_FILES) + ["results.json"])
         for i, task in enumerate(chosen, start=1):
             logger.info("Task %d of %d: %s", i, len(chosen), task.name)
-            run_study(configs[task.key], quiet=quiet)
+            run_study(configs[task.key], quiet=quiet, overwrite=overwrite, name=task.name)
             write_report(configs[task.key]["out"])
         return write_suite_report(suite, out, only)
