@@ -152,8 +152,8 @@ def lab_side(data, model_name: str, ranks: list[int], workdir: str, lr: float) -
 
 
 def loralab_side(args, ranks: list[int], out: str) -> tuple[dict, dict]:
+    from loralab.records import REPLACE_TEST, RESULT_NAME, read_record
     from loralab.study import load_config, run_study
-    from loralab.study.records import REPLACE_TEST, RESULT_NAME, read_record
 
     config = load_config(None, out=out, model=args.model if args.model != "minilm" else None,
                          **{"data.limit_train": args.train, "data.limit_eval": args.eval, "train.epochs": 1,

@@ -119,21 +119,24 @@ def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synth
     assert list(tmp_path.iterdir()) == []
 
 
-# The layers, lowest first: a module may import from its own layer and the ones below. The
+# The layers, lowest first: a module may import from its own layer and the ones below, in
+# its body or inside a function alike (a function's import is an import all the same). The
 # core and training stay flat files (where a reader starts, as in litgpt and torchtune's
-# `modules/peft/`); data, the study, the report and the lab are sub-packages.
+# `modules/peft/`); data, the study, the report and the lab are sub-packages. The records a
+# study writes sit below everything that writes or reads them; the training API (api, serve)
+# below the report and the study, which both read its results; the two executors of a
+# study in one module (`study.executors`), the Ray one (`study.cluster`) importing it.
 LAYERS = {
-    "core": {"version", "errors", "fileio", "outputs", "locks", "settings", "methods", "arch", "lora", "vectors",
-             "surgery", "adapters",
-             "lowrank",
-             "extraction", "pooling", "models"},
+    "base": {"version", "errors", "fileio", "outputs", "locks", "settings", "methods", "arch", "logs"},
+    "core": {"lora", "vectors", "surgery", "adapters", "lowrank", "extraction", "pooling", "models"},
+    "records": {"records"},
     "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",
-                 "fastdropout", "measure", "baselines", "logs"},
-    "library": {"api", "serve", "study", "study.config", "study.records", "study.plan", "study.tasks",
-                "study.runner", "study.suite", "study.cluster", "report", "report.findings", "report.document",
-                "report.render",
-                "report.plots", "report.suite",
-                "lab", "lab.functions", "lab.checks"},
+                 "fastdropout", "measure", "baselines"},
+    "api": {"api", "serve"},
+    "report": {"report", "report.findings", "report.document", "report.render", "report.plots", "report.suite"},
+    "study": {"study", "study.config", "study.plan", "study.tasks", "study.executors", "study.runner",
+              "study.suite", "study.cluster"},
+    "lab": {"lab", "lab.functions", "lab.checks"},
     "cli": {"cli", "__init__"},
 }
 
@@ -168,35 +171,79 @@ def _imports(path: Path, module: str) -> set[str]:
     return found
 
 
-def test_dependencies_run_one_way_cli_library_training_core():
-    package = ROOT / "src" / "loralab"
-    rank = {module: i for i, layer in enumerate(LAYERS.values()) for module in layer}
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Each loralab module of `package` (a folder) -> the loralab modules it imports, at
+    its top or inside a function, and its third-party imports as "<module.name>"."""
     files = {_module_name(p, package): p for p in package.rglob("*.py")}
-    assert set(files) == set(rank), set(files) ^ set(rank)
+    graph = {}
     for module, path in files.items():
-        imports = _imports(path, module)
-        unknown = {m for m in imports if not m.startswith("<") and m not in rank and m.rsplit(".", 1)[0] not in rank}
-        assert not unknown, f"{module} imports {unknown}, which the layers do not name"
-        layer_of = {m: rank.get(m, rank.get(m.rsplit(".", 1)[0])) for m in imports if not m.startswith("<")}
-        upward = {m for m, r in layer_of.items() if r is not None and r > rank[module]}
-        assert not upward, f"{module} ({list(LAYERS)[rank[module]]}) imports {upward} from a higher layer"
-        if rank[module] == 0:  # the core: no Trainer, no plotting
-            heavy = {m for m in imports if m.startswith(HEAVY)}
-            assert not heavy, f"{module} imports {heavy}"
+        graph[module] = set()
+        for m in _imports(path, module):
+            if not m.startswith("<") and m not in files and m.rsplit(".", 1)[0] in files:
+                m = m.rsplit(".", 1)[0]  # `from .x import name` where name is no module
+            graph[module].add(m)
+    return graph
 
 
-def test_old_module_paths_still_import_the_moved_modules():
-    """Modules of loralab 0.1 that moved into sub-packages keep their old import paths."""
-    import importlib
+def layer_problems(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up a layer, every module the layers do not name, every heavy
+    import of the base and core, and every cycle between modules (a package's __init__
+    importing its own modules aside)."""
+    rank = {module: i for i, layer in enumerate(LAYERS.values()) for module in layer}
+    problems = [f"{m}: not in LAYERS" for m in sorted(set(graph) ^ set(rank))]
+    for module, imports in sorted(graph.items()):
+        for m in sorted(i for i in imports if not i.startswith("<")):
+            if m not in rank:
+                problems.append(f"{module} imports {m}, which the layers do not name")
+            elif module in rank and rank[m] > rank[module]:
+                problems.append(f"{module} ({list(LAYERS)[rank[module]]}) imports {m} ({list(LAYERS)[rank[m]]})")
+        if rank.get(module, 99) <= rank["lora"]:  # the base and the core: no Trainer, no plotting
+            problems += [f"{module} imports {m}" for m in sorted(imports) if m.startswith(HEAVY)]
 
-    for old, new in {"config": "study.config", "records": "study.records", "plan": "study.plan",
-                     "tasks": "study.tasks", "plots": "report.plots", "checks": "lab.checks"}.items():
-        assert importlib.import_module(f"loralab.{old}") is importlib.import_module(f"loralab.{new}")
-    from loralab.config import load_config
+    def children(module: str) -> set[str]:  # a package's __init__ gathers its modules: not a cycle
+        return {m for m in graph.get(module, ()) if m in graph and m != module and not m.startswith(module + ".")}
 
-    from loralab.study import load_config as same
+    done, path = set(), []
 
-    assert load_config is same
+    def visit(module: str) -> None:
+        if module in path:
+            problems.append("cycle: " + " -> ".join(path[path.index(module):] + [module]))
+            return
+        if module in done:
+            return
+        path.append(module)
+        for m in sorted(children(module)):
+            visit(m)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+    return problems
+
+
+def test_dependencies_run_one_way_with_no_cycle():
+    assert layer_problems(import_graph(ROOT / "src" / "loralab")) == []
+
+
+def test_the_guard_sees_an_upward_import_inside_a_function(tmp_path):
+    """The guard itself: a core module that imports the CLI inside a function, and a cycle
+    made the same way, are both found."""
+    import shutil
+
+    package = tmp_path / "loralab"
+    shutil.copytree(ROOT / "src" / "loralab", package, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(package / "lora.py", "a") as fh:
+        fh.write("\n\ndef _planted():\n    from .cli import main\n\n    return main\n")
+    with open(package / "records.py", "a") as fh:
+        fh.write("\n\ndef _planted():\n    from .study import runner\n\n    return runner\n")
+    problems = layer_problems(import_graph(package))
+    assert "lora (core) imports cli (cli)" in problems, problems
+    assert "records (records) imports study (study)" in problems, problems
+    with open(package / "methods.py", "a") as fh:  # methods <- settings; settings -> methods: a cycle
+        fh.write("\n\ndef _planted():\n    from . import settings\n\n    return settings\n")
+    assert any(p.startswith("cycle:") and "methods" in p and "settings" in p
+               for p in layer_problems(import_graph(package)))
 
 
 def test_quick_says_which_settings_of_a_config_file_it_replaces(tmp_path, caplog):

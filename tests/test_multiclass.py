@@ -105,10 +105,11 @@ def test_an_adapter_or_model_for_other_classes_is_refused_with_both_sets(tmp_pat
     assert load_data(fruit, options=DataOptions(text_column="text"))["eval"].features["label"].num_classes == 3
 
 
+@pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)
 def test_a_three_class_study_runs_every_method_and_writes_its_report(tmp_path, tiny_model_dir, run_cli):
     """`loralab run --quick` on a made-up 3-class data set: every method, then the report."""
+    from loralab.records import read_rows
     from loralab.report import build
-    from loralab.study.records import read_rows
 
     data = write_fruit(tmp_path / "fruit")
     config = tmp_path / "fruit.toml"

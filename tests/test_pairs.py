@@ -150,6 +150,7 @@ def test_tfidf_reads_both_texts_of_a_pair(pairs):
     count_fraction(result.eval_accuracy, 32)
 
 
+@pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)
 def test_a_quick_study_on_a_pair_task_runs_every_method_and_reports(pairs, tmp_path, tiny_model_dir, run_cli):
     config = tmp_path / "pairs.toml"
     config.write_text(f'model = "{tiny_model_dir}"\n[data]\ntext_column = "sentence1"\n'

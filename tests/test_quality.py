@@ -151,6 +151,7 @@ lora_rank = 2
 """
 
 
+@pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)
 def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synthetic_data_dir):
     from loralab.study import Context, plan, run_study
     from loralab.study.config import load_config
@@ -258,8 +259,8 @@ def test_choosing_skips_candidates_evaluated_before_and_saves_each_new_one(tmp_p
     import datasets
 
     from loralab.api import choose_learning_rate
+    from loralab.records import read_json
     from loralab.settings import LoraOptions
-    from loralab.study.records import read_json
     from loralab.training import TrainSettings
 
     def split(n):

@@ -157,6 +157,7 @@ def test_class_weights_and_class_names_are_refused_for_regression(scores, run_cl
     assert code == 2 and "data.metric = 'accuracy' is a classification score" in err, err
 
 
+@pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)
 def test_a_quick_study_on_a_regression_task_runs_every_method_and_reports(scores, tmp_path, tiny_model_dir, run_cli):
     config = tmp_path / "stsb.toml"
     config.write_text(f'model = "{tiny_model_dir}"\n[data]\ntext_column = "sentence1"\n'

@@ -183,6 +183,7 @@ def _remote_code_folders(tmp_path, tiny_model_dir):
     return marker, adapter, model
 
 
+@pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)
 def test_remote_code_in_a_tokenizer_never_runs_even_with_a_yes_at_a_terminal(tmp_path, tiny_model_dir):
     """`loralab predict` on a folder whose tokenizer asks for custom code, run with a terminal
     attached that answers "y" to any question: the code never runs (transformers asked "Do

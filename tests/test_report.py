@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from conftest import png_size
+from loralab.records import LowrankSummary, RunRecord
 from loralab.report import RunTime, build, write_report
 from loralab.report.plots import pareto_front
-from loralab.study.records import LowrankSummary, RunRecord
 
 
 def write_record(folder, name, seconds=60.0, finished="2026-01-01T10:00:00", device="cpu", **parts):
@@ -77,8 +77,8 @@ def test_numbers_and_sentences(tmp_path):
 
 
 def test_extracted_adapters_against_trained_lora_and_full(tmp_path):
+    from loralab.records import Extracted
     from loralab.report import extraction_lines
-    from loralab.study.records import Extracted
 
     folder = hand_made(tmp_path)
     rows = json.loads((folder / "results.json").read_text())

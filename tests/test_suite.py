@@ -84,6 +84,7 @@ def test_the_example_glue_suite_reads_the_five_shared_tasks():
     assert configs["rte"]["methods"]["lora_ranks"] == [1, 2, 4, 8, 16] and configs["rte"]["out"].endswith("rte")
 
 
+@pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)
 def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path, tiny_model_dir, run_cli):
     out = tmp_path / "out"
     args = ["glue", suite, "--quick", "--model", tiny_model_dir, "--out", out, "--quiet", "--seeds", "0,1"]

@@ -293,8 +293,8 @@ def test_a_study_compares_the_adapters_at_their_budgets(tmp_path, tiny_model_dir
 
 
 def test_vera_rate_choice_is_said_at_its_own_rank_and_loras_at_every_rank():
+    from loralab.records import Selection
     from loralab.report.document import selection_lines
-    from loralab.study.records import Selection
 
     def chosen(method, rank):
         return Selection(method, 1e-2, 90, 10, 3.0, "mean", {"0.003": 0.5, "0.01": 0.6}, rank=rank)

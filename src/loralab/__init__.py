@@ -2,9 +2,7 @@
 study of accuracy against trainable parameters on IMDB sentiment classification or any
 text-classification task."""
 
-import sys
-
-from . import lab, report, study  # noqa: F401 - sub-packages, and the old module paths below
+from . import lab, report, study  # noqa: F401 - the sub-packages
 from .adapters import load_adapter, save_adapter
 from .api import choose_learning_rate, evaluate, load_trained, prepare_model, save_trained, train
 from .data import DataOptions, load_data, load_split, split_validation
@@ -31,15 +29,6 @@ from .surgery import (
 )
 from .vectors import IA3, VeRA
 from .version import __version__  # noqa: E402, F401
-
-# Modules of loralab 0.1 that moved into sub-packages stay importable by their old paths
-# (`from loralab.config import load_config`): the same module objects, not copies.
-# (`loralab.study.plan` is also the name of the function `plan`, so modules are looked up
-# in sys.modules, never as attributes.)
-_MOVED = {"config": "study.config", "records": "study.records", "plan": "study.plan", "tasks": "study.tasks",
-          "plots": "report.plots", "checks": "lab.checks"}
-for _old, _new in _MOVED.items():
-    sys.modules.setdefault(f"{__name__}.{_old}", sys.modules[f"{__name__}.{_new}"])
 
 __all__ = [
     "DataError", "DataOptions", "IA3", "IA3Options", "LoRA", "LoRALinear", "LoraOptions", "LoralabError",

@@ -22,14 +22,23 @@ from torch import nn
 
 from .adapters import CONFIG_NAME, adapter_base, class_names, load_adapter, save_adapter
 from .errors import LoralabError, ModelLoadError
-from .fileio import atomic_dir, write_json
+from .fileio import write_json
 from .head import head_features, train_head
 from .inference import check_max_length, evaluate_metrics
 from .lora import rate_warning
 from .methods import ADAPTERS
 from .metrics import SCORES, Metrics, Scored
-from .models import DEFAULT_MODEL, load_model, load_tokenizer, num_trainable_parameters, refuse_other_classes
+from .models import (
+    DEFAULT_MODEL,
+    load_model,
+    load_tokenizer,
+    local_folder,
+    num_trainable_parameters,
+    refuse_other_classes,
+)
+from .outputs import check_output, output_dir
 from .pooling import set_pooling
+from .records import LowrankSummary, Row, Selection, fingerprint, read_json
 from .settings import (
     OPTIONS,
     REGRESSION,
@@ -39,7 +48,6 @@ from .settings import (
     LoraOptions,
     default_options,
 )
-from .study.records import LowrankSummary, Row, Selection, fingerprint, read_json
 from .surgery import freeze_all_but_head, inject_ia3, inject_lora, inject_vera, lora_layers
 from .training import TrainResult, TrainSettings, is_main_process, tokenize, train_with_trainer
 
@@ -145,7 +153,7 @@ def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: 
     `loralab.json` describing how it was made (a `TrainInfo`, or the dict loralab 0.1 took),
     and copies of `extra_files` (logs)."""
     data = info.to_json() if isinstance(info, TrainInfo) else dict(info)
-    with atomic_dir(directory, kind="model") as tmp:
+    with output_dir(directory, "model") as tmp:
         for extra in map(Path, extra_files):
             if extra.is_dir():
                 shutil.copytree(extra, tmp / extra.name)
@@ -259,11 +267,9 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
     import torch
 
     from .data import class_names_of, data_digest, load_data
-    from .outputs import check_output, model_input
-
     if method not in TRAIN_METHODS:
         raise LoralabError(f"method must be one of {', '.join(TRAIN_METHODS)}, got {method!r}")
-    check_output(out, "model", overwrite=overwrite, inputs=[model_input(model)])
+    check_output(out, "model", overwrite=overwrite, inputs=[("--model", local_folder(model))])
     if lock and is_main_process():  # under torchrun every rank trains; rank 0 holds the folder
         from .locks import output_lock
 
@@ -452,7 +458,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
     Args:
         finetuned, headtuned: saved model folders (or models).
         pretrained: the base model both started from.
-        out: folder for `lowrank.json`, `spectrum.json` and `spectrum.png`.
+        out: folder for `lowrank.json` and `spectrum.json` (the report, or `loralab lowrank`, plots it).
         ranks: the sweep's ranks (default: full rank halving down to 1).
         sweep_points: keep only this many ranks, spread out (0 keeps all).
         lora_dirs: LoRA adapters trained from `pretrained`, compared with dW.
@@ -470,7 +476,6 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
 
     from .data import load_data
     from .lowrank import LowRankStudy, halving_ranks, lowest_rank_above
-    from .report.plots import plot_spectrum
 
     settings = settings or TrainSettings()
     out = Path(out)
@@ -509,7 +514,6 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
             rows.append(Row(method=f"approx{approach}", rank=r, trainable_params=params, **point.eval_scores()))
     spectrum = study.spectrum()
     write_json(out / "spectrum.json", {name: asdict(layer) for name, layer in spectrum.items()})
-    plot_spectrum(spectrum, out / "spectrum.png", "Fine-tuning update dW per layer")
     summary.spectrum = {name: {"rank_50": layer.rank_50, "rank_90": layer.rank_90, "rank_99": layer.rank_99,
                                "frobenius_norm": layer.frobenius_norm} for name, layer in spectrum.items()}
     if lora_dirs:

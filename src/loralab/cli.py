@@ -378,12 +378,13 @@ def cmd_train(args) -> None:
     from contextlib import nullcontext
 
     from .locks import output_lock
-    from .outputs import check_output, data_inputs, model_input
+    from .models import local_folder
+    from .outputs import check_output, data_inputs
     from .training import is_main_process
 
     config = config_of(args)
     check_output(args.out, "model", overwrite=args.overwrite,  # before any data is read or trained on
-                 inputs=[model_input(config["model"]), *data_inputs(config["data"])])
+                 inputs=[("--model", local_folder(config["model"])), *data_inputs(config["data"])])
     # The learning-rate choice's scratch and the result: one writer. Under torchrun every
     # rank runs this command; rank 0 holds the folder.
     with output_lock(args.out) if is_main_process() else nullcontext():
@@ -519,14 +520,15 @@ def cmd_evaluate(args) -> None:
 
 def cmd_lowrank(args) -> None:
     from .api import lowrank
-    from .outputs import check_output, claim_folder, model_input
+    from .models import local_folder
+    from .outputs import check_output, claim_folder
 
     config, settings = _inference(args)
     pretrained = args.pretrained or config["model"]
     metric = study_metric(config)
     check_output(args.out, "lowrank", overwrite=args.overwrite,
                  inputs=[("--finetuned", args.finetuned), ("--headtuned", args.headtuned),
-                         ("--pretrained", model_input(pretrained)[1]), *(("--lora", d) for d in args.lora)])
+                         ("--pretrained", local_folder(pretrained)), *(("--lora", d) for d in args.lora)])
     claim_folder(args.out, "lowrank", ("lowrank.json", "spectrum.json", "spectrum.png"))
     rows, summary = lowrank(args.finetuned, args.headtuned, pretrained, out=args.out, data=_data(config),
                             settings=settings, ranks=args.ranks, targets=args.targets, lora_dirs=tuple(args.lora),
@@ -537,6 +539,14 @@ def cmd_lowrank(args) -> None:
     for approach, lowest in summary.lowest_rank_above_head.items():
         print(f"approximated model {approach}: lowest rank above head-tuning: "
               f"{lowest if lowest is not None else 'none'}")
+    from pathlib import Path
+
+    from .lowrank import read_spectrum
+    from .records import read_json
+    from .report.plots import plot_spectrum
+
+    spectrum = read_spectrum(read_json(Path(args.out) / "spectrum.json"))
+    plot_spectrum(spectrum, Path(args.out) / "spectrum.png", "Fine-tuning update dW per layer")
     print(f"written: {args.out}/lowrank.json, spectrum.json, spectrum.png")
 
 
@@ -575,16 +585,16 @@ def cmd_predict(args) -> None:
 
 def cmd_extract(args) -> None:
     from .extraction import extract_adapter, save_extraction
-    from .models import DEFAULT_MODEL
-    from .outputs import check_output, model_input
+    from .models import DEFAULT_MODEL, local_folder
+    from .outputs import check_output
 
     base = args.base or _trained_from(args.finetuned) or DEFAULT_MODEL
     check_output(args.out, "extract", overwrite=args.overwrite,  # before the SVDs
-                 inputs=[("--finetuned", args.finetuned), ("--base", model_input(base)[1])])
+                 inputs=[("--finetuned", args.finetuned), ("--base", local_folder(base))])
     result = extract_adapter(args.finetuned, base, rank=args.rank, energy=args.energy,
                              max_rank=args.max_rank, targets=args.targets, keep=args.keep,
                              keep_norms=not args.no_norms, progress=not args.quiet)
-    save_extraction(result, args.out, source=args.finetuned, overwrite=args.overwrite, base=model_input(base)[1])
+    save_extraction(result, args.out, source=args.finetuned, overwrite=args.overwrite, base=local_folder(base))
     print(result.summary())
     print(f"adapter written to {args.out} (its README.md lists every layer)")
 

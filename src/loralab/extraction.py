@@ -38,9 +38,9 @@ from torch import nn
 from .adapters import WHOLE_ATTR, class_names, save_adapter
 from .arch import model_type
 from .errors import LoralabError, ModelLoadError
-from .fileio import atomic_dir
 from .lowrank import SVD, rank_for_energy
 from .models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model_path
+from .outputs import check_output, output_dir
 from .pooling import pooling_of, set_pooling
 from .surgery import find_targets, head_modules, inject_lora, inside, lora_layers, matches, replace
 
@@ -274,8 +274,6 @@ def save_extraction(result: Extraction, directory: str | os.PathLike, source: st
     and the tokenizer of `source` (the fine-tuned folder) where it has one; atomically, into
     a new folder or one loralab wrote (`overwrite`: `loralab.outputs.check_output`), never
     into `source` or `base`."""
-    from .outputs import check_output
-
     directory = check_output(directory, "extract", overwrite=overwrite,
                              inputs=[("--finetuned", source), ("--base", base)])
     text = [f"# A LoRA adapter extracted from {source or 'a fully fine-tuned model'}", "",
@@ -284,7 +282,7 @@ def save_extraction(result: Extraction, directory: str | os.PathLike, source: st
             "```", result.summary(), "```", "", result.table(), "",
             "Load it with `loralab.load_adapter(base, folder)`, `peft.PeftModel.from_pretrained(base, folder)`, "
             "`loralab predict FOLDER \"some text\"` or `loralab export FOLDER --out MERGED --merge`.", ""]
-    with atomic_dir(directory, kind="extract") as tmp:
+    with output_dir(directory, "extract") as tmp:
         save_adapter(result.model, tmp, extra={"loralab_extracted_from": source or "",
                                                "loralab_kept_share": f"{result.kept_share:.6f}"})
         (tmp / "README.md").write_text("\n".join(text), encoding="utf-8")

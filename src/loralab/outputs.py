@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .errors import LoralabError
+from .fileio import atomic_dir, write_json
 
 MARKER = ".loralab-output.json"
 KINDS = ("model", "export", "extract", "study", "suite", "report", "lowrank")
@@ -110,18 +113,6 @@ def _overlap(output: Path, inputs: Iterable[tuple[str, str | os.PathLike | None]
     return None
 
 
-def model_input(model) -> tuple[str, str | None]:
-    """(flag, folder) of a `--model` value for `check_output`'s inputs: the packaged
-    model's folder for "minilm"; a Hub id reads nothing on this disk."""
-    if model is None:
-        return "--model", None
-    if str(model) == "minilm":
-        from .models import minilm_path
-
-        return "--model", minilm_path()
-    return "--model", str(model)
-
-
 def data_inputs(data: dict) -> list[tuple[str, str]]:
     """(flag, path) of every data file and folder a `[data]` table reads."""
     import glob
@@ -200,8 +191,6 @@ def claim_folder(path: str | os.PathLike, kind: str, names: Iterable[str] = ()) 
     any of `names` already there is refused before anything is written; the marker then
     lists what the folder held (`foreign`), and `refuse_foreign` keeps later writers off
     those entries."""
-    from .fileio import write_json
-
     path = Path(path)
     marker = read_marker(path) if path.is_dir() else None
     if marker is not None and marker["kind"] in ACCEPTS.get(kind, (kind,)):
@@ -226,3 +215,54 @@ def _refuse(path: Path, clash: list[str]) -> None:
     if clash:
         raise OutputRefused(f"{path}: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'} not loralab's and "
                             "would be replaced; move them or give another output folder. Nothing was written.")
+
+
+@contextmanager
+def output_dir(path: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """`fileio.atomic_dir` for loralab's `kind` output: the new folder is marked, listing
+    what loralab wrote, and whatever else the old folder held (the user's files) is carried
+    over into it untouched; a file of the user's that the new folder would replace is
+    refused (`OutputRefused`) and nothing changes."""
+    with atomic_dir(path, finish=lambda old, new: _carry_over(old, new, kind)) as tmp:
+        yield tmp
+
+
+def _carry_over(path: Path, new: Path, kind: str) -> None:
+    """Mark `new` as loralab's `kind` output listing what it holds, and put into it, as hard
+    links, every entry of the old `path` that loralab did not write."""
+    written = sorted(p.name for p in new.iterdir() if p.name != MARKER)
+    if path.is_dir():
+        marker = read_marker(path)
+        if marker is not None and "files" in marker:
+            ours = set(marker["files"])
+        elif marker is not None:  # a folder of the user's claimed with --overwrite: what it held is theirs
+            ours = {p.name for p in path.iterdir()} - set(marker.get("foreign") or ())
+        elif owned_by_loralab(path, kind):  # written before the marker: what it writes now, it wrote then
+            ours = set(written)
+        else:  # a folder of the user's written into with --overwrite
+            ours = set()
+        for entry in sorted(path.iterdir()):
+            if entry.name == MARKER or entry.name in ours:
+                continue
+            if entry.name in written:
+                raise OutputRefused(f"{entry} is not loralab's and would be replaced; move it or give another "
+                                    "output folder. Nothing was written.")
+            _link_tree(entry, new / entry.name)
+    write_json(new / MARKER, {"kind": kind, "files": written})
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """`source` again at `dest`: files as hard links (copies where the file system has
+    none), folders made anew, symbolic links as links with the same target."""
+    if source.is_symlink():
+        os.symlink(os.readlink(source), dest)
+    elif source.is_dir():
+        dest.mkdir()
+        shutil.copystat(source, dest)
+        for child in source.iterdir():
+            _link_tree(child, dest / child.name)
+    else:
+        try:
+            os.link(source, dest)
+        except OSError:
+            shutil.copy2(source, dest)

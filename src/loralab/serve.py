@@ -24,7 +24,7 @@ from .adapters import CONFIG_NAME, MINILM_HUB_ID, class_names
 from .api import INFO_NAME, load_trained
 from .data.files import _check_readable, _read_file, label_ids, raw_labels, raw_targets
 from .errors import DataError, LoralabError, ModelLoadError
-from .fileio import atomic_dir, atomic_path, write_text
+from .fileio import atomic_path, write_text
 from .inference import check_max_length, map_batches, pair_token_types
 from .metrics import Metrics, classification_metrics, regression_metrics
 from .pooling import pooling_of
@@ -355,7 +355,8 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
     of the user's, whose files are kept (`loralab.outputs.check_output`). It may not be,
     hold or lie inside `model_dir` or the base model.
     """
-    from .outputs import check_output, model_input
+    from .models import local_folder
+    from .outputs import check_output, output_dir
 
     model_dir = Path(model_dir)
     check_output(out, "export", overwrite=overwrite, inputs=[("MODEL_DIR", model_dir)])
@@ -363,7 +364,7 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
     is_adapter = (model_dir / CONFIG_NAME).exists()
     base = (json.loads((model_dir / CONFIG_NAME).read_text()).get("base_model_name_or_path") if is_adapter
             else info.get("base_model")) or "unknown"
-    check_output(out, "export", overwrite=overwrite, inputs=[("the base model", model_input(base)[1])])
+    check_output(out, "export", overwrite=overwrite, inputs=[("the base model", local_folder(base))])
     base = MINILM_HUB_ID if base == "minilm" else base
     model, tokenizer = load_trained(model_dir)
     if pooling_of(model) != "cls":
@@ -371,7 +372,7 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
                            "transformers model (or PEFT) cannot express: exported, it would read the first "
                            "token and predict differently. Serve it with `loralab predict` or "
                            "`loralab.load_trained`, or train with --pooling cls to export.")
-    with atomic_dir(out, kind="export") as tmp:
+    with output_dir(out, "export") as tmp:
         if is_adapter and not merge:
             for name in (CONFIG_NAME, "adapter_model.safetensors"):
                 shutil.copy2(model_dir / name, tmp / name)

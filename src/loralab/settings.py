@@ -180,7 +180,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, config: dict, method: str | None = None, **changes) -> "TrainSettings":
-        """The settings of a resolved configuration (`loralab.config.load_config`): its
+        """The settings of a resolved configuration (`loralab.study.config.load_config`): its
         [train] table with the top-level `seed`, `precision` and `device`; for `method`
         ``"head"`` or ``"lora"``, that table's own learning rate where it sets one."""
         settings = cls(**config["train"], seed=config["seed"], precision=config["precision"],

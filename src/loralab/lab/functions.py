@@ -12,7 +12,7 @@
     make_lora_model(6)                          # step 9
 
 `check` holds the lab's "Test your code" cells as functions to call on your own code
-(`check.lora(MyLoRA)`, `check.replace(my_replace)`, ...; see `loralab.checks`).
+(`check.lora(MyLoRA)`, `check.replace(my_replace)`, ...; see `loralab.lab.checks`).
 
 A model that `make_finetuned_model`, `make_headtuned_model` or `make_lora_model` returns
 carries what its training measured as `model.loralab_result` (a `loralab.training.TrainResult`:

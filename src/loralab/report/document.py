@@ -13,8 +13,8 @@ from typing import Union
 
 from ..lowrank import LayerSpectrum
 from ..methods import ADAPTERS, LORA_FAMILY, label, method
+from ..records import Environment, Selection
 from ..settings import REGRESSION, SCORE_LABELS, metric_task
-from ..study.records import Environment, Selection
 from .findings import Findings, Summary, _one
 from .plots import short_layer_name
 

@@ -16,8 +16,7 @@ from typing import NamedTuple
 from ..errors import LoralabError
 from ..lowrank import LayerSpectrum, read_spectrum
 from ..methods import label, method
-from ..settings import BINARY_NAMES, CLASSIFICATION, REGRESSION, SCORE_LABELS
-from ..study.records import (
+from ..records import (
     ANALYSES,
     EXTRACT,
     LOWRANK,
@@ -36,6 +35,7 @@ from ..study.records import (
     load_json,
     read_rows,
 )
+from ..settings import BINARY_NAMES, CLASSIFICATION, REGRESSION, SCORE_LABELS
 
 
 @dataclass

@@ -27,8 +27,8 @@ from typing import Callable
 
 from ..errors import LoralabError
 from ..fileio import write_json
+from ..records import RunRecord
 from .plan import Run
-from .records import RunRecord
 
 logger = logging.getLogger("loralab")
 
@@ -110,7 +110,8 @@ def _task(data_options: dict, out: str, quiet: bool, run: Run, threads: int) -> 
     import torch
 
     from ..logs import setup_logging
-    from .runner import Context, _execute, prepare_run_dir
+    from .executors import execute, prepare_run_dir
+    from .plan import Context
 
     node = node_name()
     run_dir = Path(out) / run.name
@@ -125,7 +126,7 @@ def _task(data_options: dict, out: str, quiet: bool, run: Run, threads: int) -> 
         own.addHandler(handler)
         own.propagate = False  # once, into the log: not also through the worker's root handlers
         try:
-            _execute(Context(data_options, out, quiet), run, node=node)
+            execute(Context(data_options, out, quiet), run, node=node)
         except BaseException:
             traceback.print_exc(file=log)
             raise
@@ -141,7 +142,7 @@ def run_on_ray(ctx, runs: list[Run], todo: list[Run], config: dict, on_start: Ca
     """Do the runs in `todo` on the Ray cluster `config["address"]` names, each once the runs
     it reads are finished, each asking for `[resources]`. A failed run stops new starts; the
     runs in progress finish and a LoralabError names each failure's node and log."""
-    from .runner import schedule
+    from .executors import schedule
 
     with connected(config["address"], quiet) as ray:
         nodes = check_storage(ray, ctx.out)
@@ -153,7 +154,7 @@ def run_on_ray(ctx, runs: list[Run], todo: list[Run], config: dict, on_start: Ca
 
 
 class RayTasks:
-    """`runner.schedule`'s executor on Ray: each run a task asking for `[resources]`, sent
+    """`executors.schedule`'s executor on Ray: each run a task asking for `[resources]`, sent
     as soon as it is ready (Ray queues what does not fit yet), in a fresh worker process."""
 
     capacity = None

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Union
 
 from ..methods import LORA_FAMILY, TASK_BASELINES
-from ..settings import TRAIN_METHODS, AdapterOptions, LoraOptions, TrainSettings, adapter_options, study_metric
-from .config import select_metric
-from .records import (
+from ..records import (
     EXTRACT,
     LOWRANK,
     REPLACE_TEST,
@@ -26,6 +24,8 @@ from .records import (
     seed_suffix,
     select_run,
 )
+from ..settings import TRAIN_METHODS, AdapterOptions, LoraOptions, TrainSettings, adapter_options, study_metric
+from .config import select_metric
 
 # ---------------------------------------------------------------------------------------
 # Context: data and tokenizers, loaded once per process

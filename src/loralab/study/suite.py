@@ -187,7 +187,8 @@ def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, qu
     column; returns its path. The suite's folder is
     locked throughout."""
     from ..locks import output_lock
-    from ..outputs import check_output, claim_folder, data_inputs, model_input
+    from ..models import local_folder
+    from ..outputs import check_output, claim_folder, data_inputs
     from ..report import write_report
     from ..report.render import REPORT_FILES
     from ..report.suite import write_suite_report
@@ -202,7 +203,8 @@ def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, qu
     check_output(out, "suite", overwrite=overwrite, inputs=[("the suite file", suite.path)])
     for task in chosen:  # every task's folder checked before the first trains
         check_output(configs[task.key]["out"], "study", overwrite=overwrite,
-                     inputs=[model_input(configs[task.key]["model"]), *data_inputs(configs[task.key]["data"])])
+                     inputs=[("--model", local_folder(configs[task.key]["model"])),
+                             *data_inputs(configs[task.key]["data"])])
     with output_lock(out):
         claim_folder(out, "suite", [t.key for t in suite.tasks] + list(REPORT_FILES) + ["results.json"])
         for i, task in enumerate(chosen, start=1):

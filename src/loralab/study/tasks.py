@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import LoralabError
+from ..records import RESULT_NAME, Extracted, ReplaceTest, Row, RunOutput, read_record
 from ..settings import TrainSettings
 from .plan import (
     BaselineInputs,
@@ -26,7 +27,6 @@ from .plan import (
     SimilarityInputs,
     TrainInputs,
 )
-from .records import RESULT_NAME, Extracted, ReplaceTest, Row, RunOutput, read_record
 
 
 def peak_rss_mb() -> float:

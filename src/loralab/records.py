@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoralabError
-from ..methods import METHODS
+from .errors import LoralabError
+from .methods import METHODS
 
 logger = logging.getLogger("loralab")
 
