@@ -7,9 +7,9 @@ import torch
 
 from conftest import count_fraction
 from loralab.arch import ARCHITECTURES
+from loralab.config import load_config
 from loralab.head import encoder, head_forward
 from loralab.pooling import masked_mean, set_pooling
-from loralab.study.config import load_config
 from loralab.surgery import find_targets, head_modules, inject_lora
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)

@@ -9,21 +9,35 @@ import pytest
 import torch
 
 from conftest import ROOT
+from loralab.config import defaults, load_config
 from loralab.errors import LoralabError
 from loralab.settings import IA3Options, LoraOptions, TrainSettings, VeraOptions
-from loralab.study.config import defaults, load_config
 
 
-def test_settings_defaults_are_those_of_defaults_toml():
-    config = defaults()
+def test_settings_defaults_are_those_of_the_configuration_and_defaults_toml_is_written_from_it():
+    from importlib import resources
+
+    from loralab.config import Config, defaults_toml, field_doc, read_toml, to_dict
+
+    config = Config()
     assert TrainSettings() == TrainSettings.from_config(config)
-    assert {f.name for f in dataclasses.fields(TrainSettings)} == set(config["train"]) | {
+    assert {f.name for f in dataclasses.fields(TrainSettings)} == set(defaults()["train"]) | {
         "seed", "precision", "device", "quiet"}
     lora = LoraOptions()
-    assert LoraOptions.from_config(config, lora.rank) == lora.replace(alpha=config["lora"]["alpha_factor"] * lora.rank)
+    assert LoraOptions.from_config(config, lora.rank) == lora.replace(alpha=config.lora.alpha_factor * lora.rank)
     assert VeraOptions.from_config(config) == VeraOptions() and IA3Options.from_config(config) == IA3Options()
     for options, table in ((VeraOptions, "vera"), (IA3Options, "ia3")):  # each table: the fields and a rate
-        assert {f.name for f in dataclasses.fields(options)} | {"learning_rate"} == set(config[table])
+        assert {f.name for f in dataclasses.fields(options)} | {"learning_rate"} == set(defaults()[table])
+    packaged = resources.files("loralab").joinpath("defaults.toml")
+    assert packaged.read_text() == defaults_toml(), "defaults.toml: run loralab.config.defaults_toml() to rewrite it"
+    assert read_toml(Path(str(packaged)), "defaults") == to_dict(config)
+
+    def leaves(table, prefix=""):
+        for key, value in table.items():
+            yield from leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+
+    undocumented = [key for key in leaves(to_dict(config)) if not field_doc(key)]
+    assert not undocumented, f"fields without a docstring: {undocumented}"
 
 
 def test_no_flag_has_a_default_of_its_own():
@@ -44,23 +58,23 @@ def test_model_flag_overrides_a_config_files_model_even_when_it_names_the_defaul
     path = tmp_path / "c.toml"
     path.write_text('model = "some/other-model"\n')
     args = build_parser().parse_args(["run", "--config", str(path), "--model", "minilm"])
-    assert config_of(args)["model"] == "minilm"
-    assert config_of(build_parser().parse_args(["run", "--config", str(path)]))["model"] == "some/other-model"
+    assert config_of(args).model == "minilm"
+    assert config_of(build_parser().parse_args(["run", "--config", str(path)])).model == "some/other-model"
 
 
 def test_quick_applies_its_tables_over_the_profile_and_flags_over_it():
     lab, quick = load_config(None), load_config(None, quick=True)
-    assert (quick["data"]["limit_train"], quick["train"]["max_length"], quick["train"]["pooling"]) == (256, 128, "mean")
-    assert quick["lora"]["init"] == "kaiming" and quick["methods"]["lora_ranks"] == [2, 6]
+    assert (quick.data.limit_train, quick.train.max_length, quick.train.pooling) == (256, 128, "mean")
+    assert quick.lora.init == "kaiming" and quick.methods.lora_ranks == (2, 6)
     rates = {m: TrainSettings.from_config(quick, m).learning_rate for m in ("full", "head", "lora")}
-    assert rates == {"full": quick["train"]["learning_rate"], "head": quick["head"]["learning_rate"],
-                     "lora": quick["lora"]["learning_rate"]}
+    assert rates == {"full": quick.train.learning_rate, "head": quick.head.learning_rate,
+                     "lora": quick.lora.learning_rate}
     assert rates["head"] != rates["full"]  # a head alone wants a larger rate
     assert TrainSettings.from_config(quick, "head", learning_rate=0.5).learning_rate == 0.5  # changes given win
     assert {TrainSettings.from_config(lab, m).learning_rate for m in ("full", "head", "lora")} == {5e-5}
-    assert load_config(None, quick=True, **{"train.max_length": 64})["train"]["max_length"] == 64
+    assert load_config(None, quick=True, **{"train.max_length": 64}).train.max_length == 64
     tuned_quick = load_config(None, quick=True, profile="tuned")
-    assert tuned_quick["select"]["enabled"] and tuned_quick["data"]["limit_train"] == 256
+    assert tuned_quick.select.enabled and tuned_quick.data.limit_train == 256
 
 
 def test_the_metrics_a_choice_may_use_are_the_scores_a_run_records():
@@ -127,14 +141,14 @@ def test_lab_functions_leave_no_temporary_folder(tmp_path, tiny_model_dir, synth
 # below the report and the study, which both read its results; the two executors of a
 # study in one module (`study.executors`), the Ray one (`study.cluster`) importing it.
 LAYERS = {
-    "base": {"version", "errors", "fileio", "outputs", "locks", "settings", "methods", "arch", "logs"},
+    "base": {"version", "errors", "fileio", "outputs", "locks", "settings", "config", "methods", "arch", "logs"},
     "core": {"lora", "vectors", "surgery", "adapters", "lowrank", "extraction", "pooling", "models"},
     "records": {"records"},
     "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",
                  "fastdropout", "measure", "baselines"},
     "api": {"api", "serve"},
     "report": {"report", "report.findings", "report.document", "report.render", "report.plots", "report.suite"},
-    "study": {"study", "study.config", "study.plan", "study.tasks", "study.executors", "study.runner",
+    "study": {"study", "study.plan", "study.tasks", "study.executors", "study.runner",
               "study.suite", "study.cluster"},
     "lab": {"lab", "lab.functions", "lab.checks"},
     "cli": {"cli", "__init__"},
@@ -251,12 +265,12 @@ def test_quick_says_which_settings_of_a_config_file_it_replaces(tmp_path, caplog
     path.write_text("[train]\nepochs = 5\nmax_length = 128\n[data]\nlimit_train = 1000\n")
     with caplog.at_level("WARNING", logger="loralab"):
         config = load_config(path, quick=True)
-    assert config["train"]["epochs"] == 1  # --quick wins, as documented, and says so
+    assert config.train.epochs == 1  # --quick wins, as documented, and says so
     assert f"--quick replaces what {path} set: " in caplog.text
     assert "train.epochs = 5 -> 1" in caplog.text and "data.limit_train = 1000 -> 256" in caplog.text
     assert "max_length" not in caplog.text  # the file's value equals --quick's: nothing replaced
     caplog.clear()
     path.write_text("[train]\nepochs = 5\n[quick.train]\nepochs = 5\n")  # kept under --quick by its own table
     with caplog.at_level("WARNING", logger="loralab"):
-        assert load_config(path, quick=True)["train"]["epochs"] == 5
+        assert load_config(path, quick=True).train.epochs == 5
     assert "replaces" not in caplog.text

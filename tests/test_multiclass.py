@@ -151,7 +151,7 @@ def test_balanced_class_weights_are_the_inverse_frequencies_and_reach_the_loss(t
 
 
 def test_class_weights_and_the_selection_metric_are_settings_of_the_run(tmp_path, run_cli, tiny_model_dir):
-    from loralab.study.config import load_config
+    from loralab.config import load_config
 
     with pytest.raises(LoralabError, match="select.metric must be one of accuracy, macro_f1"):
         load_config(None, profile="tuned", **{"select.metric": "f1"})

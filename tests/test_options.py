@@ -93,7 +93,7 @@ def test_fuzz_numeric_options_are_taken_exactly_or_refused_by_name(capsys, flag,
         return
     where, whole = FLAGS[flag]
     table, name = where.split(".")
-    got = {"lora": lambda: getattr(options, name), "data": lambda: config["data"][name],
+    got = {"lora": lambda: getattr(options, name), "data": lambda: getattr(config.data, name),
            "train": lambda: getattr(trained, name)}[table]()
     wanted = int(value) if whole else float(value)
     assert got == wanted and (not isinstance(got, float) or math.isfinite(got)), (flag, value, got)
@@ -281,8 +281,8 @@ def test_glue_takes_the_data_limits_and_says_what_quick_replaces_once(tmp_path, 
     suite.write_text(f'data_root = "{synthetic_data}"\n[run.data]\nlimit_train = 500\n{tasks}')
     args = build_parser().parse_args(["glue", str(suite), "--limit-eval", "12", "--out", str(tmp_path / "o")])
     _, configs = glue_configs(args)
-    assert {c["data"]["limit_eval"] for c in configs.values()} == {12}
-    assert {c["data"]["limit_train"] for c in configs.values()} == {500}
+    assert {c.data.limit_eval for c in configs.values()} == {12}
+    assert {c.data.limit_train for c in configs.values()} == {500}
     args = build_parser().parse_args(["glue", str(suite), "--quick", "--out", str(tmp_path / "o")])
     glue_configs(args)
     said = [r.getMessage() for r in caplog.records if "replaces what" in r.getMessage()]

@@ -153,8 +153,8 @@ lora_rank = 2
 
 @pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)
 def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synthetic_data_dir):
+    from loralab.config import load_config
     from loralab.study import Context, plan, run_study
-    from loralab.study.config import load_config
 
     source = synthetic_data_dir
     eval_a = tmp_path / "eval_a.csv"
@@ -170,9 +170,9 @@ def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synt
     out = tmp_path / "out"
     config = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(source / "train.csv")],
                                                                          "data.eval": [str(eval_a)]})
-    assert config["train"]["pooling"] == "mean" and config["data"]["validation"] == 0.1
-    assert config["lora"]["init"] == "kaiming" and load_config()["lora"]["init"] == "normal"
-    ctx = Context(config["data"], out)
+    assert config.train.pooling == "mean" and config.data.validation == 0.1
+    assert config.lora.init == "kaiming" and load_config().lora.init == "normal"
+    ctx = Context(config.data, out)
     data = ctx.data
     train, val, ev = (set(data[s]["text"]) for s in ("train", "validation", "eval"))
     assert val and not train & val and not val & ev
@@ -199,9 +199,9 @@ def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synt
 
 
 def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tiny_model_dir, synthetic_data):
+    from loralab.config import load_config
     from loralab.report import build, results_table
     from loralab.study import run_study
-    from loralab.study.config import load_config
 
     config_file = tmp_path / "seeds.toml"
     config_file.write_text(TINY_STUDY.format(model=tiny_model_dir).replace(

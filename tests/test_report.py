@@ -289,3 +289,23 @@ def test_approximated_models_on_top_of_each_other_both_show_and_one_epoch_is_an_
         low, high = ax.get_xlim()
         assert low <= 0.5 and high >= 1.5, (low, high)
         assert list(ax.get_xticks()) == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["example-report-glue", "example-report-methods"])
+def test_the_example_reports_regenerate_from_their_records_line_for_line(tmp_path, example):
+    """Every task report kept under docs/ is what `loralab report` writes from the runs'
+    records kept beside it: the report (and the configuration under it) did not drift."""
+    import shutil
+
+    from conftest import ROOT
+    from loralab.report import write_report
+
+    docs = ROOT / "docs" / example
+    tasks = sorted(p.name for p in (docs / "records").iterdir() if (p / "results.json").exists())
+    assert tasks
+    for task in tasks:
+        study = shutil.copytree(docs / "records" / task, tmp_path / task)
+        write_report(study, tmp_path / f"{task}-report")
+        assert (tmp_path / f"{task}-report" / "report.md").read_text().splitlines() == \
+            (docs / task / "report.md").read_text().splitlines(), task

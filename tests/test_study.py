@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import count_fraction
+from loralab.config import load_config
 from loralab.errors import LoralabError
 from loralab.study import run_study
-from loralab.study.config import load_config
 
 pytestmark = pytest.mark.usefixtures("synthetic_data")  # no test here measures accuracy on IMDB
 METHODS = {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora", "extract", "extract-all"}
@@ -92,7 +92,7 @@ def test_replace_test_restores_predictions(finished):
 
 def test_same_seed_same_accuracies_and_rerun_skips(finished, tmp_path):
     config, rows, out = finished
-    again = run_study({**config, "out": str(tmp_path / "again")}, quiet=True)
+    again = run_study(config.replace(out=str(tmp_path / "again")), quiet=True)
     assert accuracies(again.rows) == accuracies(rows)
     resumed = run_study(config, quiet=True)
     assert accuracies(resumed.rows) == accuracies(rows)
@@ -105,7 +105,7 @@ def test_a_damaged_record_is_redone_with_a_warning_naming_it(finished, tmp_path,
     damaged = tmp_path / "out" / "tfidf-lr" / "result.json"
     damaged.write_text('{"name": "tfidf-lr", "rows": [')  # what a disk error or an editor could leave
     with caplog.at_level("WARNING", logger="loralab"):
-        result = run_study({**config, "out": str(tmp_path / "out")}, quiet=True)
+        result = run_study(config.replace(out=str(tmp_path / "out")), quiet=True)
     assert result.ran == ["tfidf-lr"]
     assert f"{damaged}: the run's record cannot be read" in caplog.text and "done again" in caplog.text
     assert accuracies(result.rows) == accuracies(rows)
@@ -119,8 +119,7 @@ def test_a_damaged_record_is_redone_with_a_warning_naming_it(finished, tmp_path,
 def test_changed_setting_redoes_exactly_the_runs_that_read_it(finished, tmp_path, setting, value, redone):
     config, rows, out = finished
     shutil.copytree(out, tmp_path / "out")  # the finished study, changed on a copy
-    table, name = setting.split(".")
-    changed = {**config, "out": str(tmp_path / "out"), table: {**config[table], name: value}}
+    changed = config.replace(out=str(tmp_path / "out"), **{setting: value})
     assert set(run_study(changed, quiet=True).ran) == redone
 
 
@@ -164,7 +163,7 @@ def run_keys(config_path, **overrides) -> dict[str, str]:
     from loralab.study import Context, plan
 
     config = load_config(config_path, **overrides)
-    return {run.name: run.key for run in plan(config, Context(config["data"], config["out"]))}
+    return {run.name: run.key for run in plan(config, Context(config.data, config.out))}
 
 
 def test_precision_is_keyed_as_runs_compute_in_it(tiny_study_config, monkeypatch):
@@ -193,7 +192,7 @@ def test_config_paths_cannot_escape_the_output_folder(tmp_path, path):
     bad.write_text(f'report_dir = "{path}"\n')
     with pytest.raises(LoralabError, match="must be a path inside the output folder"):
         load_config(bad)
-    assert load_config(None, report_dir="report")["report_dir"] == "report"
+    assert load_config(None, report_dir="report").report_dir == "report"
 
 
 @pytest.mark.slow
@@ -221,7 +220,7 @@ def test_sigkill_during_lora_then_resume(tmp_path, tiny_study_config, finished):
 
 def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finished, tmp_path):
     config, rows, _ = finished
-    parallel = run_study({**config, "out": str(tmp_path / "parallel"), "jobs": 3}, quiet=True)
+    parallel = run_study(config.replace(out=str(tmp_path / "parallel"), jobs=3), quiet=True)
     assert accuracies(parallel.rows) == accuracies(rows)
     events = [(name, what) for what, name in parallel.events]
     started = [name for name, what in events if what == "start"]
@@ -244,8 +243,7 @@ def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finish
 
 def test_jobs_a_failed_run_stops_new_starts_and_keeps_finished_work(finished, tmp_path):
     config, _, _ = finished
-    broken = {**config, "out": str(tmp_path / "broken"), "jobs": 2,
-              "lora": {**config["lora"], "targets": "no_such_layer"}}
+    broken = config.replace(out=str(tmp_path / "broken"), jobs=2, **{"lora.targets": "no_such_layer"})
     # No layer matches: lora-r2 and lowrank fail, whichever comes first; once one has, nothing new starts.
     with pytest.raises(LoralabError, match=r"run\(s\) failed: .*(lora-r2|lowrank)"):
         run_study(broken, quiet=True)
@@ -307,7 +305,7 @@ def test_runs_see_the_environment_of_their_start_not_of_the_fork_server(tmp_path
         (data / f"{split}.csv").write_text("review,label\n" + rows)
     script = f"""
 import os, sys
-from loralab.study.config import load_config
+from loralab.config import load_config
 from loralab.study import run_study, warm_up_processes
 os.environ["LORALAB_DATA"] = "{tmp_path / 'nowhere'}"
 warm_up_processes()

@@ -79,9 +79,9 @@ def test_the_example_glue_suite_reads_the_five_shared_tasks():
     suite = load_suite(ROOT / "examples" / "glue.toml", SHARED_DATA / "glue")
     assert [t.name for t in suite.tasks] == ["RTE", "MRPC", "CoLA", "SST-2", "STS-B"]
     configs = task_configs(suite, "runs/glue", profile="tuned", seeds=[0, 1, 2])
-    assert configs["stsb"]["data"]["task"] == "regression" and configs["cola"]["data"]["metric"] == "matthews"
-    assert configs["mrpc"]["train"]["batch_size"] == 16 and configs["mrpc"]["select"]["enabled"]
-    assert configs["rte"]["methods"]["lora_ranks"] == [1, 2, 4, 8, 16] and configs["rte"]["out"].endswith("rte")
+    assert configs["stsb"].data.task == "regression" and configs["cola"].data.metric == "matthews"
+    assert configs["mrpc"].train.batch_size == 16 and configs["mrpc"].select.enabled
+    assert configs["rte"].methods.lora_ranks == (1, 2, 4, 8, 16) and configs["rte"].out.endswith("rte")
 
 
 @pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)

@@ -73,10 +73,10 @@ def base_model_name(model: nn.Module) -> str | None:
     return MINILM_HUB_ID if name and os.path.realpath(name) == packaged else name
 
 
-def adapter_base(config: dict) -> str | None:
-    """The base model an adapter config names, as `load_model` takes it (the packaged
+def adapter_base(spec: dict) -> str | None:
+    """The base model an adapter spec names, as `load_model` takes it (the packaged
     all-MiniLM-L6-v2 for its Hub id)."""
-    name = config.get("base_model_name_or_path")
+    name = spec.get("base_model_name_or_path")
     return "minilm" if name == MINILM_HUB_ID else name
 
 
@@ -199,7 +199,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     state = adapter_state_dict(model)
     layers = adapter_layers(model)
     kind = peft_type(model)
-    config = {"peft_type": kind, "task_type": "SEQ_CLS", "base_model_name_or_path": base_model_name(model),
+    spec = {"peft_type": kind, "task_type": "SEQ_CLS", "base_model_name_or_path": base_model_name(model),
               "target_modules": sorted(layers), "modules_to_save": list(whole_modules(model)),
               "fan_in_fan_out": False, "inference_mode": True, **_type_config(kind, layers, model)}
     init = getattr(next(iter(layers.values())), "init", kind.lower())
@@ -209,12 +209,12 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
                 **{k: str(v) for k, v in (extra or {}).items()}}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-    write_json(directory / CONFIG_NAME, config)
+    write_json(directory / CONFIG_NAME, spec)
     return directory
 
 
 def _type_config(kind: str, layers: dict[str, Adapter], model: nn.Module) -> dict:
-    """The fields of PEFT's config of this kind of adapter beyond those every kind has."""
+    """The fields of PEFT's spec of this kind of adapter beyond those every kind has."""
     first = next(iter(layers.values()))
     if kind == "VERA":
         return {"r": first.rank, "projection_prng_key": getattr(model, "loralab_vera_seed", 0), "save_projection": True,
@@ -245,7 +245,7 @@ def class_names(model: nn.Module) -> list[str]:
 
 
 def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """Read and check an adapter folder: (config, tensors, safetensors metadata)."""
+    """Read and check an adapter folder: (spec, tensors, safetensors metadata)."""
     from safetensors import safe_open
 
     directory = Path(directory)
@@ -260,20 +260,20 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
                                  "code when loaded. Convert it to adapter_model.safetensors.")
         raise ModelLoadError(f"{directory}: no {WEIGHTS_NAME}.")
     try:
-        config = json.loads((directory / CONFIG_NAME).read_text("utf-8"))
+        spec = json.loads((directory / CONFIG_NAME).read_text("utf-8"))
     except FileNotFoundError as err:
         raise ModelLoadError(f"{directory}: no {CONFIG_NAME}.") from err
     except json.JSONDecodeError as err:
         raise ModelLoadError(f"{directory / CONFIG_NAME}: not valid JSON ({err}).") from err
-    _check_config_shape(config, directory / CONFIG_NAME)
-    kind = config.setdefault("peft_type", "LORA")
+    _check_config_shape(spec, directory / CONFIG_NAME)
+    kind = spec.setdefault("peft_type", "LORA")
     if kind not in PEFT_TYPES:
         raise ModelLoadError(f"{directory / CONFIG_NAME}: peft_type is {kind!r}; loralab loads "
                              f"{', '.join(PEFT_TYPES)} adapters.")
     needed = {"LORA": ("r", "lora_alpha", "target_modules"), "VERA": ("r", "target_modules"),
               "IA3": ("target_modules",)}[kind]
     for key in needed:
-        if key not in config:
+        if key not in spec:
             raise ModelLoadError(f"{directory / CONFIG_NAME}: the field {key!r} is missing.")
     try:
         with safe_open(str(weights), framework="pt") as fh:
@@ -283,28 +283,28 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
         raise ModelLoadError(f"{weights}: the file is truncated or corrupted and cannot be read "
                              f"as safetensors ({err}).") from err
     _check_labels(metadata, weights)
-    return config, tensors, metadata
+    return spec, tensors, metadata
 
 
-def _check_config_shape(config, where: Path) -> None:
+def _check_config_shape(spec, where: Path) -> None:
     """Refuse an adapter_config.json of the wrong shape by field, before anything reads it."""
-    if not isinstance(config, dict):
+    if not isinstance(spec, dict):
         raise ModelLoadError(f"{where}: a JSON object with the adapter's fields is expected, not a "
-                             f"{type(config).__name__}.")
+                             f"{type(spec).__name__}.")
     for key in ("r", "lora_alpha"):
-        value = config.get(key)
-        if key in config and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        value = spec.get(key)
+        if key in spec and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise ModelLoadError(f"{where}: the field {key!r} must be a positive number, got {value!r}.")
-    targets = config.get("target_modules")
-    if "target_modules" in config and not (isinstance(targets, str) or
+    targets = spec.get("target_modules")
+    if "target_modules" in spec and not (isinstance(targets, str) or
                                            (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
         raise ModelLoadError(f"{where}: the field 'target_modules' must be a name or a list of names, got {targets!r}.")
     for key in ("rank_pattern", "alpha_pattern"):
-        pattern = config.get(key) or {}
+        pattern = spec.get(key) or {}
         if not isinstance(pattern, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                     for v in pattern.values()):
             raise ModelLoadError(f"{where}: the field {key!r} must map layer names to numbers, got {pattern!r}.")
-    saved = config.get("modules_to_save")
+    saved = spec.get("modules_to_save")
     if saved is not None and not (isinstance(saved, list) and all(isinstance(m, str) for m in saved)):
         raise ModelLoadError(f"{where}: the field 'modules_to_save' must be a list of names, got {saved!r}.")
 
@@ -347,7 +347,7 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         ModelLoadError: on another base model, a rank or target mismatch, missing or
             unexpected keys, pickle files, or a damaged file. Nothing is loaded partially.
     """
-    config, tensors, metadata = read_adapter(directory)
+    spec, tensors, metadata = read_adapter(directory)
     where = Path(directory) / CONFIG_NAME
     labels = json.loads(metadata["loralab_labels"]) if "loralab_labels" in metadata else None
     if isinstance(model_or_base, nn.Module):
@@ -355,7 +355,7 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         if labels:
             refuse_other_classes(directory, "adapter", labels, class_names(model), "the model given")
     else:
-        base = model_or_base or adapter_base(config)
+        base = model_or_base or adapter_base(spec)
         if not base:
             raise ModelLoadError(f"{where}: names no base model; pass one.")
         model = load_model(base, labels)
@@ -363,23 +363,23 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
         raise ModelLoadError("The model already has adapter layers; load the adapter onto a base model.")
 
     try:
-        layers = find_targets(model, _resolve_targets(model, config["target_modules"]))
+        layers = find_targets(model, _resolve_targets(model, spec["target_modules"]))
     except LoralabError as err:
-        raise ModelLoadError(f"{where}: its target_modules {config['target_modules']!r} do not fit "
+        raise ModelLoadError(f"{where}: its target_modules {spec['target_modules']!r} do not fit "
                              f"this model: {err}") from err
-    extra = _resolve_modules(model, config.get("modules_to_save") or [])
+    extra = _resolve_modules(model, spec.get("modules_to_save") or [])
     if check_base:
-        _check_base(model, layers, config, metadata, where)
+        _check_base(model, layers, spec, metadata, where)
 
     # Check everything before the model is touched: nothing is ever loaded partially.
     saved = {k if k.startswith("base_model.") else PREFIX + k: v for k, v in tensors.items()}
-    kind = config["peft_type"]
+    kind = spec["peft_type"]
     if kind == "VERA":
-        expected, build = _vera_plan(config, layers, saved)
+        expected, build = _vera_plan(spec, layers, saved)
     elif kind == "IA3":
-        expected, build = _ia3_plan(config, layers)
+        expected, build = _ia3_plan(spec, layers)
     else:
-        expected, build = _lora_plan(config, layers, saved, where)
+        expected, build = _lora_plan(spec, layers, saved, where)
     # The head's modules that the adapter saves (all of a module's tensors, or a missing
     # key is refused); one it does not save keeps the base model's, as in PEFT (which
     # saves the classifier alone, not BERT's pooler).
@@ -412,12 +412,12 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
     return set_pooling(model, metadata.get("loralab_pooling", "cls"))
 
 
-def _lora_plan(config: dict, layers: dict[str, nn.Module], saved: dict, where: Path):
+def _lora_plan(spec: dict, layers: dict[str, nn.Module], saved: dict, where: Path):
     """A LORA adapter's expected keys and shapes, and how to put it into the model."""
-    bias = bool(config.get("lora_bias", False))
-    dora = bool(config.get("use_dora", False))
-    plans = {name: _LayerPlan(int(_from_pattern(config.get("rank_pattern") or {}, name, config["r"])),
-                              _from_pattern(config.get("alpha_pattern") or {}, name, config["lora_alpha"]),
+    bias = bool(spec.get("lora_bias", False))
+    dora = bool(spec.get("use_dora", False))
+    plans = {name: _LayerPlan(int(_from_pattern(spec.get("rank_pattern") or {}, name, spec["r"])),
+                              _from_pattern(spec.get("alpha_pattern") or {}, name, spec["lora_alpha"]),
                               layer.in_features, layer.out_features, bias, dora)
              for name, layer in layers.items()}
     _check_ranks(saved, plans, where)
@@ -427,7 +427,7 @@ def _lora_plan(config: dict, layers: dict[str, nn.Module], saved: dict, where: P
 
     def build(model: nn.Module, saved: dict) -> None:
         inject_lora(model, {n: p.rank for n, p in plans.items()}, {n: p.alpha for n, p in plans.items()},
-                    dropout=float(config.get("lora_dropout", 0.0)), rslora=bool(config.get("use_rslora", False)),
+                    dropout=float(spec.get("lora_dropout", 0.0)), rslora=bool(spec.get("use_rslora", False)),
                     bias=bias, variant="dora" if dora else "lora")
         with torch.no_grad():
             for name, layer in lora_layers(model).items():
@@ -441,13 +441,13 @@ def _lora_plan(config: dict, layers: dict[str, nn.Module], saved: dict, where: P
     return expected, build
 
 
-def _vera_plan(config: dict, layers: dict[str, nn.Module], saved: dict):
+def _vera_plan(spec: dict, layers: dict[str, nn.Module], saved: dict):
     """A VERA adapter's expected keys and shapes, and how to put it into the model. Without
     its projections (PEFT's `save_projection = false`) they are drawn again from its
     `projection_prng_key`."""
     from .vectors import vera_projections
 
-    rank, seed = int(config["r"]), int(config.get("projection_prng_key", 0))
+    rank, seed = int(spec["r"]), int(spec.get("projection_prng_key", 0))
     in_max = max(m.in_features for m in layers.values())
     out_max = max(m.out_features for m in layers.values())
     expected = {}
@@ -460,8 +460,8 @@ def _vera_plan(config: dict, layers: dict[str, nn.Module], saved: dict):
     def build(model: nn.Module, saved: dict) -> None:
         projections = ((saved[VERA_A], saved[VERA_B]) if VERA_A in saved
                        else vera_projections(rank, in_max, out_max, seed))
-        inject_vera(model, rank, list(layers), seed=seed, dropout=float(config.get("vera_dropout", 0.0)),
-                    d_initial=float(config.get("d_initial", 0.1)), projections=projections)
+        inject_vera(model, rank, list(layers), seed=seed, dropout=float(spec.get("vera_dropout", 0.0)),
+                    d_initial=float(spec.get("d_initial", 0.1)), projections=projections)
         with torch.no_grad():
             for name, layer in adapter_layers(model).items():
                 layer.lambda_b.copy_(saved[f"{PREFIX}{name}.vera_lambda_b"])
@@ -470,11 +470,11 @@ def _vera_plan(config: dict, layers: dict[str, nn.Module], saved: dict):
     return expected, build
 
 
-def _ia3_plan(config: dict, layers: dict[str, nn.Module]):
+def _ia3_plan(spec: dict, layers: dict[str, nn.Module]):
     """An IA3 adapter's expected keys and shapes, and how to put it into the model. A layer
     is a feed-forward one (its input scaled) by PEFT's rule: its name ends in one of
     `feedforward_modules`, or matches it where it is one regular expression."""
-    wanted = config.get("feedforward_modules") or []
+    wanted = spec.get("feedforward_modules") or []
     if isinstance(wanted, str):
         inputs = [n for n in layers if re.fullmatch(wanted, n)]
     else:
@@ -527,10 +527,10 @@ def _resolve_modules(model: nn.Module, modules_to_save) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _check_base(model: nn.Module, layers: dict[str, nn.Module], config: dict, metadata: dict,
+def _check_base(model: nn.Module, layers: dict[str, nn.Module], spec: dict, metadata: dict,
                 where: Path) -> None:
     saved_fp = metadata.get("loralab_base_fingerprint")
-    saved_name = config.get("base_model_name_or_path")
+    saved_name = spec.get("base_model_name_or_path")
     name = base_model_name(model)
     if saved_fp:
         if saved_fp != base_fingerprint(layers):

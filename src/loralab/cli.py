@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from .config import Config
 from .errors import LoralabError
 from .settings import (
     CLASS_WEIGHTS,
@@ -24,7 +25,6 @@ from .settings import (
     SELECT_METRICS,
     TASKS,
     TRAIN_METHODS,
-    study_metric,
 )
 
 logger = logging.getLogger("loralab")
@@ -74,73 +74,55 @@ ENERGY = _number(float, 0, 1, low_open=True)
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="folder with train.csv and eval.csv (default: $LORALAB_DATA, "
-                                  "the cache, then a download of aclImdb)")
-    g.add_argument("--train", nargs="+", help="training files or globs (CSV, TSV, JSONL, Parquet)")
-    g.add_argument("--eval", nargs="+", help="evaluation files or globs")
-    g.add_argument("--text-column", help="column with the review text (default: review)")
-    g.add_argument("--text-pair-column", help="sentence pairs: the column with each pair's second text (the model "
-                   "reads both: [CLS] a [SEP] b [SEP]); default: none, single texts")
-    g.add_argument("--label-column", help="column with the label, or a regression task's number (default: label)")
-    g.add_argument("--task", choices=TASKS, help="classification (default): a class per row; regression: a number "
-                   "per row (a similarity score, a rating), predicted by a one-output head with a mean-squared-error "
-                   "loss and scored by Pearson / Spearman correlation")
-    g.add_argument("--metric", choices=SELECT_METRICS, help="the score the report leads with and the tuned profile "
-                   "chooses learning rates on (default: accuracy; pearson for regression)")
-    g.add_argument("--labels", type=_name_list, help="the classes in order, comma-separated (default: from the "
-                   "training data: 0/1 and the like are negative/positive, integers by value, strings alphabetically)")
-    g.add_argument("--drop-invalid", action="store_true", default=None, help="skip rows with empty text")
-    g.add_argument("--limit-train", type=COUNT, help="use only N training rows (a seeded random subset)")
-    g.add_argument("--limit-eval", type=COUNT, help="use only N eval rows (a seeded random subset)")
+    g.add_argument("--data")
+    g.add_argument("--train", nargs="+")
+    g.add_argument("--eval", nargs="+")
+    g.add_argument("--text-column")
+    g.add_argument("--text-pair-column")
+    g.add_argument("--label-column")
+    g.add_argument("--task", choices=TASKS)
+    g.add_argument("--metric", choices=SELECT_METRICS)
+    g.add_argument("--labels", type=_name_list)
+    g.add_argument("--drop-invalid", action="store_true", default=None)
+    g.add_argument("--limit-train", type=COUNT)
+    g.add_argument("--limit-eval", type=COUNT)
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=DEVICES, help="default: auto")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="bf16 autocast or float32 (default: auto, bf16 where the hardware has it)")
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="'minilm' (the packaged default), a local model folder, or a Hub id")
-    p.add_argument("--seed", type=SEED, help="random seed (default: 0)")
+    p.add_argument("--model")
+    p.add_argument("--seed", type=SEED)
     _add_device_args(p)
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-length", type=MAX_LENGTH, help="longest input in tokens (default: 512)")
-    p.add_argument("--batch-size", dest="eval_batch_size", type=POSITIVE_INT,
-                   help="inference batch (default 16: fastest on a CPU)")
+    p.add_argument("--max-length", type=MAX_LENGTH)
+    p.add_argument("--batch-size", dest="eval_batch_size", type=POSITIVE_INT)
     _add_device_args(p)
 
 
 def _add_class_weights(p) -> None:
-    p.add_argument("--class-weights", choices=CLASS_WEIGHTS,
-                   help="balanced: weigh each class's loss by its inverse frequency (default: none)")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (defaults: src/loralab/defaults.toml, [train])")
+    g = p.add_argument_group("training (the [train] table of the configuration: loralab.config)")
     g.add_argument("--epochs", type=POSITIVE)
     g.add_argument("--batch-size", type=POSITIVE_INT)
-    g.add_argument("--micro-batch-size", type=COUNT,
-                   help="examples per forward/backward pass, accumulated into each batch "
-                   "(default: on a CPU at most 1,024 tokens a pass, on a GPU the whole batch)")
+    g.add_argument("--micro-batch-size", type=COUNT)
     g.add_argument("--learning-rate", "--lr", type=POSITIVE)
-    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=POSITIVE_INT,
-                   help="batch of the evaluation after each epoch (default: 16)")
+    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=POSITIVE_INT)
     g.add_argument("--max-length", type=MAX_LENGTH)
-    g.add_argument("--pad-to-multiple-of", type=COUNT,
-                   help="pad each batch to a multiple of N tokens (default 0: an eighth of its length's "
-                   "power of two, at least 8; 1: to its longest row)")
-    g.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute each layer in the backward pass instead of keeping its activations: "
-                   "less memory, more time")
-    g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile training and evaluation (inductor; needs a C++ compiler on a CPU)")
-    g.add_argument("--report-to", help="experiment trackers, passed to the Trainer "
-                   "(tensorboard, wandb, ...; default: none, nothing written outside --out)")
-    g.add_argument("--save-steps", type=COUNT, help="also checkpoint every N steps (default: each epoch)")
+    g.add_argument("--pad-to-multiple-of", type=COUNT)
+    g.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    g.add_argument("--compile", action="store_true", default=None)
+    g.add_argument("--report-to")
+    g.add_argument("--save-steps", type=COUNT)
     _add_class_weights(g)
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
@@ -152,14 +134,11 @@ def _add_overwrite(p, what: str = "--out") -> None:
 
 
 def _add_executor_args(p) -> None:
-    p.add_argument("--executor", choices=("local", "ray"),
-                   help="local: processes on this machine (default); ray: the runs spread over a Ray cluster "
-                        "(pip install 'loralab[ray]'; --out must be a path every node sees)")
-    p.add_argument("--address", help="with --executor ray: the cluster to join (auto: the one `ray start` runs "
-                                     "here; HOST:PORT); default: a Ray started on this machine for the study")
+    p.add_argument("--executor", choices=("local", "ray"))
+    p.add_argument("--address")
 
 
-# Where each flag lands in the configuration (`defaults.toml`): flags override it, and
+# Where each flag lands in the configuration (`loralab.config.Config`): flags override it, and
 # every default a flag shows comes from there.
 FLAG_KEYS = {
     "model": "model", "seed": "seed", "precision": "precision", "device": "device", "seeds": "seeds",
@@ -183,7 +162,7 @@ FLAG_KEYS = {
 def config_of(args, **extra) -> dict:
     """The resolved configuration of a command: defaults < --config file < --profile <
     --quick < flags given (a flag not given is None and changes nothing)."""
-    from .study.config import load_config
+    from .config import load_config
 
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None}
     return load_config(getattr(args, "config", None), quick=getattr(args, "quick", False),
@@ -210,11 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES,
                    help="lab: the lab's settings (default); tuned: learning rates chosen on a validation "
                         "split, mean pooling")
-    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: every method once per seed")
-    p.add_argument("--pooling", choices=POOLINGS, help="what the classification head reads")
+    p.add_argument("--seeds", type=_seed_list)
+    p.add_argument("--pooling", choices=POOLINGS)
     _add_class_weights(p)
-    p.add_argument("--jobs", type=POSITIVE_INT, help="runs at a time, each in its own process (default: 1; on a GPU, "
-                                            "several fill it)")
+    p.add_argument("--jobs", type=POSITIVE_INT)
     _add_executor_args(p)
     _add_model_args(p)
     _add_data_args(p)
@@ -231,13 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/glue", help="output folder, one sub-folder per task (default: runs/glue)")
     _add_overwrite(p)
     p.add_argument("--quick", action="store_true", help="each task's pipeline on a small subset")
-    p.add_argument("--limit-train", type=COUNT, help="use only N training rows of each task (a seeded random "
-                   "subset)")
-    p.add_argument("--limit-eval", type=COUNT, help="use only N eval rows of each task (a seeded random subset)")
+    p.add_argument("--limit-train", type=COUNT)
+    p.add_argument("--limit-eval", type=COUNT)
     p.add_argument("--profile", choices=PROFILES, help="lab (default) or tuned: learning rates chosen on a "
                    "validation split of each task")
-    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--jobs", type=POSITIVE_INT, help="runs at a time, each in its own process (default: 1)")
+    p.add_argument("--seeds", type=_seed_list)
+    p.add_argument("--jobs", type=POSITIVE_INT)
     _add_executor_args(p)
     _add_model_args(p)
 
@@ -249,13 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "vector per layer rescaling keys, values, feed-forward activations; [ia3]), head, full")
     p.add_argument("--rank", type=POSITIVE_INT, help="the adapters' rank (default: 6; VeRA: [vera].rank, 256)")
     p.add_argument("--alpha", type=POSITIVE, help="default: 2 * rank")
-    p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
-    p.add_argument("--init", choices=INITS, help="how A starts (default: normal, the lab's; tuned: kaiming, PEFT's)")
-    p.add_argument("--dropout", type=FRACTION, help="LoRA dropout (default: 0)")
-    p.add_argument("--rslora", action="store_true", default=None,
-                   help="scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r")
-    p.add_argument("--lr-ratio", type=POSITIVE, help="LoRA+: B learns this many times faster than A (default: 1)")
-    p.add_argument("--pooling", choices=POOLINGS, help="what the head reads (default: cls; tuned: mean)")
+    p.add_argument("--targets")
+    p.add_argument("--init", choices=INITS)
+    p.add_argument("--dropout", type=FRACTION)
+    p.add_argument("--rslora", action="store_true", default=None)
+    p.add_argument("--lr-ratio", type=POSITIVE)
+    p.add_argument("--pooling", choices=POOLINGS)
     p.add_argument("--profile", choices=PROFILES,
                    help="tuned: choose the learning rate on a validation split carved from train, mean pooling")
     p.add_argument("--out", required=True, help="folder for the trained model or adapter: new, empty, or one "
@@ -279,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/lowrank", help="folder for JSON and PNG files")
     _add_overwrite(p)
     p.add_argument("--ranks", type=POSITIVE_INT, nargs="+", help="ranks to sweep (default: full rank halving to 1)")
-    p.add_argument("--targets", help="layers (default: query and value)")
+    p.add_argument("--targets")
     p.add_argument("--lora", nargs="+", default=(), help="LoRA adapter folders to compare with dW")
     _add_inference_args(p)
     _add_data_args(p)
@@ -296,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--energy", type=ENERGY,
                       help="per layer, the smallest rank keeping this fraction of ||dW||^2, e.g. 0.9")
     p.add_argument("--max-rank", type=POSITIVE_INT, help="the largest rank a layer gets (with --energy)")
-    p.add_argument("--targets", help="names or suffixes, or 'all-linear' (default: query and value)")
+    p.add_argument("--targets")
     p.add_argument("--keep", action="append", default=[], metavar="MODULE",
                    help="also save this module whole, e.g. embeddings (repeatable)")
     p.add_argument("--no-norms", action="store_true", help="leave out the layer norms (saved whole by default)")
@@ -310,12 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="CSV/TSV/JSONL/Parquet file, or - for one text per line on stdin")
     p.add_argument("--output", help="write predictions to this .csv or .jsonl file (a new one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--text-column", help="column with the text in --input (default: the one the model was "
-                   "trained on, else review)")
-    p.add_argument("--text-pair-column", help="sentence pairs: the column with each pair's second text in --input "
-                   "(default: the model's)")
-    p.add_argument("--label-column", help="column with the true labels in --input or --score-against: then the "
-                   "accuracy is printed too (default: the model's, else label)")
+    p.add_argument("--text-column")
+    p.add_argument("--text-pair-column")
+    p.add_argument("--label-column")
     p.add_argument("--score-against", metavar="FILE", help="a file whose --label-column holds the true label of "
                    "each input row: also print accuracy")
     _add_inference_args(p)
@@ -336,13 +309,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[debug],
                        help="load and check the data; print its size")
     _add_data_args(p)
+    _help_from_fields(parser)
     return parser
 
 
-def _data(config: dict):
+def _help_from_fields(parser: argparse.ArgumentParser) -> None:
+    """Each flag that sets a configuration field (`FLAG_KEYS`) gets that field's docstring
+    and default as its help (`loralab.config`): one text, where the help strings restated
+    defaults that nothing checked. Commands that read a trained model's own columns say so."""
+    from .config import defaults, field_doc
+
+    table = defaults()
+    for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+        for command, subparser in sub.choices.items():
+            for action in subparser._actions:
+                key = FLAG_KEYS.get(action.dest)
+                if key is None or action.help is not None:
+                    continue
+                default = table
+                for part in key.split("."):
+                    default = default[part]
+                shown = "none" if default in ("", [], ()) else default
+                if command in ("predict", "evaluate") and key.split(".")[-1] in REMEMBERED:
+                    shown = f"the model's own, else {shown}"
+                action.help = f"{field_doc(key)} (default: {shown})".replace("%", "%%")
+
+
+def _data(config: Config):
     from .data import load_configured
 
-    return load_configured(config["data"])
+    return load_configured(config.data)
 
 
 def cmd_data(args) -> None:
@@ -384,7 +380,7 @@ def cmd_train(args) -> None:
 
     config = config_of(args)
     check_output(args.out, "model", overwrite=args.overwrite,  # before any data is read or trained on
-                 inputs=[("--model", local_folder(config["model"])), *data_inputs(config["data"])])
+                 inputs=[("--model", local_folder(config.model)), *data_inputs(config.data)])
     # The learning-rate choice's scratch and the result: one writer. Under torchrun every
     # rank runs this command; rank 0 holds the folder.
     with output_lock(args.out) if is_main_process() else nullcontext():
@@ -394,7 +390,6 @@ def cmd_train(args) -> None:
 def _train(args) -> None:
     from .api import choose_learning_rate, train
     from .settings import TrainSettings
-    from .study.config import select_metric
     from .study.plan import grid_of
 
     config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
@@ -402,20 +397,20 @@ def _train(args) -> None:
     settings = TrainSettings.from_config(config, args.method, quiet=args.quiet,  # a --learning-rate given wins
                                          **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     data, selection = _data(config), None
-    if config["select"]["enabled"]:  # --profile tuned
-        sel = config["select"]
-        trial = settings.replace(epochs=sel["epochs"]) if sel["epochs"] else settings
-        selection = choose_learning_rate(args.method, sel[grid_of(args.method)], data, model=config["model"],
+    if config.select.enabled:  # --profile tuned
+        sel = config.select
+        trial = settings.replace(epochs=sel.epochs) if sel.epochs else settings
+        selection = choose_learning_rate(args.method, getattr(sel, grid_of(args.method)), data, model=config.model,
                                          settings=trial, lora=lora, work=f"{args.out}.choose", resume=args.resume,
-                                         metric=select_metric(config))
+                                         metric=config.select_metric)
         settings = settings.replace(learning_rate=selection.learning_rate)
         print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
               f"{selection.validation_rows} validation rows")
         del data["validation"]
-    result = train(method=args.method, out=args.out, model=config["model"], data=data, settings=settings,
+    result = train(method=args.method, out=args.out, model=config.model, data=data, settings=settings,
                    lora=lora, resume=args.resume, selection=selection, lock=False, overwrite=args.overwrite,
-                   columns={key: config["data"][key] for key in REMEMBERED})
-    metric = study_metric(config)
+                   columns={key: getattr(config.data, key) for key in REMEMBERED})
+    metric = config.metric
     print(f"{args.method}: eval {SCORE_LABELS[metric]} {result.metrics.score(metric):.4f}, "
           f"{result.trainable_params:,} trainable parameters, saved to {args.out}")
 
@@ -424,7 +419,7 @@ def _train(args) -> None:
 ADAPTER_FLAGS = ("rank", "alpha", "targets", "init", "dropout", "rslora", "lr_ratio")
 
 
-def _adapter_options(args, config: dict):
+def _adapter_options(args, config: Config):
     """The options of `train --method`'s adapters: LoRA's table for LoRA, DoRA and PiSSA
     (--rank, default 6, and --alpha), [vera] (--rank, default its table's) or [ia3]; the
     flags --targets and --dropout reach VeRA's and IA3's too. None for head and full."""
@@ -498,12 +493,12 @@ def cmd_evaluate(args) -> None:
     from .api import evaluate
 
     config, settings = _inference(args)
-    d = config["data"]
-    if d["eval"] and not d["train"]:  # --eval FILE alone: no training split is needed, or read
+    d = config.data
+    if d.eval and not d.train:  # --eval FILE alone: no training split is needed, or read
         from .data import data_options
 
-        metrics = evaluate(args.model_dir, settings=settings, eval_files=d["eval"], options=data_options(d),
-                           limit=d["limit_eval"])
+        metrics = evaluate(args.model_dir, settings=settings, eval_files=d.eval, options=data_options(d),
+                           limit=d.limit_eval)
     else:
         metrics = evaluate(args.model_dir, data=_data(config), settings=settings)
     if metrics.pearson is not None:  # a regression model
@@ -524,8 +519,8 @@ def cmd_lowrank(args) -> None:
     from .outputs import check_output, claim_folder
 
     config, settings = _inference(args)
-    pretrained = args.pretrained or config["model"]
-    metric = study_metric(config)
+    pretrained = args.pretrained or config.model
+    metric = config.metric
     check_output(args.out, "lowrank", overwrite=args.overwrite,
                  inputs=[("--finetuned", args.finetuned), ("--headtuned", args.headtuned),
                          ("--pretrained", local_folder(pretrained)), *(("--lora", d) for d in args.lora)])
@@ -558,11 +553,11 @@ def cmd_predict(args) -> None:
     if not args.texts and not args.input:
         raise LoralabError("Give texts to classify, - for stdin, or --input FILE.")
     config, settings = _inference(args)
-    d = config["data"]
+    d = config.data
     result = predict(args.model_dir, [split_pair(t) for t in args.texts] or None, input=args.input,
-                     output=args.output, text_column=d["text_column"], labels=args.score_against,
-                     settings=settings, progress=not args.quiet, text_pair_column=d["text_pair_column"] or None,
-                     label_column=d["label_column"], overwrite=args.overwrite)
+                     output=args.output, text_column=d.text_column, labels=args.score_against,
+                     settings=settings, progress=not args.quiet, text_pair_column=d.text_pair_column or None,
+                     label_column=d.label_column, overwrite=args.overwrite)
     if not args.output:
         texts = args.texts or [None] * len(result)
         for i, text in enumerate(texts):
@@ -632,15 +627,15 @@ def cmd_report(args) -> None:
 def cmd_run(args) -> None:
     from pathlib import Path
 
+    from .config import inside
     from .report import write_report
     from .study import run_study, summary_table
-    from .study.config import inside
 
     config = config_of(args, **({"out": args.out} if args.out else {}))
     result = run_study(config, quiet=args.quiet, overwrite=args.overwrite)
-    report = write_report(config["out"], inside(config["out"], config["report_dir"], "report_dir"))
-    print(summary_table(result.rows, study_metric(config)))
-    print(f"\nResults: {Path(config['out']) / 'results.json'}\nReport: {report} and report.html")
+    report = write_report(config.out, inside(config.out, config.report_dir, "report_dir"))
+    print(summary_table(result.rows, config.metric))
+    print(f"\nResults: {Path(config.out) / 'results.json'}\nReport: {report} and report.html")
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "lowrank": cmd_lowrank,

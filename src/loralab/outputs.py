@@ -113,13 +113,13 @@ def _overlap(output: Path, inputs: Iterable[tuple[str, str | os.PathLike | None]
     return None
 
 
-def data_inputs(data: dict) -> list[tuple[str, str]]:
-    """(flag, path) of every data file and folder a `[data]` table reads."""
+def data_inputs(data) -> list[tuple[str, str]]:
+    """(flag, path) of every data file and folder a [data] table (`config.DataConfig`) reads."""
     import glob
 
-    found = [("--data", data.get("dir") or os.environ.get("LORALAB_DATA") or "")]
+    found = [("--data", data.dir or os.environ.get("LORALAB_DATA") or "")]
     for flag in ("train", "eval"):
-        for pattern in data.get(flag) or ():
+        for pattern in getattr(data, flag) or ():
             found += [(f"--{flag}", match) for match in glob.glob(str(pattern))] or [(f"--{flag}", pattern)]
     return [(flag, path) for flag, path in found if path]
 

@@ -1,8 +1,8 @@
 """Typed settings: how a model is trained (`TrainSettings`), how LoRA is set up
 (`LoraOptions`), and the choices each option takes.
 
-Their defaults are those of `defaults.toml` (a test checks that they agree), and
-`TrainSettings.from_config` is the one way to build them from a resolved configuration:
+`TrainSettings` is the configuration's [train] table (`loralab.config.Config.train`), and
+`from_config` is the one way to build each of them from a resolved configuration:
 `loralab run`, `loralab train` and the Python API all go through it. No torch here: the
 configuration is checked before anything heavy is imported.
 """
@@ -51,16 +51,15 @@ def default_metric(task: str) -> str:
     return "pearson" if task == REGRESSION else "accuracy"
 
 
-def study_metric(config: dict) -> str:
-    """The score a resolved configuration's study leads with: `data.metric`, or its task's
-    default (`default_metric`)."""
-    data = config["data"]
-    return data.get("metric") or default_metric(data.get("task") or CLASSIFICATION)
-
 # Inference batches, sorted by length. On a CPU 16 beats 64 (100 lab eval reviews: 3.8 s
 # against 5.2 s; 500: 14.7 s against 17.9 s): smaller (batch, heads, seq, seq) attention
 # tensors and less padding. A GPU prefers larger ones; pass them where it matters.
 EVAL_BATCH_SIZE = 16
+
+
+def opt(default, doc: str):
+    """A configuration field: its one default and its one docstring (`loralab.config`)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -79,77 +78,38 @@ def _replace(obj, changes: dict):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a model is trained and evaluated (the lab's defaults, those of `defaults.toml`).
+    """How a model is trained and evaluated: the lab's defaults, and the [train] table of the
+    configuration (`loralab.config.Config.train`, whose seed, precision and device are the
+    top level's). Each field's docstring is its `opt`'s."""
 
-    Args:
-        epochs: passes over the training data.
-        batch_size: training batch size per device: the examples of one optimizer step.
-        micro_batch_size: examples per forward and backward pass; each step accumulates
-            `batch_size / micro_batch_size` passes: the same batches and updates, a fraction
-            of the activation memory. 0 (auto): on a CPU, passes of at most 1,024 tokens
-            at the training set's longest length (2 for 512-token reviews, faster as well
-            as smaller; short texts stay whole), on a GPU the whole batch.
-        learning_rate: peak learning rate of AdamW (the Trainer's default, 5e-5).
-        lr_scheduler: a Trainer schedule name; ``"linear"`` decays to zero.
-        warmup_ratio: fraction of steps with a linear warm-up.
-        weight_decay: AdamW weight decay.
-        logging_steps: a training-loss log line every this many steps.
-        eval_batch_size: batch size for evaluation and feature extraction.
-        max_length: longest input in tokens; longer reviews are truncated.
-        group_by_length: batch reviews of similar length together (less padding).
-        pad_to_multiple_of: pad every batch, in training and inference, to a multiple of
-            this many tokens (at most `max_length`; 1 pads to the longest row): a few
-            shapes instead of one per batch, so memory stays flat over a run. 0 (auto)
-            scales the multiple with the batch's length, padding by under an eighth of
-            it, or under 8 tokens below 64 (`loralab.inference.bucket_length`).
-        fast_dropout: train on a CPU with `FastDropout` (a cheaper random mask, see
-            `loralab.fastdropout`); False uses PyTorch's own dropout. GPUs always use
-            PyTorch's: their dropout and attention with dropout are fused kernels.
-        gradient_checkpointing: keep only each layer's input through the forward pass and
-            recompute the layer in the backward pass: less activation memory, more time,
-            the same results. Off by default: on a CPU, with its passes of 2 reviews, it
-            saved 4% of a LoRA run's peak for 1.75x the time (benchmarks/README.md).
-        compile: run training and evaluation through `torch.compile` (inductor; on a
-            CPU it needs a C++ compiler). Off by default: a whole LoRA epoch on a CPU
-            took 3x as long, compile time included (benchmarks/README.md).
-        pooling: what the classification head reads: ``"cls"`` (the first token, as the
-            model was built) or ``"mean"`` (the mean of the non-padding tokens; see
-            `loralab.pooling`).
-        save_steps: also checkpoint every this many steps (0: only at the end of each
-            epoch). Checkpoints let `--resume` continue a killed run.
-        report_to: experiment trackers, passed to the Trainer (``"none"`` writes nothing).
-        class_weights: ``"none"``, or ``"balanced"``: the loss weighs each class by
-            n / (K n_class), its inverse frequency in the data trained on (imbalanced tasks).
-        precision: ``"bf16"`` (autocast), ``"fp32"``, or ``"auto"`` (bf16 where the CPU
-            or GPU computes it natively).
-        seed: seeds weights of new layers, dropout and data order.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        quiet: no progress bars (changes no result).
-    """
-
-    epochs: float = 3.0
-    batch_size: int = 8
-    micro_batch_size: int = 0
-    learning_rate: float = 5e-5
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    logging_steps: int = 5
-    eval_batch_size: int = EVAL_BATCH_SIZE
-    max_length: int = 512
-    group_by_length: bool = True
-    pad_to_multiple_of: int = 0
-    fast_dropout: bool = True
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    pooling: str = "cls"
-    save_steps: int = 0
-    report_to: str = "none"
-    class_weights: str = "none"
-    precision: str = "auto"
-    seed: int = 0
-    device: str = "auto"
-    quiet: bool = False
+    epochs: float = opt(3.0, "passes over the training data")
+    batch_size: int = opt(8, "training examples per optimizer step (per device)")
+    micro_batch_size: int = opt(0, "examples per forward/backward pass, accumulated into each batch; 0 = auto: on "
+                                   "a CPU at most 1,024 tokens a pass (faster and smaller), on a GPU the batch")
+    learning_rate: float = opt(5e-5, "AdamW's peak learning rate (the Trainer's default)")
+    lr_scheduler: str = opt("linear", "a Trainer schedule; linear decays to zero")
+    warmup_ratio: float = opt(0.0, "the fraction of steps with a linear warm-up")
+    weight_decay: float = opt(0.0, "AdamW's weight decay")
+    logging_steps: int = opt(5, "a training-loss log line every this many steps")
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "inference batches, longest first; 16 beats 64 on a CPU")
+    max_length: int = opt(512, "the longest input in tokens; longer texts are cut")
+    group_by_length: bool = opt(True, "batches of texts of similar length: less padding, same data each epoch")
+    pad_to_multiple_of: int = opt(0, "batch lengths rounded up to multiples of this; 0 = auto (under 1/8 padding), "
+                                     "1 = exact (loralab.inference.bucket_length)")
+    fast_dropout: bool = opt(True, "a cheaper dropout mask on CPUs (loralab.fastdropout); false = torch's")
+    gradient_checkpointing: bool = opt(False, "recompute each layer in the backward pass: less memory, more time "
+                                              "(1.75x for 4% of a LoRA run's peak on a CPU)")
+    compile: bool = opt(False, "torch.compile training and evaluation (inductor; needs a C++ compiler on a CPU; "
+                               "3x slower for a LoRA epoch there)")
+    pooling: str = opt("cls", "what the head reads: cls (the first token, as the lab) | mean (the tokens' mean)")
+    save_steps: int = opt(0, "also checkpoint every N steps (0 = at the end of each epoch); --resume continues "
+                             "from the last")
+    report_to: str = opt("none", "experiment trackers passed to the Trainer (tensorboard, ...); none writes nothing")
+    class_weights: str = opt("none", "none | balanced: the loss weighs each class by n / (K n_class) of the data")
+    precision: str = opt("auto", "bf16 (autocast) | fp32 | auto (bf16 where the CPU or GPU computes it natively)")
+    seed: int = opt(0, "seeds weights of new layers, dropout and data order")
+    device: str = opt("auto", "auto | cpu | cuda")
+    quiet: bool = opt(False, "no progress bars (changes no result)")
 
     def __post_init__(self):
         _check_choice("precision", self.precision, PRECISIONS)
@@ -179,14 +139,13 @@ class TrainSettings:
         return _replace(self, changes)
 
     @classmethod
-    def from_config(cls, config: dict, method: str | None = None, **changes) -> "TrainSettings":
-        """The settings of a resolved configuration (`loralab.study.config.load_config`): its
-        [train] table with the top-level `seed`, `precision` and `device`; for `method`
-        ``"head"`` or ``"lora"``, that table's own learning rate where it sets one."""
-        settings = cls(**config["train"], seed=config["seed"], precision=config["precision"],
-                       device=config["device"])
+    def from_config(cls, config, method: str | None = None, **changes) -> "TrainSettings":
+        """The settings of a resolved configuration (`loralab.config.load_config`): its
+        [train] table with the top-level seed, precision and device; for `method`, its own
+        table's learning rate where that sets one."""
         table = "lora" if method in ("dora", "pissa") else method  # LoRA's variants read LoRA's table
-        own_rate = config[table]["learning_rate"] if table in ("head", "lora", "vera", "ia3") else 0.0
+        own_rate = getattr(config, table).learning_rate if table in ("head", "lora", "vera", "ia3") else 0.0
+        settings = config.train.replace(seed=config.seed, precision=config.precision, device=config.device)
         return settings.replace(**{**({"learning_rate": own_rate} if own_rate else {}), **changes})
 
 
@@ -233,12 +192,11 @@ class LoraOptions:
                     rslora=self.rslora)
 
     @classmethod
-    def from_config(cls, config: dict, rank: int, **changes) -> "LoraOptions":
+    def from_config(cls, config, rank: int, **changes) -> "LoraOptions":
         """The options of a resolved configuration's [lora] table at `rank`."""
-        lora = config["lora"]
-        return cls(rank=rank, alpha=lora["alpha_factor"] * rank, targets=lora["targets"] or None,
-                   init=lora["init"], dropout=lora["dropout"], rslora=lora["rslora"],
-                   lr_ratio=lora["lr_ratio"]).replace(**changes)
+        lora = config.lora
+        return cls(rank=rank, alpha=lora.alpha_factor * rank, targets=lora.targets or None, init=lora.init,
+                   dropout=lora.dropout, rslora=lora.rslora, lr_ratio=lora.lr_ratio).replace(**changes)
 
 
 @dataclass(frozen=True)
@@ -274,11 +232,11 @@ class VeraOptions:
         return dict(targets=self.targets, seed=self.projection_seed, dropout=self.dropout, d_initial=self.d_initial)
 
     @classmethod
-    def from_config(cls, config: dict, rank: int | None = None, **changes) -> "VeraOptions":
+    def from_config(cls, config, rank: int | None = None, **changes) -> "VeraOptions":
         """The options of a resolved configuration's [vera] table (at `rank` where given)."""
-        vera = config["vera"]
-        return cls(rank=rank or vera["rank"], targets=vera["targets"] or None, dropout=vera["dropout"],
-                   d_initial=vera["d_initial"], projection_seed=vera["projection_seed"]).replace(**changes)
+        vera = config.vera
+        return cls(rank=vera.rank if rank is None else rank, targets=vera.targets or None, dropout=vera.dropout,
+                   d_initial=vera.d_initial, projection_seed=vera.projection_seed).replace(**changes)
 
 
 @dataclass(frozen=True)
@@ -304,9 +262,9 @@ class IA3Options:
         return dict(targets=self.targets, feedforward=self.feedforward)
 
     @classmethod
-    def from_config(cls, config: dict, rank: int | None = None, **changes) -> "IA3Options":
-        ia3 = config["ia3"]
-        return cls(targets=ia3["targets"] or None, feedforward=ia3["feedforward"] or None).replace(**changes)
+    def from_config(cls, config, rank: int | None = None, **changes) -> "IA3Options":
+        ia3 = config.ia3
+        return cls(targets=ia3.targets or None, feedforward=ia3.feedforward or None).replace(**changes)
 
 
 AdapterOptions = LoraOptions | VeraOptions | IA3Options
@@ -316,7 +274,7 @@ AdapterOptions = LoraOptions | VeraOptions | IA3Options
 OPTIONS: dict[str, type] = {**{m: LoraOptions for m in ADAPTERS}, "vera": VeraOptions, "ia3": IA3Options}
 
 
-def adapter_options(config: dict, method: str, rank: int | None = None, **changes) -> AdapterOptions | None:
+def adapter_options(config, method: str, rank: int | None = None, **changes) -> AdapterOptions | None:
     """The options `method` trains with from a resolved configuration: LoRA's table at `rank`
     for LoRA and its variants, [vera] or [ia3]; None for a method without adapters."""
     kind = OPTIONS.get(method)

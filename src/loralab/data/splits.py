@@ -60,11 +60,11 @@ def limit_data(data, train: int | None = None, eval: int | None = None):
     return data
 
 
-def data_options(table: dict) -> DataOptions:
-    """How a configuration's [data] table says to read its files."""
-    return DataOptions(table["text_column"], table["label_column"], table["drop_invalid"],
-                       tuple(table["labels"]) or None, table.get("text_pair_column") or None,
-                       table.get("task") or "classification")
+def data_options(table) -> DataOptions:
+    """How a configuration's [data] table (`config.DataConfig`) says to read its files."""
+    return DataOptions(table.text_column, table.label_column, table.drop_invalid,
+                       tuple(table.labels) or None, table.text_pair_column or None,
+                       table.task or "classification")
 
 
 def texts_of(split) -> list:
@@ -74,17 +74,17 @@ def texts_of(split) -> list:
     return list(split["text"])
 
 
-def load_configured(table: dict):
+def load_configured(table):
     """The data a configuration's [data] table names: its files read and checked, limited
     to seeded random subsets, and split into train and validation where it asks for one."""
     options = data_options(table)
-    data = load_data(table["dir"] or None, train=table["train"] or None, eval=table["eval"] or None,
+    data = load_data(table.dir or None, train=table.train or None, eval=table.eval or None,
                      options=options)
-    data = limit_data(data, table["limit_train"], table["limit_eval"])
-    if table["limit_train"]:  # what is trained on must hold two classes, not only the file
-        check_classes(data["train"], f"the training data limited to {table['limit_train']} rows (--limit-train)")
-    if table["validation"]:
-        data = split_validation(data, table["validation"], table["split_seed"])
+    data = limit_data(data, table.limit_train, table.limit_eval)
+    if table.limit_train:  # what is trained on must hold two classes, not only the file
+        check_classes(data["train"], f"the training data limited to {table.limit_train} rows (--limit-train)")
+    if table.validation:
+        data = split_validation(data, table.validation, table.split_seed)
     return data
 
 

@@ -2,6 +2,7 @@
 their keys (`plan`), what each kind of run does (`tasks`), the records it writes
 (`records`), and the runner that skips finished runs and does the rest (`runner`)."""
 
+from ..config import defaults, inside, load_config, to_toml
 from ..records import (
     RESULT_NAME,
     Environment,
@@ -15,7 +16,6 @@ from ..records import (
     read_record,
     read_rows,
 )
-from .config import defaults, inside, load_config, to_toml
 from .executors import warm_up_processes
 from .plan import Context, Ref, Run, plan, resolved_precision, seeds_of
 from .runner import StudyResult, run_study, summary_table

@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from ..config import Config
 from ..errors import LoralabError
 from ..fileio import write_json
 from ..records import RunRecord
@@ -136,18 +137,18 @@ def _task(data_options: dict, out: str, quiet: bool, run: Run, threads: int) -> 
     return node
 
 
-def run_on_ray(ctx, runs: list[Run], todo: list[Run], config: dict, on_start: Callable[[Run, str], None],
+def run_on_ray(ctx, runs: list[Run], todo: list[Run], config: Config, on_start: Callable[[Run, str], None],
                on_done: Callable[[Run, RunRecord], None], read: Callable[[Run], RunRecord | None],
                quiet: bool = False) -> None:
-    """Do the runs in `todo` on the Ray cluster `config["address"]` names, each once the runs
+    """Do the runs in `todo` on the Ray cluster `config.address` names, each once the runs
     it reads are finished, each asking for `[resources]`. A failed run stops new starts; the
     runs in progress finish and a LoralabError names each failure's node and log."""
     from .executors import schedule
 
-    with connected(config["address"], quiet) as ray:
+    with connected(config.address, quiet) as ray:
         nodes = check_storage(ray, ctx.out)
         logger.info("Ray: %d node(s) see %s: %s", len(nodes), ctx.out, ", ".join(nodes))
-        failed = schedule(runs, todo, RayTasks(ray, ctx, config["resources"], on_start, read, quiet), on_done)
+        failed = schedule(runs, todo, RayTasks(ray, ctx, config.resources, on_start, read, quiet), on_done)
     if failed:
         raise LoralabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their nodes and logs are named "
                            "above. Finished runs are kept; run the same command again to retry.")

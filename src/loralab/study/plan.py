@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Union
 
+from ..config import Config
 from ..methods import LORA_FAMILY, TASK_BASELINES
 from ..records import (
     EXTRACT,
@@ -24,8 +25,7 @@ from ..records import (
     seed_suffix,
     select_run,
 )
-from ..settings import TRAIN_METHODS, AdapterOptions, LoraOptions, TrainSettings, adapter_options, study_metric
-from .config import select_metric
+from ..settings import TRAIN_METHODS, AdapterOptions, LoraOptions, TrainSettings, adapter_options
 
 # ---------------------------------------------------------------------------------------
 # Context: data and tokenizers, loaded once per process
@@ -225,88 +225,88 @@ def grid_of(method: str) -> str:
     return "lora" if method in LORA_FAMILY else method
 
 
-def seeds_of(config: dict) -> list[int]:
-    return list(config["seeds"]) or [config["seed"]]
+def seeds_of(config: Config) -> list[int]:
+    return list(config.seeds) or [config.seed]
 
 
-def resolved_precision(config: dict) -> str:
+def resolved_precision(config: Config) -> str:
     """`precision` as runs compute in it: "auto" becomes "bf16" or "fp32" for this machine,
     so a result computed in one precision is never reused where the other would be."""
-    if config["precision"] != "auto":
-        return config["precision"]
+    if config.precision != "auto":
+        return config.precision
     from ..inference import resolve_precision
     from ..models import pick_device
 
-    return resolve_precision(TrainSettings(), pick_device(config["device"]))
+    return resolve_precision(TrainSettings(), pick_device(config.device))
 
 
-def plan(config: dict, ctx: Context) -> list[Run]:
+def plan(config: Config, ctx: Context) -> list[Run]:
     """Every run of the study, in order, each with the inputs it reads.
 
     With `select.enabled`, `select-full`, `select-head` and `select-lora` come first and the
     runs that use their choice read them. With `seeds`, each method runs once per seed
     (folders end in `-seedN`); the replace test, low-rank study and similarity use the first.
     """
-    c = {**config, "precision": resolved_precision(config)}  # keys carry what runs compute in
-    m, sel = c["methods"], c["select"]
-    isolate = c["isolate"] and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    c = config.replace(precision=resolved_precision(config))  # keys carry what runs compute in
+    m, sel = c.methods, c.select
+    isolate = c.isolate and int(os.environ.get("WORLD_SIZE", "1")) == 1
     seeds = seeds_of(c)
-    model = c["model"]
-    metric = study_metric(c)
+    model = c.model
+    metric = c.metric
 
-    targets = c["lora"]["targets"] or None
+    targets = c.lora.targets or None
     runs: list[Run] = []
     chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate
-    if sel["enabled"]:
-        wanted = {"full": m["full"], "head": m["head"], "lora": bool(m["lora_ranks"]),
-                  **{variant: True for variant in m["variants"]}}
+    if sel.enabled:
+        wanted = {"full": m.full, "head": m.head, "lora": bool(m.lora_ranks),
+                  **{variant: True for variant in m.variants}}
         for method in (name for name, on in wanted.items() if on):
-            settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=sel[grid_of(method)][0],
-                                                 **({"epochs": sel["epochs"]} if sel["epochs"] else {}))
-            lora = adapter_options(c, method, sel["lora_rank"] if method in LORA_FAMILY else None)
-            inputs = SelectInputs(method, model, ctx.choice_key, settings, lora, tuple(sel[grid_of(method)]),
-                                  sel["limit_train"], select_metric(c))
+            settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=getattr(sel, grid_of(method))[0],
+                                                 **({"epochs": sel.epochs} if sel.epochs else {}))
+            lora = adapter_options(c, method, sel.lora_rank if method in LORA_FAMILY else None)
+            inputs = SelectInputs(method, model, ctx.choice_key, settings, lora, tuple(getattr(sel, grid_of(method))),
+                                  sel.limit_train, c.select_metric)
             run = Run(select_run(method), "select", inputs, isolate)
             runs.append(run)
             chosen[method] = run.ref()
     for seed in seeds:
-        sfx = seed_suffix(seed, bool(c["seeds"]))
+        sfx = seed_suffix(seed, bool(c.seeds))
         settings = {method: TrainSettings.from_config(c, method, seed=seed) for method in TRAIN_METHODS}
-        if m["baselines"]:
-            for method in TASK_BASELINES[c["data"]["task"]]:
+        if m.baselines:
+            for method in TASK_BASELINES[c.data.task]:
                 runs.append(Run(method_run(method, suffix=sfx), "baseline", BaselineInputs(method, ctx.data_key, seed)))
         trained: dict[str, Ref] = {}
         for method in ("full", "head"):
-            if m[method]:
+            if getattr(m, method):
                 run = Run(method_run(method, suffix=sfx), "train",
                           TrainInputs(method, model, ctx.data_key, settings[method], None, chosen.get(method)),
                           isolate)
                 runs.append(run)
                 trained[method] = run.ref()
         first = seed == seeds[0]
-        if first and m["replace_test"] and "full" in trained:
+        if first and m.replace_test and "full" in trained:
             runs.append(Run(REPLACE_TEST, "replace",
                             ReplaceInputs(trained["full"], model, ctx.data_key, settings["full"], metric)))
-        if first and m["lowrank"]:
+        if first and m.lowrank:
             runs.append(Run(LOWRANK, "lowrank", LowrankInputs(trained["full"], trained["head"], model, ctx.data_key,
-                                                              settings["full"], targets, tuple(m["sweep_ranks"]),
-                                                              m["sweep_points"], metric)))
-        if first and m["extract"] and "full" in trained:
+                                                              settings["full"], targets, tuple(m.sweep_ranks),
+                                                              m.sweep_points, metric)))
+        if first and m.extract and "full" in trained:
             runs.append(Run(EXTRACT, "extract", ExtractInputs(trained["full"], model, ctx.data_key, settings["full"],
-                                                              tuple(m["extract_targets"]), tuple(m["extract_ranks"]),
-                                                              tuple(m["extract_energies"]))))
+                                                              tuple(m.extract_targets), tuple(m.extract_ranks),
+                                                              tuple(m.extract_energies))))
         loras = []
-        for rank in m["lora_ranks"]:
+        for rank in m.lora_ranks:
             run = Run(method_run("lora", rank, sfx), "train",
                       TrainInputs("lora", model, ctx.data_key, settings["lora"],
                                   LoraOptions.from_config(c, rank), chosen.get("lora")), isolate)
             runs.append(run)
             loras.append((rank, run.ref()))
-            for variant in (v for v in m["variants"] if v in LORA_FAMILY):  # at the same rank, each at its own rate
+            for variant in (v for v in m.variants if v in LORA_FAMILY):  # at the same rank, each at its own rate
                 runs.append(Run(method_run(variant, rank, sfx), "train",
                                 TrainInputs(variant, model, ctx.data_key, settings[variant],
                                             LoraOptions.from_config(c, rank), chosen.get(variant)), isolate))
-        for method in (v for v in m["variants"] if v not in LORA_FAMILY):  # VeRA and IA3 at their own sizes
+        for method in (v for v in m.variants if v not in LORA_FAMILY):  # VeRA and IA3 at their own sizes
             options = adapter_options(c, method)
             runs.append(Run(method_run(method, options.rank, sfx), "train",
                             TrainInputs(method, model, ctx.data_key, settings[method], options, chosen.get(method)),

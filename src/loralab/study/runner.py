@@ -24,11 +24,11 @@ import platform
 import time
 from dataclasses import dataclass, field
 
+from ..config import Config, to_toml
 from ..errors import LoralabError
 from ..fileio import write_json, write_text
 from ..records import DataSummary, Environment, Row, RunRecord
-from ..settings import REGRESSION, SCORE_LABELS, metric_task, study_metric
-from .config import to_toml
+from ..settings import REGRESSION, SCORE_LABELS, metric_task
 from .executors import Processes, device_name, read_result, run_one, schedule, warm_up_processes
 from .plan import Context, Run, plan, resolved_precision, seeds_of  # noqa: F401 - Context and plan are the study's API too
 
@@ -50,28 +50,28 @@ def write_results(ctx: Context, runs: list[Run]) -> list[Row]:
     return rows
 
 
-def environment(config: dict, ctx: Context, seconds: float, skipped: int = 0, runs: list[Run] = ()) -> Environment:
+def environment(config: Config, ctx: Context, seconds: float, skipped: int = 0, runs: list[Run] = ()) -> Environment:
     import torch
     import transformers
 
     from ..data import class_counts, class_names_of
     from ..version import __version__
 
-    d = config["data"]
+    d = config.data
     return Environment(
-        model=config["model"],
+        model=config.model,
         data=DataSummary(train_rows=len(ctx.data["train"]), eval_rows=len(ctx.data["eval"]),
                          validation_rows=len(ctx.data["validation"]) if "validation" in ctx.data else 0,
-                         source=d["dir"] or os.environ.get("LORALAB_DATA") or "cache or download",
-                         train_files=d["train"], eval_files=d["eval"]),
+                         source=d.dir or os.environ.get("LORALAB_DATA") or "cache or download",
+                         train_files=d.train, eval_files=d.eval),
         loralab=__version__, torch=torch.__version__, transformers=transformers.__version__,
-        python=platform.python_version(), device=device_name(config["device"]),
+        python=platform.python_version(), device=device_name(config.device),
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-        precision=resolved_precision(config), seed=config["seed"],
-        seeds=seeds_of(config), profile=config["profile"], pooling=config["train"]["pooling"],
+        precision=resolved_precision(config), seed=config.seed,
+        seeds=seeds_of(config), profile=config.profile, pooling=config.train.pooling,
         total_seconds=seconds, skipped_runs=skipped, labels=class_names_of(ctx.data["train"]),
         class_counts={split: class_counts(ctx.data[split]) for split in ctx.data},
-        task=d["task"], metric=study_metric(config), executor=config["executor"],
+        task=d.task, metric=config.metric, executor=config.executor,
         nodes={run.name: record.node for run in runs
                if (record := read_result(ctx.out / run.name, run.key)) is not None and record.node})
 
@@ -115,7 +115,7 @@ class _Progress:
 STUDY_FILES = ("config.toml", "results.json", "environment.json")
 
 
-def run_study(config: dict, quiet: bool = False, overwrite: bool = False, name: str = "") -> StudyResult:
+def run_study(config: Config, quiet: bool = False, overwrite: bool = False, name: str = "") -> StudyResult:
     """Run (or resume) the whole study of a resolved configuration (`load_config`), holding
     its output folder's lock (`loralab.locks`): a second study on the folder stops at once.
 
@@ -128,22 +128,22 @@ def run_study(config: dict, quiet: bool = False, overwrite: bool = False, name: 
     from ..models import local_folder
     from ..outputs import check_output, data_inputs
 
-    check_output(config["out"], "study", overwrite=overwrite,
-                 inputs=[("--model", local_folder(config["model"])), *data_inputs(config["data"])])
-    with output_lock(config["out"]), warnings_once(name):
+    check_output(config.out, "study", overwrite=overwrite,
+                 inputs=[("--model", local_folder(config.model)), *data_inputs(config.data)])
+    with output_lock(config.out), warnings_once(name):
         return _run_study(config, quiet)
 
 
-def _run_study(config: dict, quiet: bool) -> StudyResult:
+def _run_study(config: Config, quiet: bool) -> StudyResult:
     from ..outputs import claim_folder
 
-    ctx = Context(config["data"], config["out"], quiet)
+    ctx = Context(config.data, config.out, quiet)
     start = time.perf_counter()
     runs = plan(config, ctx)
     claim_folder(ctx.out, "study", [*STUDY_FILES, *(run.name for run in runs)])  # before anything is written
     write_text(ctx.out / "config.toml", to_toml(config))
     result = StudyResult(rows=[], runs=runs, skipped=[])
-    progress = _Progress(runs, result, study_metric(config))
+    progress = _Progress(runs, result, config.metric)
     todo = []
     for run in runs:
         if read_result(ctx.out / run.name, run.key):
@@ -156,16 +156,16 @@ def _run_study(config: dict, quiet: bool) -> StudyResult:
         progress.done(run, record)
         write_results(ctx, runs)
 
-    if config["executor"] == "ray":
+    if config.executor == "ray":
         from .cluster import run_on_ray
 
         run_on_ray(ctx, runs, todo, config, progress.start, done,
                    lambda run: read_result(ctx.out / run.name, run.key), quiet)
     else:
-        if any(run.isolate for run in todo) or (todo and config["jobs"] > 1):
+        if any(run.isolate for run in todo) or (todo and config.jobs > 1):
             warm_up_processes()
-        if config["jobs"] > 1:
-            failed = schedule(runs, todo, Processes(ctx, config["jobs"], progress.start), done)
+        if config.jobs > 1:
+            failed = schedule(runs, todo, Processes(ctx, config.jobs, progress.start), done)
             if failed:
                 raise LoralabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their messages are above. "
                                    "Finished runs are kept; run the same command again to retry.")

@@ -38,6 +38,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import Config
 from ..errors import LoralabError
 from ..settings import SCORE_LABELS
 
@@ -105,7 +106,9 @@ def load_suite(path: str | os.PathLike, data_root: str | os.PathLike | None = No
         LoralabError: naming the file and the key for an unknown key, a task without files,
             a task's file that does not exist, or a data setting `loralab run` does not know.
     """
-    from .config import defaults, read_toml
+    from dataclasses import fields
+
+    from ..config import DataConfig, read_toml
 
     path = Path(path)
     table = read_toml(path, "Suite file")
@@ -117,7 +120,7 @@ def load_suite(path: str | os.PathLike, data_root: str | os.PathLike | None = No
     if not isinstance(tasks_table, dict) or not tasks_table:
         raise LoralabError(f"{path}: no [tasks.NAME] table; a suite names at least one task.")
     root = _resolve_root(str(data_root) if data_root else None, table.get("data_root"), path)
-    known = set(defaults()["data"])
+    known = {f.name for f in fields(DataConfig)}
     tasks = []
     for key, entry in tasks_table.items():
         if not isinstance(entry, dict):
@@ -161,10 +164,10 @@ def load_suite(path: str | os.PathLike, data_root: str | os.PathLike | None = No
 
 
 def task_configs(suite: Suite, out: str | os.PathLike, config_file: str | os.PathLike | None = None, *,
-                 quick: bool = False, profile: str | None = None, **flags) -> dict[str, dict]:
+                 quick: bool = False, profile: str | None = None, **flags) -> dict[str, Config]:
     """Each task's resolved study configuration (`load_config`), its output in `out/TASK`."""
+    from ..config import load_config
     from ..logs import warnings_once
-    from .config import load_config
 
     configs = {}
     with warnings_once():  # what --quick or a profile replaces of the suite's settings: said once, not per task
@@ -179,7 +182,7 @@ def task_configs(suite: Suite, out: str | os.PathLike, config_file: str | os.Pat
     return configs
 
 
-def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, quiet: bool = False,
+def run_suite(suite: Suite, configs: dict[str, Config], out: str | os.PathLike, quiet: bool = False,
               only: list[str] | None = None, overwrite: bool = False) -> Path:
     """Run (or resume) every task's study in turn (`only`: these tasks' alone), each with its
     report, then write the suite's combined report over every task with results in `out` (and,
@@ -202,13 +205,13 @@ def run_suite(suite: Suite, configs: dict[str, dict], out: str | os.PathLike, qu
     chosen = [t for t in suite.tasks if not only or t.key in only]
     check_output(out, "suite", overwrite=overwrite, inputs=[("the suite file", suite.path)])
     for task in chosen:  # every task's folder checked before the first trains
-        check_output(configs[task.key]["out"], "study", overwrite=overwrite,
-                     inputs=[("--model", local_folder(configs[task.key]["model"])),
-                             *data_inputs(configs[task.key]["data"])])
+        check_output(configs[task.key].out, "study", overwrite=overwrite,
+                     inputs=[("--model", local_folder(configs[task.key].model)),
+                             *data_inputs(configs[task.key].data)])
     with output_lock(out):
         claim_folder(out, "suite", [t.key for t in suite.tasks] + list(REPORT_FILES) + ["results.json"])
         for i, task in enumerate(chosen, start=1):
             logger.info("Task %d of %d: %s", i, len(chosen), task.name)
             run_study(configs[task.key], quiet=quiet, overwrite=overwrite, name=task.name)
-            write_report(configs[task.key]["out"])
+            write_report(configs[task.key].out)
         return write_suite_report(suite, out, only)

@@ -1,0 +1,549 @@
+"""One typed configuration under the whole tool: every option of `loralab run` (and of the
+commands that share its tables) is one field of a frozen dataclass, with one default and one
+docstring (`opt`), checked in one place (`validate`), read from TOML and written back.
+
+    Config                      model, out, seed, seeds, profile, precision, device, ...
+      .data     DataConfig      the files, their columns, the task, limits, the validation split
+      .train    TrainSettings   how every method trains (its seed, precision and device are Config's)
+      .resources ResourcesConfig  what a run asks a Ray cluster for
+      .methods  MethodsConfig   which methods the study runs, at which ranks
+      .lora / .vera / .ia3 / .head  each method's own table
+      .select   SelectConfig    the learning rates tried on the validation split
+
+`load_config` resolves defaults < a suite's [run] table < a TOML file < a profile
+(`profiles.toml`: [tuned], [quick]) < flags. `defaults.toml` is written from these fields
+(`defaults_toml`; a test keeps the packaged file equal to it), and the CLI's help for the
+flags that set them is their docstrings.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .errors import LoralabError
+from .methods import ADAPTERS, LORA_FAMILY
+from .settings import (
+    CLASSIFICATION,
+    DEVICES,
+    INITS,
+    POOLINGS,
+    PRECISIONS,
+    PROFILES,
+    REGRESSION,
+    SELECT_METRICS,
+    TASKS,
+    IA3Options,
+    LoraOptions,
+    TrainSettings,
+    VeraOptions,
+    default_metric,
+    metric_task,
+)
+
+logger = logging.getLogger("loralab")
+
+EXECUTORS = ("local", "ray")  # where a study's runs run: processes on this machine, or a Ray cluster
+VARIANTS = tuple(m for m in ADAPTERS if m != "lora")  # methods.variants: the adapter methods a study may add
+# The fields of [train] that the top level owns (one seed, precision and device for every table).
+TOP_LEVEL_TRAIN = ("seed", "precision", "device", "quiet")
+
+
+def opt(default, doc: str):
+    """A configuration field: its one default and its one docstring."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """[data]: which files are read, and how."""
+
+    dir: str = opt("", 'folder with train.csv and eval.csv ("" = $LORALAB_DATA, then ~/.cache/loralab/imdb-lab, '
+                       "then a download)")
+    train: tuple[str, ...] = opt((), "training files or globs (CSV, TSV, JSONL, Parquet), overriding DIR/train.csv")
+    eval: tuple[str, ...] = opt((), "evaluation files or globs, overriding DIR/eval.csv")
+    text_column: str = opt("review", "the column with each text")
+    text_pair_column: str = opt("", 'sentence pairs: the column with each pair\'s second text ("" = single texts)')
+    label_column: str = opt("label", "the column with the label, or a regression task's number")
+    task: str = opt(CLASSIFICATION, "classification (a class per row) or regression (a number per row: a "
+                                    "one-output head, mean-squared-error loss, Pearson / Spearman / MSE)")
+    metric: str = opt("", 'the score the report leads with and validation chooses on ("" = accuracy, or pearson '
+                          "for regression; or macro_f1, matthews, f1_positive, spearman)")
+    labels: tuple[str, ...] = opt((), "the classes in order ([] = from the training data: 0/1 and the like are "
+                                      "negative/positive, integers by value, other names alphabetically)")
+    drop_invalid: bool = opt(False, "skip rows with empty text instead of failing")
+    limit_train: int = opt(0, "use only N training rows, a seeded random subset (0 = all)")
+    limit_eval: int = opt(0, "use only N eval rows, a seeded random subset (0 = all)")
+    validation: float = opt(0.0, "the fraction of train held out to choose settings on, stratified (0 = none)")
+    split_seed: int = opt(0, "the validation split's seed (the same split for every training seed)")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """[resources]: with executor = "ray", what each run asks the cluster for."""
+
+    cpus: float = opt(1.0, "CPUs per run (torch uses as many threads)")
+    gpus: float = opt(0.0, "GPUs per run; a fraction (0.5) lets runs share a GPU")
+
+
+@dataclass(frozen=True)
+class MethodsConfig:
+    """[methods]: what the study runs."""
+
+    baselines: bool = opt(True, "TF-IDF + logistic regression and + multinomial naive Bayes (ridge for regression)")
+    full: bool = opt(True, "full fine-tuning")
+    head: bool = opt(True, "head-tuning")
+    replace_test: bool = opt(True, "the lab's step 4 on the fine-tuned model")
+    lowrank: bool = opt(True, "approximated models 1 and 2 and the spectrum of dW (needs full and head)")
+    lora_ranks: tuple[int, ...] = opt((1, 2, 4, 6, 8, 16), "LoRA's ranks")
+    variants: tuple[str, ...] = opt((), 'more adapter methods, each at its own learning rate: "dora", "pissa" (at '
+                                        'each of lora_ranks), "vera" (at [vera].rank), "ia3" (its one size)')
+    sweep_ranks: tuple[int, ...] = opt((), "the approximated models' ranks ([] = full rank halving down to 1)")
+    sweep_points: int = opt(0, "0 = every rank of the sweep; N = N of them, spread out")
+    extract: bool = opt(True, "adapters extracted from full fine-tuning (`loralab extract`), each evaluated")
+    extract_targets: tuple[str, ...] = opt(("", "all-linear"), '"" = the architecture\'s query and value; '
+                                                                '"all-linear" = every linear layer but the head')
+    extract_ranks: tuple[int, ...] = opt((1, 4, 16, 64), "one rank for every layer")
+    extract_energies: tuple[float, ...] = opt((0.5, 0.9, 0.99), "per layer, the smallest rank keeping this share "
+                                                                "of ||dW||^2")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """[lora]: LoRA's table (DoRA and PiSSA read it too); the rank comes from [methods]."""
+
+    alpha_factor: float = opt(2.0, "alpha = alpha_factor * rank (the lab's rule of thumb)")
+    targets: str = opt("", '"" = the architecture\'s query and value; or "query,value,dense", "all-linear"')
+    init: str = opt("normal", "how A starts: normal (the lab's) | kaiming (PEFT's) | gaussian")
+    dropout: float = opt(0.0, "dropout on the adapters' input")
+    rslora: bool = opt(False, "scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r")
+    learning_rate: float = opt(0.0, "LoRA's learning rate (0 = [train]'s)")
+    lr_ratio: float = opt(1.0, "LoRA+: B's learning rate is lr_ratio times A's (1 = plain LoRA)")
+
+
+@dataclass(frozen=True)
+class VeraConfig:
+    """[vera]: VeRA's table: random A, B frozen and shared by every layer; each layer trains a
+    vector d (r) and b (out)."""
+
+    rank: int = opt(VeraOptions.rank, "r, the shared matrices' inner dimension")
+    targets: str = opt("", '"" = the architecture\'s query and value')
+    dropout: float = opt(VeraOptions.dropout, "dropout on the adapters' input")
+    d_initial: float = opt(VeraOptions.d_initial, "where d starts (b starts at zero); the paper's and PEFT's default")
+    projection_seed: int = opt(VeraOptions.projection_seed, "the seed of the shared A and B (PEFT's "
+                                                            "projection_prng_key)")
+    learning_rate: float = opt(0.0, "VeRA's learning rate (0 = [train]'s); VeRA wants ~10x LoRA's")
+
+
+@dataclass(frozen=True)
+class IA3Config:
+    """[ia3]: IA3's table: a vector per layer rescaling keys, values and feed-forward activations."""
+
+    targets: str = opt("", '"" = the architecture\'s keys, values and feed-forward second layers')
+    feedforward: str = opt("", "with targets: those of them whose input is rescaled")
+    learning_rate: float = opt(0.0, "IA3's learning rate (0 = [train]'s)")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """[head]: head-tuning's table."""
+
+    learning_rate: float = opt(0.0, "head-tuning's learning rate (0 = [train]'s); a head alone on a frozen model "
+                                    "wants ~20x full fine-tuning's")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """[select]: learning rates chosen on the validation split (needs data.validation > 0)."""
+
+    enabled: bool = opt(False, "choose each method's learning rate on the validation split")
+    epochs: float = opt(0.0, "each candidate trains this many epochs (0 = as long as the final run)")
+    limit_train: int = opt(0, "each candidate trains on this many rows of train (0 = all)")
+    full: tuple[float, ...] = opt((2e-5, 5e-5, 1e-4), "full fine-tuning's candidates")
+    head: tuple[float, ...] = opt((3e-4, 1e-3, 3e-3, 1e-2), "head-tuning's candidates")
+    lora: tuple[float, ...] = opt((3e-4, 1e-3, 3e-3), "LoRA's candidates (DoRA's and PiSSA's too)")
+    vera: tuple[float, ...] = opt((3e-3, 1e-2, 3e-2), "VeRA's candidates (vectors want larger steps)")
+    ia3: tuple[float, ...] = opt((1e-3, 3e-3, 1e-2), "IA3's candidates")
+    lora_rank: int = opt(6, "LoRA's learning rate is chosen at this rank and used at every rank")
+    metric: str = opt("", 'what validation chooses on ("" = data.metric)')
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of `loralab run` (and `loralab glue`'s per task)."""
+
+    model: str = opt("minilm", '"minilm" (the packaged all-MiniLM-L6-v2), a local folder, or a Hub id')
+    out: str = opt("runs/lab", "the output folder, one sub-folder per run")
+    seed: int = opt(0, "seeds weights of new layers, dropout, data order and the TF-IDF solvers")
+    seeds: tuple[int, ...] = opt((), "e.g. [0, 1, 2]: every method once per seed, the report shows the median and "
+                                     "spread ([] = seed alone)")
+    profile: str = opt("lab", "lab (these defaults) | tuned (profiles.toml's [tuned] applied on top)")
+    precision: str = opt("auto", "auto (bf16 where the hardware has it) | bf16 | fp32")
+    device: str = opt("auto", "auto | cpu | cuda")
+    isolate: bool = opt(True, "train each model in its own process (honest peak memory per run)")
+    jobs: int = opt(1, "runs at a time, each in its own process, once the runs they read are done")
+    report_dir: str = opt("", 'where the report goes, relative to out ("" = out itself); never outside it')
+    executor: str = opt("local", "local (processes on this machine) | ray (the runs spread over a Ray cluster)")
+    address: str = opt("", 'executor = "ray": the cluster to join ("auto" or HOST:PORT; "" = a Ray started here)')
+    data: DataConfig = opt(DataConfig(), "[data]")
+    train: TrainSettings = opt(TrainSettings(), "[train]: shared by full fine-tuning, head-tuning and the adapters")
+    resources: ResourcesConfig = opt(ResourcesConfig(), "[resources]")
+    methods: MethodsConfig = opt(MethodsConfig(), "[methods]")
+    lora: LoraConfig = opt(LoraConfig(), "[lora]")
+    vera: VeraConfig = opt(VeraConfig(), "[vera]")
+    ia3: IA3Config = opt(IA3Config(), "[ia3]")
+    head: HeadConfig = opt(HeadConfig(), "[head]")
+    select: SelectConfig = opt(SelectConfig(), "[select]")
+
+    @property
+    def metric(self) -> str:
+        """The score the study leads with: `data.metric`, or its task's default."""
+        return self.data.metric or default_metric(self.data.task or CLASSIFICATION)
+
+    @property
+    def select_metric(self) -> str:
+        """The score validation chooses learning rates on: `select.metric`, else the study's."""
+        return self.select.metric or self.metric
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def replace(self, **changes) -> "Config":
+        """A copy with `changes`, dotted for tables (``**{"train.epochs": 1.0}``), checked as a
+        file's settings are."""
+        merged = to_dict(self)
+        for key, value in changes.items():
+            merged = _merge(merged, _nested(key, value), "replace")
+        return from_dict(merged)
+
+
+# ---------------------------------------------------------------------------------------
+# Dictionaries, TOML and the tree
+
+
+def _table_fields(cls) -> list[dataclasses.Field]:
+    """The fields a table of `cls` has in TOML ([train] leaves the top level's to it)."""
+    return [f for f in fields(cls) if not (cls is TrainSettings and f.name in TOP_LEVEL_TRAIN)]
+
+
+def to_dict(value) -> dict:
+    """A configuration (or one of its tables) as TOML's tables and lists."""
+    out = {}
+    for f in _table_fields(type(value)):
+        item = getattr(value, f.name)
+        out[f.name] = to_dict(item) if dataclasses.is_dataclass(item) else list(item) if isinstance(item, tuple) \
+            else item
+    return out
+
+
+def from_dict(table: dict, cls=Config, where: str = ""):
+    """The typed configuration of resolved tables (every key known and of its type: `_merge`
+    checked them against `to_dict(Config())`); a table whose own checks fail (TrainSettings'
+    ranges) is a `LoralabError` naming the setting ("config: train.pooling must be ...")."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in _table_fields(cls):
+        if f.name not in table:
+            continue
+        item = table[f.name]
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = from_dict(item, kind, f"{where}{f.name}.")
+        else:
+            values[f.name] = tuple(item) if isinstance(item, list) else item
+    try:
+        built = cls(**values)
+    except LoralabError as err:
+        raise LoralabError(f"config: {where}{err}") from err
+    if cls is Config:  # one seed, precision and device for every table
+        built = dataclasses.replace(built, train=dataclasses.replace(
+            built.train, seed=built.seed, precision=built.precision, device=built.device))
+    return built
+
+
+def _nested(key: str, value) -> dict:
+    parts = key.split(".")
+    out: dict = value
+    for part in reversed(parts):
+        out = {part: out}
+    return out
+
+
+def defaults() -> dict:
+    """The defaults as tables (`to_dict(Config())`)."""
+    return to_dict(Config())
+
+
+def profiles() -> dict:
+    """The profiles' tables: [tuned] (`--profile tuned`) and [quick] (`--quick`)."""
+    return tomllib.loads(resources.files("loralab").joinpath("profiles.toml").read_text("utf-8"))
+
+
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file's tables; a missing file or invalid TOML is a `LoralabError` naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError as err:
+        raise LoralabError(f"{what} not found: {path}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise LoralabError(f"{path}: not valid TOML ({err}).") from err
+
+
+def _merge(base: dict, override: dict, where: str, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        dotted = f"{path}{key}"
+        if key not in base:
+            raise LoralabError(f"{where}: unknown setting {dotted!r}. Known: "
+                               f"{', '.join(sorted(path + k for k in base))}.")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise LoralabError(f"{where}: {dotted!r} must be a table.")
+            out[key] = _merge(base[key], value, where, dotted + ".")
+        else:
+            expected = type(base[key])
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if isinstance(value, tuple):
+                value = list(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise LoralabError(f"{where}: {dotted!r} must be {expected.__name__}, got {value!r}.")
+            out[key] = value
+    return out
+
+
+PROFILE_TABLES = ("tuned", "quick")  # a file may change a profile's tables under these names
+
+
+def load_config(path: str | Path | None = None, *, quick: bool = False, profile: str | None = None,
+                base: dict | None = None, **flags) -> Config:
+    """Resolve the run configuration: defaults < `base` < TOML file < profile < --quick < flags.
+
+    Args:
+        path: a TOML file with the settings to change (and, in [tuned] or [quick], what
+            those profiles set).
+        base: settings under the file's (a suite's [run] table), checked as a file's are.
+        quick: apply the [quick] table.
+        profile: ``"lab"`` (the defaults) or ``"tuned"`` (apply the [tuned] table); None
+            keeps the file's `profile` setting.
+        **flags: settings from the command line, dotted for tables (None means not given).
+    """
+    tables, user, layers = defaults(), {}, profiles()
+    for table, where in ((base, "the suite's [run] table"), (read_toml(Path(path), "Config file") if path else None,
+                                                             str(path))):
+        if not table:
+            continue
+        table = copy.deepcopy(table)
+        for name in PROFILE_TABLES:  # a file's own [tuned] or [quick]: on top of the profile's
+            if name in table:
+                _merge(tables, table[name], f"{where} [{name}]")  # its keys checked
+                layers[name] = _overlay(layers.get(name, {}), table.pop(name))
+        tables = _merge(tables, table, where)
+        user = _overlay(user, table)
+    where = path or ("the suite's [run] table" if base else None)
+    tables["profile"] = profile or tables["profile"]
+    if tables["profile"] not in PROFILES:
+        raise LoralabError(f"config: profile must be one of {', '.join(PROFILES)}, not {tables['profile']!r}.")
+    if tables["profile"] == "tuned":
+        _say_what_is_replaced(user, layers["tuned"], where, "the tuned profile", "tuned")
+        tables = _merge(tables, layers["tuned"], "the tuned profile ([tuned] table)")
+    if quick:
+        _say_what_is_replaced(user, layers["quick"], where, "--quick", "quick")
+        tables = _merge(tables, layers["quick"], "the quick setting ([quick] table)")
+    for key, value in flags.items():
+        if value is not None:
+            tables = _merge(tables, _nested(key, value), "command line")
+    resolved = from_dict(tables)
+    validate(resolved)
+    return resolved
+
+
+def _overlay(base: dict, top: dict) -> dict:
+    """`top`'s values over `base`'s, table by table."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _leaves(table: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _say_what_is_replaced(user: dict, layer: dict, path, what: str, table: str) -> None:
+    """Warn where `layer` (a profile's or --quick's table) replaces values the user's file
+    set, naming each: a file's setting must not vanish without a word."""
+    mine = _leaves(user)
+    replaced = [f"{key} = {mine[key]!r} -> {value!r}" for key, value in _leaves(layer).items()
+                if key in mine and mine[key] != value]
+    if replaced:
+        logger.warning("%s replaces what %s set: %s. To keep a value under %s, set it in the file's [%s] table "
+                       "too.", what, path, "; ".join(replaced), what, table)
+
+
+def inside(base: str | Path, relative: str, key: str) -> Path:
+    """`base / relative`, refusing a path that would leave `base` (absolute, or with '..')."""
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise LoralabError(f"config: {key} = {relative!r} must be a path inside the output folder "
+                           "(relative, without '..').")
+    return Path(base) / rel
+
+
+# ---------------------------------------------------------------------------------------
+# Validation, in one place
+
+
+def validate(config: Config) -> None:
+    """Every check of a resolved configuration that its types do not make: ranges, choices,
+    and settings that need one another. A `LoralabError` names the setting."""
+    inside(config.out, config.report_dir, "report_dir")
+    m, data, sel = config.methods, config.data, config.select
+    if any(r < 1 for r in m.lora_ranks) or any(r < 1 for r in m.sweep_ranks):
+        raise LoralabError("config: ranks must be positive integers.")
+    if not set(m.variants) <= set(VARIANTS) or len(set(m.variants)) != len(m.variants):
+        raise LoralabError(f"config: methods.variants may list {', '.join(map(repr, VARIANTS))} once each, "
+                           f"not {list(m.variants)!r}.")
+    if set(m.variants) & set(LORA_FAMILY) and not m.lora_ranks:
+        raise LoralabError("config: methods.variants' dora and pissa train at methods.lora_ranks; list at least "
+                           "one rank.")
+    if m.lowrank and not (m.full and m.head):
+        raise LoralabError("config: methods.lowrank needs methods.full and methods.head.")
+    if m.extract:  # it extracts from full fine-tuning, and is left out where that is
+        if any(r < 1 for r in m.extract_ranks) or any(not 0 < e <= 1 for e in m.extract_energies):
+            raise LoralabError("config: methods.extract_ranks must be positive integers and "
+                               "methods.extract_energies fractions in (0, 1].")
+        if not set(m.extract_targets) <= {"", "all-linear"}:
+            raise LoralabError(f"config: methods.extract_targets may hold \"\" (query and value) and "
+                               f"\"all-linear\", not {list(m.extract_targets)!r}; `loralab extract` takes any.")
+    for name, value, choices in (("precision", config.precision, PRECISIONS), ("device", config.device, DEVICES),
+                                 ("train.pooling", config.train.pooling, POOLINGS),
+                                 ("lora.init", config.lora.init, INITS), ("executor", config.executor, EXECUTORS),
+                                 ("data.task", data.task, TASKS)):
+        if value not in choices:
+            raise LoralabError(f"config: {name} must be one of {', '.join(choices)}, not {value!r}.")
+    try:  # the typed settings check the rest of their tables
+        TrainSettings.from_config(config)
+        LoraOptions.from_config(config, rank=1)
+        VeraOptions.from_config(config)
+        IA3Options.from_config(config)
+    except LoralabError as err:
+        raise LoralabError(f"config: {err}") from err
+    if any(s < 0 for s in config.seeds) or len(set(config.seeds)) != len(config.seeds):
+        raise LoralabError(f"config: seeds must be distinct non-negative integers, got {list(config.seeds)}.")
+    if not 0 <= data.validation < 1:
+        raise LoralabError("config: data.validation must be a fraction in [0, 1).")
+    if data.limit_train < 0 or data.limit_eval < 0:
+        raise LoralabError(f"config: data.limit_train and data.limit_eval must be 0 (all rows) or more, got "
+                           f"{data.limit_train} and {data.limit_eval}.")
+    if config.jobs < 1:
+        raise LoralabError(f"config: jobs must be at least 1, got {config.jobs}.")
+    res = config.resources
+    if not (res.cpus > 0 and res.gpus >= 0):
+        raise LoralabError(f"config: resources.cpus must be positive and resources.gpus at least 0, got "
+                           f"{to_dict(res)}.")
+    for key, metric in (("data.metric", data.metric), ("select.metric", sel.metric)):
+        _check_metric(key, metric, data.task)
+    if data.task == REGRESSION:
+        if data.labels:
+            raise LoralabError("config: data.labels names classes; a regression task (data.task) has none.")
+        if config.train.class_weights != "none":
+            raise LoralabError("config: train.class_weights weighs classes; a regression task (data.task) has "
+                               "none, so it must be \"none\".")
+    if sel.enabled:
+        if not data.validation:
+            raise LoralabError("config: select.enabled chooses learning rates on a validation split; "
+                               "set data.validation (for example 0.1).")
+        for method in ("full", "head", "lora", "vera", "ia3"):
+            grid = getattr(sel, method)
+            if not grid or any(lr <= 0 for lr in grid):
+                raise LoralabError(f"config: select.{method} must list positive learning rates.")
+
+
+def _check_metric(key: str, metric: str, task: str) -> None:
+    """A metric a study may lead with or choose on ("" = the task's own), and one its task records."""
+    if not metric:
+        return
+    if metric not in SELECT_METRICS:
+        raise LoralabError(f"config: {key} must be one of {', '.join(SELECT_METRICS)} (or \"\" for the task's "
+                           f"own), not {metric!r}.")
+    if metric_task(metric) != task:
+        raise LoralabError(f"config: {key} = {metric!r} is a {metric_task(metric)} score, but data.task is {task!r}.")
+
+
+def to_toml(config: Config | dict, docs: bool = False) -> str:
+    """A configuration as TOML; with `docs`, each field's docstring as a comment (the
+    packaged defaults.toml)."""
+    table = to_dict(config) if dataclasses.is_dataclass(config) else config
+    kinds = {"": Config} | {f.name: typing.get_type_hints(Config)[f.name] for f in fields(Config)
+                            if dataclasses.is_dataclass(typing.get_type_hints(Config)[f.name])}
+
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    def comment(name: str, key: str) -> str:
+        kind = kinds.get(name)
+        doc = next((f.metadata.get("doc", "") for f in fields(kind) if f.name == key), "") if kind else ""
+        return f"  # {doc}" if docs and doc else ""
+
+    def write(items: dict, name: str) -> list[str]:
+        lines = [f"{k} = {value(v)}{comment(name, k)}" for k, v in items.items() if not isinstance(v, dict)]
+        if name:
+            lines = ["", f"[{name}]"] + lines
+        for key, sub in items.items():
+            if isinstance(sub, dict):
+                lines += write(sub, f"{name}.{key}" if name else key)
+        return lines
+
+    return "\n".join(write(table, "")) + "\n"
+
+
+DEFAULTS_HEADER = """\
+# Every default of `loralab run`, written from loralab.config's fields (each field's docstring
+# is its comment; tests/test_contract.py keeps this file equal to them). Override any of them
+# with a TOML file of the same shape (`loralab run --config FILE`, only the keys you change)
+# or with flags. `--profile tuned` and `--quick` apply the tables of profiles.toml on top.
+"""
+
+
+def defaults_toml() -> str:
+    """The packaged defaults.toml, as the fields say it."""
+    return DEFAULTS_HEADER + "\n" + to_toml(Config(), docs=True)
+
+
+def field_doc(dotted: str) -> str:
+    """The docstring of a configuration field, by its dotted name ("train.epochs")."""
+    kind, *parts = Config, *dotted.split(".")
+    for i, part in enumerate(parts):
+        f = next((f for f in fields(kind) if f.name == part), None)
+        if f is None:
+            raise KeyError(dotted)
+        if i == len(parts) - 1:
+            return f.metadata.get("doc", "")
+        kind = typing.get_type_hints(kind)[part]
+    raise KeyError(dotted)
