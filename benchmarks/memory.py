@@ -47,7 +47,8 @@ def sides(args) -> list[tuple[str, str, list[str], dict]]:
 
 
 def measure(method: str, flags: list[str], env: dict, args, out: str) -> dict:
-    return loralab_train(out, ["--method", method, "--rank", "6", "--model", args.model, "--limit-train",
+    rank = ["--rank", "6"] if method == "lora" else []  # full fine-tuning takes no rank
+    return loralab_train(out, ["--method", method, *rank, "--model", args.model, "--limit-train",
                                str(args.reviews), "--limit-eval", str(args.eval_reviews), "--epochs", str(args.epochs),
                                "--max-length", str(args.max_length), *flags], env)
 

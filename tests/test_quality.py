@@ -191,7 +191,7 @@ def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synt
     # Another eval file: the same choices, not even redone (their fingerprints ignore eval).
     other = load_config(config_file, profile="tuned", out=str(out), **{"data.train": [str(source / "train.csv")],
                                                                         "data.eval": [str(eval_b)]})
-    new_plan = {r.name: r.key for r in plan(other, Context(other["data"], out))}
+    new_plan = {r.name: r.key for r in plan(other, Context(other.data, out))}
     old_plan = {r.name: r.key for r in plan(config, ctx)}
     for method in choices:
         assert new_plan[f"select-{method}"] == old_plan[f"select-{method}"] == choices[method]["key"]

@@ -160,12 +160,12 @@ class RayTasks:
 
     capacity = None
 
-    def __init__(self, ray, ctx, resources: dict, on_start: Callable[[Run, str], None],
+    def __init__(self, ray, ctx, resources, on_start: Callable[[Run, str], None],
                  read: Callable[[Run], RunRecord | None], quiet: bool):
         self.ray, self.ctx, self.on_start, self.read, self.quiet = ray, ctx, on_start, read, quiet
-        self.task = ray.remote(num_cpus=resources["cpus"], num_gpus=resources["gpus"], max_calls=1,
+        self.task = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus, max_calls=1,
                                max_retries=RETRIES, retry_exceptions=False)(_task)
-        self.threads = max(1, int(resources["cpus"]))
+        self.threads = max(1, int(resources.cpus))
         self.runs: dict = {}               # handle -> its run
         self.placed: dict[str, str] = {}   # run -> the node it was last seen starting on
         self.sent: dict[str, float] = {}   # run -> when it was sent (an older node.json is a killed driver's)
