@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from loralab import LoRA, LoRALinear
+from loralab import LoRA
 
 
 def int_layer():
@@ -15,10 +15,6 @@ def int_layer():
         layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
         layer.bias.copy_(torch.tensor([1.0, -1.0]))
     return layer
-
-
-def test_exported_alias():
-    assert LoRALinear is LoRA
 
 
 def test_b_zero_equals_base():

@@ -5,7 +5,8 @@ import torch
 
 import loralab.lowrank as lowrank
 from conftest import tiny_bert
-from loralab import extract, freeze_all_but_head, replace
+from loralab import freeze_all_but_head, replace
+from loralab.lab import extract
 from loralab.lowrank import (
     SVD,
     LowRankStudy,

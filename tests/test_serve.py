@@ -146,13 +146,3 @@ def test_predict_labels_file_without_a_label_column_and_a_malformed_loralab_json
     (folder / "loralab.json").write_text("{broken")
     code, _, err = run_cli("export", folder, "--out", tmp_path / "out")
     assert code == 2 and f"{folder / 'loralab.json'}: not valid JSON" in err, err
-
-
-def test_save_trained_takes_the_dict_loralab_0_1_took(tmp_path, tiny_model_dir):
-    from loralab.api import save_trained
-    from loralab.models import load_model, load_tokenizer
-
-    save_trained(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), tmp_path / "m",
-                 {"method": "full", "eval_accuracy": 0.5})
-    assert json.loads((tmp_path / "m" / "loralab.json").read_text()) == {"method": "full", "eval_accuracy": 0.5}
-    assert (tmp_path / "m" / "model.safetensors").exists()

@@ -6,7 +6,6 @@ from torch import nn
 
 from conftest import tiny_bert
 from loralab import (
-    extract,
     freeze_all_but_head,
     inject_lora,
     lora_layers,
@@ -15,6 +14,7 @@ from loralab import (
     replace,
 )
 from loralab.errors import LoralabError
+from loralab.lab import extract  # the lab's name for surgery.target_layers
 from loralab.surgery import TargetError, find_targets, head_modules
 
 

@@ -8,8 +8,7 @@ from .api import choose_learning_rate, evaluate, load_trained, prepare_model, sa
 from .data import DataOptions, load_data, load_split, split_validation
 from .errors import DataError, LoralabError, ModelLoadError
 from .extraction import extract_adapter, save_extraction
-from .lab import extract  # the lab's name for `target_layers`
-from .lora import LoRA, LoRALinear
+from .lora import LoRA
 from .models import load_model, load_tokenizer, num_trainable_parameters
 from .pooling import pooling_of, set_pooling
 from .serve import export, predict
@@ -31,9 +30,9 @@ from .vectors import IA3, VeRA
 from .version import __version__  # noqa: E402, F401
 
 __all__ = [
-    "DataError", "DataOptions", "IA3", "IA3Options", "LoRA", "LoRALinear", "LoraOptions", "LoralabError",
+    "DataError", "DataOptions", "IA3", "IA3Options", "LoRA", "LoraOptions", "LoralabError",
     "ModelLoadError", "TrainSettings", "VeRA", "VeraOptions",
-    "adapter_layers", "choose_learning_rate", "evaluate", "export", "extract", "extract_adapter", "find_targets",
+    "adapter_layers", "choose_learning_rate", "evaluate", "export", "extract_adapter", "find_targets",
     "freeze_all_but_head",
     "head_modules", "inject_ia3", "inject_lora", "inject_vera", "load_adapter", "load_data", "load_model", "load_split",
     "load_tokenizer", "load_trained", "lora_layers", "merge_and_unload", "num_trainable_parameters",

@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -58,7 +59,6 @@ PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
 PREFIX = "base_model.model."
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's m of a layer, PEFT's key
 VERA_A, VERA_B = "base_model.vera_A", "base_model.vera_B"  # VeRA's shared projections, PEFT's keys
-PEFT_TYPES = ("LORA", "VERA", "IA3")
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 WHOLE_ATTR = "loralab_whole_modules"  # a model attribute: modules beyond the head its adapter holds whole
 
@@ -100,7 +100,7 @@ def base_fingerprint(layers: dict[str, nn.Module]) -> str:
 def whole_modules(model: nn.Module) -> tuple[str, ...]:
     """The modules an adapter of `model` holds whole (PEFT's `modules_to_save`): the
     classification head, then any others the model was given (an extracted adapter's
-    layer norms, see `loralab.extract`)."""
+    layer norms, see `loralab.extraction`)."""
     heads = head_modules(model)
     return heads + tuple(m for m in getattr(model, WHOLE_ATTR, ()) if m not in heads)
 
@@ -134,24 +134,10 @@ def peft_type(model: nn.Module) -> str:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter, head and other whole-module tensors under PEFT's key names."""
-    kind = peft_type(model)
+    codec = CODECS[peft_type(model)]
     state: dict[str, torch.Tensor] = {}
     for name, layer in adapter_layers(model).items():
-        key = f"{PREFIX}{name}."
-        if kind == "VERA":
-            state[key + "vera_lambda_b"] = layer.lambda_b.detach()
-            state[key + "vera_lambda_d"] = layer.lambda_d.detach()
-            state[VERA_A], state[VERA_B] = layer.A, layer.B  # shared: every layer holds the same pair
-        elif kind == "IA3":
-            state[key + "ia3_l"] = layer.scale.detach()[None, :] if layer.feedforward else layer.scale.detach()[:, None]
-        else:
-            a, b, _ = saved_factors(layer)
-            state[key + "lora_A.weight"] = a.T
-            state[key + "lora_B.weight"] = b.T
-            if layer.b is not None:
-                state[key + "lora_B.bias"] = layer.b.detach()
-            if isinstance(layer, DoRA):
-                state[key + MAGNITUDE] = layer.magnitude.detach()
+        state.update(codec.tensors(f"{PREFIX}{name}.", layer))
     for module in whole_modules(model):
         for pname, param in model.get_submodule(module).named_parameters():
             state[f"{PREFIX}{module}.{pname}"] = param.detach()
@@ -201,7 +187,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     kind = peft_type(model)
     spec = {"peft_type": kind, "task_type": "SEQ_CLS", "base_model_name_or_path": base_model_name(model),
               "target_modules": sorted(layers), "modules_to_save": list(whole_modules(model)),
-              "fan_in_fan_out": False, "inference_mode": True, **_type_config(kind, layers, model)}
+              "fan_in_fan_out": False, "inference_mode": True, **CODECS[kind].fields(layers)}
     init = getattr(next(iter(layers.values())), "init", kind.lower())
     metadata = {"format": "pt", "loralab_base_fingerprint": base_fingerprint(layers),
                 "loralab_init": init, "loralab_pooling": pooling_of(model),
@@ -213,16 +199,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict | N
     return directory
 
 
-def _type_config(kind: str, layers: dict[str, Adapter], model: nn.Module) -> dict:
-    """The fields of PEFT's spec of this kind of adapter beyond those every kind has."""
+def _lora_fields(layers: dict[str, Adapter]) -> dict:
+    """adapter_config.json's fields of a LORA adapter (ranks and alphas per layer where they differ)."""
     first = next(iter(layers.values()))
-    if kind == "VERA":
-        return {"r": first.rank, "projection_prng_key": getattr(model, "loralab_vera_seed", 0), "save_projection": True,
-                "vera_dropout": float(getattr(first.dropout, "p", 0.0)), "d_initial": first.d_initial,
-                "bias": "none", "init_weights": True}
-    if kind == "IA3":
-        return {"feedforward_modules": sorted(n for n, m in layers.items() if m.feedforward),
-                "init_ia3_weights": True}
     if len({layer.b is not None for layer in layers.values()}) > 1:
         raise ModelLoadError("PEFT's lora_bias is one setting for every layer: give every adapter a bias or none.")
     dora = {isinstance(layer, DoRA) for layer in layers.values()}
@@ -236,6 +215,37 @@ def _type_config(kind: str, layers: dict[str, Adapter], model: nn.Module) -> dic
             "init_lora_weights": True,
             **({"lora_bias": True} if first.b is not None else {}),  # only where set: older PEFT lacks the field
             **({"use_dora": True} if True in dora else {})}
+
+
+def _lora_tensors(key: str, layer: LoRA) -> dict[str, torch.Tensor]:
+    a, b, _ = saved_factors(layer)
+    state = {key + "lora_A.weight": a.T, key + "lora_B.weight": b.T}
+    if layer.b is not None:
+        state[key + "lora_B.bias"] = layer.b.detach()
+    if isinstance(layer, DoRA):
+        state[key + MAGNITUDE] = layer.magnitude.detach()
+    return state
+
+
+def _vera_fields(layers: dict[str, Adapter]) -> dict:
+    first = next(iter(layers.values()))
+    return {"r": first.rank, "projection_prng_key": first.projection_seed, "save_projection": True,
+            "vera_dropout": float(getattr(first.dropout, "p", 0.0)), "d_initial": first.d_initial,
+            "bias": "none", "init_weights": True}
+
+
+def _vera_tensors(key: str, layer) -> dict[str, torch.Tensor]:
+    return {key + "vera_lambda_b": layer.lambda_b.detach(), key + "vera_lambda_d": layer.lambda_d.detach(),
+            VERA_A: layer.A, VERA_B: layer.B}  # the shared pair: every layer holds the same
+
+
+def _ia3_fields(layers: dict[str, Adapter]) -> dict:
+    return {"feedforward_modules": sorted(n for n, m in layers.items() if m.feedforward), "init_ia3_weights": True}
+
+
+def _ia3_tensors(key: str, layer) -> dict[str, torch.Tensor]:
+    scale = layer.scale.detach()
+    return {key + "ia3_l": scale[None, :] if layer.feedforward else scale[:, None]}
 
 
 def class_names(model: nn.Module) -> list[str]:
@@ -267,12 +277,10 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
         raise ModelLoadError(f"{directory / CONFIG_NAME}: not valid JSON ({err}).") from err
     _check_config_shape(spec, directory / CONFIG_NAME)
     kind = spec.setdefault("peft_type", "LORA")
-    if kind not in PEFT_TYPES:
+    if kind not in CODECS:
         raise ModelLoadError(f"{directory / CONFIG_NAME}: peft_type is {kind!r}; loralab loads "
-                             f"{', '.join(PEFT_TYPES)} adapters.")
-    needed = {"LORA": ("r", "lora_alpha", "target_modules"), "VERA": ("r", "target_modules"),
-              "IA3": ("target_modules",)}[kind]
-    for key in needed:
+                             f"{', '.join(CODECS)} adapters.")
+    for key in CODECS[kind].required:
         if key not in spec:
             raise ModelLoadError(f"{directory / CONFIG_NAME}: the field {key!r} is missing.")
     try:
@@ -373,13 +381,7 @@ def load_adapter(model_or_base: nn.Module | str | os.PathLike, directory: str | 
 
     # Check everything before the model is touched: nothing is ever loaded partially.
     saved = {k if k.startswith("base_model.") else PREFIX + k: v for k, v in tensors.items()}
-    kind = spec["peft_type"]
-    if kind == "VERA":
-        expected, build = _vera_plan(spec, layers, saved)
-    elif kind == "IA3":
-        expected, build = _ia3_plan(spec, layers)
-    else:
-        expected, build = _lora_plan(spec, layers, saved, where)
+    expected, build = CODECS[spec["peft_type"]].plan(spec, layers, saved, where)
     # The head's modules that the adapter saves (all of a module's tensors, or a missing
     # key is refused); one it does not save keeps the base model's, as in PEFT (which
     # saves the classifier alone, not BERT's pooler).
@@ -441,7 +443,7 @@ def _lora_plan(spec: dict, layers: dict[str, nn.Module], saved: dict, where: Pat
     return expected, build
 
 
-def _vera_plan(spec: dict, layers: dict[str, nn.Module], saved: dict):
+def _vera_plan(spec: dict, layers: dict[str, nn.Module], saved: dict, where: Path):
     """A VERA adapter's expected keys and shapes, and how to put it into the model. Without
     its projections (PEFT's `save_projection = false`) they are drawn again from its
     `projection_prng_key`."""
@@ -470,7 +472,7 @@ def _vera_plan(spec: dict, layers: dict[str, nn.Module], saved: dict):
     return expected, build
 
 
-def _ia3_plan(spec: dict, layers: dict[str, nn.Module]):
+def _ia3_plan(spec: dict, layers: dict[str, nn.Module], saved: dict, where: Path):
     """An IA3 adapter's expected keys and shapes, and how to put it into the model. A layer
     is a feed-forward one (its input scaled) by PEFT's rule: its name ends in one of
     `feedforward_modules`, or matches it where it is one regular expression."""
@@ -489,6 +491,23 @@ def _ia3_plan(spec: dict, layers: dict[str, nn.Module]):
                 layer.scale.copy_(saved[f"{PREFIX}{name}.ia3_l"].flatten())
 
     return expected, build
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one kind of PEFT adapter is written and read: each layer's tensors under PEFT's
+    keys, the fields of its adapter_config.json, and the plan that checks a saved one
+    (expected keys and shapes) and builds it into a model. Adding a kind is one entry."""
+
+    tensors: Callable[[str, Adapter], dict]
+    fields: Callable[[dict], dict]
+    plan: Callable[[dict, dict, dict, Path], tuple]
+    required: tuple[str, ...]  # the fields a saved adapter_config.json must have
+
+
+CODECS = {"LORA": Codec(_lora_tensors, _lora_fields, _lora_plan, ("r", "lora_alpha", "target_modules")),
+          "VERA": Codec(_vera_tensors, _vera_fields, _vera_plan, ("r", "target_modules")),
+          "IA3": Codec(_ia3_tensors, _ia3_fields, _ia3_plan, ("target_modules",))}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -21,12 +22,14 @@ from datasets import DatasetDict
 from torch import nn
 
 from .adapters import CONFIG_NAME, adapter_base, class_names, load_adapter, save_adapter
+from .config import REMEMBERED_COLUMNS, Config
 from .errors import LoralabError, ModelLoadError
 from .fileio import write_json
 from .head import head_features, train_head
 from .inference import check_max_length, evaluate_metrics
+from .locks import output_lock
 from .lora import rate_warning
-from .methods import ADAPTERS
+from .methods import ADAPTERS, table_of
 from .metrics import SCORES, Metrics, Scored
 from .models import (
     DEFAULT_MODEL,
@@ -73,7 +76,7 @@ class TrainInfo(Scored):
     lora: AdapterOptions | None = None  # the adapters' options: LoRA's (rank, alpha, targets, ...), VeRA's, IA3's
     selection: Selection | None = None  # where the learning rate was chosen on a validation split
     # The data it was trained on, as `evaluate` and `predict` read it again by default: the
-    # files' text_column, text_pair_column, label_column and task.
+    # files' `REMEMBERED_COLUMNS`.
     columns: dict | None = None
 
     @property
@@ -140,19 +143,24 @@ def inject_adapters(net: nn.Module, method: str, options: AdapterOptions) -> nn.
     wanted = OPTIONS[method]
     if not isinstance(options, wanted):
         raise LoralabError(f"{method} takes {wanted.__name__}, got {type(options).__name__}")
-    if method == "vera":
-        return inject_vera(net, options.rank, **options.layer_options)
-    if method == "ia3":
-        return inject_ia3(net, **options.layer_options)
+    return INJECT.get(method, _inject_lora)(net, method, options)
+
+
+def _inject_lora(net: nn.Module, method: str, options: LoraOptions) -> nn.Module:
     return inject_lora(net, options.rank, variant=method, **options.layer_options)
 
 
-def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: TrainInfo | dict,
+# How each method's adapters go in (LoRA's, for LoRA and its variants, where a method has none here).
+INJECT = {"vera": lambda net, method, options: inject_vera(net, options.rank, **options.layer_options),
+          "ia3": lambda net, method, options: inject_ia3(net, **options.layer_options)}
+
+
+def save_trained(net: nn.Module, tokenizer, directory: str | os.PathLike, info: TrainInfo,
                  extra_files: tuple = ()) -> Path:
     """Save an adapter (LoRA) or a whole model (head, full) atomically, with a tokenizer,
-    `loralab.json` describing how it was made (a `TrainInfo`, or the dict loralab 0.1 took),
+    `loralab.json` describing how it was made (its `TrainInfo`),
     and copies of `extra_files` (logs)."""
-    data = info.to_json() if isinstance(info, TrainInfo) else dict(info)
+    data = info.to_json()
     with output_dir(directory, "model") as tmp:
         for extra in map(Path, extra_files):
             if extra.is_dir():
@@ -226,7 +234,6 @@ def train_in_place(net: nn.Module, method: str, tokenized, settings: TrainSettin
                               lr_ratio=getattr(lora, "lr_ratio", 1.0))
 
 
-fit = train_in_place  # its name in loralab 0.1
 
 
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
@@ -308,6 +315,38 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json", work / "checkpoints" / "runs"])
         shutil.rmtree(work, ignore_errors=True)
     return info
+
+
+def train_configured(method: str, out: str | os.PathLike, config: Config, *, lora: AdapterOptions | None = None,
+                     learning_rate: float | None = None, quiet: bool = False, resume: bool = False,
+                     overwrite: bool = False) -> TrainInfo:
+    """`loralab train`: one model trained as a resolved configuration (`loralab.config`) says:
+    its data and settings, `method`'s own table's learning rate (or `learning_rate`) and,
+    where `select.enabled` (the tuned profile), the rate chosen first on the validation split
+    from `method`'s [select] grid (the split then left out of training). `out` is checked
+    before any data is read (`outputs.check_output`, the data and model its inputs) and
+    locked while it is written. The returned `TrainInfo` holds the `selection`, if any."""
+    from .data import load_configured
+    from .outputs import data_inputs
+
+    check_output(out, "model", overwrite=overwrite,
+                 inputs=[("--model", local_folder(config.model)), *data_inputs(config.data)])
+    settings = TrainSettings.from_config(config, method, quiet=quiet,
+                                         **({"learning_rate": learning_rate} if learning_rate else {}))
+    lock = output_lock(out) if is_main_process() else contextlib.nullcontext()  # torchrun: rank 0 writes
+    with lock:  # the learning-rate choice's scratch and the result: one writer
+        data, selection = load_configured(config.data), None
+        if config.select.enabled:
+            sel = config.select
+            trial = settings.replace(epochs=sel.epochs) if sel.epochs else settings
+            selection = choose_learning_rate(method, getattr(sel, table_of(method)), data, model=config.model,
+                                             settings=trial, lora=lora, work=f"{out}.choose", resume=resume,
+                                             metric=config.select_metric)
+            settings = settings.replace(learning_rate=selection.learning_rate)
+            del data["validation"]
+        return train(method=method, out=out, model=config.model, data=data, settings=settings, lora=lora,
+                     resume=resume, selection=selection, lock=False, overwrite=overwrite,
+                     columns={key: getattr(config.data, key) for key in REMEMBERED_COLUMNS})
 
 
 def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,
@@ -451,7 +490,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
             data=None, tokenized=None, tokenizer=None, settings: TrainSettings | None = None,
             ranks: list[int] | None = None, sweep_points: int = 0, targets=None,
             lora_dirs: tuple = (), head_score: float | None = None, metric: str = "accuracy",
-            head_accuracy: float | None = None) -> tuple[list[Row], LowrankSummary]:
+) -> tuple[list[Row], LowrankSummary]:
     """The low-rank study: both approximated-model sweeps, the spectrum of dW and, for
     each LoRA adapter given, its subspace similarity to dW.
 
@@ -466,7 +505,7 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
             task's pearson; any of `metrics.SCORES` but mse).
         head_score: the head-tuned model's eval `metric` where it is known (`loralab run`
             passes its head-tuning run's, so the sweeps are compared with the figure the
-            report shows); None evaluates the model. `head_accuracy` is its loralab 0.1 name.
+            report shows); None evaluates the model.
 
     Returns:
         (rows, summary): a `Row` per approach and rank (`method` approx1/approx2, `rank`,
@@ -493,7 +532,6 @@ def lowrank(finetuned, headtuned, pretrained=DEFAULT_MODEL, *, out: str | os.Pat
     def metrics_of(net) -> Metrics:
         return evaluate_metrics(net, tokenized["eval"], tokenizer, settings)
 
-    head_score = head_score if head_score is not None else head_accuracy
     head_score = metrics_of(head_model).score(metric) if head_score is None else head_score
     head_params = num_trainable_parameters(freeze_all_but_head(copy.deepcopy(head_model)))
     rows = []

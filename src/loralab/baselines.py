@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 
 from .metrics import Metrics, Scored, classification_metrics, regression_metrics
 
-BASELINES = {
+ESTIMATORS = {
     "tfidf-lr": lambda seed: LogisticRegression(max_iter=1000, random_state=seed),
     "tfidf-nb": lambda seed: MultinomialNB(),
     "tfidf-ridge": lambda seed: Ridge(alpha=1.0, random_state=seed),
@@ -45,9 +45,9 @@ def baseline_texts(split) -> list[str]:
 def run_baseline(method: str, train, eval_, seed: int = 0) -> BaselineResult:
     """Fit one TF-IDF baseline on `train` and score it on `eval_` (ridge regression's
     predicted scores by their correlations, the classifiers' classes by accuracy, ...)."""
-    if method not in BASELINES:
-        raise ValueError(f"unknown baseline {method!r}; choose from {sorted(BASELINES)}")
-    pipeline = make_pipeline(TfidfVectorizer(), BASELINES[method](seed))
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown baseline {method!r}; choose from {sorted(ESTIMATORS)}")
+    pipeline = make_pipeline(TfidfVectorizer(), ESTIMATORS[method](seed))
     start = time.perf_counter()
     pipeline.fit(baseline_texts(train), train["label"])
     seconds = time.perf_counter() - start

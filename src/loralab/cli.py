@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .config import Config
+from .config import REMEMBERED_COLUMNS, Config
 from .errors import LoralabError
 from .settings import (
     CLASS_WEIGHTS,
@@ -330,7 +330,7 @@ def _help_from_fields(parser: argparse.ArgumentParser) -> None:
                 for part in key.split("."):
                     default = default[part]
                 shown = "none" if default in ("", [], ()) else default
-                if command in ("predict", "evaluate") and key.split(".")[-1] in REMEMBERED:
+                if command in ("predict", "evaluate") and key.split(".")[-1] in REMEMBERED_COLUMNS:
                     shown = f"the model's own, else {shown}"
                 action.help = f"{field_doc(key)} (default: {shown})".replace("%", "%%")
 
@@ -371,47 +371,16 @@ def _seed_list(text: str) -> list[int]:
 
 
 def cmd_train(args) -> None:
-    from contextlib import nullcontext
-
-    from .locks import output_lock
-    from .models import local_folder
-    from .outputs import check_output, data_inputs
-    from .training import is_main_process
-
-    config = config_of(args)
-    check_output(args.out, "model", overwrite=args.overwrite,  # before any data is read or trained on
-                 inputs=[("--model", local_folder(config.model)), *data_inputs(config.data)])
-    # The learning-rate choice's scratch and the result: one writer. Under torchrun every
-    # rank runs this command; rank 0 holds the folder.
-    with output_lock(args.out) if is_main_process() else nullcontext():
-        _train(args)
-
-
-def _train(args) -> None:
-    from .api import choose_learning_rate, train
-    from .settings import TrainSettings
-    from .study.plan import grid_of
+    from .api import train_configured
 
     config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
-    lora = _adapter_options(args, config)  # its flags checked before any data is read
-    settings = TrainSettings.from_config(config, args.method, quiet=args.quiet,  # a --learning-rate given wins
-                                         **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
-    data, selection = _data(config), None
-    if config.select.enabled:  # --profile tuned
-        sel = config.select
-        trial = settings.replace(epochs=sel.epochs) if sel.epochs else settings
-        selection = choose_learning_rate(args.method, getattr(sel, grid_of(args.method)), data, model=config.model,
-                                         settings=trial, lora=lora, work=f"{args.out}.choose", resume=args.resume,
-                                         metric=config.select_metric)
-        settings = settings.replace(learning_rate=selection.learning_rate)
-        print(f"{args.method}: learning rate {settings.learning_rate:g} chosen on "
-              f"{selection.validation_rows} validation rows")
-        del data["validation"]
-    result = train(method=args.method, out=args.out, model=config.model, data=data, settings=settings,
-                   lora=lora, resume=args.resume, selection=selection, lock=False, overwrite=args.overwrite,
-                   columns={key: getattr(config.data, key) for key in REMEMBERED})
-    metric = config.metric
-    print(f"{args.method}: eval {SCORE_LABELS[metric]} {result.metrics.score(metric):.4f}, "
+    result = train_configured(args.method, args.out, config, lora=_adapter_options(args, config),
+                              learning_rate=args.learning_rate, quiet=args.quiet, resume=args.resume,
+                              overwrite=args.overwrite)
+    if result.selection is not None:
+        print(f"{args.method}: learning rate {result.learning_rate:g} chosen on "
+              f"{result.selection.validation_rows} validation rows")
+    print(f"{args.method}: eval {SCORE_LABELS[config.metric]} {result.metrics.score(config.metric):.4f}, "
           f"{result.trainable_params:,} trainable parameters, saved to {args.out}")
 
 
@@ -420,35 +389,29 @@ ADAPTER_FLAGS = ("rank", "alpha", "targets", "init", "dropout", "rslora", "lr_ra
 
 
 def _adapter_options(args, config: Config):
-    """The options of `train --method`'s adapters: LoRA's table for LoRA, DoRA and PiSSA
-    (--rank, default 6, and --alpha), [vera] (--rank, default its table's) or [ia3]; the
-    flags --targets and --dropout reach VeRA's and IA3's too. None for head and full."""
-    from .settings import LoraOptions, adapter_options
+    """The options of `train --method`'s adapters: its table in the configuration (LoRA's for
+    LoRA, DoRA and PiSSA, at --rank, default 6; [vera] at --rank or its own; [ia3]), with the
+    adapter flags its options type has as fields (`ADAPTER_FLAGS`); a flag it has not is
+    refused by name. None for head and full."""
+    from dataclasses import fields
 
-    takes = {"lora": ADAPTER_FLAGS, "dora": ADAPTER_FLAGS, "pissa": ADAPTER_FLAGS,
-             "vera": ("rank", "targets", "dropout"), "ia3": ("targets",)}.get(args.method, ())
+    from .settings import OPTIONS, LoraOptions, adapter_options
+
+    kind = OPTIONS.get(args.method)
+    takes = [name for name in ADAPTER_FLAGS if kind and name in {f.name for f in fields(kind)}]
     ignored = [f"--{name.replace('_', '-')}" for name in ADAPTER_FLAGS
                if getattr(args, name, None) is not None and name not in takes]
     if ignored:
         raise LoralabError(f"--method {args.method} takes no {', '.join(ignored)}: "
                            + ("it trains no adapters." if not takes else
                               f"its adapters take {', '.join('--' + n.replace('_', '-') for n in takes)}."))
-    if args.method in ("vera", "ia3"):
-        changes = {"targets": args.targets} if args.targets else {}
-        if args.method == "vera" and args.dropout is not None:
-            changes["dropout"] = args.dropout
-        if args.method == "ia3" and args.rank is not None:
-            raise LoralabError("--rank: IA3 has no rank (it trains a vector per layer); leave --rank out.")
-        return adapter_options(config, args.method, args.rank if args.method == "vera" else None, **changes)
-    if args.method in ("head", "full"):
+    if kind is None:
         return None
-    return LoraOptions.from_config(config, LoraOptions.rank if args.rank is None else args.rank,
-                                   **({"alpha": args.alpha} if args.alpha is not None else {}))
+    rank = args.rank if args.rank is not None else LoraOptions.rank if kind is LoraOptions else None
+    changes = {name: getattr(args, name) for name in takes if name != "rank" and getattr(args, name) is not None}
+    return adapter_options(config, args.method, rank, **changes)
 
 
-# What a trained model remembers of its data (`loralab.json`'s "data"), read again by
-# evaluate and predict where their flags do not say otherwise.
-REMEMBERED = ("text_column", "text_pair_column", "label_column", "task")
 
 
 def _record(model_dir) -> dict:
@@ -469,7 +432,7 @@ def _remembered(model_dir) -> dict:
     data = _record(model_dir).get("data")
     if not isinstance(data, dict):
         return {}
-    return {f"data.{key}": data[key] for key in REMEMBERED if isinstance(data.get(key), str)}
+    return {f"data.{key}": data[key] for key in REMEMBERED_COLUMNS if isinstance(data.get(key), str)}
 
 
 def _trained_from(model_dir) -> str | None:
@@ -610,11 +573,12 @@ def glue_configs(args):
 
 
 def cmd_glue(args) -> None:
+    from .report.suite import results_table
     from .study.suite import run_suite
 
     suite, configs = glue_configs(args)
     report = run_suite(suite, configs, args.out, quiet=args.quiet, only=args.tasks, overwrite=args.overwrite)
-    print(report.read_text("utf-8").split("## Results", 1)[-1].split("\n## ", 1)[0].strip())
+    print(results_table(suite, args.out, args.tasks))
     print(f"\nReport: {report} and report.html; each task's study in {args.out}/TASK")
 
 

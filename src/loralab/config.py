@@ -89,6 +89,11 @@ class DataConfig:
     split_seed: int = opt(0, "the validation split's seed (the same split for every training seed)")
 
 
+# What a trained model remembers of its data (loralab.json's "data"): `evaluate` and
+# `predict` read files by these unless their flags say otherwise.
+REMEMBERED_COLUMNS = ("text_column", "text_pair_column", "label_column", "task")
+
+
 @dataclass(frozen=True)
 class ResourcesConfig:
     """[resources]: with executor = "ray", what each run asks the cluster for."""

@@ -198,7 +198,6 @@ class LoRA(Adapter):
                 f"merged={self.merged}")
 
 
-LoRALinear = LoRA
 
 
 class DoRA(LoRA):

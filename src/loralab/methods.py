@@ -73,3 +73,9 @@ def method(name: str) -> Method:
 
 def label(name: str) -> str:
     return method(name).label
+
+
+def table_of(method: str) -> str:
+    """The configuration table a method reads (its learning rate, its [select] grid): LoRA's
+    for DoRA and PiSSA, its own for the others."""
+    return "lora" if method in LORA_FAMILY else method

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import LoralabError
-from .methods import ADAPTERS, TRAINED
+from .methods import ADAPTERS, TRAINED, table_of
 
 # The choices of every option that has a fixed set; argparse, the config check and the
 # dataclasses below all read these.
@@ -143,7 +143,7 @@ class TrainSettings:
         """The settings of a resolved configuration (`loralab.config.load_config`): its
         [train] table with the top-level seed, precision and device; for `method`, its own
         table's learning rate where that sets one."""
-        table = "lora" if method in ("dora", "pissa") else method  # LoRA's variants read LoRA's table
+        table = table_of(method) if method else None  # LoRA's variants read LoRA's table
         own_rate = getattr(config, table).learning_rate if table in ("head", "lora", "vera", "ia3") else 0.0
         settings = config.train.replace(seed=config.seed, precision=config.precision, device=config.device)
         return settings.replace(**{**({"learning_rate": own_rate} if own_rate else {}), **changes})

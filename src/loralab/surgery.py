@@ -17,7 +17,7 @@ from .errors import LoralabError
 from .lora import Adapter, DoRA, LoRA, PiSSA
 from .vectors import D_INITIAL, IA3, VeRA, vera_projections
 
-VARIANTS = {"lora": LoRA, "dora": DoRA, "pissa": PiSSA}  # the adapter layers `inject_lora` makes
+LORA_LAYERS = {"lora": LoRA, "dora": DoRA, "pissa": PiSSA}  # the adapter layers `inject_lora` makes
 
 
 class TargetError(LoralabError):
@@ -172,8 +172,8 @@ def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | 
     """
     if isinstance(rank, Mapping) and targets is None:
         targets = list(rank)
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if variant not in LORA_LAYERS:
+        raise ValueError(f"variant must be one of {', '.join(LORA_LAYERS)}, got {variant!r}")
     layers = find_targets(model, targets)
 
     def each(value, name):
@@ -187,7 +187,7 @@ def inject_lora(model: nn.Module, rank: int | Mapping[str, int], alpha: float | 
     wrapped = {}
     for name, layer in layers.items():
         r = each(rank, name)
-        kind = VARIANTS[variant]
+        kind = LORA_LAYERS[variant]
         wrapped[name] = kind(layer, rank=r, alpha=2 * r if alpha is None else each(alpha, name), **lora_options)
     return _train_adapters_and_head(model, wrapped)
 
@@ -203,8 +203,8 @@ def inject_vera(model: nn.Module, rank: int, targets: str | Iterable[str] | None
         projections = vera_projections(rank, max(m.in_features for m in layers.values()),
                                        max(m.out_features for m in layers.values()), seed)
     a, b = projections
-    wrapped = {name: VeRA(layer, a, b, dropout=dropout, d_initial=d_initial) for name, layer in layers.items()}
-    model.loralab_vera_seed = seed  # saved as PEFT's projection_prng_key
+    wrapped = {name: VeRA(layer, a, b, dropout=dropout, d_initial=d_initial, projection_seed=seed)
+               for name, layer in layers.items()}
     return _train_adapters_and_head(model, wrapped)
 
 

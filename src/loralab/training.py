@@ -214,7 +214,6 @@ class TrainResult(Scored):
     peak_gpu_memory_mb: float | None = None  # on a GPU: the most memory allocated on it
 
 
-RunResult = TrainResult  # its name in loralab 0.1
 
 
 class StopOnNonFinite:
@@ -493,4 +492,3 @@ def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out
                        peak_gpu_memory_mb=mem.gpu_peak_mb)
 
 
-train_model = train_with_trainer  # its name in loralab 0.1

@@ -55,12 +55,14 @@ class VeRA(Adapter):
             layer of a model refers to the same pair.
         dropout: dropout on the adapter's input.
         d_initial: d's starting value (b starts at zero, so the layer starts as `pretrained`).
+        projection_seed: the seed A and B were drawn from (`vera_projections`), kept so the
+            adapter's config can say it (PEFT's `projection_prng_key`).
     """
 
     kind = "VeRA"
 
     def __init__(self, pretrained: nn.Linear, projection_a: torch.Tensor, projection_b: torch.Tensor,
-                 dropout: float = 0.0, d_initial: float = D_INITIAL):
+                 dropout: float = 0.0, d_initial: float = D_INITIAL, projection_seed: int = 0):
         super().__init__(pretrained)
         rank = projection_a.shape[0]
         if projection_b.shape[1] != rank:
@@ -70,6 +72,7 @@ class VeRA(Adapter):
                              f"too small for a layer of {self.in_features} -> {self.out_features}")
         self.rank = rank
         self.d_initial = d_initial
+        self.projection_seed = projection_seed  # what A and B were drawn from (PEFT's projection_prng_key)
         device = pretrained.weight.device
         self.register_buffer("A", projection_a.to(device), persistent=False)  # (r, in_max), shared
         self.register_buffer("B", projection_b.to(device), persistent=False)  # (out_max, r), shared

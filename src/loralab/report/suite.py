@@ -17,7 +17,7 @@ from ..methods import label
 from ..settings import SCORE_LABELS, default_metric
 from .document import Bullets, Document, Image, Section, Table, table
 from .findings import Findings, Summary, build
-from .render import markdown, to_html
+from .render import markdown, markdown_table, to_html
 
 # The TF-IDF baseline of a classification task (logistic regression) and of a regression
 # task (ridge regression) share a row: the linear model on TF-IDF features.
@@ -186,17 +186,27 @@ def suite_results(suite, tasks: list[TaskResult]) -> dict:
                            for r in suite.references]}
 
 
+def _shown(suite, out: Path, only: list[str] | None) -> tuple[list[TaskResult], list[str]]:
+    """(the tasks a report shows, the names of those it says were left out)."""
+    tasks = task_results(suite, out)
+    if not any(t.findings for t in tasks):
+        raise LoralabError(f"{out}: no task of the suite has results yet; run `loralab glue` first.")
+    shown = [t for t in tasks if not only or t.key in only or t.findings]
+    return shown, [t.name for t in tasks if only and t.key not in only and not t.findings]
+
+
+def results_table(suite, out: str | os.PathLike, only: list[str] | None = None) -> str:
+    """The suite's results table (the report's), as Markdown: what `loralab glue` prints."""
+    return markdown_table(suite_table(_shown(suite, Path(out), only)[0]))
+
+
 def write_suite_report(suite, out: str | os.PathLike, only: list[str] | None = None) -> Path:
     """Write the suite's report.md, report.html and results.json into `out`, beside the
     tasks' folders whose plots it shows; returns report.md's path. Every task of the suite is
     in it, or with `only` (a run of some of its tasks), those and any others with results in
     `out`: two tasks compared on their own are not shown as three unfinished ones."""
     out = Path(out)
-    tasks = task_results(suite, out)
-    if not any(t.findings for t in tasks):
-        raise LoralabError(f"{out}: no task of the suite has results yet; run `loralab glue` first.")
-    shown = [t for t in tasks if not only or t.key in only or t.findings]
-    left_out = [t.name for t in tasks if only and t.key not in only and not t.findings]
+    shown, left_out = _shown(suite, out, only)
     text = markdown(suite_document(suite, shown, out, left_out))
     write_text(out / "report.md", text)
     write_text(out / "report.html", to_html(text, out))

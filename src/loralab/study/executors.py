@@ -20,7 +20,7 @@ from ..errors import LoralabError
 from ..fileio import write_json
 from ..records import RESULT_NAME, RunRecord, read_record
 from .plan import Context, Run
-from .tasks import TASKS
+from .tasks import RUN_TASKS
 
 logger = logging.getLogger("loralab")
 
@@ -70,7 +70,7 @@ def execute(ctx: Context, run: Run, node: str | None = None) -> RunRecord:
     run_dir = ctx.out / run.name
     torch.manual_seed(run.inputs.seed)
     start = time.perf_counter()
-    output = TASKS[run.task](ctx, run_dir, run.inputs)
+    output = RUN_TASKS[run.task](ctx, run_dir, run.inputs)
     record = RunRecord.of(output, name=run.name, key=run.key, seconds=time.perf_counter() - start,
                           finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                           device=device_name(run.inputs.device), node=node)

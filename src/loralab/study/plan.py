@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Union
 
 from ..config import Config
-from ..methods import LORA_FAMILY, TASK_BASELINES
+from ..methods import LORA_FAMILY, TASK_BASELINES, table_of
 from ..records import (
     EXTRACT,
     LOWRANK,
@@ -196,7 +196,7 @@ class Run:
     of the key; the runs it waits for are the `Ref`s among its inputs."""
 
     name: str
-    task: str      # a name in TASKS
+    task: str      # a name in tasks.RUN_TASKS
     inputs: RunInputs
     isolate: bool = False  # train in a child process (honest peak memory)
 
@@ -218,11 +218,6 @@ class Run:
 
     def ref(self) -> Ref:
         return Ref(self.name, self.key)
-
-
-def grid_of(method: str) -> str:
-    """The [select] grid a method's learning rate is chosen from: LoRA's for DoRA and PiSSA."""
-    return "lora" if method in LORA_FAMILY else method
 
 
 def seeds_of(config: Config) -> list[int]:
@@ -261,10 +256,10 @@ def plan(config: Config, ctx: Context) -> list[Run]:
         wanted = {"full": m.full, "head": m.head, "lora": bool(m.lora_ranks),
                   **{variant: True for variant in m.variants}}
         for method in (name for name, on in wanted.items() if on):
-            settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=getattr(sel, grid_of(method))[0],
+            settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=getattr(sel, table_of(method))[0],
                                                  **({"epochs": sel.epochs} if sel.epochs else {}))
             lora = adapter_options(c, method, sel.lora_rank if method in LORA_FAMILY else None)
-            inputs = SelectInputs(method, model, ctx.choice_key, settings, lora, tuple(getattr(sel, grid_of(method))),
+            inputs = SelectInputs(method, model, ctx.choice_key, settings, lora, tuple(getattr(sel, table_of(method))),
                                   sel.limit_train, c.select_metric)
             run = Run(select_run(method), "select", inputs, isolate)
             runs.append(run)

@@ -184,6 +184,6 @@ def task_extract(ctx: Context, run_dir: Path, inputs: ExtractInputs) -> RunOutpu
     return RunOutput(rows, extracted=extracted)
 
 
-TASKS: dict[str, Callable[[Context, Path, Any], RunOutput]] = {
+RUN_TASKS: dict[str, Callable[[Context, Path, Any], RunOutput]] = {
     "baseline": task_baseline, "select": task_select, "train": task_train, "replace": task_replace,
     "lowrank": task_lowrank, "similarity": task_similarity, "extract": task_extract}
