@@ -14,6 +14,7 @@ import sys
 
 from .config import REMEMBERED_COLUMNS, Config
 from .errors import LoralabError
+from .methods import METHODS
 from .settings import (
     CLASS_WEIGHTS,
     DEVICES,
@@ -220,10 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[debug],
                        help="train one model: LoRA (or DoRA, PiSSA, VeRA, IA3), head-tuning or full fine-tuning")
-    p.add_argument("--method", required=True, choices=TRAIN_METHODS,
-                   help="lora, dora (a magnitude per output row), pissa (A, B from W0's top singular directions), "
-                        "vera (two vectors per layer around shared random matrices; the [vera] table), ia3 (a "
-                        "vector per layer rescaling keys, values, feed-forward activations; [ia3]), head, full")
+    p.add_argument("--method", required=True, choices=TRAIN_METHODS,  # what each trains: the methods table's words
+                   help="; ".join(f"{m}: {METHODS[m].trains}" for m in TRAIN_METHODS).replace("%", "%%"))
     p.add_argument("--rank", type=POSITIVE_INT, help="the adapters' rank (default: 6; VeRA: [vera].rank, 256)")
     p.add_argument("--alpha", type=POSITIVE, help="default: 2 * rank")
     p.add_argument("--targets")

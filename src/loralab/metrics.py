@@ -21,6 +21,8 @@ from .settings import (  # noqa: F401 - the task kinds and the scores' names
     REGRESSION_LABELS,
     REGRESSION_SCORES,
     SCORE_LABELS,
+    SCORE_TABLE,
+    SELECT_METRICS,
     TASKS,
     default_metric,
     metric_task,
@@ -53,10 +55,9 @@ class Metrics:
         return {name: value for name in SCORES if (value := self.score(name)) is not None}
 
 
-# The scores a run records; all but the mean squared error are higher-is-better and may be
-# what a study leads with and chooses learning rates on (`LEAD_SCORES`).
-SCORES = ("accuracy", "macro_f1", "matthews", "f1_positive", *REGRESSION_SCORES)
-LEAD_SCORES = SCORES[:-1]
+# The scores a run records (`settings.SCORE_TABLE`), and those a study may lead with.
+SCORES = tuple(SCORE_TABLE)
+LEAD_SCORES = SELECT_METRICS
 
 
 class Scored:

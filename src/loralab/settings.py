@@ -32,13 +32,39 @@ TASKS = (CLASSIFICATION, REGRESSION)
 REGRESSION_LABELS = ("score",)  # a regression model's one output, by name (`config.id2label`)
 # The scores a study may lead with and choose learning rates on (= metrics.LEAD_SCORES):
 # classification's four, regression's two correlations.
-SELECT_METRICS = ("accuracy", "macro_f1", "matthews", "f1_positive", "pearson", "spearman")
-SCORE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "matthews": "Matthews correlation",
-                "f1_positive": "F1 (positive class)", "pearson": "Pearson correlation",
-                "spearman": "Spearman correlation", "mse": "mean squared error"}  # each score in words
 
 
-REGRESSION_SCORES = ("pearson", "spearman", "mse")  # what a regression run records; the rest are classes
+@dataclass(frozen=True)
+class Score:
+    """One score a run records: its name (`eval_NAME` in the Trainer's logs and loralab.json),
+    its words in sentences, in a report's column, in the terminal's table and in a suite's
+    table, the task whose runs record it, and whether a study may lead with it and choose
+    learning rates on it (every score but the mean squared error, the one lower-is-better)."""
+
+    name: str
+    words: str
+    column: str
+    terminal: str
+    suite: str
+    task: str
+    lead: bool = True
+
+
+# Every score, in the order reports list them: the one table the vocabularies below read.
+SCORE_TABLE = {s.name: s for s in (
+    Score("accuracy", "accuracy", "accuracy", "accuracy", "acc.", CLASSIFICATION),
+    Score("macro_f1", "macro-F1", "macro-F1", "macro-F1", "macro-F1", CLASSIFICATION),
+    Score("matthews", "Matthews correlation", "Matthews corr.", "Matthews", "Matthews", CLASSIFICATION),
+    Score("f1_positive", "F1 (positive class)", "F1 (positive)", "F1 pos", "F1", CLASSIFICATION),
+    Score("pearson", "Pearson correlation", "Pearson", "Pearson", "Pearson", REGRESSION),
+    Score("spearman", "Spearman correlation", "Spearman", "Spearman", "Spearman", REGRESSION),
+    Score("mse", "mean squared error", "MSE", "MSE", "MSE", REGRESSION, lead=False),
+)}
+SELECT_METRICS = tuple(name for name, s in SCORE_TABLE.items() if s.lead)  # what a study leads with, chooses on
+SCORE_LABELS = {name: s.words for name, s in SCORE_TABLE.items()}  # each score in words
+
+
+REGRESSION_SCORES = tuple(name for name, s in SCORE_TABLE.items() if s.task == REGRESSION)  # a regression run's
 
 
 def metric_task(metric: str) -> str:

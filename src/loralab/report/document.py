@@ -14,7 +14,7 @@ from typing import Union
 from ..lowrank import LayerSpectrum
 from ..methods import ADAPTERS, LORA_FAMILY, label, method
 from ..records import Environment, Selection
-from ..settings import REGRESSION, SCORE_LABELS, metric_task
+from ..settings import REGRESSION, SCORE_LABELS, SCORE_TABLE, metric_task
 from .findings import Findings, Summary, _one
 from .plots import short_layer_name
 
@@ -141,8 +141,7 @@ def results_table(summaries: list[Summary], metric: str = "accuracy") -> Table:
     gpu = any(s.row.peak_gpu_memory_mb is not None for s in summaries)  # trained on a GPU: its memory apart
     header += ["Peak GPU memory (MB)"] if gpu else []
     # The task's other scores, where the runs recorded them (studies before loralab 0.2 recorded two).
-    short = {"accuracy": "accuracy", "macro_f1": "macro-F1", "matthews": "Matthews corr.",
-             "f1_positive": "F1 (positive)", "pearson": "Pearson", "spearman": "Spearman", "mse": "MSE"}
+    short = {name: s.column for name, s in SCORE_TABLE.items()}
     extra = [name for name in short if name not in (metric, second)
              and any(s.median(name) is not None for s in summaries)]
     header += [f"Eval {short[name]}{median}" for name in extra]

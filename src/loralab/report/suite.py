@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import LoralabError
 from ..fileio import write_json, write_text
 from ..methods import label
-from ..settings import SCORE_LABELS, default_metric
+from ..settings import SCORE_LABELS, SCORE_TABLE, default_metric
 from .document import Bullets, Document, Image, Section, Table, table
 from .findings import Findings, Summary, build
 from .render import markdown, markdown_table, to_html
@@ -23,8 +23,7 @@ from .render import markdown, markdown_table, to_html
 # task (ridge regression) share a row: the linear model on TF-IDF features.
 ROW_OF = {"tfidf-ridge": "tfidf-lr"}
 ROW_LABELS = {"tfidf-lr": "TF-IDF + linear model (logistic; ridge for regression)"}
-SHORT = {"accuracy": "acc.", "macro_f1": "macro-F1", "matthews": "Matthews", "f1_positive": "F1",
-         "pearson": "Pearson", "spearman": "Spearman", "mse": "MSE"}
+SHORT = {name: s.suite for name, s in SCORE_TABLE.items()}
 
 
 @dataclass

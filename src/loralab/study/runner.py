@@ -28,7 +28,7 @@ from ..config import Config, to_toml
 from ..errors import LoralabError
 from ..fileio import write_json, write_text
 from ..records import DataSummary, Environment, Row, RunRecord
-from ..settings import REGRESSION, SCORE_LABELS, metric_task
+from ..settings import REGRESSION, SCORE_LABELS, SCORE_TABLE, metric_task
 from .executors import Processes, device_name, read_result, run_one, schedule, warm_up_processes
 from .plan import Context, Run, plan, resolved_precision, seeds_of  # noqa: F401 - Context and plan are the study's API too
 
@@ -184,8 +184,7 @@ def summary_table(rows: list[Row], metric: str = "accuracy") -> str:
     second score (macro-F1; a regression task's Spearman correlation)."""
     second = "spearman" if metric_task(metric) == REGRESSION else "macro_f1"
     second = "pearson" if metric == "spearman" else second
-    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "matthews": "Matthews", "f1_positive": "F1 pos",
-             "pearson": "Pearson", "spearman": "Spearman"}
+    names = {name: s.terminal for name, s in SCORE_TABLE.items()}
     lines = [f"{'method':<11} {'rank':>6} {'trainable':>12} {names[metric]:>9} {names[second]:>9} {'train s':>9} "
              f"{'peak MB':>9}"]
 
