@@ -69,22 +69,30 @@ class Architecture:
     dropout_keys: tuple[str, ...] = ()  # config attributes of the head's dropout, the first set wins
     head_reads_sequence: bool = True   # the first head module takes (batch, seq, hidden)
     ia3: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # IA3's (outputs scaled, inputs scaled)
+    # Blocks whose layers are no feed-forward layer for IA3, though their names match one
+    # (BERT's attention.output.dense ends in output.dense, as the feed-forward's second layer does).
+    ia3_not_inside: tuple[str, ...] = ()
+
+    def ia3_feedforward(self, names) -> list[str]:
+        """Of `names` (layers matching `ia3`'s second part), the feed-forward ones."""
+        return [n for n in names if not any(f".{block}." in f".{n}." for block in self.ia3_not_inside)]
 
 
-_BERT_IA3 = (("key", "value"), ("output.dense",))
+_BERT_IA3 = {"ia3": (("key", "value"), ("output.dense",)), "ia3_not_inside": ("attention",)}
 
 ARCHITECTURES: dict[str, Architecture] = {
     "distilbert": Architecture(("q_lin", "v_lin"), ("pre_classifier", "classifier"), _distilbert_head,
                                ("seq_classif_dropout",), head_reads_sequence=False,
                                ia3=(("k_lin", "v_lin"), ("lin2",))),
     "bert": Architecture(("query", "value"), ("bert.pooler", "classifier"), _bert_head,
-                         ("classifier_dropout", "hidden_dropout_prob"), ia3=_BERT_IA3),
-    "roberta": Architecture(("query", "value"), ("classifier",), _sequence_head, ia3=_BERT_IA3),
-    "xlm-roberta": Architecture(("query", "value"), ("classifier",), _sequence_head, ia3=_BERT_IA3),
-    "electra": Architecture(("query", "value"), ("classifier",), _sequence_head, ia3=_BERT_IA3),
+                         ("classifier_dropout", "hidden_dropout_prob"), **_BERT_IA3),
+    "roberta": Architecture(("query", "value"), ("classifier",), _sequence_head, **_BERT_IA3),
+    "xlm-roberta": Architecture(("query", "value"), ("classifier",), _sequence_head, **_BERT_IA3),
+    "electra": Architecture(("query", "value"), ("classifier",), _sequence_head, **_BERT_IA3),
     "deberta-v2": Architecture(("query_proj", "value_proj"), ("pooler", "classifier"), _deberta_head,
                                ("cls_dropout", "hidden_dropout_prob"), ia3=(("key_proj", "value_proj"),
-                                                                             ("output.dense",))),
+                                                                             ("output.dense",)),
+                               ia3_not_inside=("attention",)),
     "deberta": Architecture(("in_proj",), ("pooler", "classifier"), _deberta_head,
                             ("cls_dropout", "hidden_dropout_prob")),
 }

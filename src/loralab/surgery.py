@@ -215,9 +215,9 @@ def ia3_targets(model: nn.Module) -> tuple[list[str], list[str]]:
     if ARCHITECTURES.get(kind) is None or ARCHITECTURES[kind].ia3 is None:
         raise TargetError(f"No default IA3 targets for model type {kind!r}; pass targets and feedforward "
                           "explicitly, for example --targets key,value,output.dense with feedforward output.dense.")
-    outputs, inputs = ARCHITECTURES[kind].ia3
-    ff = [n for n in find_targets(model, inputs) if ".attention." not in f".{n}."]
-    return list(find_targets(model, outputs)), ff
+    arch = ARCHITECTURES[kind]
+    outputs, inputs = arch.ia3
+    return list(find_targets(model, outputs)), arch.ia3_feedforward(find_targets(model, inputs))
 
 
 def inject_ia3(model: nn.Module, targets: str | Iterable[str] | None = None,
