@@ -36,10 +36,7 @@ from .errors import LoralabError
 from .methods import ADAPTERS, LORA_FAMILY
 from .settings import (
     CLASSIFICATION,
-    DEVICES,
     INITS,
-    POOLINGS,
-    PRECISIONS,
     PROFILES,
     REGRESSION,
     SELECT_METRICS,
@@ -271,9 +268,12 @@ def from_dict(table: dict, cls=Config, where: str = ""):
         built = cls(**values)
     except LoralabError as err:
         raise LoralabError(f"config: {where}{err}") from err
-    if cls is Config:  # one seed, precision and device for every table
-        built = dataclasses.replace(built, train=dataclasses.replace(
-            built.train, seed=built.seed, precision=built.precision, device=built.device))
+    if cls is Config:  # one seed, precision and device for every table (TrainSettings checks them)
+        try:
+            built = dataclasses.replace(built, train=dataclasses.replace(
+                built.train, seed=built.seed, precision=built.precision, device=built.device))
+        except LoralabError as err:
+            raise LoralabError(f"config: {err}") from err
     return built
 
 
@@ -438,9 +438,8 @@ def validate(config: Config) -> None:
         if not set(m.extract_targets) <= {"", "all-linear"}:
             raise LoralabError(f"config: methods.extract_targets may hold \"\" (query and value) and "
                                f"\"all-linear\", not {list(m.extract_targets)!r}; `loralab extract` takes any.")
-    for name, value, choices in (("precision", config.precision, PRECISIONS), ("device", config.device, DEVICES),
-                                 ("train.pooling", config.train.pooling, POOLINGS),
-                                 ("lora.init", config.lora.init, INITS), ("executor", config.executor, EXECUTORS),
+    # (precision, device and train.pooling: TrainSettings checked them as the value was built)
+    for name, value, choices in (("lora.init", config.lora.init, INITS), ("executor", config.executor, EXECUTORS),
                                  ("data.task", data.task, TASKS)):
         if value not in choices:
             raise LoralabError(f"config: {name} must be one of {', '.join(choices)}, not {value!r}.")

@@ -359,12 +359,12 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool 
     from .outputs import check_output, output_dir
 
     model_dir = Path(model_dir)
-    check_output(out, "export", overwrite=overwrite, inputs=[("MODEL_DIR", model_dir)])
     info = read_info(model_dir)
     is_adapter = (model_dir / CONFIG_NAME).exists()
     base = (json.loads((model_dir / CONFIG_NAME).read_text()).get("base_model_name_or_path") if is_adapter
             else info.get("base_model")) or "unknown"
-    check_output(out, "export", overwrite=overwrite, inputs=[("the base model", local_folder(base))])
+    check_output(out, "export", overwrite=overwrite,
+                 inputs=[("MODEL_DIR", model_dir), ("the base model", local_folder(base))])
     base = MINILM_HUB_ID if base == "minilm" else base
     model, tokenizer = load_trained(model_dir)
     if pooling_of(model) != "cls":
