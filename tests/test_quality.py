@@ -198,6 +198,7 @@ def test_tuned_profile_chooses_on_validation_only(tmp_path, tiny_model_dir, synt
     assert new_plan["full"] != old_plan["full"]  # the eval set changed: the final runs are redone
 
 
+@pytest.mark.slow  # a whole study (several processes): the fast tier keeps under 3 minutes
 def test_seeds_run_each_method_once_per_seed_and_report_the_spread(tmp_path, tiny_model_dir, synthetic_data):
     from loralab.config import load_config
     from loralab.report import build, results_table

@@ -218,6 +218,7 @@ def test_sigkill_during_lora_then_resume(tmp_path, tiny_study_config, finished):
         assert (m1, r1) == (m2, r2) and abs(a1 - a2) <= 0.002
 
 
+@pytest.mark.slow  # a whole study (several processes): the fast tier keeps under 3 minutes
 def test_jobs_run_side_by_side_after_what_they_read_with_the_same_results(finished, tmp_path):
     config, rows, _ = finished
     parallel = run_study(config.replace(out=str(tmp_path / "parallel"), jobs=3), quiet=True)
