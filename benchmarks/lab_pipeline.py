@@ -50,14 +50,9 @@ class LabLoRA(nn.Module):
 def lab_side(data, model_name: str, ranks: list[int], workdir: str, lr: float) -> tuple[dict, dict]:
     from transformers import Trainer, TrainingArguments
 
-    from loralab import (
-        extract,
-        freeze_all_but_head,
-        load_model,
-        load_tokenizer,
-        replace,
-    )
+    from loralab import freeze_all_but_head, load_model, load_tokenizer, replace
     from loralab.baselines import run_baseline
+    from loralab.lab import extract  # the lab's name for surgery.target_layers
     from loralab.lowrank import approximate
     from loralab.surgery import clone_linear
 
