@@ -63,7 +63,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 # Where a point's label may go, in points from it: right and above first, then below, then
 # further out; the first place whose box meets no other label's is taken.
 LABEL_PLACES = [(3, 3), (3, -9), (3, 11), (3, -17), (3, 19), (3, -25), (-18, 3), (-18, -9)]
-CHAR_WIDTH, LABEL_HEIGHT = 4.5, 8.0  # a 7-point label's box, in points
+CHAR_WIDTH, LABEL_HEIGHT = 5.0, 8.0  # a 7-point label's box, in points, with a little room
 
 
 def label_offsets(points: list[tuple[float, float]], texts: list[str]) -> list[tuple[int, int]]:
@@ -105,7 +105,8 @@ def plot_accuracy_vs_params(summaries: list[Summary], path: Path) -> bool:
     ax.set_xscale("log")
     ax.autoscale_view()
     sized = [r for r in data if r.size]
-    where = ax.transData.transform([(r.trainable_params, r.score) for r in sized]) if sized else []
+    # Where the points are, in points (display pixels at the figure's dpi): the labels' unit.
+    where = ax.transData.transform([(r.trainable_params, r.score) for r in sized]) * 72 / fig.dpi if sized else []
     for r, offset in zip(sized, label_offsets([tuple(p) for p in where], [r.size for r in sized])):
         ax.annotate(r.size, (r.trainable_params, r.score), fontsize=7, xytext=offset, textcoords="offset points")
     front = [data[i] for i in pareto_front([(r.trainable_params, r.score) for r in data])]
