@@ -12,7 +12,7 @@ calls `check_output`, which refuses, naming the path and the flag:
 - an output that is, holds or lies inside one of the command's inputs (the base model, the
   fine-tuned model, the adapter being exported, the data).
 
-`fileio.atomic_dir` then builds the new folder beside the old one and swaps it in, with the
+`output_dir` (over `fileio.atomic_dir`) then builds the new folder beside the old one and swaps it in, with the
 entries loralab did not write carried over (as hard links: nothing is copied or moved
 while the old folder still exists). Folders written by loralab before the marker existed
 are recognised by what they hold (`LEGACY`).
@@ -62,6 +62,10 @@ def _json_keys(path: Path) -> set:
     return set(value) if isinstance(value, dict) else set()
 
 
+def _is_lowrank_record(keys: set) -> bool:
+    return "rows" in keys and bool({"headtuned_score", "headtuned_accuracy"} & keys)
+
+
 # What marks a folder of each kind written by a loralab from before the marker: what only
 # loralab writes there (never the mere name of a file a user may have too).
 LEGACY = {
@@ -70,16 +74,11 @@ LEGACY = {
     or all(f"\n[{t}]" in _read(f / "config.toml") for t in ("methods", "lora")),
     "report": lambda f: "<title>loralab study report</title>" in _read(f / "report.html"),
     "suite": lambda f: "<title>loralab study report</title>" in _read(f / "report.html"),
-    "lowrank": lambda f: "rows" in _json_keys(f / "lowrank.json")
-    and bool({"headtuned_score", "headtuned_accuracy"} & _json_keys(f / "lowrank.json")),
+    "lowrank": lambda f: _is_lowrank_record(_json_keys(f / "lowrank.json")),
     "extract": lambda f: _read(f / "README.md").startswith("# A LoRA adapter extracted from"),
     "export": lambda f: "\n- loralab\n" in _read(f / "README.md")
     and ((f / "config.json").exists() or (f / "adapter_config.json").exists()),
 }
-
-
-def _is_legacy(folder: Path, kind: str) -> bool:
-    return LEGACY[kind](folder)
 
 
 def owned_by_loralab(folder: Path, kind: str) -> bool:
@@ -87,7 +86,7 @@ def owned_by_loralab(folder: Path, kind: str) -> bool:
     marker = read_marker(folder)
     if marker is not None:
         return marker["kind"] in ACCEPTS.get(kind, (kind,))
-    return any(_is_legacy(folder, k) for k in ACCEPTS.get(kind, (kind,)))
+    return any(LEGACY[k](folder) for k in ACCEPTS.get(kind, (kind,)))
 
 
 def _entries(folder: Path) -> list[str]:
