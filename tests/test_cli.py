@@ -113,7 +113,7 @@ def test_predict_dash_reads_the_texts_from_stdin(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("flags, says", [
     (["--max-length", "1024"], "--max-length 1024 is longer than"),
-    (["--seed", "-1"], "argument --seed: must be at least 0 and at most 4.29497e+09, got -1"),
+    (["--seed", "-1"], "argument --seed: must be at least 0 and at most 4294967295, got -1"),
 ])
 def test_common_bad_values_are_one_message(tmp_path, tiny_model_dir, run_cli, synthetic_data, flags, says):
     code, _, err = run_cli("train", "--method", "head", "--model", tiny_model_dir, "--limit-train", 16,

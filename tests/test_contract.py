@@ -52,6 +52,42 @@ def test_no_flag_has_a_default_of_its_own():
         assert given == {}, (argv, given)
 
 
+def test_a_flag_takes_exactly_the_values_its_field_takes(tmp_path):
+    """One rule per option: a flag that sets a field parses with the field's range (`opt`'s
+    `within`) and offers its choices, so the file and the command line refuse the same
+    values with the same words."""
+    import argparse
+
+    from loralab.cli import FLAG_KEYS, build_parser
+    from loralab.config import config_field
+
+    checked = 0
+    for sub in (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)):
+        for command, subparser in sub.choices.items():
+            for action in subparser._actions:
+                if action.dest not in FLAG_KEYS or action.nargs == 0:
+                    continue
+                meta = config_field(FLAG_KEYS[action.dest]).metadata
+                if "within" in meta:
+                    assert getattr(action.type, "within", action.type) is meta["within"], \
+                        (command, action.option_strings)
+                    checked += 1
+                if "choices" in meta:
+                    assert tuple(action.choices) == tuple(meta["choices"]), (command, action.option_strings)
+                    checked += 1
+    assert checked > 40
+    path = tmp_path / "c.toml"
+    for key, flag, value in (("train.epochs", "--epochs", "0"), ("lora.dropout", "--dropout", "1"),
+                             ("data.limit_train", "--limit-train", "-1")):
+        table, field = key.split(".")
+        path.write_text(f"[{table}]\n{field} = {value}\n")
+        with pytest.raises(LoralabError) as from_file:
+            load_config(path)
+        with pytest.raises(argparse.ArgumentTypeError) as from_flag:
+            config_field(key).metadata["within"](value)
+        assert str(from_flag.value) in str(from_file.value), (key, flag)
+
+
 def test_model_flag_overrides_a_config_files_model_even_when_it_names_the_default(tmp_path):
     from loralab.cli import build_parser, config_of
 

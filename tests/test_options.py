@@ -44,7 +44,7 @@ REFUSED = [
     (TRAIN_ARGS, "--micro-batch-size", "-2", "must be at least 0"),
     (TRAIN_ARGS, "--max-length", "1", "must be at least 2"),
     (TRAIN_ARGS, "--limit-train", "-1", "must be at least 0"),
-    (TRAIN_ARGS, "--seed", str(2**32), "must be at least 0 and at most 4.29497e+09"),
+    (TRAIN_ARGS, "--seed", str(2**32), "must be at least 0 and at most 4294967295"),
     (["extract", "--finetuned", "x", "--out", "y"], "--energy", "1.5", "must be above 0 and at most 1"),
     (["run"], "--jobs", "0", "must be at least 1"),
 ]

@@ -15,18 +15,7 @@ import sys
 from .config import REMEMBERED_COLUMNS, Config
 from .errors import LoralabError
 from .methods import METHODS
-from .settings import (
-    CLASS_WEIGHTS,
-    DEVICES,
-    INITS,
-    POOLINGS,
-    PRECISIONS,
-    PROFILES,
-    SCORE_LABELS,
-    SELECT_METRICS,
-    TASKS,
-    TRAIN_METHODS,
-)
+from .settings import ENERGY, POSITIVE, POSITIVE_INT, PROFILES, SCORE_LABELS, SELECT_METRICS, TRAIN_METHODS
 
 logger = logging.getLogger("loralab")
 
@@ -39,40 +28,6 @@ logger = logging.getLogger("loralab")
 ONEDNN_CACHE_CAPACITY = "64"
 
 
-def _number(kind, low=None, high=None, *, low_open: bool = False, high_open: bool = False, what: str = ""):
-    """An argparse type: a finite `kind` (int or float) in [low, high] (an open end where
-    `low_open` / `high_open`), so a bad value is refused by its flag, before anything runs,
-    never replaced by a default."""
-    import math
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high:
-            lo = "" if low is None else f"{'above' if low_open else 'at least'} {low:g}"
-            hi = "" if high is None else f"{'below' if high_open else 'at most'} {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (lo, hi) if x)}{what}, got {text}")
-        return value
-
-    parse.__name__ = "whole number" if kind is int else "number"  # argparse's "invalid <name> value"
-    return parse
-
-
-COUNT = _number(int, 0)                    # 0 and up: limits, save steps, "0 = auto" settings
-POSITIVE_INT = _number(int, 1)             # batch sizes, ranks, jobs
-POSITIVE = _number(float, 0, low_open=True)  # epochs, learning rates, alpha, LoRA+'s ratio
-FRACTION = _number(float, 0, 1, high_open=True)  # dropout
-SEED = _number(int, 0, 2**32 - 1)
-MAX_LENGTH = _number(int, 2)
-ENERGY = _number(float, 0, 1, low_open=True)
-
-
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data")
@@ -81,49 +36,49 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-column")
     g.add_argument("--text-pair-column")
     g.add_argument("--label-column")
-    g.add_argument("--task", choices=TASKS)
+    g.add_argument("--task")
     g.add_argument("--metric", choices=SELECT_METRICS)
     g.add_argument("--labels", type=_name_list)
     g.add_argument("--drop-invalid", action="store_true", default=None)
-    g.add_argument("--limit-train", type=COUNT)
-    g.add_argument("--limit-eval", type=COUNT)
+    g.add_argument("--limit-train")
+    g.add_argument("--limit-eval")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--precision", choices=PRECISIONS)
+    p.add_argument("--device")
+    p.add_argument("--precision")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model")
-    p.add_argument("--seed", type=SEED)
+    p.add_argument("--seed")
     _add_device_args(p)
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-length", type=MAX_LENGTH)
-    p.add_argument("--batch-size", dest="eval_batch_size", type=POSITIVE_INT)
+    p.add_argument("--max-length")
+    p.add_argument("--batch-size", dest="eval_batch_size")
     _add_device_args(p)
 
 
 def _add_class_weights(p) -> None:
-    p.add_argument("--class-weights", choices=CLASS_WEIGHTS)
+    p.add_argument("--class-weights")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (the [train] table of the configuration: loralab.config)")
-    g.add_argument("--epochs", type=POSITIVE)
-    g.add_argument("--batch-size", type=POSITIVE_INT)
-    g.add_argument("--micro-batch-size", type=COUNT)
-    g.add_argument("--learning-rate", "--lr", type=POSITIVE)
-    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=POSITIVE_INT)
-    g.add_argument("--max-length", type=MAX_LENGTH)
-    g.add_argument("--pad-to-multiple-of", type=COUNT)
+    g.add_argument("--epochs")
+    g.add_argument("--batch-size")
+    g.add_argument("--micro-batch-size")
+    g.add_argument("--learning-rate", "--lr")
+    g.add_argument("--eval-batch-size", dest="eval_batch_size")
+    g.add_argument("--max-length")
+    g.add_argument("--pad-to-multiple-of")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None)
     g.add_argument("--compile", action="store_true", default=None)
     g.add_argument("--report-to")
-    g.add_argument("--save-steps", type=COUNT)
+    g.add_argument("--save-steps")
     _add_class_weights(g)
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
@@ -135,7 +90,7 @@ def _add_overwrite(p, what: str = "--out") -> None:
 
 
 def _add_executor_args(p) -> None:
-    p.add_argument("--executor", choices=("local", "ray"))
+    p.add_argument("--executor")
     p.add_argument("--address")
 
 
@@ -190,10 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES,
                    help="lab: the lab's settings (default); tuned: learning rates chosen on a validation "
                         "split, mean pooling")
-    p.add_argument("--seeds", type=_seed_list)
-    p.add_argument("--pooling", choices=POOLINGS)
+    p.add_argument("--seeds")
+    p.add_argument("--pooling")
     _add_class_weights(p)
-    p.add_argument("--jobs", type=POSITIVE_INT)
+    p.add_argument("--jobs")
     _add_executor_args(p)
     _add_model_args(p)
     _add_data_args(p)
@@ -210,12 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/glue", help="output folder, one sub-folder per task (default: runs/glue)")
     _add_overwrite(p)
     p.add_argument("--quick", action="store_true", help="each task's pipeline on a small subset")
-    p.add_argument("--limit-train", type=COUNT)
-    p.add_argument("--limit-eval", type=COUNT)
+    p.add_argument("--limit-train")
+    p.add_argument("--limit-eval")
     p.add_argument("--profile", choices=PROFILES, help="lab (default) or tuned: learning rates chosen on a "
                    "validation split of each task")
-    p.add_argument("--seeds", type=_seed_list)
-    p.add_argument("--jobs", type=POSITIVE_INT)
+    p.add_argument("--seeds")
+    p.add_argument("--jobs")
     _add_executor_args(p)
     _add_model_args(p)
 
@@ -226,11 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=POSITIVE_INT, help="the adapters' rank (default: 6; VeRA: [vera].rank, 256)")
     p.add_argument("--alpha", type=POSITIVE, help="default: 2 * rank")
     p.add_argument("--targets")
-    p.add_argument("--init", choices=INITS)
-    p.add_argument("--dropout", type=FRACTION)
+    p.add_argument("--init")
+    p.add_argument("--dropout")
     p.add_argument("--rslora", action="store_true", default=None)
-    p.add_argument("--lr-ratio", type=POSITIVE)
-    p.add_argument("--pooling", choices=POOLINGS)
+    p.add_argument("--lr-ratio")
+    p.add_argument("--pooling")
     p.add_argument("--profile", choices=PROFILES,
                    help="tuned: choose the learning rate on a validation split carved from train, mean pooling")
     p.add_argument("--out", required=True, help="folder for the trained model or adapter: new, empty, or one "
@@ -308,22 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[debug],
                        help="load and check the data; print its size")
     _add_data_args(p)
-    _help_from_fields(parser)
+    _from_fields(parser)
     return parser
 
 
-def _help_from_fields(parser: argparse.ArgumentParser) -> None:
-    """Each flag that sets a configuration field (`FLAG_KEYS`) gets that field's docstring
-    and default as its help (`loralab.config`): one text, where the help strings restated
-    defaults that nothing checked. Commands that read a trained model's own columns say so."""
-    from .config import defaults, field_doc
+def _from_fields(parser: argparse.ArgumentParser) -> None:
+    """Each flag that sets a configuration field (`FLAG_KEYS`) takes that field's values (its
+    range as the flag's type, its choices) and gets its docstring and default as help
+    (`loralab.config`): one rule and one text per option, for the file and the flag alike.
+    Commands that read a trained model's own columns say so."""
+    from .config import config_field, defaults, field_doc
 
     table = defaults()
     for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
         for command, subparser in sub.choices.items():
             for action in subparser._actions:
                 key = FLAG_KEYS.get(action.dest)
-                if key is None or action.help is not None:
+                if key is None:
+                    continue
+                f = config_field(key)
+                within = f.metadata.get("within")
+                if within and action.type is None and action.nargs != 0:  # a list in one word: 0,1,2
+                    action.type = _CommaList(within) if isinstance(f.default, tuple) and not action.nargs else within
+                if f.metadata.get("choices") and action.choices is None and action.nargs != 0:
+                    action.choices = f.metadata["choices"]
+                if action.help is not None:
                     continue
                 default = table
                 for part in key.split("."):
@@ -362,11 +326,18 @@ def _name_list(text: str) -> list[str]:
     return names
 
 
-def _seed_list(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+class _CommaList:
+    """The argparse type of a flag that sets a list field in one word (--seeds 0,1,2): each
+    item in the field's range."""
+
+    def __init__(self, within):
+        self.within = within
+
+    def __call__(self, text: str) -> list:
+        try:
+            return [self.within(item.strip()) for item in text.split(",") if item.strip()]
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"each item {err} (a comma-separated list: 0,1,2)") from None
 
 
 def cmd_train(args) -> None:

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import logging
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -35,18 +35,29 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import LoralabError
 from .methods import ADAPTERS, LORA_FAMILY
 from .settings import (
+    AT_LEAST_0,
     CLASSIFICATION,
+    COUNT,
+    DEVICES,
+    ENERGY,
+    FRACTION,
     INITS,
+    POSITIVE,
+    POSITIVE_INT,
+    PRECISIONS,
     PROFILES,
     REGRESSION,
+    SEED,
     SELECT_METRICS,
     TASKS,
     IA3Options,
     LoraOptions,
     TrainSettings,
     VeraOptions,
+    check_fields,
     default_metric,
     metric_task,
+    opt,
 )
 
 logger = logging.getLogger("loralab")
@@ -57,13 +68,16 @@ VARIANTS = tuple(m for m in ADAPTERS if m != "lora")  # methods.variants: the ad
 TOP_LEVEL_TRAIN = ("seed", "precision", "device", "quiet")
 
 
-def opt(default, doc: str):
-    """A configuration field: its one default and its one docstring."""
-    return field(default=default, metadata={"doc": doc})
+class Checked:
+    """A table whose fields are checked against their ranges and choices (`opt`) as it is
+    built: a value out of them never gets past `from_dict`."""
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """[data]: which files are read, and how."""
 
     dir: str = opt("", 'folder with train.csv and eval.csv ("" = $LORALAB_DATA, then ~/.cache/loralab/imdb-lab, '
@@ -74,16 +88,18 @@ class DataConfig:
     text_pair_column: str = opt("", 'sentence pairs: the column with each pair\'s second text ("" = single texts)')
     label_column: str = opt("label", "the column with the label, or a regression task's number")
     task: str = opt(CLASSIFICATION, "classification (a class per row) or regression (a number per row: a "
-                                    "one-output head, mean-squared-error loss, Pearson / Spearman / MSE)")
+                                    "one-output head, mean-squared-error loss, Pearson / Spearman / MSE)",
+                    choices=TASKS)
     metric: str = opt("", 'the score the report leads with and validation chooses on ("" = accuracy, or pearson '
                           "for regression; or macro_f1, matthews, f1_positive, spearman)")
     labels: tuple[str, ...] = opt((), "the classes in order ([] = from the training data: 0/1 and the like are "
                                       "negative/positive, integers by value, other names alphabetically)")
     drop_invalid: bool = opt(False, "skip rows with empty text instead of failing")
-    limit_train: int = opt(0, "use only N training rows, a seeded random subset (0 = all)")
-    limit_eval: int = opt(0, "use only N eval rows, a seeded random subset (0 = all)")
-    validation: float = opt(0.0, "the fraction of train held out to choose settings on, stratified (0 = none)")
-    split_seed: int = opt(0, "the validation split's seed (the same split for every training seed)")
+    limit_train: int = opt(0, "use only N training rows, a seeded random subset (0 = all)", within=COUNT)
+    limit_eval: int = opt(0, "use only N eval rows, a seeded random subset (0 = all)", within=COUNT)
+    validation: float = opt(0.0, "the fraction of train held out to choose settings on, stratified (0 = none)",
+                            within=FRACTION)
+    split_seed: int = opt(0, "the validation split's seed (the same split for every training seed)", within=SEED)
 
 
 # What a trained model remembers of its data (loralab.json's "data"): `evaluate` and
@@ -92,15 +108,15 @@ REMEMBERED_COLUMNS = ("text_column", "text_pair_column", "label_column", "task")
 
 
 @dataclass(frozen=True)
-class ResourcesConfig:
+class ResourcesConfig(Checked):
     """[resources]: with executor = "ray", what each run asks the cluster for."""
 
-    cpus: float = opt(1.0, "CPUs per run (torch uses as many threads)")
-    gpus: float = opt(0.0, "GPUs per run; a fraction (0.5) lets runs share a GPU")
+    cpus: float = opt(1.0, "CPUs per run (torch uses as many threads)", within=POSITIVE)
+    gpus: float = opt(0.0, "GPUs per run; a fraction (0.5) lets runs share a GPU", within=AT_LEAST_0)
 
 
 @dataclass(frozen=True)
-class MethodsConfig:
+class MethodsConfig(Checked):
     """[methods]: what the study runs."""
 
     baselines: bool = opt(True, "TF-IDF + logistic regression and + multinomial naive Bayes (ridge for regression)")
@@ -108,95 +124,104 @@ class MethodsConfig:
     head: bool = opt(True, "head-tuning")
     replace_test: bool = opt(True, "the lab's step 4 on the fine-tuned model")
     lowrank: bool = opt(True, "approximated models 1 and 2 and the spectrum of dW (needs full and head)")
-    lora_ranks: tuple[int, ...] = opt((1, 2, 4, 6, 8, 16), "LoRA's ranks")
+    lora_ranks: tuple[int, ...] = opt((1, 2, 4, 6, 8, 16), "LoRA's ranks", within=POSITIVE_INT)
     variants: tuple[str, ...] = opt((), 'more adapter methods, each at its own learning rate: "dora", "pissa" (at '
                                         'each of lora_ranks), "vera" (at [vera].rank), "ia3" (its one size)')
-    sweep_ranks: tuple[int, ...] = opt((), "the approximated models' ranks ([] = full rank halving down to 1)")
-    sweep_points: int = opt(0, "0 = every rank of the sweep; N = N of them, spread out")
+    sweep_ranks: tuple[int, ...] = opt((), "the approximated models' ranks ([] = full rank halving down to 1)",
+                                       within=POSITIVE_INT)
+    sweep_points: int = opt(0, "0 = every rank of the sweep; N = N of them, spread out", within=COUNT)
     extract: bool = opt(True, "adapters extracted from full fine-tuning (`loralab extract`), each evaluated")
     extract_targets: tuple[str, ...] = opt(("", "all-linear"), '"" = the architecture\'s query and value; '
                                                                 '"all-linear" = every linear layer but the head')
-    extract_ranks: tuple[int, ...] = opt((1, 4, 16, 64), "one rank for every layer")
+    extract_ranks: tuple[int, ...] = opt((1, 4, 16, 64), "one rank for every layer", within=POSITIVE_INT)
     extract_energies: tuple[float, ...] = opt((0.5, 0.9, 0.99), "per layer, the smallest rank keeping this share "
-                                                                "of ||dW||^2")
+                                                                "of ||dW||^2", within=ENERGY)
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(Checked):
     """[lora]: LoRA's table (DoRA and PiSSA read it too); the rank comes from [methods]."""
 
-    alpha_factor: float = opt(2.0, "alpha = alpha_factor * rank (the lab's rule of thumb)")
+    alpha_factor: float = opt(2.0, "alpha = alpha_factor * rank (the lab's rule of thumb)", within=POSITIVE)
     targets: str = opt("", '"" = the architecture\'s query and value; or "query,value,dense", "all-linear"')
-    init: str = opt("normal", "how A starts: normal (the lab's) | kaiming (PEFT's) | gaussian")
-    dropout: float = opt(0.0, "dropout on the adapters' input")
+    init: str = opt("normal", "how A starts: normal (the lab's) | kaiming (PEFT's) | gaussian",
+                   choices=INITS)
+    dropout: float = opt(0.0, "dropout on the adapters' input", within=FRACTION)
     rslora: bool = opt(False, "scale by alpha / sqrt(r) (rsLoRA) instead of alpha / r")
-    learning_rate: float = opt(0.0, "LoRA's learning rate (0 = [train]'s)")
-    lr_ratio: float = opt(1.0, "LoRA+: B's learning rate is lr_ratio times A's (1 = plain LoRA)")
+    learning_rate: float = opt(0.0, "LoRA's learning rate (0 = [train]'s)", within=AT_LEAST_0)
+    lr_ratio: float = opt(1.0, "LoRA+: B's learning rate is lr_ratio times A's (1 = plain LoRA)",
+                           within=POSITIVE)
 
 
 @dataclass(frozen=True)
-class VeraConfig:
+class VeraConfig(Checked):
     """[vera]: VeRA's table: random A, B frozen and shared by every layer; each layer trains a
     vector d (r) and b (out)."""
 
-    rank: int = opt(VeraOptions.rank, "r, the shared matrices' inner dimension")
+    rank: int = opt(VeraOptions.rank, "r, the shared matrices' inner dimension", within=POSITIVE_INT)
     targets: str = opt("", '"" = the architecture\'s query and value')
-    dropout: float = opt(VeraOptions.dropout, "dropout on the adapters' input")
+    dropout: float = opt(VeraOptions.dropout, "dropout on the adapters' input", within=FRACTION)
     d_initial: float = opt(VeraOptions.d_initial, "where d starts (b starts at zero); the paper's and PEFT's default")
     projection_seed: int = opt(VeraOptions.projection_seed, "the seed of the shared A and B (PEFT's "
-                                                            "projection_prng_key)")
-    learning_rate: float = opt(0.0, "VeRA's learning rate (0 = [train]'s); VeRA wants ~10x LoRA's")
+                                                            "projection_prng_key)", within=SEED)
+    learning_rate: float = opt(0.0, "VeRA's learning rate (0 = [train]'s); VeRA wants ~10x LoRA's",
+                                within=AT_LEAST_0)
 
 
 @dataclass(frozen=True)
-class IA3Config:
+class IA3Config(Checked):
     """[ia3]: IA3's table: a vector per layer rescaling keys, values and feed-forward activations."""
 
     targets: str = opt("", '"" = the architecture\'s keys, values and feed-forward second layers')
     feedforward: str = opt("", "with targets: those of them whose input is rescaled")
-    learning_rate: float = opt(0.0, "IA3's learning rate (0 = [train]'s)")
+    learning_rate: float = opt(0.0, "IA3's learning rate (0 = [train]'s)", within=AT_LEAST_0)
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(Checked):
     """[head]: head-tuning's table."""
 
     learning_rate: float = opt(0.0, "head-tuning's learning rate (0 = [train]'s); a head alone on a frozen model "
-                                    "wants ~20x full fine-tuning's")
+                                    "wants ~20x full fine-tuning's", within=AT_LEAST_0)
 
 
 @dataclass(frozen=True)
-class SelectConfig:
+class SelectConfig(Checked):
     """[select]: learning rates chosen on the validation split (needs data.validation > 0)."""
 
     enabled: bool = opt(False, "choose each method's learning rate on the validation split")
-    epochs: float = opt(0.0, "each candidate trains this many epochs (0 = as long as the final run)")
-    limit_train: int = opt(0, "each candidate trains on this many rows of train (0 = all)")
-    full: tuple[float, ...] = opt((2e-5, 5e-5, 1e-4), "full fine-tuning's candidates")
-    head: tuple[float, ...] = opt((3e-4, 1e-3, 3e-3, 1e-2), "head-tuning's candidates")
-    lora: tuple[float, ...] = opt((3e-4, 1e-3, 3e-3), "LoRA's candidates (DoRA's and PiSSA's too)")
-    vera: tuple[float, ...] = opt((3e-3, 1e-2, 3e-2), "VeRA's candidates (vectors want larger steps)")
-    ia3: tuple[float, ...] = opt((1e-3, 3e-3, 1e-2), "IA3's candidates")
-    lora_rank: int = opt(6, "LoRA's learning rate is chosen at this rank and used at every rank")
+    epochs: float = opt(0.0, "each candidate trains this many epochs (0 = as long as the final run)",
+                          within=AT_LEAST_0)
+    limit_train: int = opt(0, "each candidate trains on this many rows of train (0 = all)", within=COUNT)
+    full: tuple[float, ...] = opt((2e-5, 5e-5, 1e-4), "full fine-tuning's candidates", within=POSITIVE)
+    head: tuple[float, ...] = opt((3e-4, 1e-3, 3e-3, 1e-2), "head-tuning's candidates", within=POSITIVE)
+    lora: tuple[float, ...] = opt((3e-4, 1e-3, 3e-3), "LoRA's candidates (DoRA's and PiSSA's too)", within=POSITIVE)
+    vera: tuple[float, ...] = opt((3e-3, 1e-2, 3e-2), "VeRA's candidates (vectors want larger steps)", within=POSITIVE)
+    ia3: tuple[float, ...] = opt((1e-3, 3e-3, 1e-2), "IA3's candidates", within=POSITIVE)
+    lora_rank: int = opt(6, "LoRA's learning rate is chosen at this rank and used at every rank",
+                         within=POSITIVE_INT)
     metric: str = opt("", 'what validation chooses on ("" = data.metric)')
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(Checked):
     """The whole configuration of `loralab run` (and `loralab glue`'s per task)."""
 
     model: str = opt("minilm", '"minilm" (the packaged all-MiniLM-L6-v2), a local folder, or a Hub id')
     out: str = opt("runs/lab", "the output folder, one sub-folder per run")
-    seed: int = opt(0, "seeds weights of new layers, dropout, data order and the TF-IDF solvers")
+    seed: int = opt(0, "seeds weights of new layers, dropout, data order and the TF-IDF solvers", within=SEED)
     seeds: tuple[int, ...] = opt((), "e.g. [0, 1, 2]: every method once per seed, the report shows the median and "
-                                     "spread ([] = seed alone)")
-    profile: str = opt("lab", "lab (these defaults) | tuned (profiles.toml's [tuned] applied on top)")
-    precision: str = opt("auto", "auto (bf16 where the hardware has it) | bf16 | fp32")
-    device: str = opt("auto", "auto | cpu | cuda")
+                                     "spread ([] = seed alone)", within=SEED)
+    profile: str = opt("lab", "lab (these defaults) | tuned (profiles.toml's [tuned] applied on top)",
+                       choices=PROFILES)
+    precision: str = opt("auto", "auto (bf16 where the hardware has it) | bf16 | fp32", choices=PRECISIONS)
+    device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
     isolate: bool = opt(True, "train each model in its own process (honest peak memory per run)")
-    jobs: int = opt(1, "runs at a time, each in its own process, once the runs they read are done")
+    jobs: int = opt(1, "runs at a time, each in its own process, once the runs they read are done",
+                    within=POSITIVE_INT)
     report_dir: str = opt("", 'where the report goes, relative to out ("" = out itself); never outside it')
-    executor: str = opt("local", "local (processes on this machine) | ray (the runs spread over a Ray cluster)")
+    executor: str = opt("local", "local (processes on this machine) | ray (the runs spread over a Ray cluster)",
+                         choices=EXECUTORS)
     address: str = opt("", 'executor = "ray": the cluster to join ("auto" or HOST:PORT; "" = a Ray started here)')
     data: DataConfig = opt(DataConfig(), "[data]")
     train: TrainSettings = opt(TrainSettings(), "[train]: shared by full fine-tuning, head-tuning and the adapters")
@@ -417,12 +442,11 @@ def inside(base: str | Path, relative: str, key: str) -> Path:
 
 
 def validate(config: Config) -> None:
-    """Every check of a resolved configuration that its types do not make: ranges, choices,
-    and settings that need one another. A `LoralabError` names the setting."""
+    """Every check of a resolved configuration that its fields' ranges and choices (`opt`,
+    checked as each table is built) do not make: settings that need one another. A
+    `LoralabError` names the setting."""
     inside(config.out, config.report_dir, "report_dir")
     m, data, sel = config.methods, config.data, config.select
-    if any(r < 1 for r in m.lora_ranks) or any(r < 1 for r in m.sweep_ranks):
-        raise LoralabError("config: ranks must be positive integers.")
     if not set(m.variants) <= set(VARIANTS) or len(set(m.variants)) != len(m.variants):
         raise LoralabError(f"config: methods.variants may list {', '.join(map(repr, VARIANTS))} once each, "
                            f"not {list(m.variants)!r}.")
@@ -431,38 +455,18 @@ def validate(config: Config) -> None:
                            "one rank.")
     if m.lowrank and not (m.full and m.head):
         raise LoralabError("config: methods.lowrank needs methods.full and methods.head.")
-    if m.extract:  # it extracts from full fine-tuning, and is left out where that is
-        if any(r < 1 for r in m.extract_ranks) or any(not 0 < e <= 1 for e in m.extract_energies):
-            raise LoralabError("config: methods.extract_ranks must be positive integers and "
-                               "methods.extract_energies fractions in (0, 1].")
-        if not set(m.extract_targets) <= {"", "all-linear"}:
-            raise LoralabError(f"config: methods.extract_targets may hold \"\" (query and value) and "
-                               f"\"all-linear\", not {list(m.extract_targets)!r}; `loralab extract` takes any.")
-    # (precision, device and train.pooling: TrainSettings checked them as the value was built)
-    for name, value, choices in (("lora.init", config.lora.init, INITS), ("executor", config.executor, EXECUTORS),
-                                 ("data.task", data.task, TASKS)):
-        if value not in choices:
-            raise LoralabError(f"config: {name} must be one of {', '.join(choices)}, not {value!r}.")
-    try:  # the typed settings check the rest of their tables
+    if m.extract and not set(m.extract_targets) <= {"", "all-linear"}:
+        raise LoralabError(f"config: methods.extract_targets may hold \"\" (query and value) and "
+                           f"\"all-linear\", not {list(m.extract_targets)!r}; `loralab extract` takes any.")
+    try:  # the typed settings check what needs more than one field of their tables
         TrainSettings.from_config(config)
         LoraOptions.from_config(config, rank=1)
         VeraOptions.from_config(config)
         IA3Options.from_config(config)
     except LoralabError as err:
         raise LoralabError(f"config: {err}") from err
-    if any(s < 0 for s in config.seeds) or len(set(config.seeds)) != len(config.seeds):
-        raise LoralabError(f"config: seeds must be distinct non-negative integers, got {list(config.seeds)}.")
-    if not 0 <= data.validation < 1:
-        raise LoralabError("config: data.validation must be a fraction in [0, 1).")
-    if data.limit_train < 0 or data.limit_eval < 0:
-        raise LoralabError(f"config: data.limit_train and data.limit_eval must be 0 (all rows) or more, got "
-                           f"{data.limit_train} and {data.limit_eval}.")
-    if config.jobs < 1:
-        raise LoralabError(f"config: jobs must be at least 1, got {config.jobs}.")
-    res = config.resources
-    if not (res.cpus > 0 and res.gpus >= 0):
-        raise LoralabError(f"config: resources.cpus must be positive and resources.gpus at least 0, got "
-                           f"{to_dict(res)}.")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise LoralabError(f"config: seeds must be distinct, got {list(config.seeds)}.")
     for key, metric in (("data.metric", data.metric), ("select.metric", sel.metric)):
         _check_metric(key, metric, data.task)
     if data.task == REGRESSION:
@@ -476,9 +480,8 @@ def validate(config: Config) -> None:
             raise LoralabError("config: select.enabled chooses learning rates on a validation split; "
                                "set data.validation (for example 0.1).")
         for method in ("full", "head", "lora", "vera", "ia3"):
-            grid = getattr(sel, method)
-            if not grid or any(lr <= 0 for lr in grid):
-                raise LoralabError(f"config: select.{method} must list positive learning rates.")
+            if not getattr(sel, method):
+                raise LoralabError(f"config: select.{method} must list at least one learning rate.")
 
 
 def _check_metric(key: str, metric: str, task: str) -> None:
@@ -540,14 +543,22 @@ def defaults_toml() -> str:
     return DEFAULTS_HEADER + "\n" + to_toml(Config(), docs=True)
 
 
-def field_doc(dotted: str) -> str:
-    """The docstring of a configuration field, by its dotted name ("train.epochs")."""
+def config_field(dotted: str) -> dataclasses.Field:
+    """A configuration field by its dotted name ("train.epochs"): its default, docstring,
+    range and choices (`opt`)."""
     kind, *parts = Config, *dotted.split(".")
     for i, part in enumerate(parts):
         f = next((f for f in fields(kind) if f.name == part), None)
         if f is None:
-            raise KeyError(dotted)
+            break
         if i == len(parts) - 1:
-            return f.metadata.get("doc", "")
+            return f
         kind = typing.get_type_hints(kind)[part]
+        if not dataclasses.is_dataclass(kind):
+            break
     raise KeyError(dotted)
+
+
+def field_doc(dotted: str) -> str:
+    """The docstring of a configuration field, by its dotted name ("train.epochs")."""
+    return config_field(dotted).metadata.get("doc", "")

@@ -83,9 +83,96 @@ def default_metric(task: str) -> str:
 EVAL_BATCH_SIZE = 16
 
 
-def opt(default, doc: str):
-    """A configuration field: its one default and its one docstring (`loralab.config`)."""
-    return dataclasses.field(default=default, metadata={"doc": doc})
+@dataclass(frozen=True)
+class Within:
+    """The values a number field takes: a finite `kind` (int or float) from `low` to `high`
+    (an open end where `low_open` / `high_open`; None = unbounded). One rule, read by the
+    configuration's check (`check_fields`) and by the CLI, whose flag parses with `parse`, so
+    a bad value is refused by its name before anything runs, never replaced by a default."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    what: str = ""  # words after the range ("(0 = auto)")
+
+    def problem(self, value, shown: str | None = None) -> str | None:
+        """Why `value` (written `shown`) is out of range (None when it is in)."""
+        shown = shown or (_number(value) if isinstance(value, (int, float)) else repr(value))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (self.kind is int and not isinstance(value, int)):
+            return f"must be a {'whole ' if self.kind is int else ''}number, got {shown}"
+        if not math.isfinite(value):
+            return f"must be a finite number, got {shown}"
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if not (too_low or too_high):
+            return None
+        lo = "" if self.low is None else f"{'above' if self.low_open else 'at least'} {_number(self.low)}"
+        hi = "" if self.high is None else f"{'below' if self.high_open else 'at most'} {_number(self.high)}"
+        return f"must be {' and '.join(x for x in (lo, hi) if x)}{self.what}, got {shown}"
+
+    def parse(self, text: str):
+        """An argparse type: the value of a flag, or `ArgumentTypeError` saying why not."""
+        import argparse
+
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {'whole ' if self.kind is int else ''}number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        problem = self.problem(value, text)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    __call__ = parse  # a flag's argparse type
+
+
+def _number(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+COUNT = Within(int, 0)                               # 0 and up: limits, save steps, "0 = auto" settings
+POSITIVE_INT = Within(int, 1)                        # batch sizes, ranks, jobs
+POSITIVE = Within(float, 0, low_open=True)           # epochs, learning rates, alpha, LoRA+'s ratio
+AT_LEAST_0 = Within(float, 0)                        # weight decay, GPUs per run
+FRACTION = Within(float, 0, 1, high_open=True)       # dropout, the validation split
+SHARE = Within(float, 0, 1)                          # warm-up ratio
+ENERGY = Within(float, 0, 1, low_open=True)          # a share of ||dW||^2 kept
+SEED = Within(int, 0, 2**32 - 1)                     # what numpy, scikit-learn and the Trainer take
+MAX_LENGTH = Within(int, 2)
+
+
+def opt(default, doc: str, *, within: Within | None = None, choices: tuple | None = None):
+    """A configuration field: its one default, its one docstring (`loralab.config`) and the
+    values it takes (`within` a range, or one of `choices`; for a list, each item), checked by
+    `check_fields` and by the CLI's flag for it."""
+    metadata = {"doc": doc} | ({"within": within} if within else {}) | ({"choices": choices} if choices else {})
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_problem(f: dataclasses.Field, value) -> str | None:
+    """Why `value` is not one `f` takes (None when it is): its range or choices, item by item for a list."""
+    within, choices = f.metadata.get("within"), f.metadata.get("choices")
+    for item in value if isinstance(value, tuple) else (value,):
+        if within is not None and (problem := within.problem(item)):
+            return problem
+        if choices is not None and item not in choices:
+            return f"must be one of {', '.join(choices)}, got {item!r}"
+    return None
+
+
+def check_fields(obj) -> None:
+    """Every field of a settings dataclass against its range or choices (`opt`): a
+    `LoralabError` naming the first field out of them ("epochs must be above 0, got 0.")."""
+    for f in dataclasses.fields(obj):
+        problem = field_problem(f, getattr(obj, f.name))
+        if problem:
+            raise LoralabError(f"{f.name} {problem}.")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -108,57 +195,45 @@ class TrainSettings:
     configuration (`loralab.config.Config.train`, whose seed, precision and device are the
     top level's). Each field's docstring is its `opt`'s."""
 
-    epochs: float = opt(3.0, "passes over the training data")
-    batch_size: int = opt(8, "training examples per optimizer step (per device)")
+    epochs: float = opt(3.0, "passes over the training data", within=POSITIVE)
+    batch_size: int = opt(8, "training examples per optimizer step (per device)", within=POSITIVE_INT)
     micro_batch_size: int = opt(0, "examples per forward/backward pass, accumulated into each batch; 0 = auto: on "
-                                   "a CPU at most 1,024 tokens a pass (faster and smaller), on a GPU the batch")
-    learning_rate: float = opt(5e-5, "AdamW's peak learning rate (the Trainer's default)")
+                                   "a CPU at most 1,024 tokens a pass (faster and smaller), on a GPU the batch",
+                                within=COUNT)
+    learning_rate: float = opt(5e-5, "AdamW's peak learning rate (the Trainer's default)", within=POSITIVE)
     lr_scheduler: str = opt("linear", "a Trainer schedule; linear decays to zero")
-    warmup_ratio: float = opt(0.0, "the fraction of steps with a linear warm-up")
-    weight_decay: float = opt(0.0, "AdamW's weight decay")
-    logging_steps: int = opt(5, "a training-loss log line every this many steps")
-    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "inference batches, longest first; 16 beats 64 on a CPU")
-    max_length: int = opt(512, "the longest input in tokens; longer texts are cut")
+    warmup_ratio: float = opt(0.0, "the fraction of steps with a linear warm-up", within=SHARE)
+    weight_decay: float = opt(0.0, "AdamW's weight decay", within=AT_LEAST_0)
+    logging_steps: int = opt(5, "a training-loss log line every this many steps", within=POSITIVE_INT)
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "inference batches, longest first; 16 beats 64 on a CPU",
+                               within=POSITIVE_INT)
+    max_length: int = opt(512, "the longest input in tokens; longer texts are cut", within=MAX_LENGTH)
     group_by_length: bool = opt(True, "batches of texts of similar length: less padding, same data each epoch")
     pad_to_multiple_of: int = opt(0, "batch lengths rounded up to multiples of this; 0 = auto (under 1/8 padding), "
-                                     "1 = exact (loralab.inference.bucket_length)")
+                                     "1 = exact (loralab.inference.bucket_length)", within=COUNT)
     fast_dropout: bool = opt(True, "a cheaper dropout mask on CPUs (loralab.fastdropout); false = torch's")
     gradient_checkpointing: bool = opt(False, "recompute each layer in the backward pass: less memory, more time "
                                               "(1.75x for 4% of a LoRA run's peak on a CPU)")
     compile: bool = opt(False, "torch.compile training and evaluation (inductor; needs a C++ compiler on a CPU; "
                                "3x slower for a LoRA epoch there)")
-    pooling: str = opt("cls", "what the head reads: cls (the first token, as the lab) | mean (the tokens' mean)")
+    pooling: str = opt("cls", "what the head reads: cls (the first token, as the lab) | mean (the tokens' mean)",
+                       choices=POOLINGS)
     save_steps: int = opt(0, "also checkpoint every N steps (0 = at the end of each epoch); --resume continues "
-                             "from the last")
+                             "from the last", within=COUNT)
     report_to: str = opt("none", "experiment trackers passed to the Trainer (tensorboard, ...); none writes nothing")
-    class_weights: str = opt("none", "none | balanced: the loss weighs each class by n / (K n_class) of the data")
-    precision: str = opt("auto", "bf16 (autocast) | fp32 | auto (bf16 where the CPU or GPU computes it natively)")
-    seed: int = opt(0, "seeds weights of new layers, dropout and data order")
-    device: str = opt("auto", "auto | cpu | cuda")
+    class_weights: str = opt("none", "none | balanced: the loss weighs each class by n / (K n_class) of the data",
+                              choices=CLASS_WEIGHTS)
+    precision: str = opt("auto", "bf16 (autocast) | fp32 | auto (bf16 where the CPU or GPU computes it natively)",
+                          choices=PRECISIONS)
+    seed: int = opt(0, "seeds weights of new layers, dropout and data order", within=SEED)
+    device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
     quiet: bool = opt(False, "no progress bars (changes no result)")
 
     def __post_init__(self):
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
-        for name in ("epochs", "learning_rate", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not (0 < value < math.inf):  # NaN too
-                raise LoralabError(f"{name} must be a positive finite number, got {value!r}.")
-        if not (0 <= self.warmup_ratio <= 1) or not (0 <= self.weight_decay < math.inf):
-            raise LoralabError(f"warmup_ratio must be in [0, 1] and weight_decay at least 0, got "
-                               f"{self.warmup_ratio!r} and {self.weight_decay!r}.")
-        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
+        check_fields(self)
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise LoralabError(f"micro_batch_size must divide batch_size ({self.batch_size}), "
                                f"got {self.micro_batch_size} (0 = auto).")
-        if self.pad_to_multiple_of < 0:
-            raise LoralabError(f"pad_to_multiple_of must be 0 (auto) or a positive number of tokens, "
-                               f"got {self.pad_to_multiple_of}.")
-        if self.max_length < 2:
-            raise LoralabError(f"max_length must be at least 2 tokens, got {self.max_length}.")
-        if not 0 <= self.seed < 2**32:  # what numpy, scikit-learn and the Trainer take
-            raise LoralabError(f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed}.")
 
     def replace(self, **changes) -> "TrainSettings":
         """A copy with `changes`; an unknown name is an error, never silently dropped."""
