@@ -120,6 +120,20 @@ class TrainInfo(Scored):
         return data
 
 
+def read_info(model_dir: str | os.PathLike) -> dict:
+    """A model folder's `loralab.json` (how it was made), or {} where it has none."""
+    path = Path(model_dir) / INFO_NAME
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text("utf-8"))
+    except ValueError as err:
+        raise ModelLoadError(f"{path}: not valid JSON ({err}); remove it or train the model again.") from err
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"{path}: a JSON object describing the model is expected, not a {type(info).__name__}.")
+    return info
+
+
 def prepare_model(method: str, model: str | nn.Module = DEFAULT_MODEL, *, lora: AdapterOptions | None = None,
                   pooling: str = "cls", labels=None, **lora_options) -> nn.Module:
     """A model set up for `method`: a head for the classes `labels` (names in order; None:

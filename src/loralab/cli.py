@@ -384,22 +384,12 @@ def _adapter_options(args, config: Config):
 
 
 
-def _record(model_dir) -> dict:
-    """`model_dir`'s loralab.json (how loralab trained it), or {} where it has none."""
-    import json
-    from pathlib import Path
-
-    try:
-        info = json.loads((Path(model_dir) / "loralab.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
 def _remembered(model_dir) -> dict:
     """The data settings `model_dir` was trained with, as configuration keys; {} where it
     records none (a model trained elsewhere, or by an earlier loralab)."""
-    data = _record(model_dir).get("data")
+    from .api import read_info
+
+    data = read_info(model_dir).get("data")
     if not isinstance(data, dict):
         return {}
     return {f"data.{key}": data[key] for key in REMEMBERED_COLUMNS if isinstance(data.get(key), str)}
@@ -407,7 +397,9 @@ def _remembered(model_dir) -> dict:
 
 def _trained_from(model_dir) -> str | None:
     """The base model `model_dir`'s loralab.json records (where loralab trained it)."""
-    base = _record(model_dir).get("base_model")
+    from .api import read_info
+
+    base = read_info(model_dir).get("base_model")
     return base if isinstance(base, str) and base else None
 
 
@@ -447,34 +439,19 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_lowrank(args) -> None:
-    from .api import lowrank
-    from .models import local_folder
-    from .outputs import check_output, claim_folder
+    from .report.render import write_lowrank
 
     config, settings = _inference(args)
-    pretrained = args.pretrained or config.model
     metric = config.metric
-    check_output(args.out, "lowrank", overwrite=args.overwrite,
-                 inputs=[("--finetuned", args.finetuned), ("--headtuned", args.headtuned),
-                         ("--pretrained", local_folder(pretrained)), *(("--lora", d) for d in args.lora)])
-    claim_folder(args.out, "lowrank", ("lowrank.json", "spectrum.json", "spectrum.png"))
-    rows, summary = lowrank(args.finetuned, args.headtuned, pretrained, out=args.out, data=_data(config),
-                            settings=settings, ranks=args.ranks, targets=args.targets, lora_dirs=tuple(args.lora),
-                            metric=metric)
+    rows, summary = write_lowrank(args.finetuned, args.headtuned, args.pretrained or config.model, args.out,
+                                  overwrite=args.overwrite, lora_dirs=tuple(args.lora), data=_data(config),
+                                  settings=settings, ranks=args.ranks, targets=args.targets, metric=metric)
     print(f"head-tuned {SCORE_LABELS[metric]}: {summary.headtuned_score:.4f}")
     for r in rows:
         print(f"{r.method} rank {r.rank:>4}: {SCORE_LABELS[metric]} {r.score(metric):.4f}")
     for approach, lowest in summary.lowest_rank_above_head.items():
         print(f"approximated model {approach}: lowest rank above head-tuning: "
               f"{lowest if lowest is not None else 'none'}")
-    from pathlib import Path
-
-    from .lowrank import read_spectrum
-    from .records import read_json
-    from .report.plots import plot_spectrum
-
-    spectrum = read_spectrum(read_json(Path(args.out) / "spectrum.json"))
-    plot_spectrum(spectrum, Path(args.out) / "spectrum.png", "Fine-tuning update dW per layer")
     print(f"written: {args.out}/lowrank.json, spectrum.json, spectrum.png")
 
 

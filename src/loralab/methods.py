@@ -1,6 +1,7 @@
 """The methods a study compares, in one table: the name results.json stores, the label
 tables and plots print, the plot colour, the run folder's prefix, and what the method
-trains. Plots, the report, the plan and the CLI read it; adding a method is one entry.
+trains and how a model card says it. Plots, the report, the plan, the CLI and `export`'s
+model card read it; adding a method is one entry.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ class Method:
     prefix: str  # run folders start with it: ``lora`` -> ``lora-r6``, ``full`` -> ``full-seed1``
     kind: str    # baseline (no Transformer), trained, approximation (of a fine-tune), extracted
     trains: str  # what it trains, in words
+    card: str = ""  # how a model card says it was made: a template of {rank}, {alpha}, {layers} ("" = label)
+
+    def made_by(self, rank: int | None = None, alpha: float | None = None, layers: str = "") -> str:
+        """The model card's words for a model this method made ("LoRA (rank 8, alpha 16) on
+        the query and value layers")."""
+        return (self.card or self.label).format(rank=rank, alpha=alpha, layers=layers, rank2=2 * (rank or 0))
 
     @property
     def transformer(self) -> bool:
@@ -40,21 +47,28 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "a multinomial naive Bayes on TF-IDF features"),
     Method("tfidf-ridge", "TF-IDF + ridge regression", "#bcbd22", "tfidf-ridge", "baseline",
            "a ridge regression on TF-IDF features (regression tasks)"),
-    Method("full", "Full fine-tuning", "#d62728", "full", "trained", "every parameter"),
-    Method("head", "Head-tuning", "#7f7f7f", "head", "trained", "the classification head on a frozen encoder"),
+    Method("full", "Full fine-tuning", "#d62728", "full", "trained", "every parameter", "full fine-tuning"),
+    Method("head", "Head-tuning", "#7f7f7f", "head", "trained", "the classification head on a frozen encoder",
+           "head-tuning (only the classification head trained)"),
     Method("approx1", "Approximated model 1", "#1f77b4", "lowrank", "approximation",
            "nothing: rank-r SVD of the fine-tuned query/value weights on the head-tuned model"),
     Method("approx2", "Approximated model 2", "#17becf", "lowrank", "approximation",
            "nothing: pretrained weights plus the rank-r SVD of the fine-tuning update"),
     Method("dora", "DoRA", "#98df8a", "dora", "trained",
-           "low-rank adapters, a magnitude per output row (weight-decomposed LoRA) and the head"),
+           "low-rank adapters, a magnitude per output row (weight-decomposed LoRA) and the head",
+           "DoRA, weight-decomposed LoRA (rank {rank}, alpha {alpha}) on {layers}"),
     Method("pissa", "PiSSA", "#bcbd22", "pissa", "trained",
-           "low-rank adapters started from W0's principal singular directions, and the head"),
+           "low-rank adapters started from W0's principal singular directions, and the head",
+           "PiSSA (rank {rank}, alpha {alpha}) on {layers}, saved as a rank-{rank2} LoRA adapter of the unchanged "
+           "base model"),
     Method("vera", "VeRA", "#aec7e8", "vera", "trained",
-           "two scaling vectors per layer around frozen random matrices shared by every layer, and the head"),
+           "two scaling vectors per layer around frozen random matrices shared by every layer, and the head",
+           "VeRA (rank {rank}: frozen random matrices shared by every layer, trained scaling vectors) on {layers}"),
     Method("ia3", "IA3", "#ffbb78", "ia3", "trained",
-           "a vector per layer rescaling keys, values and feed-forward activations, and the head"),
-    Method("lora", "LoRA", "#2ca02c", "lora", "trained", "low-rank adapters and the head"),
+           "a vector per layer rescaling keys, values and feed-forward activations, and the head",
+           "IA3 (trained vectors rescaling the keys, the values and the feed-forward activations)"),
+    Method("lora", "LoRA", "#2ca02c", "lora", "trained", "low-rank adapters and the head",
+           "LoRA (rank {rank}, alpha {alpha}) on {layers}"),
     Method("extract", "Extracted LoRA (query, value)", "#ff7f0e", "extract", "extracted",
            "nothing: the truncated SVD of full fine-tuning's query/value updates"),
     Method("extract-all", "Extracted LoRA (all linear)", "#9467bd", "extract", "extracted",

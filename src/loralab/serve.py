@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from .adapters import CONFIG_NAME, MINILM_HUB_ID, class_names
-from .api import INFO_NAME, load_trained
+from .api import load_trained, read_info
 from .data.files import _check_readable, _read_file, label_ids, raw_labels, raw_targets
-from .errors import DataError, LoralabError, ModelLoadError
+from .errors import DataError, LoralabError
 from .fileio import atomic_path, write_text
 from .inference import check_max_length, map_batches, pair_token_types
+from .methods import METHODS
 from .metrics import Metrics, classification_metrics, regression_metrics
 from .pooling import pooling_of
 from .settings import BINARY_NAMES, REGRESSION_LABELS, SCORE_LABELS, TrainSettings
@@ -278,15 +279,7 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
     layers = ("every linear layer but the head" if targets == "all-linear" else
               f"the layers matching {targets!r}" if targets else "the query and value layers")
     alpha = info.get("alpha", 2 * (rank or 0))
-    how = {"lora": f"LoRA (rank {rank}, alpha {alpha}) on {layers}",
-           "dora": f"DoRA, weight-decomposed LoRA (rank {rank}, alpha {alpha}) on {layers}",
-           "pissa": f"PiSSA (rank {rank}, alpha {alpha}) on {layers}, saved as a rank-{2 * (rank or 0)} LoRA adapter "
-                    "of the unchanged base model",
-           "vera": f"VeRA (rank {rank}: frozen random matrices shared by every layer, trained scaling vectors) "
-                   f"on {layers}",
-           "ia3": "IA3 (trained vectors rescaling the keys, the values and the feed-forward activations)",
-           "head": "head-tuning (only the classification head trained)",
-           "full": "full fine-tuning"}.get(method, method)
+    how = METHODS[method].made_by(rank, alpha, layers) if method in METHODS else method
     labels = list(info.get("labels") or BINARY_NAMES)
     sentiment = tuple(labels) == BINARY_NAMES
     regression = tuple(labels) == REGRESSION_LABELS
@@ -325,20 +318,6 @@ def model_card(info: dict, base_model: str, merged: bool, adapter: bool) -> str:
             "", "## Labels", "", "| id | label |", "|---:|---|",
             *[f"| {i} | {name} |" for i, name in enumerate(labels)], "", "## How to load it", "", load, ""]
     return "\n".join(front + body)
-
-
-def read_info(model_dir: Path) -> dict:
-    """A model folder's `loralab.json` (how it was made), or {} where it has none."""
-    path = model_dir / INFO_NAME
-    if not path.exists():
-        return {}
-    try:
-        info = json.loads(path.read_text("utf-8"))
-    except ValueError as err:
-        raise ModelLoadError(f"{path}: not valid JSON ({err}); remove it or train the model again.") from err
-    if not isinstance(info, dict):
-        raise ModelLoadError(f"{path}: a JSON object describing the model is expected, not a {type(info).__name__}.")
-    return info
 
 
 def export(model_dir: str | os.PathLike, out: str | os.PathLike, *, merge: bool = False,

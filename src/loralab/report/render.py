@@ -121,3 +121,30 @@ def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | Non
     write_text(report_dir / "report.md", text)
     write_text(report_dir / "report.html", to_html(text, report_dir))
     return report_dir / "report.md"
+
+
+def write_lowrank(finetuned, headtuned, pretrained, out: str | os.PathLike, *, overwrite: bool = False,
+                  lora_dirs: tuple = (), **options):
+    """`loralab lowrank`: the low-rank study of one fine-tune (`loralab.api.lowrank`, with
+    `options`) written into `out` with its spectrum plot, after `out` is checked: a new
+    folder, or one `loralab lowrank` wrote (`overwrite`: beside the user's files), none of
+    the inputs inside it.
+
+    Returns:
+        `api.lowrank`'s (rows, summary).
+    """
+    from ..api import lowrank
+    from ..lowrank import read_spectrum
+    from ..models import local_folder
+    from ..outputs import check_output, claim_folder
+    from ..records import read_json
+
+    inputs = [("--finetuned", finetuned), ("--headtuned", headtuned), ("--pretrained", local_folder(pretrained)),
+              *(("--lora", d) for d in lora_dirs)]
+    folders = [(flag, p) for flag, p in inputs if isinstance(p, (str, os.PathLike))]  # not models in memory
+    check_output(out, "lowrank", overwrite=overwrite, inputs=folders)
+    claim_folder(out, "lowrank", ("lowrank.json", "spectrum.json", "spectrum.png"))
+    rows, summary = lowrank(finetuned, headtuned, pretrained, out=out, lora_dirs=tuple(lora_dirs), **options)
+    spectrum = read_spectrum(read_json(Path(out) / "spectrum.json"))
+    plot_spectrum(spectrum, Path(out) / "spectrum.png", "Fine-tuning update dW per layer")
+    return rows, summary
