@@ -182,7 +182,7 @@ LAYERS = {
     "records": {"records"},
     "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",
                  "fastdropout", "measure", "baselines"},
-    "api": {"api", "serve"},
+    "api": {"api", "serve", "search"},
     "report": {"report", "report.findings", "report.document", "report.render", "report.plots", "report.suite"},
     "study": {"study", "study.plan", "study.tasks", "study.executors", "study.runner",
               "study.suite", "study.cluster"},

@@ -238,14 +238,14 @@ def _differences(before, now, where: str = "") -> list[str]:
 
 
 def train_in_place(net: nn.Module, method: str, tokenized, settings: TrainSettings, work, tokenizer, *,
-                   lora: LoraOptions | None = None, resume: bool = False) -> TrainResult:
+                   lora: LoraOptions | None = None, resume: bool = False, callbacks: tuple = ()) -> TrainResult:
     """Train a model `prepare_model` set up for `method` in place: the head alone (on its
     cached inputs) or every trainable parameter, B at LoRA+'s `lora.lr_ratio` times the rate.
-    Checkpoints and logs go to `work`."""
+    Checkpoints and logs go to `work`; `callbacks` are more `TrainerCallback`s."""
     if method == "head":
-        return train_head(net, tokenized, settings, work, tokenizer)
+        return train_head(net, tokenized, settings, work, tokenizer, callbacks=callbacks)
     return train_with_trainer(net, tokenized, settings, work, tokenizer=tokenizer, resume=resume,
-                              lr_ratio=getattr(lora, "lr_ratio", 1.0))
+                              lr_ratio=getattr(lora, "lr_ratio", 1.0), callbacks=callbacks)
 
 
 
@@ -253,7 +253,7 @@ def train_in_place(net: nn.Module, method: str, tokenized, settings: TrainSettin
 def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: str = DEFAULT_MODEL,
           data=None, settings: TrainSettings | None = None, *, lora: AdapterOptions | None = None,
           tokenized=None, resume: bool = False, selection: Selection | None = None, lock: bool = True,
-          overwrite: bool = False, columns: dict | None = None, **lora_options) -> TrainInfo:
+          overwrite: bool = False, columns: dict | None = None, callbacks: tuple = (), **lora_options) -> TrainInfo:
     """Train one model and save it to `out`.
 
     Args:
@@ -277,6 +277,7 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             own folder's lock trains its runs without.
         columns: the data files' `text_column`, `text_pair_column`, `label_column` and
             `task`, kept in `loralab.json` so `evaluate` and `predict` read files alike.
+        callbacks: more `transformers.TrainerCallback`s (a search's pruner, `stop_after_epoch`).
         overwrite: `out` may be a non-empty folder that loralab did not write; its files
             are kept (`loralab.outputs.check_output`). Without it such a folder, an
             existing file, or the base model's own folder is refused before training.
@@ -296,7 +297,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
 
         with output_lock(out):
             return train(method, out, model, data, settings, lora=lora, tokenized=tokenized, resume=resume,
-                         selection=selection, lock=False, overwrite=overwrite, columns=columns, **lora_options)
+                         selection=selection, lock=False, overwrite=overwrite, columns=columns, callbacks=callbacks,
+                         **lora_options)
     settings = settings or TrainSettings()
     lora = (lora or default_options(method)).replace(**lora_options) if method in ADAPTERS else None
     out = Path(out)
@@ -321,7 +323,8 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
             "method": method, "model": str(model), "labels": list(labels),
             "settings": {k: v for k, v in asdict(settings).items() if k not in RESUME_MAY_CHANGE},
             "lora": asdict(lora) if lora else None, "data": data_digest(tokenized, ("train", "eval"))})
-    result = train_in_place(net, method, tokenized, settings, work, tokenizer, lora=lora, resume=resume)
+    result = train_in_place(net, method, tokenized, settings, work, tokenizer, lora=lora, resume=resume,
+                            callbacks=callbacks)
     info = TrainInfo(method, str(model), list(labels), trainable, settings.seed, settings.pooling,
                      settings.learning_rate, result, lora, selection, columns)
     if is_main_process():  # under torchrun every rank trains; one writes

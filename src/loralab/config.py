@@ -49,6 +49,7 @@ from .settings import (
     REGRESSION,
     SEED,
     SELECT_METRICS,
+    SHARE,
     TASKS,
     IA3Options,
     LoraOptions,
@@ -204,6 +205,51 @@ class SelectConfig(Checked):
 
 
 @dataclass(frozen=True)
+class SearchSpace(Checked):
+    """[search.METHOD]: one method's recipe search: its trial budget and the ranges its
+    trials sample (Optuna's TPE sampler)."""
+
+    trials: int = opt(8, "trials, each a training run scored on the validation split after every epoch",
+                      within=POSITIVE_INT)
+    lr_min: float = opt(1e-5, "the smallest learning rate (sampled on a log scale)", within=POSITIVE)
+    lr_max: float = opt(2e-4, "the largest learning rate", within=POSITIVE)
+    min_epochs: int = opt(2, "the shortest schedule (epochs) a trial trains", within=POSITIVE_INT)
+    max_epochs: int = opt(6, "the longest schedule; each trial keeps its best epoch on validation",
+                          within=POSITIVE_INT)
+    warmup_ratios: tuple[float, ...] = opt((0.0, 0.06), "the warm-up shares tried (the LoRA paper's 0.06)",
+                                           within=SHARE)
+    weight_decays: tuple[float, ...] = opt((0.0, 0.01), "AdamW's weight decays tried", within=AT_LEAST_0)
+
+
+@dataclass(frozen=True)
+class SearchConfig(Checked):
+    """[search]: each method's recipe searched on the validation split (needs data.validation
+    > 0), by Optuna: a TPE sampler, a pruner that stops trials whose validation score trails,
+    and its SQLite storage in the study folder (search.db), so a killed search resumes with
+    every finished trial kept and `optuna-dashboard sqlite:///OUT/search.db` opens it."""
+
+    enabled: bool = opt(False, "search each method's recipe (replaces [select])")
+    metric: str = opt("", 'what validation chooses on ("" = data.metric)')
+    limit_train: int = opt(0, "each trial trains on this many rows of train (0 = all)", within=COUNT)
+    pruner: str = opt("median", "median (stop a trial whose score trails the median of earlier trials at the same "
+                                "epoch) | none", choices=("median", "none"))
+    startup_trials: int = opt(3, "trials sampled at random before TPE models the scores, and before any is pruned",
+                              within=COUNT)
+    warmup_epochs: int = opt(1, "epochs every trial trains before the pruner may stop it", within=COUNT)
+    lora_rank: int = opt(8, "the LoRA family's recipe is searched at this rank and used at every rank",
+                         within=POSITIVE_INT)
+    full: SearchSpace = opt(SearchSpace(), "[search.full]")
+    head: SearchSpace = opt(SearchSpace(trials=6, lr_min=3e-4, lr_max=3e-2, min_epochs=2, max_epochs=10),
+                            "[search.head]")
+    lora: SearchSpace = opt(SearchSpace(trials=12, lr_min=1e-4, lr_max=5e-3, min_epochs=4, max_epochs=20),
+                            "[search.lora]: LoRA's, DoRA's and PiSSA's")
+    vera: SearchSpace = opt(SearchSpace(trials=10, lr_min=1e-3, lr_max=5e-2, min_epochs=4, max_epochs=20),
+                            "[search.vera]")
+    ia3: SearchSpace = opt(SearchSpace(trials=10, lr_min=1e-3, lr_max=5e-2, min_epochs=4, max_epochs=20),
+                           "[search.ia3]")
+
+
+@dataclass(frozen=True)
 class Config(Checked):
     """The whole configuration of `loralab run` (and `loralab glue`'s per task)."""
 
@@ -232,11 +278,17 @@ class Config(Checked):
     ia3: IA3Config = opt(IA3Config(), "[ia3]")
     head: HeadConfig = opt(HeadConfig(), "[head]")
     select: SelectConfig = opt(SelectConfig(), "[select]")
+    search: SearchConfig = opt(SearchConfig(), "[search]")
 
     @property
     def metric(self) -> str:
         """The score the study leads with: `data.metric`, or its task's default."""
         return self.data.metric or default_metric(self.data.task or CLASSIFICATION)
+
+    @property
+    def search_metric(self) -> str:
+        """The score a recipe search maximises: `search.metric`, else the study's."""
+        return self.search.metric or self.metric
 
     @property
     def select_metric(self) -> str:
@@ -475,6 +527,23 @@ def validate(config: Config) -> None:
         if config.train.class_weights != "none":
             raise LoralabError("config: train.class_weights weighs classes; a regression task (data.task) has "
                                "none, so it must be \"none\".")
+    search = config.search
+    _check_metric("search.metric", search.metric, data.task)
+    if search.enabled:
+        if sel.enabled:
+            raise LoralabError("config: search.enabled and select.enabled both choose learning rates; enable one.")
+        if not data.validation:
+            raise LoralabError("config: search.enabled searches recipes on a validation split; set data.validation "
+                               "(for example 0.1).")
+        for method in ("full", "head", "lora", "vera", "ia3"):
+            space = getattr(search, method)
+            if space.lr_min > space.lr_max or space.min_epochs > space.max_epochs:
+                raise LoralabError(f"config: search.{method}: lr_min must be at most lr_max and min_epochs at most "
+                                   f"max_epochs, got {space.lr_min:g}..{space.lr_max:g} and "
+                                   f"{space.min_epochs}..{space.max_epochs}.")
+            if not space.warmup_ratios or not space.weight_decays:
+                raise LoralabError(f"config: search.{method}.warmup_ratios and weight_decays must list at least one "
+                                   "value each.")
     if sel.enabled:
         if not data.validation:
             raise LoralabError("config: select.enabled chooses learning rates on a validation split; "
@@ -499,8 +568,14 @@ def to_toml(config: Config | dict, docs: bool = False) -> str:
     """A configuration as TOML; with `docs`, each field's docstring as a comment (the
     packaged defaults.toml)."""
     table = to_dict(config) if dataclasses.is_dataclass(config) else config
-    kinds = {"": Config} | {f.name: typing.get_type_hints(Config)[f.name] for f in fields(Config)
-                            if dataclasses.is_dataclass(typing.get_type_hints(Config)[f.name])}
+    def tables(kind, prefix: str = "") -> dict:  # "search.lora" -> SearchSpace
+        out = {prefix.rstrip("."): kind}
+        for name, sub in typing.get_type_hints(kind).items():
+            if dataclasses.is_dataclass(sub):
+                out |= tables(sub, f"{prefix}{name}.")
+        return out
+
+    kinds = tables(Config)
 
     def value(v):
         if isinstance(v, bool):

@@ -90,7 +90,7 @@ def head_features(model: nn.Module, tokenized, settings: TrainSettings, tokenize
 
 
 def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
-               tokenizer, features=None) -> TrainResult:
+               tokenizer, features=None, callbacks: tuple = ()) -> TrainResult:
     """Head-tuning: features of the frozen encoder computed once (or passed in as
     `features`, from `head_features`), then the head trained on them with the same
     optimiser, schedule, batch size and epochs as every other method."""
@@ -107,7 +107,7 @@ def train_head(model: nn.Module, tokenized, settings: TrainSettings, out_dir: st
                                    save_strategy="no")
         metrics = EvalMetrics()
         trainer = Trainer(model=head, args=args, train_dataset=cached["train"], eval_dataset=cached["eval"],
-                          data_collator=default_data_collator, compute_metrics=metrics)
+                          data_collator=default_data_collator, compute_metrics=metrics, callbacks=list(callbacks))
         _quiet_trainer(trainer, settings)
         trainer.train()
     history = epoch_history(trainer.state.log_history)

@@ -29,6 +29,7 @@ LOWRANK = "lowrank"
 SIMILARITY = "similarity"
 EXTRACT = "extract"
 SELECT_PREFIX = "select-"
+SEARCH_PREFIX = "search-"
 ANALYSES = (REPLACE_TEST, LOWRANK, SIMILARITY, EXTRACT)  # runs that train nothing
 
 
@@ -45,6 +46,11 @@ def method_run(method: str, rank: int | None = None, suffix: str = "") -> str:
 def select_run(method: str) -> str:
     """The folder of the run that chooses `method`'s learning rate on the validation split."""
     return SELECT_PREFIX + method
+
+
+def search_run(method: str) -> str:
+    """The folder of the run that searches `method`'s recipe on the validation split."""
+    return SEARCH_PREFIX + method
 
 
 # ---------------------------------------------------------------------------------------
@@ -89,6 +95,9 @@ class Row:
     eval_pearson: float | None = None     # regression: Pearson correlation with the target
     eval_spearman: float | None = None    # regression: Spearman correlation
     eval_mse: float | None = None         # regression: mean squared error
+    token_passes: int | None = None       # training compute: the training tokens (no padding) x epochs trained
+    recipe: dict | None = None            # a searched recipe: learning_rate, epochs, best_epoch, warmup_ratio,
+                                          # weight_decay, and the search run it came from (`search`)
 
     def score(self, metric: str) -> float | None:
         """Its eval score `metric` (one of `metrics.SCORES`): ``row.score("pearson")``."""
@@ -121,6 +130,54 @@ class Selection:
     validation_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # other scores: name -> lr -> value
     beyond_grid: float | None = None  # the best was at the grid's edge: this rate, one step past it, was tried
     at_edge: bool = False     # ... and was best again: the best rate may lie further out
+
+
+@dataclass
+class Trial:
+    """One trial of a recipe search: what it sampled and how it scored on validation."""
+
+    number: int
+    state: str                 # complete or pruned (a diverged trial is pruned)
+    params: dict               # learning_rate, epochs, warmup_ratio, weight_decay
+    scores: list[float]        # the validation score after each epoch trained
+    best_epoch: int | None     # the epoch of the best of them (1-based)
+    seconds: float             # its training and evaluation
+    token_passes: int          # training tokens (no padding) x epochs trained
+    diverged: bool = False     # the loss became NaN or infinite
+
+
+@dataclass
+class Search:
+    """A method's recipe, searched on the validation split (a `search-*` run, `loralab.search`)."""
+
+    method: str
+    metric: str                # what the search maximised (the best epoch's validation score)
+    learning_rate: float
+    epochs: int                # the chosen schedule's length
+    best_epoch: int            # its best epoch on validation: the method's runs stop there
+    warmup_ratio: float
+    weight_decay: float
+    score: float               # the best trial's validation score at its best epoch
+    trials: list[Trial]
+    budget: int                # trials asked for (complete + pruned)
+    train_rows: int
+    validation_rows: int
+    seconds: float             # every trial's training and evaluation, this process's and earlier ones'
+    token_passes: int          # every trial's training compute
+    storage: str               # the Optuna storage, relative to the study folder, and the study in it
+    study_name: str
+    rank: int | None = None    # the LoRA family's recipe is searched at this rank
+    at_edge: list[str] = field(default_factory=list)  # chosen values at the edge of their range
+    pruner: str = "median"     # median, or none
+
+    @property
+    def pruned(self) -> int:
+        return sum(t.state == "pruned" for t in self.trials)
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "search") -> "Search":
+        data = dict(data, trials=[_from_dict(Trial, t, where) for t in data.get("trials", [])])
+        return _from_dict(cls, data, where)
 
 
 @dataclass
@@ -207,6 +264,7 @@ class RunOutput:
     lowrank: LowrankSummary | None = None
     similarity: dict[str, dict[str, float]] | None = None  # LoRA rank -> layer -> similarity to dW
     extracted: list[Extracted] | None = None
+    search: Search | None = None
 
 
 @dataclass(kw_only=True)
@@ -232,7 +290,7 @@ class RunRecord(RunOutput):
         own = [f.name for f in fields(self) if f.name not in RunOutput.__dataclass_fields__]
         data = {name: getattr(self, name) for name in own + list(RunOutput.__dataclass_fields__)}
         data["rows"] = [r.to_json() for r in self.rows]
-        for name in ("selection", "replace_test"):
+        for name in ("selection", "replace_test", "search"):
             data[name] = asdict(data[name]) if data[name] is not None else None
         data["lowrank"] = self.lowrank.to_json() if self.lowrank else None
         data["extracted"] = [asdict(e) for e in self.extracted] if self.extracted is not None else None
@@ -244,6 +302,8 @@ class RunRecord(RunOutput):
         data["rows"] = [Row.from_json(r, where) for r in data.get("rows", [])]
         if data.get("selection") is not None:
             data["selection"] = _from_dict(Selection, data["selection"], where)
+        if data.get("search") is not None:
+            data["search"] = Search.from_json(data["search"], where)
         if data.get("replace_test") is not None:
             data["replace_test"] = ReplaceTest.from_json(data["replace_test"], where)
         if data.get("lowrank") is not None:

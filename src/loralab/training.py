@@ -436,12 +436,14 @@ def _trainer_class():
 
 
 def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out_dir: str | os.PathLike,
-                       tokenizer=None, collator=None, resume: bool = False, lr_ratio: float = 1.0) -> TrainResult:
+                       tokenizer=None, collator=None, resume: bool = False, lr_ratio: float = 1.0,
+                       callbacks: tuple = ()) -> TrainResult:
     """Train `model` on `tokenized["train"]`, evaluating on `tokenized["eval"]` each epoch.
 
     Checkpoints go to `out_dir/checkpoints` at the end of every epoch (and every
     `settings.save_steps` steps); with `resume`, training continues from the newest one.
     `lr_ratio` other than 1 trains LoRA's B matrices that many times faster (LoRA+).
+    `callbacks` are more `TrainerCallback`s (a search's pruner, `StopAfterEpoch`).
     The Trainer's own log is written to `out_dir/train_log.json`. The model is changed in
     place; saving it is the caller's choice (adapter, head or whole model).
 
@@ -462,7 +464,7 @@ def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out
                                data_collator=collator, compute_metrics=metrics,
                                compute_loss_func=weighted_loss(weights),
                                callbacks=[guard(), save_after_epoch_evaluation(), release_memory_after_evaluation(),
-                                          memory_log(mem)],
+                                          memory_log(mem), *callbacks],
                                optimizers=(optimizer_for(model, args, lr_ratio), None))
     _quiet_trainer(trainer, settings)
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
@@ -492,3 +494,17 @@ def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out
                        peak_gpu_memory_mb=mem.gpu_peak_mb)
 
 
+
+
+def stop_after_epoch(epoch: int):
+    """A `TrainerCallback` that ends training after `epoch` epochs (evaluated, as every epoch
+    is) while the schedule keeps its full length: a searched recipe's best epoch of its
+    schedule, reproduced."""
+    from transformers import TrainerCallback
+
+    class StopAfterEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if state.epoch is not None and state.epoch >= epoch - 1e-6:
+                control.should_training_stop = True
+
+    return StopAfterEpoch()

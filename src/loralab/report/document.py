@@ -26,7 +26,9 @@ PLOTS = {
     "spectrum.png": "Spectrum of the fine-tuning update dW",
     "cost.png": "Training time and peak memory",
     "confusion.png": "Confusion matrices of full fine-tuning and the best LoRA rank",
+    "accuracy_vs_compute.png": "{score} against training compute",
 }
+OPTIONAL_PLOTS = ("accuracy_vs_compute.png",)  # listed only where made (runs that record their compute)
 
 
 def plot_titles(metric: str = "accuracy") -> dict[str, str]:
@@ -253,6 +255,34 @@ def selection_lines(selections: list[Selection], unit: str = "reviews") -> list[
     return out
 
 
+def search_blocks(f: Findings) -> list:
+    """Each method's searched recipe, what its search tried and what it cost."""
+    rows, edges = [], []
+    for s in f.searches:
+        at = f" (r = {s.rank})" if s.rank else ""
+        rows.append([f"{label(s.method)}{at}", f"{len(s.trials)} ({s.pruned} pruned)", f"{s.learning_rate:.3g}",
+                     f"{s.epochs}", f"{s.best_epoch}", f"{s.warmup_ratio:g}", f"{s.weight_decay:g}",
+                     f"{s.score:.4f}", f"{s.seconds:,.0f}", f"{s.token_passes / 1e6:,.1f}"])
+        edges += [f"{label(s.method)}: the chosen {edge.split(' (')[0].replace('_', ' ')} lies at the edge of its "
+                  f"range ({edge.split(' (')[1].rstrip(')')}): the best may lie beyond it." for edge in s.at_edge]
+    first = f.searches[0]
+    pruner = ("a median pruner stops a trial whose validation score after an epoch trails the median of earlier "
+              "trials there" if first.pruner == "median" else "no pruner")
+    blocks = [
+        "Each method's learning rate (log scale), schedule length, warm-up and weight decay were searched by "
+        f"Optuna (TPE sampler; {pruner}), training on {first.train_rows} {f.unit} and scoring "
+        f"{SCORE_LABELS[first.metric]} on the {first.validation_rows} held out of train; the eval split was not "
+        "used to choose anything. A method's runs train the best trial's recipe and stop at its best epoch on "
+        "validation. Compute is training tokens (no padding) times the epochs trained, in millions: it does not "
+        "depend on the machine. The trials are in `search.db` (`optuna-dashboard sqlite:///search.db`).",
+        Table(["method", "trials", "learning rate", "schedule (epochs)", "best epoch", "warm-up", "weight decay",
+               f"validation {SCORE_LABELS[first.metric]}", "search s", "search compute (M token-passes)"],
+              rows, "lrrrrrrrrr")]
+    if edges:
+        blocks.append(Bullets(edges))
+    return blocks
+
+
 def answers(f: Findings) -> list[str]:
     """The lab's questions, answered in sentences from the findings."""
     out = []
@@ -456,6 +486,8 @@ def document(f: Findings, plots: dict[str, bool]) -> Document:
         sections.append(Section("Choices made on the validation split", [
             "The eval split was not used to choose anything; it only measures the final runs.",
             Bullets(selection_lines(f.selections, f.unit))]))
+    if f.searches:
+        sections.append(Section("Recipes searched on the validation split", search_blocks(f)))
     results = Section("Results", [results_table(f.summaries, f.metric)])
     if any(method(s.method).kind == "approximation" for s in f.summaries):
         results.blocks.append("Approximated models train nothing: their parameter count is what storing their change "
@@ -527,6 +559,7 @@ def document(f: Findings, plots: dict[str, bool]) -> Document:
             "peak (the run closest to the median where several seeds ran). Memory that climbs from "
             "epoch to epoch is memory kept per step.", memory]))
     sections.append(Section("Plots", [Image(title, name if plots.get(name) else None)
-                                      for name, title in plot_titles(f.metric).items()]))
+                                      for name, title in plot_titles(f.metric).items()
+                                      if plots.get(name) or name not in OPTIONAL_PLOTS]))
     sections.append(Section("Environment", [Bullets(footer(f.environment, f.unit))]))
     return Document("loralab study report", sections)

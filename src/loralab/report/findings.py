@@ -22,6 +22,7 @@ from ..records import (
     LOWRANK,
     REPLACE_TEST,
     RESULT_NAME,
+    SEARCH_PREFIX,
     SELECT_PREFIX,
     SIMILARITY,
     DataSummary,
@@ -31,6 +32,7 @@ from ..records import (
     ReplaceTest,
     Row,
     RunRecord,
+    Search,
     Selection,
     load_json,
     read_rows,
@@ -159,6 +161,7 @@ class Findings:
     extracted: list[Extracted]             # adapters extracted from full fine-tuning (the first seed's)
     metric: str = "accuracy"               # the score the study leads with (`data.metric`)
     task_kind: str = CLASSIFICATION        # classification or regression
+    searches: list[Search] = field(default_factory=list)  # each method's recipe, searched on validation
 
     @property
     def metric_label(self) -> str:
@@ -209,7 +212,7 @@ def run_times(out_dir: Path, runs: list[Row]) -> list[RunTime]:
     found = []
     for path in out_dir.glob("*/" + RESULT_NAME):
         name = path.parent.name
-        if (name in names or name.startswith(SELECT_PREFIX)) and (record := _record(path)):
+        if (name in names or name.startswith((SELECT_PREFIX, SEARCH_PREFIX))) and (record := _record(path)):
             found.append(RunTime(name, record.seconds, record.finished or "", record.device or ""))
     return sorted(found, key=lambda t: (t.finished, t.name))
 
@@ -267,6 +270,8 @@ def build(out_dir: str | os.PathLike, metric: str | None = None) -> Findings:
     sweeps = {a: sweep for a, sweep in sweeps.items() if sweep}
     selections = [record.selection for p in sorted(out_dir.glob(SELECT_PREFIX + "*/" + RESULT_NAME))
                   if (record := _record(p)) and record.selection]
+    searches = [record.search for p in sorted(out_dir.glob(SEARCH_PREFIX + "*/" + RESULT_NAME))
+                if (record := _record(p)) and record.search]
     baselines = [s for s in summaries if not method(s.method).transformer]
     times = run_times(out_dir, runs)
     labels = list((env.labels if env else None) or BINARY_NAMES)
@@ -290,4 +295,4 @@ def build(out_dir: str | os.PathLike, metric: str | None = None) -> Findings:
         best_lora=max((s for s in summaries if s.method == "lora" and s.score is not None), key=lambda s: s.score,
                       default=None),
         extracted=(records[EXTRACT].extracted or []) if records[EXTRACT] else [],
-        metric=metric, task_kind=REGRESSION if regression else CLASSIFICATION)
+        metric=metric, task_kind=REGRESSION if regression else CLASSIFICATION, searches=searches)

@@ -123,6 +123,34 @@ def plot_accuracy_vs_params(summaries: list[Summary], path: Path) -> bool:
     return True
 
 
+def plot_accuracy_vs_compute(summaries: list[Summary], searches: dict, path: Path) -> bool:
+    """The study's score against training compute (token-passes: training tokens x epochs
+    trained), each method's final training filled, and hollow with its recipe search's
+    compute added (`searches`: method -> the search's token-passes)."""
+    plt = _plt()
+    data = [r for r in summaries if r.row.token_passes and r.score is not None]
+    if not data:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for method in COLORS:
+        pts = [r for r in data if r.method == method]
+        if not pts:
+            continue
+        ax.scatter([r.row.token_passes for r in pts], [r.score for r in pts], color=COLORS[method],
+                   label=LABELS[method], s=40, zorder=3)
+        if method in searches:
+            total = [r.row.token_passes + searches[method] for r in pts]
+            ax.scatter(total, [r.score for r in pts], facecolors="none", edgecolors=COLORS[method], s=40, zorder=3)
+            for r, x in zip(pts, total):
+                ax.plot([r.row.token_passes, x], [r.score, r.score], color=COLORS[method], lw=0.6, ls=":", zorder=2)
+    words, title = _words(data)
+    ax.set(xscale="log", xlabel="training compute (token-passes, log scale; hollow: with the recipe search)",
+           ylabel=f"eval {words}", title=f"{title} against training compute")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _save(fig, path)
+    return True
+
+
 def plot_accuracy_vs_rank(summaries: list[Summary], path: Path) -> bool:
     plt = _plt()
     series = {m: sorted((r for r in summaries if r.method == m), key=lambda r: r.rank)

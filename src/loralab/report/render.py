@@ -14,6 +14,7 @@ from ..fileio import write_text
 from .document import Bullets, Document, Image, Table, document
 from .findings import Findings, build
 from .plots import (
+    plot_accuracy_vs_compute,
     plot_accuracy_vs_params,
     plot_accuracy_vs_rank,
     plot_confusion,
@@ -89,6 +90,8 @@ def write_plots(f: Findings, report_dir: Path) -> dict[str, bool]:
         "accuracy_vs_rank.png": plot_accuracy_vs_rank(f.summaries, report_dir / "accuracy_vs_rank.png"),
         "training_curves.png": plot_training_curves(f.summaries, report_dir / "training_curves.png"),
         "cost.png": plot_cost(f.summaries, report_dir / "cost.png"),
+        "accuracy_vs_compute.png": plot_accuracy_vs_compute(
+            f.summaries, {s.method: s.token_passes for s in f.searches}, report_dir / "accuracy_vs_compute.png"),
         "confusion.png": plot_confusion([s for s in (f.full, f.best_lora) if s and s.row.confusion], f.labels,
                                         report_dir / "confusion.png"),
     }
@@ -100,7 +103,7 @@ def write_plots(f: Findings, report_dir: Path) -> dict[str, bool]:
 
 # Every file a report writes (a suite's report writes the first two and results.json).
 REPORT_FILES = ("report.md", "report.html", "accuracy_vs_params.png", "accuracy_vs_rank.png", "training_curves.png",
-                "cost.png", "confusion.png", "spectrum.png")
+                "cost.png", "confusion.png", "spectrum.png", "accuracy_vs_compute.png")
 
 
 def write_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None, *,

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Union
 
-from ..config import Config
+from ..config import Config, SearchSpace
 from ..methods import LORA_FAMILY, TASK_BASELINES, table_of
 from ..records import (
     EXTRACT,
@@ -22,6 +22,7 @@ from ..records import (
     SIMILARITY,
     fingerprint,
     method_run,
+    search_run,
     seed_suffix,
     select_run,
 )
@@ -134,13 +135,29 @@ class SelectInputs(WithSettings):
 
 
 @dataclass(frozen=True)
+class SearchInputs(WithSettings):
+    method: str
+    model: str
+    data: str                     # digest of train and validation: eval chooses nothing
+    settings: TrainSettings       # what the trials do not sample
+    lora: AdapterOptions | None
+    space: SearchSpace            # the trial budget and the ranges sampled
+    limit_train: int              # each trial trains on this many rows (0: all)
+    metric: str
+    pruner: str
+    startup_trials: int
+    warmup_epochs: int
+
+
+@dataclass(frozen=True)
 class TrainInputs(WithSettings):
     method: str
     model: str
     data: str
     settings: TrainSettings
     lora: AdapterOptions | None = None
-    learning_rate_from: Ref | None = None  # the select-* run whose choice replaces the learning rate
+    learning_rate_from: Ref | None = None  # the select-* run whose learning rate, or search-* run whose recipe,
+                                           # replaces the settings' (one field: the keys of older runs hold)
 
 
 @dataclass(frozen=True)
@@ -184,8 +201,8 @@ class ExtractInputs(WithSettings):
     energies: tuple[float, ...]
 
 
-RunInputs = Union[BaselineInputs, SelectInputs, TrainInputs, ReplaceInputs, LowrankInputs, SimilarityInputs,
-                  ExtractInputs]
+RunInputs = Union[BaselineInputs, SelectInputs, SearchInputs, TrainInputs, ReplaceInputs, LowrankInputs,
+                  SimilarityInputs, ExtractInputs]
 
 
 @dataclass(frozen=True)
@@ -239,7 +256,8 @@ def plan(config: Config, ctx: Context) -> list[Run]:
     """Every run of the study, in order, each with the inputs it reads.
 
     With `select.enabled`, `select-full`, `select-head` and `select-lora` come first and the
-    runs that use their choice read them. With `seeds`, each method runs once per seed
+    runs that use their choice read them; with `search.enabled`, `search-full`, ... likewise
+    (each method's recipe, searched). With `seeds`, each method runs once per seed
     (folders end in `-seedN`); the replace test, low-rank study and similarity use the first.
     """
     c = config.replace(precision=resolved_precision(config))  # keys carry what runs compute in
@@ -251,10 +269,19 @@ def plan(config: Config, ctx: Context) -> list[Run]:
 
     targets = c.lora.targets or None
     runs: list[Run] = []
-    chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate
+    chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate (or recipe)
+    wanted = {"full": m.full, "head": m.head, "lora": bool(m.lora_ranks), **{variant: True for variant in m.variants}}
+    search = c.search
+    if search.enabled:
+        for method in (name for name, on in wanted.items() if on):
+            lora = adapter_options(c, method, search.lora_rank if method in LORA_FAMILY else None)
+            inputs = SearchInputs(method, model, ctx.choice_key, TrainSettings.from_config(c, method, seed=seeds[0]),
+                                  lora, getattr(search, table_of(method)), search.limit_train, c.search_metric,
+                                  search.pruner, search.startup_trials, search.warmup_epochs)
+            run = Run(search_run(method), "search", inputs, isolate)
+            runs.append(run)
+            chosen[method] = run.ref()
     if sel.enabled:
-        wanted = {"full": m.full, "head": m.head, "lora": bool(m.lora_ranks),
-                  **{variant: True for variant in m.variants}}
         for method in (name for name, on in wanted.items() if on):
             settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=getattr(sel, table_of(method))[0],
                                                  **({"epochs": sel.epochs} if sel.epochs else {}))

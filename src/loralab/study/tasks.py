@@ -23,6 +23,7 @@ from .plan import (
     LowrankInputs,
     Ref,
     ReplaceInputs,
+    SearchInputs,
     SelectInputs,
     SimilarityInputs,
     TrainInputs,
@@ -47,24 +48,40 @@ def task_baseline(ctx: Context, run_dir: Path, inputs: BaselineInputs) -> RunOut
                           peak_memory_mb=mem.peak_mb, **result.eval_scores())])
 
 
-def chosen_learning_rate(ctx: Context, ref: Ref) -> float:
-    """The learning rate the `ref` run (select-*) chose on the validation split."""
+def chosen(ctx: Context, ref: Ref):
+    """What the `ref` run chose on the validation split: a select-* run's `Selection` or a
+    search-* run's `Search`."""
     record = read_record(ctx.out / ref.name / RESULT_NAME)
-    if record is None or record.key != ref.key or record.selection is None:
-        raise LoralabError(f"{ctx.out / ref.name / RESULT_NAME}: the learning-rate choice is missing; run the "
-                           "study again to redo it.")
-    return record.selection.learning_rate
+    choice = None if record is None or record.key != ref.key else record.search or record.selection
+    if choice is None:
+        raise LoralabError(f"{ctx.out / ref.name / RESULT_NAME}: the choice made on the validation split is "
+                           "missing; run the study again to redo it.")
+    return choice
 
 
 def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> RunOutput:
     from ..api import train
+    from ..records import Search
+    from ..search import token_count
+    from ..training import stop_after_epoch
 
-    settings = _settings(ctx, inputs)
+    settings, callbacks, recipe = _settings(ctx, inputs), (), None
     if inputs.learning_rate_from:
-        settings = settings.replace(learning_rate=chosen_learning_rate(ctx, inputs.learning_rate_from))
+        choice = chosen(ctx, inputs.learning_rate_from)
+        settings = settings.replace(learning_rate=choice.learning_rate)
+        if isinstance(choice, Search):  # the searched recipe, stopped at its best epoch on validation
+            settings = settings.replace(epochs=float(choice.epochs), warmup_ratio=choice.warmup_ratio,
+                                        weight_decay=choice.weight_decay)
+            callbacks = (stop_after_epoch(choice.best_epoch),)
+            recipe = {"learning_rate": choice.learning_rate, "epochs": choice.epochs,
+                      "best_epoch": choice.best_epoch, "warmup_ratio": choice.warmup_ratio,
+                      "weight_decay": choice.weight_decay, "search": inputs.learning_rate_from.name}
+    tokenized = ctx.tokenized(inputs.model, settings.max_length)
     info = train(method=inputs.method, out=run_dir / "model", model=inputs.model, settings=settings,
-                 tokenized=ctx.tokenized(inputs.model, settings.max_length), lora=inputs.lora, lock=False)
+                 tokenized=tokenized, lora=inputs.lora, lock=False, callbacks=callbacks)
     row = info.row(chosen_on="validation" if inputs.learning_rate_from else None)
+    row.recipe = recipe
+    row.token_passes = token_count(tokenized["train"]) * len(row.history)
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
         row.peak_memory_mb = max(row.peak_memory_mb, peak_rss_mb())
     return RunOutput([row])
@@ -87,6 +104,32 @@ def task_select(ctx: Context, run_dir: Path, inputs: SelectInputs) -> RunOutput:
                                      work=ctx.out / f".{run_dir.name}.candidates", resume=True,
                                      metric=inputs.metric)
     return RunOutput(selection=selection)
+
+
+def task_search(ctx: Context, run_dir: Path, inputs: SearchInputs) -> RunOutput:
+    """Search a method's recipe on the validation split (`loralab.search`). Its trials live
+    in the study's `search.db` under the run's name and key, so a killed search resumes and a
+    changed setting starts afresh; their models' scratch lives beside the run folder."""
+    from dataclasses import asdict
+
+    import datasets
+
+    from ..records import fingerprint
+    from ..search import search_recipe
+
+    settings = _settings(ctx, inputs)
+    tokenized = ctx.tokenized(inputs.model, settings.max_length)
+    data = datasets.DatasetDict(train=tokenized["train"], validation=tokenized["validation"])
+    if inputs.limit_train and inputs.limit_train < len(data["train"]):
+        data["train"] = data["train"].shuffle(seed=0).select(range(inputs.limit_train))
+    key = fingerprint("search", asdict(inputs))
+    search = search_recipe(inputs.method, data, model=inputs.model, settings=settings, space=inputs.space,
+                           storage=ctx.out / "search.db", study_name=f"{run_dir.name}-{key}",
+                           work=ctx.out / f".{run_dir.name}.trials", lora=inputs.lora, metric=inputs.metric,
+                           tokenizer=ctx.tokenizer(inputs.model), pruner=inputs.pruner,
+                           startup_trials=inputs.startup_trials, warmup_epochs=inputs.warmup_epochs,
+                           rank=getattr(inputs.lora, "rank", None))
+    return RunOutput(search=search)
 
 
 def task_replace(ctx: Context, run_dir: Path, inputs: ReplaceInputs) -> RunOutput:
@@ -185,5 +228,5 @@ def task_extract(ctx: Context, run_dir: Path, inputs: ExtractInputs) -> RunOutpu
 
 
 RUN_TASKS: dict[str, Callable[[Context, Path, Any], RunOutput]] = {
-    "baseline": task_baseline, "select": task_select, "train": task_train, "replace": task_replace,
-    "lowrank": task_lowrank, "similarity": task_similarity, "extract": task_extract}
+    "baseline": task_baseline, "select": task_select, "search": task_search, "train": task_train,
+    "replace": task_replace, "lowrank": task_lowrank, "similarity": task_similarity, "extract": task_extract}

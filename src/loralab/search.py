@@ -1,0 +1,186 @@
+"""A method's training recipe searched on the validation split, by Optuna.
+
+Each trial trains the method on `train` with a sampled learning rate (log scale), schedule
+length, warm-up and weight decay, and is scored on `validation` after every epoch; the
+trial's score is its best epoch's. Optuna's TPE sampler proposes the trials, a median
+pruner stops a trial whose score after an epoch trails the median of earlier trials at that
+epoch, and a trial whose loss becomes NaN or infinite counts as pruned. The trials live in
+an SQLite file (`storage`): a search killed mid-trial resumes with every finished trial
+kept, and the trial it was in is tried again with the same values. `optuna-dashboard
+sqlite:///PATH` opens the file.
+
+The recipe kept is the best trial's: its learning rate, warm-up, weight decay and schedule
+length, and the epoch of that schedule where validation peaked (`best_epoch`), where the
+method's training runs stop (`loralab.training.stop_after_epoch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .config import SearchSpace
+from .errors import LoralabError
+from .records import Search, Trial
+from .settings import AdapterOptions, TrainSettings
+
+logger = logging.getLogger("loralab")
+
+PARAMS = ("learning_rate", "epochs", "warmup_ratio", "weight_decay")
+
+
+def token_count(dataset) -> int:
+    """The tokens (no padding) of a tokenized split: a pass over it costs this many token-passes."""
+    return int(sum(len(ids) for ids in dataset["input_ids"]))
+
+
+def _pruning_callback(trial, metric: str, scores: list[float]):
+    """A `TrainerCallback` that reports each epoch's validation `metric` to `trial` and ends
+    training where the pruner says so (`should_prune`)."""
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        pruned = False  # the pruner ended the trial
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get(f"eval_{metric}")
+            if value is None:
+                return
+            scores.append(float(value))
+            trial.report(float(value), len(scores))
+            if state.epoch < args.num_train_epochs - 1e-6 and trial.should_prune():  # a finished one is scored
+                self.pruned = True
+                control.should_training_stop = True
+
+    return Report()
+
+
+def _edges(space: SearchSpace, chosen: dict) -> list[str]:
+    """The chosen values that lie at the edge of their range (within 10% of the learning
+    rate's decade-span at either end, or the shortest or longest schedule): the best may lie
+    beyond, and the report says so."""
+    import math
+
+    out = []
+    span = math.log(space.lr_max / space.lr_min) if space.lr_max > space.lr_min else 0
+    if span and math.log(chosen["learning_rate"] / space.lr_min) < 0.1 * span:
+        out.append("learning_rate (lowest)")
+    if span and math.log(space.lr_max / chosen["learning_rate"]) < 0.1 * span:
+        out.append("learning_rate (highest)")
+    if space.max_epochs > space.min_epochs:
+        if chosen["best_epoch"] >= space.max_epochs:
+            out.append("epochs (longest, still improving)")
+    return out
+
+
+def search_recipe(method: str, data, *, model: str, settings: TrainSettings, space: SearchSpace,
+                  storage: str | os.PathLike, study_name: str, work: str | os.PathLike,
+                  lora: AdapterOptions | None = None, metric: str = "accuracy", tokenizer=None,
+                  pruner: str = "median", startup_trials: int = 3, warmup_epochs: int = 1,
+                  rank: int | None = None) -> Search:
+    """Search `method`'s recipe on `data["validation"]`, training on `data["train"]` (both
+    tokenized; `eval` is never read).
+
+    Args:
+        settings: everything a trial does not sample (batch size, precision, seed, ...).
+        space: the trial budget and the ranges sampled (`config.SearchSpace`).
+        storage: the SQLite file of Optuna's storage (made if missing; shared by the
+            searches of a study, each its own `study_name`).
+        study_name: the search's name in it: a changed setting must give a new name (the
+            study uses its run's key), so trials of other settings are never reused.
+        work: scratch for the trials' models, removed as each trial ends.
+        metric: the validation score maximised (`settings.SELECT_METRICS`).
+        pruner: "median" or "none"; `startup_trials` trials are sampled at random and never
+            pruned, and no trial is pruned before `warmup_epochs` epochs.
+
+    Returns:
+        The `Search`: the best trial's recipe and best epoch, every trial, and the cost.
+    """
+    import datasets
+    import optuna
+
+    from .api import train
+    from .models import load_tokenizer
+
+    if "validation" not in data:
+        raise LoralabError("A recipe search needs a validation split (data.validation > 0).")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tokenizer = tokenizer or load_tokenizer(model)
+    split = datasets.DatasetDict(train=data["train"], eval=data["validation"])
+    tokens = token_count(split["train"])
+    work = Path(work)
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup_trials)
+    chosen_pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
+                     if pruner == "median" else optuna.pruners.NopPruner())
+    study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{Path(storage).resolve()}",
+                                load_if_exists=True, direction="maximize", sampler=sampler, pruner=chosen_pruner)
+    for interrupted in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # The process that ran it was killed: the trial is failed and asked again with the same values.
+        study._storage.set_trial_state_values(interrupted._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(interrupted.params, user_attrs={"retry_of": interrupted.number})
+        logger.info("%s: trial %d was interrupted; it runs again.", method, interrupted.number)
+
+    def objective(trial) -> float:
+        s = settings.replace(
+            learning_rate=trial.suggest_float("learning_rate", space.lr_min, space.lr_max, log=True),
+            epochs=float(trial.suggest_int("epochs", space.min_epochs, space.max_epochs)),
+            warmup_ratio=trial.suggest_categorical("warmup_ratio", list(space.warmup_ratios)),
+            weight_decay=trial.suggest_categorical("weight_decay", list(space.weight_decays)))
+        scores: list[float] = []
+        report = _pruning_callback(trial, metric, scores)
+        folder = work / f"trial-{trial.number}"
+        started, diverged = time.perf_counter(), False
+        try:
+            train(method, folder, model, settings=s, tokenized=split, lora=lora, lock=False, callbacks=(report,))
+        except LoralabError as err:  # the loss became NaN or infinite: this rate diverges
+            if "Training stopped" not in str(err):
+                raise
+            diverged = True
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder.with_name(f".{folder.name}.work"), ignore_errors=True)
+        best = max(range(len(scores)), key=lambda i: scores[i]) if scores else None
+        trial.set_user_attr("scores", scores)
+        trial.set_user_attr("best_epoch", None if best is None else best + 1)
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        trial.set_user_attr("token_passes", tokens * len(scores))
+        trial.set_user_attr("diverged", diverged)
+        trial.set_user_attr("pid", os.getpid())  # which process trained it (a resumed search's are new)
+        logger.info("%s trial %d: lr %.3g, %d epochs, warm-up %g, weight decay %g: validation %s %s%s", method,
+                    trial.number, s.learning_rate, s.epochs, s.warmup_ratio, s.weight_decay, metric,
+                    ", ".join(f"{x:.4f}" for x in scores) or "-",
+                    " (diverged)" if diverged else " (pruned)" if report.pruned else "")
+        if diverged or report.pruned or best is None:
+            raise optuna.TrialPruned()
+        return scores[best]
+
+    def finished() -> list:
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        return study.get_trials(deepcopy=False, states=states)
+
+    remaining = space.trials - len(finished())
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=())
+    trials = [Trial(number=t.number, state="complete" if t.state == optuna.trial.TrialState.COMPLETE else "pruned",
+                    params={k: t.params.get(k) for k in PARAMS}, scores=t.user_attrs.get("scores", []),
+                    best_epoch=t.user_attrs.get("best_epoch"), seconds=t.user_attrs.get("seconds", 0.0),
+                    token_passes=t.user_attrs.get("token_passes", 0), diverged=t.user_attrs.get("diverged", False))
+              for t in finished()]
+    complete = [t for t in trials if t.state == "complete"]
+    if not complete:
+        raise LoralabError(f"{method}: every trial of the recipe search was pruned or diverged ({len(trials)} "
+                           f"trials); widen [search.{method}]'s ranges or lower its learning rates.")
+    best = max(complete, key=lambda t: (t.scores[t.best_epoch - 1], -t.number))
+    chosen = dict(best.params, best_epoch=best.best_epoch)
+    shutil.rmtree(work, ignore_errors=True)
+    return Search(method=method, metric=metric, learning_rate=chosen["learning_rate"], epochs=chosen["epochs"],
+                  best_epoch=best.best_epoch, warmup_ratio=chosen["warmup_ratio"], weight_decay=chosen["weight_decay"],
+                  score=best.scores[best.best_epoch - 1], trials=trials, budget=space.trials,
+                  train_rows=len(split["train"]), validation_rows=len(split["eval"]),
+                  seconds=sum(t.seconds for t in trials), token_passes=sum(t.token_passes for t in trials),
+                  storage=Path(storage).name, study_name=study_name, rank=rank, at_edge=_edges(space, chosen),
+                  pruner=pruner)
