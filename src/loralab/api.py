@@ -361,9 +361,41 @@ def train_configured(method: str, out: str | os.PathLike, config: Config, *, lor
                                              metric=config.select_metric)
             settings = settings.replace(learning_rate=selection.learning_rate)
             del data["validation"]
+        callbacks = ()
+        if config.search.enabled:  # the searched profile: the recipe searched first, stopped at its best epoch
+            settings, callbacks = _searched(method, data, config, settings, lora, out)
+            del data["validation"]
         return train(method=method, out=out, model=config.model, data=data, settings=settings, lora=lora,
-                     resume=resume, selection=selection, lock=False, overwrite=overwrite,
+                     resume=resume, selection=selection, lock=False, overwrite=overwrite, callbacks=callbacks,
                      columns={key: getattr(config.data, key) for key in REMEMBERED_COLUMNS})
+
+
+def _searched(method: str, data, config: Config, settings: TrainSettings, lora, out) -> tuple:
+    """`loralab train --profile searched`: `method`'s recipe searched on the validation split
+    (`loralab.search`; its trials in `OUT.search.db` beside `out`, so a killed search resumes),
+    as (the settings to train with, the callback that stops training at its best epoch)."""
+    from .data import data_digest
+    from .search import search_recipe
+    from .training import stop_after_epoch
+
+    tokenizer = load_tokenizer(config.model)
+    tokenized = tokenize(data, tokenizer, settings.max_length)
+    space, search = getattr(config.search, table_of(method)), config.search
+    name = fingerprint(method, str(config.model), asdict(settings.replace(quiet=False)), asdict(lora) if lora else None,
+                       asdict(space), search.pruner, search.startup_trials, search.warmup_epochs,
+                       config.search_metric, data_digest(tokenized, ("train", "validation")))
+    found = search_recipe(method, tokenized, model=config.model, settings=settings, space=space,
+                          storage=Path(f"{out}.search.db"), study_name=f"{method}-{name}", work=f"{out}.trials",
+                          lora=lora, metric=config.search_metric, tokenizer=tokenizer, pruner=search.pruner,
+                          startup_trials=search.startup_trials, warmup_epochs=search.warmup_epochs,
+                          rank=getattr(lora, "rank", None))
+    logger.info("%s: recipe searched on the validation split (%d trials, %d pruned): learning rate %.3g, %d "
+                "epochs stopped at %d, warm-up %g, weight decay %g: validation %s %.4f", method, len(found.trials),
+                found.pruned, found.learning_rate, found.epochs, found.best_epoch, found.warmup_ratio,
+                found.weight_decay, found.metric, found.score)
+    settings = settings.replace(learning_rate=found.learning_rate, epochs=float(found.epochs),
+                                warmup_ratio=found.warmup_ratio, weight_decay=found.weight_decay)
+    return settings, (stop_after_epoch(found.best_epoch),)
 
 
 def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,

@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(p)
     p.add_argument("--quick", action="store_true", help="the same pipeline on a small subset")
     p.add_argument("--profile", choices=PROFILES,
-                   help="lab: the lab's settings (default); tuned: learning rates chosen on a validation "
-                        "split, mean pooling")
+                   help="lab: the lab's settings (default); tuned: learning rates chosen from a grid on a "
+                        "validation split, mean pooling; searched: each method's recipe searched there (Optuna)")
     p.add_argument("--seeds")
     p.add_argument("--pooling")
     _add_class_weights(p)
@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="each task's pipeline on a small subset")
     p.add_argument("--limit-train")
     p.add_argument("--limit-eval")
-    p.add_argument("--profile", choices=PROFILES, help="lab (default) or tuned: learning rates chosen on a "
-                   "validation split of each task")
+    p.add_argument("--profile", choices=PROFILES, help="lab (default); tuned: learning rates chosen from a grid "
+                   "on a validation split of each task; searched: each method's recipe searched there (Optuna)")
     p.add_argument("--seeds")
     p.add_argument("--jobs")
     _add_executor_args(p)
@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-ratio")
     p.add_argument("--pooling")
     p.add_argument("--profile", choices=PROFILES,
-                   help="tuned: choose the learning rate on a validation split carved from train, mean pooling")
+                   help="tuned: choose the learning rate from a grid on a validation split carved from train, "
+                        "mean pooling; searched: search the recipe there (Optuna), stop at its best epoch")
     p.add_argument("--out", required=True, help="folder for the trained model or adapter: new, empty, or one "
                    "loralab trained into")
     _add_overwrite(p)

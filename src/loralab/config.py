@@ -126,6 +126,9 @@ class MethodsConfig(Checked):
     replace_test: bool = opt(True, "the lab's step 4 on the fine-tuned model")
     lowrank: bool = opt(True, "approximated models 1 and 2 and the spectrum of dW (needs full and head)")
     lora_ranks: tuple[int, ...] = opt((1, 2, 4, 6, 8, 16), "LoRA's ranks", within=POSITIVE_INT)
+    lora_targets: tuple[str, ...] = opt(("",), 'the layers the LoRA family adapts, each its own rows: "" = '
+                                               '[lora].targets (the query and value by default), "all-linear" = every '
+                                               'linear layer ("lora-all-r8")', choices=("", "all-linear"))
     variants: tuple[str, ...] = opt((), 'more adapter methods, each at its own learning rate: "dora", "pissa" (at '
                                         'each of lora_ranks), "vera" (at [vera].rank), "ia3" (its one size)')
     sweep_ranks: tuple[int, ...] = opt((), "the approximated models' ranks ([] = full rank halving down to 1)",
@@ -258,7 +261,8 @@ class Config(Checked):
     seed: int = opt(0, "seeds weights of new layers, dropout, data order and the TF-IDF solvers", within=SEED)
     seeds: tuple[int, ...] = opt((), "e.g. [0, 1, 2]: every method once per seed, the report shows the median and "
                                      "spread ([] = seed alone)", within=SEED)
-    profile: str = opt("lab", "lab (these defaults) | tuned (profiles.toml's [tuned] applied on top)",
+    profile: str = opt("lab", "lab (these defaults) | tuned (learning rates chosen from a grid on a validation "
+                              "split) | searched (each method's recipe searched there): profiles.toml's table on top",
                        choices=PROFILES)
     precision: str = opt("auto", "auto (bf16 where the hardware has it) | bf16 | fp32", choices=PRECISIONS)
     device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
@@ -405,7 +409,7 @@ def _merge(base: dict, override: dict, where: str, path: str = "") -> dict:
     return out
 
 
-PROFILE_TABLES = ("tuned", "quick")  # a file may change a profile's tables under these names
+PROFILE_TABLES = ("tuned", "searched", "quick")  # a file may change a profile's tables under these names
 
 
 def load_config(path: str | Path | None = None, *, quick: bool = False, profile: str | None = None,
@@ -417,7 +421,7 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
             those profiles set).
         base: settings under the file's (a suite's [run] table), checked as a file's are.
         quick: apply the [quick] table.
-        profile: ``"lab"`` (the defaults) or ``"tuned"`` (apply the [tuned] table); None
+        profile: ``"lab"`` (the defaults), ``"tuned"`` or ``"searched"`` (apply that table); None
             keeps the file's `profile` setting.
         **flags: settings from the command line, dotted for tables (None means not given).
     """
@@ -437,9 +441,9 @@ def load_config(path: str | Path | None = None, *, quick: bool = False, profile:
     tables["profile"] = profile or tables["profile"]
     if tables["profile"] not in PROFILES:
         raise LoralabError(f"config: profile must be one of {', '.join(PROFILES)}, not {tables['profile']!r}.")
-    if tables["profile"] == "tuned":
-        _say_what_is_replaced(user, layers["tuned"], where, "the tuned profile", "tuned")
-        tables = _merge(tables, layers["tuned"], "the tuned profile ([tuned] table)")
+    if (name := tables["profile"]) != "lab":
+        _say_what_is_replaced(user, layers[name], where, f"the {name} profile", name)
+        tables = _merge(tables, layers[name], f"the {name} profile ([{name}] table)")
     if quick:
         _say_what_is_replaced(user, layers["quick"], where, "--quick", "quick")
         tables = _merge(tables, layers["quick"], "the quick setting ([quick] table)")

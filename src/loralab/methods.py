@@ -20,6 +20,7 @@ class Method:
     kind: str    # baseline (no Transformer), trained, approximation (of a fine-tune), extracted
     trains: str  # what it trains, in words
     card: str = ""  # how a model card says it was made: a template of {rank}, {alpha}, {layers} ("" = label)
+    base: str = ""  # a row of another method on other layers ("lora-all": LoRA on every linear layer)
 
     def made_by(self, rank: int | None = None, alpha: float | None = None, layers: str = "") -> str:
         """The model card's words for a model this method made ("LoRA (rank 8, alpha 16) on
@@ -38,7 +39,8 @@ class Method:
 
 LORA_FAMILY = ("lora", "dora", "pissa")  # low-rank adapters at LoRA's ranks, set up by LoRA's options
 ADAPTERS = LORA_FAMILY + ("vera", "ia3")  # methods that train adapters, saved in PEFT's layout
-RANKED = ("lora", "dora", "pissa", "vera")  # adapters with a rank, in their run folders' names
+ALL_LINEAR = {m: f"{m}-all" for m in LORA_FAMILY}  # the LoRA family on every linear layer: rows of their own
+RANKED = ("lora", "dora", "pissa", "vera", *ALL_LINEAR.values())  # adapters with a rank, in their run folders' names
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tfidf-lr", "TF-IDF + logistic regression", "#8c564b", "tfidf-lr", "baseline",
@@ -69,13 +71,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "IA3 (trained vectors rescaling the keys, the values and the feed-forward activations)"),
     Method("lora", "LoRA", "#2ca02c", "lora", "trained", "low-rank adapters and the head",
            "LoRA (rank {rank}, alpha {alpha}) on {layers}"),
+    Method("lora-all", "LoRA (all linear)", "#006d2c", "lora-all", "trained",
+           "low-rank adapters on every linear layer but the head, and the head", base="lora"),
+    Method("dora-all", "DoRA (all linear)", "#41ab5d", "dora-all", "trained",
+           "DoRA's adapters on every linear layer but the head, and the head", base="dora"),
+    Method("pissa-all", "PiSSA (all linear)", "#8c8c00", "pissa-all", "trained",
+           "PiSSA's adapters on every linear layer but the head, and the head", base="pissa"),
     Method("extract", "Extracted LoRA (query, value)", "#ff7f0e", "extract", "extracted",
            "nothing: the truncated SVD of full fine-tuning's query/value updates"),
     Method("extract-all", "Extracted LoRA (all linear)", "#9467bd", "extract", "extracted",
            "nothing: the truncated SVD of full fine-tuning's update of every linear layer"),
 )}
 
-TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained")  # full, head, dora, ..., lora
+TRAINED = tuple(name for name, m in METHODS.items() if m.kind == "trained" and not m.base)  # full, head, .., lora
 BASELINES = tuple(name for name, m in METHODS.items() if m.kind == "baseline")
 TASK_BASELINES = {"classification": ("tfidf-lr", "tfidf-nb"), "regression": ("tfidf-ridge",)}  # a study's, by task
 
@@ -89,7 +97,19 @@ def label(name: str) -> str:
     return method(name).label
 
 
+def row_method(method: str, targets: str | None) -> str:
+    """The row a `method` run on `targets` is: the LoRA family on every linear layer is a
+    method of its own ("lora-all"), at its own trainable-parameter count."""
+    return ALL_LINEAR[method] if targets == "all-linear" and method in ALL_LINEAR else method
+
+
+def trained_method(name: str) -> str:
+    """The method a row's runs train: "lora" for "lora-all"."""
+    return method(name).base or name
+
+
 def table_of(method: str) -> str:
     """The configuration table a method reads (its learning rate, its [select] grid): LoRA's
     for DoRA and PiSSA, its own for the others."""
+    method = trained_method(method)
     return "lora" if method in LORA_FAMILY else method

@@ -59,20 +59,21 @@ def _pruning_callback(trial, metric: str, scores: list[float]):
 
 
 def _edges(space: SearchSpace, chosen: dict) -> list[str]:
-    """The chosen values that lie at the edge of their range (within 10% of the learning
-    rate's decade-span at either end, or the shortest or longest schedule): the best may lie
-    beyond, and the report says so."""
+    """The chosen values that lie at the edge of their range, in words (a learning rate within
+    a tenth of its log-range of either end; a best epoch at the end of the longest schedule):
+    the best may lie beyond, and the report says so."""
     import math
 
     out = []
     span = math.log(space.lr_max / space.lr_min) if space.lr_max > space.lr_min else 0
     if span and math.log(chosen["learning_rate"] / space.lr_min) < 0.1 * span:
-        out.append("learning_rate (lowest)")
+        out.append(f"the learning rate ({chosen['learning_rate']:.3g}) lies at the low end of its range")
     if span and math.log(space.lr_max / chosen["learning_rate"]) < 0.1 * span:
-        out.append("learning_rate (highest)")
+        out.append(f"the learning rate ({chosen['learning_rate']:.3g}) lies at the high end of its range")
     if space.max_epochs > space.min_epochs:
         if chosen["best_epoch"] >= space.max_epochs:
-            out.append("epochs (longest, still improving)")
+            out.append(f"the best epoch is the last of the longest schedule ({space.max_epochs} epochs): still "
+                       "improving")
     return out
 
 

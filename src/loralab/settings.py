@@ -23,7 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean")
 INITS = ("normal", "kaiming", "gaussian")
 TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, ia3, vera, pissa, dora, head, full: what `train` takes
-PROFILES = ("lab", "tuned")
+PROFILES = ("lab", "tuned", "searched")
 BINARY_NAMES = ("negative", "positive")  # the binary sentiment task's classes (IMDB's), 0 and 1
 CLASS_WEIGHTS = ("none", "balanced")
 # What a task predicts: classes, or a real-valued target (one output, mean-squared-error loss).

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from ..lowrank import LayerSpectrum
-from ..methods import ADAPTERS, LORA_FAMILY, label, method
+from ..methods import ADAPTERS, LORA_FAMILY, label, method, trained_method
 from ..records import Environment, Selection
 from ..settings import REGRESSION, SCORE_LABELS, SCORE_TABLE, metric_task
 from .findings import Findings, Summary, _one
@@ -263,8 +263,7 @@ def search_blocks(f: Findings) -> list:
         rows.append([f"{label(s.method)}{at}", f"{len(s.trials)} ({s.pruned} pruned)", f"{s.learning_rate:.3g}",
                      f"{s.epochs}", f"{s.best_epoch}", f"{s.warmup_ratio:g}", f"{s.weight_decay:g}",
                      f"{s.score:.4f}", f"{s.seconds:,.0f}", f"{s.token_passes / 1e6:,.1f}"])
-        edges += [f"{label(s.method)}: the chosen {edge.split(' (')[0].replace('_', ' ')} lies at the edge of its "
-                  f"range ({edge.split(' (')[1].rstrip(')')}): the best may lie beyond it." for edge in s.at_edge]
+        edges += [f"{label(s.method)}: {edge}; the best may lie beyond it." for edge in s.at_edge]
     first = f.searches[0]
     pruner = ("a median pruner stops a trial whose validation score after an epoch trails the median of earlier "
               "trials there" if first.pruner == "median" else "no pruner")
@@ -429,7 +428,7 @@ def budget_comparison(f: Findings) -> tuple[Table, list[str]] | None:
     """Every adapter method's runs (LoRA and its variants at each rank, VeRA, IA3) by their
     trainable parameters, and at each budget where the best method changes, which is best among
     those within it and whether its lead over the runner-up exceeds the seeds' spread."""
-    runs = sorted((s for s in f.summaries if s.method in ADAPTERS and s.score is not None),
+    runs = sorted((s for s in f.summaries if trained_method(s.method) in ADAPTERS and s.score is not None),
                   key=lambda s: (s.trainable_params, s.method))
     if len({s.method for s in runs}) < 2 or not any(s.method not in LORA_FAMILY for s in runs):
         return None

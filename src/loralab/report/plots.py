@@ -23,7 +23,8 @@ COLORS = {name: m.color for name, m in METHODS.items()}
 # The series against rank: the approximated models, trained LoRA and its variants (VeRA's rank is
 # another kind of number and IA3 has none: they are points on the parameters plot; extracted adapters are
 # compared in the report's extraction table instead).
-RANK_SERIES = tuple(name for name, m in METHODS.items() if m.kind == "approximation" or name in LORA_FAMILY)
+RANK_SERIES = tuple(name for name, m in METHODS.items()
+                    if m.kind == "approximation" or name in LORA_FAMILY or m.base in LORA_FAMILY)
 # Series that often lie on top of one another, drawn so that each shows through: approximated
 # model 1 as large hollow squares on a dashed line around model 2's dots.
 SERIES_STYLE = {"approx1": {"marker": "s", "markersize": 10, "markerfacecolor": "none", "ls": "--", "lw": 2},

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Union
 
 from ..config import Config, SearchSpace
-from ..methods import LORA_FAMILY, TASK_BASELINES, table_of
+from ..methods import LORA_FAMILY, TASK_BASELINES, row_method, table_of
 from ..records import (
     EXTRACT,
     LOWRANK,
@@ -269,18 +269,23 @@ def plan(config: Config, ctx: Context) -> list[Run]:
 
     targets = c.lora.targets or None
     runs: list[Run] = []
-    chosen: dict[str, Ref] = {}  # method -> the run that chooses its learning rate (or recipe)
+    chosen: dict[str, Ref] = {}  # row method ("lora", "lora-all") -> the run that chooses its rate (or recipe)
     wanted = {"full": m.full, "head": m.head, "lora": bool(m.lora_ranks), **{variant: True for variant in m.variants}}
     search = c.search
     if search.enabled:
         for method in (name for name, on in wanted.items() if on):
-            lora = adapter_options(c, method, search.lora_rank if method in LORA_FAMILY else None)
-            inputs = SearchInputs(method, model, ctx.choice_key, TrainSettings.from_config(c, method, seed=seeds[0]),
-                                  lora, getattr(search, table_of(method)), search.limit_train, c.search_metric,
-                                  search.pruner, search.startup_trials, search.warmup_epochs)
-            run = Run(search_run(method), "search", inputs, isolate)
-            runs.append(run)
-            chosen[method] = run.ref()
+            family = method in LORA_FAMILY
+            for target in (m.lora_targets if family else ("",)):  # each target its own recipe
+                lora = adapter_options(c, method, search.lora_rank if family else None)
+                lora = lora.replace(targets="all-linear") if target else lora
+                inputs = SearchInputs(method, model, ctx.choice_key,
+                                      TrainSettings.from_config(c, method, seed=seeds[0]), lora,
+                                      getattr(search, table_of(method)), search.limit_train, c.search_metric,
+                                      search.pruner, search.startup_trials, search.warmup_epochs)
+                name = row_method(method, getattr(lora, "targets", None))
+                run = Run(search_run(name), "search", inputs, isolate)
+                runs.append(run)
+                chosen[name] = run.ref()
     if sel.enabled:
         for method in (name for name, on in wanted.items() if on):
             settings = TrainSettings.from_config(c, seed=seeds[0], learning_rate=getattr(sel, table_of(method))[0],
@@ -318,16 +323,18 @@ def plan(config: Config, ctx: Context) -> list[Run]:
                                                               tuple(m.extract_targets), tuple(m.extract_ranks),
                                                               tuple(m.extract_energies))))
         loras = []
-        for rank in m.lora_ranks:
-            run = Run(method_run("lora", rank, sfx), "train",
-                      TrainInputs("lora", model, ctx.data_key, settings["lora"],
-                                  LoraOptions.from_config(c, rank), chosen.get("lora")), isolate)
-            runs.append(run)
-            loras.append((rank, run.ref()))
-            for variant in (v for v in m.variants if v in LORA_FAMILY):  # at the same rank, each at its own rate
-                runs.append(Run(method_run(variant, rank, sfx), "train",
-                                TrainInputs(variant, model, ctx.data_key, settings[variant],
-                                            LoraOptions.from_config(c, rank), chosen.get(variant)), isolate))
+        for target in m.lora_targets:  # "" (lora.targets: query and value) and/or every linear layer
+            for rank in m.lora_ranks:
+                options = LoraOptions.from_config(c, rank)
+                options = options.replace(targets="all-linear") if target else options
+                for method in ("lora", *(v for v in m.variants if v in LORA_FAMILY)):  # each at its own rate
+                    name = row_method(method, options.targets)
+                    run = Run(method_run(name, rank, sfx), "train",
+                              TrainInputs(method, model, ctx.data_key, settings[method], options,
+                                          chosen.get(name if name in chosen else method)), isolate)
+                    runs.append(run)
+                    if method == "lora" and not target:
+                        loras.append((rank, run.ref()))
         for method in (v for v in m.variants if v not in LORA_FAMILY):  # VeRA and IA3 at their own sizes
             options = adapter_options(c, method)
             runs.append(Run(method_run(method, options.rank, sfx), "train",

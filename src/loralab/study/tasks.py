@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import LoralabError
+from ..methods import row_method
 from ..records import RESULT_NAME, Extracted, ReplaceTest, Row, RunOutput, read_record
 from ..settings import TrainSettings
 from .plan import (
@@ -80,6 +81,7 @@ def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> RunOutput:
     info = train(method=inputs.method, out=run_dir / "model", model=inputs.model, settings=settings,
                  tokenized=tokenized, lora=inputs.lora, lock=False, callbacks=callbacks)
     row = info.row(chosen_on="validation" if inputs.learning_rate_from else None)
+    row.method = row_method(inputs.method, getattr(inputs.lora, "targets", None))  # "lora-all": its own row
     row.recipe = recipe
     row.token_passes = token_count(tokenized["train"]) * len(row.history)
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
@@ -129,6 +131,7 @@ def task_search(ctx: Context, run_dir: Path, inputs: SearchInputs) -> RunOutput:
                            tokenizer=ctx.tokenizer(inputs.model), pruner=inputs.pruner,
                            startup_trials=inputs.startup_trials, warmup_epochs=inputs.warmup_epochs,
                            rank=getattr(inputs.lora, "rank", None))
+    search.method = row_method(inputs.method, getattr(inputs.lora, "targets", None))
     return RunOutput(search=search)
 
 
