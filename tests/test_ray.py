@@ -163,3 +163,43 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(LoralabError, match=r"pip install 'loralab\[ray\]'"):
         cluster.import_ray()
+
+
+SEARCHED = """
+[data]
+validation = 0.25
+[search]
+enabled = true
+lora_rank = 2
+startup_trials = 1
+[search.head]
+trials = 2
+max_epochs = 2
+[search.lora]
+trials = 2
+lr_min = 1e-3
+lr_max = 1e-2
+min_epochs = 1
+max_epochs = 2
+"""
+
+
+def test_the_recipe_searches_run_on_the_cluster(cluster, study, tmp_path):
+    """#44: each method's search is a run of the study placed on a node; its trials are kept in
+    the study folder's search.db, and the runs train at the recipe it found."""
+    from loralab.records import read_record
+
+    config = tmp_path / "searched.toml"
+    config.write_text(study.read_text().replace("[data]\n", "[data]\nvalidation = 0.25\n", 1)
+                      + SEARCHED.split("[data]\nvalidation = 0.25\n")[1])
+    out = tmp_path / "out"
+    finish(driver(config, out, "--executor", "ray", "--address", cluster.address))
+    ran_on = nodes(out)
+    assert {"search-head", "search-lora"} <= set(ran_on)
+    assert all(node.split()[1] in {cluster.head_node.node_id, cluster.worker.node_id} for node in ran_on.values())
+    assert (out / "search.db").exists()
+    for method, run in (("head", "head-seed1"), ("lora", "lora-r2-seed0")):
+        found = read_record(out / f"search-{method}" / "result.json").search
+        assert len(found.trials) == 2
+        row = read_record(out / run / "result.json").rows[0]
+        assert row.recipe["search"] == f"search-{method}" and len(row.history) == found.best_epoch

@@ -211,3 +211,21 @@ def test_a_search_needs_a_validation_split_and_one_choice_of_rates():
         load_config(None, **{"search.enabled": True, "data.validation": 0.1, "search.lora.lr_min": 1.0})
     with pytest.raises(LoralabError, match="search.full.trials must be at least 1"):
         load_config(None, **{"search.full.trials": 0})
+
+
+@pytest.mark.slow
+def test_train_with_the_searched_profile_searches_then_stops_at_the_best_epoch(tmp_path, tiny_model_dir, run_cli):
+    data = write_synthetic_reviews(tmp_path / "data", n_train=80, n_eval=32)
+    config = tmp_path / "c.toml"
+    config.write_text("[searched.search.lora]\ntrials = 3\nmin_epochs = 2\nmax_epochs = 3\n")
+    out = tmp_path / "adapter"
+    code, stdout, err = run_cli("train", "--method", "lora", "--rank", "2", "--model", tiny_model_dir, "--data", data,
+                                "--profile", "searched", "--config", config, "--max-length", "64", "--quiet",
+                                "--precision", "fp32", "--out", out)
+    assert code == 0, err
+    storage = f"sqlite:///{tmp_path / 'adapter.search.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    best = optuna.load_study(study_name=name, storage=storage).best_trial
+    info = json.loads((out / "loralab.json").read_text())
+    assert info["learning_rate"] == best.params["learning_rate"]
+    assert len(info["history"]) == best.user_attrs["best_epoch"]

@@ -81,7 +81,12 @@ def test_the_example_glue_suite_reads_the_five_shared_tasks():
     configs = task_configs(suite, "runs/glue", profile="tuned", seeds=[0, 1, 2])
     assert configs["stsb"].data.task == "regression" and configs["cola"].data.metric == "matthews"
     assert configs["mrpc"].train.batch_size == 16 and configs["mrpc"].select.enabled
-    assert configs["rte"].methods.lora_ranks == (1, 2, 4, 8, 16) and configs["rte"].out.endswith("rte")
+    assert configs["rte"].methods.lora_ranks == (2, 8) and configs["rte"].out.endswith("rte")
+    searched = task_configs(suite, "runs/glue", seeds=[0, 1, 2])  # the suite's own default: the searched profile
+    rte = searched["rte"]
+    assert rte.profile == "searched" and rte.search.enabled and not rte.select.enabled and rte.data.validation == 0.1
+    assert rte.methods.lora_targets == ("", "all-linear") and rte.methods.extract_targets == ("all-linear",)
+    assert (rte.search.lora.trials, rte.search.lora.max_epochs) == (8, 12)
 
 
 @pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -22,14 +21,12 @@ from datasets import DatasetDict
 from torch import nn
 
 from .adapters import CONFIG_NAME, adapter_base, class_names, load_adapter, save_adapter
-from .config import REMEMBERED_COLUMNS, Config
 from .errors import LoralabError, ModelLoadError
 from .fileio import write_json
 from .head import head_features, train_head
 from .inference import check_max_length, evaluate_metrics
-from .locks import output_lock
 from .lora import rate_warning
-from .methods import ADAPTERS, table_of
+from .methods import ADAPTERS
 from .metrics import SCORES, Metrics, Scored
 from .models import (
     DEFAULT_MODEL,
@@ -332,70 +329,6 @@ def train(method: str = "lora", out: str | os.PathLike = "runs/model", model: st
         save_trained(net, tokenizer, out, info, extra_files=[work / "train_log.json", work / "checkpoints" / "runs"])
         shutil.rmtree(work, ignore_errors=True)
     return info
-
-
-def train_configured(method: str, out: str | os.PathLike, config: Config, *, lora: AdapterOptions | None = None,
-                     learning_rate: float | None = None, quiet: bool = False, resume: bool = False,
-                     overwrite: bool = False) -> TrainInfo:
-    """`loralab train`: one model trained as a resolved configuration (`loralab.config`) says:
-    its data and settings, `method`'s own table's learning rate (or `learning_rate`) and,
-    where `select.enabled` (the tuned profile), the rate chosen first on the validation split
-    from `method`'s [select] grid (the split then left out of training). `out` is checked
-    before any data is read (`outputs.check_output`, the data and model its inputs) and
-    locked while it is written. The returned `TrainInfo` holds the `selection`, if any."""
-    from .data import load_configured
-    from .outputs import data_inputs
-
-    check_output(out, "model", overwrite=overwrite,
-                 inputs=[("--model", local_folder(config.model)), *data_inputs(config.data)])
-    settings = TrainSettings.from_config(config, method, quiet=quiet,
-                                         **({"learning_rate": learning_rate} if learning_rate else {}))
-    lock = output_lock(out) if is_main_process() else contextlib.nullcontext()  # torchrun: rank 0 writes
-    with lock:  # the learning-rate choice's scratch and the result: one writer
-        data, selection = load_configured(config.data), None
-        if config.select.enabled:
-            sel = config.select
-            trial = settings.replace(epochs=sel.epochs) if sel.epochs else settings
-            selection = choose_learning_rate(method, getattr(sel, table_of(method)), data, model=config.model,
-                                             settings=trial, lora=lora, work=f"{out}.choose", resume=resume,
-                                             metric=config.select_metric)
-            settings = settings.replace(learning_rate=selection.learning_rate)
-            del data["validation"]
-        callbacks = ()
-        if config.search.enabled:  # the searched profile: the recipe searched first, stopped at its best epoch
-            settings, callbacks = _searched(method, data, config, settings, lora, out)
-            del data["validation"]
-        return train(method=method, out=out, model=config.model, data=data, settings=settings, lora=lora,
-                     resume=resume, selection=selection, lock=False, overwrite=overwrite, callbacks=callbacks,
-                     columns={key: getattr(config.data, key) for key in REMEMBERED_COLUMNS})
-
-
-def _searched(method: str, data, config: Config, settings: TrainSettings, lora, out) -> tuple:
-    """`loralab train --profile searched`: `method`'s recipe searched on the validation split
-    (`loralab.search`; its trials in `OUT.search.db` beside `out`, so a killed search resumes),
-    as (the settings to train with, the callback that stops training at its best epoch)."""
-    from .data import data_digest
-    from .search import search_recipe
-    from .training import stop_after_epoch
-
-    tokenizer = load_tokenizer(config.model)
-    tokenized = tokenize(data, tokenizer, settings.max_length)
-    space, search = getattr(config.search, table_of(method)), config.search
-    name = fingerprint(method, str(config.model), asdict(settings.replace(quiet=False)), asdict(lora) if lora else None,
-                       asdict(space), search.pruner, search.startup_trials, search.warmup_epochs,
-                       config.search_metric, data_digest(tokenized, ("train", "validation")))
-    found = search_recipe(method, tokenized, model=config.model, settings=settings, space=space,
-                          storage=Path(f"{out}.search.db"), study_name=f"{method}-{name}", work=f"{out}.trials",
-                          lora=lora, metric=config.search_metric, tokenizer=tokenizer, pruner=search.pruner,
-                          startup_trials=search.startup_trials, warmup_epochs=search.warmup_epochs,
-                          rank=getattr(lora, "rank", None))
-    logger.info("%s: recipe searched on the validation split (%d trials, %d pruned): learning rate %.3g, %d "
-                "epochs stopped at %d, warm-up %g, weight decay %g: validation %s %.4f", method, len(found.trials),
-                found.pruned, found.learning_rate, found.epochs, found.best_epoch, found.warmup_ratio,
-                found.weight_decay, found.metric, found.score)
-    settings = settings.replace(learning_rate=found.learning_rate, epochs=float(found.epochs),
-                                warmup_ratio=found.warmup_ratio, weight_decay=found.weight_decay)
-    return settings, (stop_after_epoch(found.best_epoch),)
 
 
 def choose_learning_rate(method: str, candidates, data, *, model: str = DEFAULT_MODEL,

@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES,
                    help="tuned: choose the learning rate from a grid on a validation split carved from train, "
                         "mean pooling; searched: search the recipe there (Optuna), stop at its best epoch")
+    p.add_argument("--config", help="a TOML file of settings (the tables of `loralab run`'s: [train], [lora], "
+                   "[search], ...)")
     p.add_argument("--out", required=True, help="folder for the trained model or adapter: new, empty, or one "
                    "loralab trained into")
     _add_overwrite(p)
@@ -342,7 +344,7 @@ class _CommaList:
 
 
 def cmd_train(args) -> None:
-    from .api import train_configured
+    from .search import train_configured
 
     config = config_of(args)  # the profile's pooling, LoRA init, validation split and candidates
     result = train_configured(args.method, args.out, config, lora=_adapter_options(args, config),

@@ -185,3 +185,80 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
                   seconds=sum(t.seconds for t in trials), token_passes=sum(t.token_passes for t in trials),
                   storage=Path(storage).name, study_name=study_name, rank=rank, at_edge=_edges(space, chosen),
                   pruner=pruner)
+
+
+def train_configured(method: str, out: str | os.PathLike, config, *, lora: AdapterOptions | None = None,
+                     learning_rate: float | None = None, quiet: bool = False, resume: bool = False,
+                     overwrite: bool = False):
+    """`loralab train`: one model trained as a resolved configuration (`loralab.config`) says:
+    its data and settings, `method`'s own table's learning rate (or `learning_rate`) and,
+    where `select.enabled` (the tuned profile), the rate chosen first on the validation split
+    from `method`'s [select] grid, or where `search.enabled` (the searched profile) its recipe
+    searched there (`search_recipe`; the split then left out of training). `out` is checked
+    before any data is read (`outputs.check_output`, the data and model its inputs) and
+    locked while it is written. The returned `TrainInfo` holds the `selection`, if any."""
+    import contextlib
+
+    from .api import choose_learning_rate, train
+    from .config import REMEMBERED_COLUMNS
+    from .data import load_configured
+    from .locks import output_lock
+    from .methods import table_of
+    from .models import local_folder
+    from .outputs import check_output, data_inputs
+    from .training import is_main_process
+
+    check_output(out, "model", overwrite=overwrite,
+                 inputs=[("--model", local_folder(config.model)), *data_inputs(config.data)])
+    settings = TrainSettings.from_config(config, method, quiet=quiet,
+                                         **({"learning_rate": learning_rate} if learning_rate else {}))
+    lock = output_lock(out) if is_main_process() else contextlib.nullcontext()  # torchrun: rank 0 writes
+    with lock:  # the learning-rate choice's scratch and the result: one writer
+        data, selection = load_configured(config.data), None
+        if config.select.enabled:
+            sel = config.select
+            trial = settings.replace(epochs=sel.epochs) if sel.epochs else settings
+            selection = choose_learning_rate(method, getattr(sel, table_of(method)), data, model=config.model,
+                                             settings=trial, lora=lora, work=f"{out}.choose", resume=resume,
+                                             metric=config.select_metric)
+            settings = settings.replace(learning_rate=selection.learning_rate)
+            del data["validation"]
+        callbacks = ()
+        if config.search.enabled:  # the searched profile: the recipe searched first, stopped at its best epoch
+            settings, callbacks = _searched(method, data, config, settings, lora, out)
+            del data["validation"]
+        return train(method=method, out=out, model=config.model, data=data, settings=settings, lora=lora,
+                     resume=resume, selection=selection, lock=False, overwrite=overwrite, callbacks=callbacks,
+                     columns={key: getattr(config.data, key) for key in REMEMBERED_COLUMNS})
+
+
+def _searched(method: str, data, config, settings: TrainSettings, lora, out) -> tuple:
+    """`loralab train --profile searched`: `method`'s recipe searched on the validation split
+    (`loralab.search`; its trials in `OUT.search.db` beside `out`, so a killed search resumes),
+    as (the settings to train with, the callback that stops training at its best epoch)."""
+    from dataclasses import asdict
+
+    from .data import data_digest
+    from .methods import table_of
+    from .models import load_tokenizer
+    from .records import fingerprint
+    from .training import stop_after_epoch, tokenize
+
+    tokenizer = load_tokenizer(config.model)
+    tokenized = tokenize(data, tokenizer, settings.max_length)
+    space, search = getattr(config.search, table_of(method)), config.search
+    name = fingerprint(method, str(config.model), asdict(settings.replace(quiet=False)), asdict(lora) if lora else None,
+                       asdict(space), search.pruner, search.startup_trials, search.warmup_epochs,
+                       config.search_metric, data_digest(tokenized, ("train", "validation")))
+    found = search_recipe(method, tokenized, model=config.model, settings=settings, space=space,
+                          storage=Path(f"{out}.search.db"), study_name=f"{method}-{name}", work=f"{out}.trials",
+                          lora=lora, metric=config.search_metric, tokenizer=tokenizer, pruner=search.pruner,
+                          startup_trials=search.startup_trials, warmup_epochs=search.warmup_epochs,
+                          rank=getattr(lora, "rank", None))
+    logger.info("%s: recipe searched on the validation split (%d trials, %d pruned): learning rate %.3g, %d "
+                "epochs stopped at %d, warm-up %g, weight decay %g: validation %s %.4f", method, len(found.trials),
+                found.pruned, found.learning_rate, found.epochs, found.best_epoch, found.warmup_ratio,
+                found.weight_decay, found.metric, found.score)
+    settings = settings.replace(learning_rate=found.learning_rate, epochs=float(found.epochs),
+                                warmup_ratio=found.warmup_ratio, weight_decay=found.weight_decay)
+    return settings, (stop_after_epoch(found.best_epoch),)
