@@ -77,6 +77,20 @@ def _edges(space: SearchSpace, chosen: dict) -> list[str]:
     return out
 
 
+def _open_study(optuna, storage: Path, name: str, sampler, pruner):
+    """The Optuna study `name` in the SQLite file `storage`, made if missing. The searches of a
+    study share the file and may start at the same moment (`--jobs`, a Ray cluster): the file's
+    tables are made under a lock, or two processes would both make them; each connection waits
+    up to a minute for another's write."""
+    from filelock import FileLock
+
+    with FileLock(f"{storage}.lock"):
+        rdb = optuna.storages.RDBStorage(f"sqlite:///{storage.resolve()}",
+                                         engine_kwargs={"connect_args": {"timeout": 60}})
+        return optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize",
+                                   sampler=sampler, pruner=pruner)
+
+
 def search_recipe(method: str, data, *, model: str, settings: TrainSettings, space: SearchSpace,
                   storage: str | os.PathLike, study_name: str, work: str | os.PathLike,
                   lora: AdapterOptions | None = None, metric: str = "accuracy", tokenizer=None,
@@ -117,8 +131,7 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup_trials)
     chosen_pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
                      if pruner == "median" else optuna.pruners.NopPruner())
-    study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{Path(storage).resolve()}",
-                                load_if_exists=True, direction="maximize", sampler=sampler, pruner=chosen_pruner)
+    study = _open_study(optuna, Path(storage), study_name, sampler, chosen_pruner)
     for interrupted in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         # The process that ran it was killed: the trial is failed and asked again with the same values.
         study._storage.set_trial_state_values(interrupted._trial_id, optuna.trial.TrialState.FAIL)

@@ -112,7 +112,7 @@ class _Progress:
 
 
 # What a study writes at its folder's top level besides its runs' folders.
-STUDY_FILES = ("config.toml", "results.json", "environment.json", "search.db")  # search.db: recipe searches
+STUDY_FILES = ("config.toml", "results.json", "environment.json", "search.db", "search.db.lock")  # recipe searches
 
 
 def run_study(config: Config, quiet: bool = False, overwrite: bool = False, name: str = "") -> StudyResult:
