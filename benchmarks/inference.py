@@ -39,7 +39,7 @@ def main() -> None:
     )
     from loralab.data import limit_data, load_data
     from loralab.inference import bf16_supported
-    from loralab.serve import predict_texts
+    from loralab.predict import predict_texts
     from loralab.training import TrainSettings
 
     tokenizer = load_tokenizer(args.model)

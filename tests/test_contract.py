@@ -140,7 +140,7 @@ def test_wrapping_a_lora_layer_again_says_so():
                                            ("all-linear", "on every linear layer but the head"),
                                            ("query,key,value", "on the layers matching 'query,key,value'")])
 def test_model_card_names_the_layers_the_adapter_wraps(targets, says):
-    from loralab.serve import model_card
+    from loralab.export import model_card
 
     card = model_card({"method": "lora", "rank": 4, "alpha": 8, "targets": targets}, "base", merged=False,
                       adapter=True)
@@ -150,7 +150,7 @@ def test_model_card_names_the_layers_the_adapter_wraps(targets, says):
 @pytest.mark.parametrize("method, says", [("vera", "VeRA (rank 256: frozen random matrices shared by every layer"),
                                          ("ia3", "IA3 (trained vectors rescaling the keys, the values")])
 def test_model_card_says_what_vera_and_ia3_train(method, says):
-    from loralab.serve import model_card
+    from loralab.export import model_card
 
     card = model_card({"method": method, "rank": 256 if method == "vera" else None}, "base", merged=True,
                       adapter=False)
@@ -182,7 +182,7 @@ LAYERS = {
     "records": {"records"},
     "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",
                  "fastdropout", "measure", "baselines"},
-    "api": {"api", "serve", "search"},
+    "api": {"api", "predict", "export", "search"},
     "report": {"report", "report.findings", "report.document", "report.render", "report.plots", "report.suite"},
     "study": {"study", "study.plan", "study.tasks", "study.executors", "study.runner",
               "study.suite", "study.cluster"},

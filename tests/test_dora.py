@@ -118,7 +118,7 @@ def test_dora_through_train_and_export(tmp_path, tiny_model_dir):
 
     from loralab import predict, train
     from loralab.data import DataOptions, load_data
-    from loralab.serve import export
+    from loralab.export import export
     from loralab.training import TrainSettings
     from test_pairs import write_pairs
 

@@ -76,7 +76,7 @@ def test_the_second_text_reaches_the_model(pairs, tiny_model_dir):
     from transformers import BertConfig, BertForSequenceClassification
 
     from loralab.models import load_tokenizer
-    from loralab.serve import predict_texts
+    from loralab.predict import predict_texts
 
     torch.manual_seed(0)  # weights large enough that every input token moves the answer
     model = BertForSequenceClassification(BertConfig(
@@ -173,7 +173,7 @@ def test_inference_gives_a_pair_its_token_types_as_training_does(pairs, tiny_mod
 
     from loralab.inference import predict_logits
     from loralab.models import load_tokenizer
-    from loralab.serve import predict_texts
+    from loralab.predict import predict_texts
 
     torch.manual_seed(0)  # large weights: segment B's embedding moves the answer
     model = BertForSequenceClassification(BertConfig(

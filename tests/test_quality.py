@@ -89,7 +89,7 @@ def test_cached_mean_features_give_the_models_own_logits():
 def test_export_refuses_a_mean_pooled_model(tmp_path, tiny_model_dir, synthetic_data_dir):
     from loralab.api import train
     from loralab.data import load_data
-    from loralab.serve import export
+    from loralab.export import export
     from loralab.training import TrainSettings
 
     data = load_data(synthetic_data_dir)

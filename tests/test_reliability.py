@@ -390,7 +390,7 @@ def test_predict_streams_100k_reviews_in_bounded_memory(tmp_path, tiny_model_dir
         fh.write("id,review\n")
         for i in range(100_000):
             fh.write(f"{i},{'a fine film ' if i % 2 else 'a dull film '}{i}\n")
-    script = ("import json, resource, sys; from loralab.serve import predict; "
+    script = ("import json, resource, sys; from loralab.predict import predict; "
               "from loralab.training import TrainSettings; "
               "r = predict(sys.argv[1], input=sys.argv[2], output=sys.argv[3], "
               "settings=TrainSettings(max_length=16, eval_batch_size=256), progress=False); "

@@ -7,11 +7,12 @@ from .adapters import load_adapter, save_adapter
 from .api import choose_learning_rate, evaluate, load_trained, prepare_model, save_trained, train
 from .data import DataOptions, load_data, load_split, split_validation
 from .errors import DataError, LoralabError, ModelLoadError
+from .export import export
 from .extraction import extract_adapter, save_extraction
 from .lora import LoRA
 from .models import load_model, load_tokenizer, num_trainable_parameters
 from .pooling import pooling_of, set_pooling
-from .serve import export, predict
+from .predict import predict
 from .settings import IA3Options, LoraOptions, TrainSettings, VeraOptions
 from .surgery import (
     adapter_layers,

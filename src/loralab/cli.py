@@ -459,7 +459,7 @@ def cmd_lowrank(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .serve import predict, split_pair
+    from .predict import predict, split_pair
 
     if args.texts == ["-"] and not args.input:  # `loralab predict DIR -`: the texts come from stdin
         args.texts, args.input = [], "-"
@@ -508,7 +508,7 @@ def cmd_extract(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .serve import export
+    from .export import export
 
     print(f"exported to {export(args.model_dir, args.out, merge=args.merge, overwrite=args.overwrite)}")
 
