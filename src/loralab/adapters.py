@@ -92,8 +92,10 @@ def base_fingerprint(layers: dict[str, nn.Module]) -> str:
         # PiSSA's base holds a residual; its adapter is saved for the original weight.
         weight = layer.original_weight() if isinstance(layer, Adapter) else layer.weight.detach().float()
         # Rounded to bfloat16, so that merge round-off and bfloat16 storage do not count.
+        rounded = getattr(layer, "w0_bf16", None)  # PiSSA keeps W0's own rounding
+        rounded = weight.to(torch.bfloat16) if rounded is None else rounded
         digest.update(name.encode())
-        digest.update(weight.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+        digest.update(rounded.view(torch.int16).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -309,6 +309,7 @@ class PiSSA(LoRA):
         self.init = "pissa"
         with torch.no_grad():
             weight = pretrained.weight.float()
+            w0_bf16 = weight.to(torch.bfloat16)  # a copy: `weight` may be the layer's own tensor, changed below
             u, s, vh = torch.linalg.svd(weight, full_matrices=False)  # weight = u diag(s) vh
             root = (s[:rank] / self.scaling).sqrt()
             self.A.copy_((root[:, None] * vh[:rank]).T)              # (in, r)
@@ -316,6 +317,11 @@ class PiSSA(LoRA):
             pretrained.weight.copy_((weight - self.scaling * (self.A @ self.B).T).to(pretrained.weight.dtype))
         self.register_buffer("A0", self.A.detach().clone())
         self.register_buffer("B0", self.B.detach().clone())
+        # W0 as `adapters.base_fingerprint` rounds it: the residual plus A0 B0 differs from W0
+        # by float32 round-off, which flips a few of a large layer's bfloat16 values (about 4
+        # of all-MiniLM-L6-v2's 147k per 384 x 384 layer), so that an adapter saved from it
+        # named another base model and failed to load.
+        self.register_buffer("w0_bf16", w0_bf16, persistent=False)
 
     def reset_parameters(self) -> None:  # the SVD sets A and B in __init__; nothing to draw
         if hasattr(self, "A0"):
