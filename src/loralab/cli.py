@@ -112,6 +112,8 @@ FLAG_KEYS = {
     "limit_train": "data.limit_train",
     "limit_eval": "data.limit_eval", "targets": "lora.targets", "init": "lora.init", "dropout": "lora.dropout",
     "rslora": "lora.rslora", "lr_ratio": "lora.lr_ratio",
+    "host": "serve.host", "port": "serve.port", "max_batch": "serve.max_batch", "max_wait_ms": "serve.max_wait_ms",
+    "max_texts": "serve.max_texts", "max_chars": "serve.max_chars", "mixing": "serve.mixing",
 }
 
 
@@ -256,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the export: new, empty, or an earlier export's")
     _add_overwrite(p)
     p.add_argument("--merge", action="store_true", help="merge a LoRA adapter into the base weights")
+
+    p = sub.add_parser("serve", parents=[debug],
+                       help="serve every adapter folder under a folder on one base model over HTTP (the serve extra)")
+    p.add_argument("adapters_dir", help="a folder of adapter folders (loralab's or PEFT's), each served by its name")
+    p.add_argument("--model", help="the base model (default: the one the adapters name)")
+    p.add_argument("--config", help="a TOML file whose [serve] (and [train]) tables set these")
+    for flag in ("--host", "--port", "--max-batch", "--max-wait-ms", "--max-texts", "--max-chars", "--mixing",
+                 "--max-length"):
+        p.add_argument(flag)
+    _add_device_args(p)
 
     p = sub.add_parser("report", parents=[debug],
                        help="write report.md, report.html and plots for a study's output folder")
@@ -532,6 +544,39 @@ def cmd_glue(args) -> None:
     print(f"\nReport: {report} and report.html; each task's study in {args.out}/TASK")
 
 
+def cmd_serve(args) -> None:
+    from .settings import TrainSettings
+
+    try:
+        from .serve.app import serve
+    except ImportError as err:
+        raise LoralabError(f"loralab serve needs the serve extra: pip install 'loralab[serve]' ({err}).") from err
+    config = config_of(args)
+    model = args.model or _adapters_base(args.adapters_dir)
+    serve(args.adapters_dir, model, config.serve, TrainSettings.from_config(config, quiet=True))
+
+
+def _adapters_base(folder: str) -> str:
+    """The base model the adapter folders under `folder` name (`--model`'s default)."""
+    import json
+    from pathlib import Path
+
+    from .adapters import CONFIG_NAME, adapter_base
+    from .models import DEFAULT_MODEL
+
+    bases = {}
+    for config in sorted(Path(folder).glob(f"*/{CONFIG_NAME}")):
+        try:
+            bases.setdefault(adapter_base(json.loads(config.read_text("utf-8"))) or DEFAULT_MODEL, config.parent.name)
+        except (ValueError, AttributeError):
+            continue  # a damaged folder: the server refuses it by name
+    if len(bases) > 1:
+        named = ", ".join(f"{base} ({name})" for base, name in bases.items())
+        raise LoralabError(f"{folder}: the adapters name several base models ({named}); one server serves one "
+                           "base: give --model, and the others are refused.")
+    return next(iter(bases), DEFAULT_MODEL)
+
+
 def cmd_report(args) -> None:
     from .report import write_report
 
@@ -553,8 +598,8 @@ def cmd_run(args) -> None:
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "lowrank": cmd_lowrank,
-            "predict": cmd_predict, "extract": cmd_extract, "export": cmd_export, "report": cmd_report, "run": cmd_run,
-            "glue": cmd_glue}
+            "predict": cmd_predict, "extract": cmd_extract, "export": cmd_export, "report": cmd_report,
+            "serve": cmd_serve, "run": cmd_run, "glue": cmd_glue}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,8 @@ docstring (`opt`), checked in one place (`validate`), read from TOML and written
       .methods  MethodsConfig   which methods the study runs, at which ranks
       .lora / .vera / .ia3 / .head  each method's own table
       .select   SelectConfig    the learning rates tried on the validation split
+      .search   SearchConfig    each method's recipe searched there (Optuna)
+      .serve    ServeConfig     `loralab serve`: address, batching, request limits
 
 `load_config` resolves defaults < a suite's [run] table < a TOML file < a profile
 (`profiles.toml`: [tuned], [quick]) < flags. `defaults.toml` is written from these fields
@@ -42,6 +44,8 @@ from .settings import (
     ENERGY,
     FRACTION,
     INITS,
+    MIXINGS,
+    PORT,
     POSITIVE,
     POSITIVE_INT,
     PRECISIONS,
@@ -253,6 +257,25 @@ class SearchConfig(Checked):
 
 
 @dataclass(frozen=True)
+class ServeConfig(Checked):
+    """[serve]: `loralab serve`, many adapters on one base model behind one HTTP server (the
+    model, precision, device and longest input are the top level's and [train]'s)."""
+
+    host: str = opt("127.0.0.1", "the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)")
+    port: int = opt(8000, "the port to listen on", within=PORT)
+    max_batch: int = opt(32, "rows per forward pass: requests that arrive together, for any adapters, share it",
+                         within=POSITIVE_INT)
+    max_wait_ms: float = opt(2.0, "how long a request waits for others to fill its batch, in milliseconds",
+                             within=AT_LEAST_0)
+    max_texts: int = opt(256, "the most texts (or pairs) one request may hold", within=POSITIVE_INT)
+    max_chars: int = opt(100_000, "the longest text one request may hold, in characters", within=POSITIVE_INT)
+    mixing: str = opt("auto", "how a mixed batch adds each row's own update: segments (each adapter's layers on "
+                              "its rows) | gather (LoRA's A and B gathered per row) | auto (segments on a CPU, "
+                              "gather on a GPU: benchmarks/serve.py)", choices=MIXINGS)
+    drain_seconds: float = opt(30.0, "on SIGTERM, how long the requests in flight have to finish", within=POSITIVE)
+
+
+@dataclass(frozen=True)
 class Config(Checked):
     """The whole configuration of `loralab run` (and `loralab glue`'s per task)."""
 
@@ -283,6 +306,7 @@ class Config(Checked):
     head: HeadConfig = opt(HeadConfig(), "[head]")
     select: SelectConfig = opt(SelectConfig(), "[select]")
     search: SearchConfig = opt(SearchConfig(), "[search]")
+    serve: ServeConfig = opt(ServeConfig(), "[serve]")
 
     @property
     def metric(self) -> str:

@@ -26,6 +26,8 @@ TRAIN_METHODS = tuple(reversed(TRAINED))  # lora, ia3, vera, pissa, dora, head, 
 PROFILES = ("lab", "tuned", "searched")
 BINARY_NAMES = ("negative", "positive")  # the binary sentiment task's classes (IMDB's), 0 and 1
 CLASS_WEIGHTS = ("none", "balanced")
+# How a batch that mixes adapters computes each row's update (`loralab.serve.mixed`).
+MIXINGS = ("auto", "segments", "gather")
 # What a task predicts: classes, or a real-valued target (one output, mean-squared-error loss).
 CLASSIFICATION, REGRESSION = "classification", "regression"
 TASKS = (CLASSIFICATION, REGRESSION)
@@ -145,6 +147,7 @@ SHARE = Within(float, 0, 1)                          # warm-up ratio
 ENERGY = Within(float, 0, 1, low_open=True)          # a share of ||dW||^2 kept
 SEED = Within(int, 0, 2**32 - 1)                     # what numpy, scikit-learn and the Trainer take
 MAX_LENGTH = Within(int, 2)
+PORT = Within(int, 1, 65535)
 
 
 def opt(default, doc: str, *, within: Within | None = None, choices: tuple | None = None):
