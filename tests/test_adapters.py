@@ -107,3 +107,15 @@ def test_pickle_and_damaged_files_are_refused(tmp_path):
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(ModelLoadError, match="truncated or corrupted"):
         load_adapter(tiny_bert(), tmp_path)
+
+
+def test_a_peft_adapter_of_the_packaged_model_loads_onto_it(tmp_path):
+    # PEFT records the folder it loaded the packaged model from; loralab knows it by its Hub id.
+    from peft import LoraConfig, get_peft_model
+
+    from loralab.models import load_model
+
+    made = get_peft_model(load_model("minilm"), LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"]))
+    made.save_pretrained(tmp_path)
+    assert "site-packages" in json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert len(lora_layers(load_adapter(load_model("minilm"), tmp_path))) == 6

@@ -65,7 +65,12 @@ WHOLE_ATTR = "loralab_whole_modules"  # a model attribute: modules beyond the he
 
 def base_model_name(model: nn.Module) -> str | None:
     """The name a base model is known by: its Hub id, or its local path."""
-    name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return known_as(getattr(getattr(model, "config", None), "_name_or_path", None) or None)
+
+
+def known_as(name: str | None) -> str | None:
+    """A model's name as adapters record it: the packaged all-MiniLM-L6-v2's folder is its Hub
+    id (PEFT records the folder it was given)."""
     try:
         packaged = os.path.realpath(minilm_path())
     except ImportError:  # the packaged model is not installed, so this is not it
@@ -551,7 +556,7 @@ def _resolve_modules(model: nn.Module, modules_to_save) -> tuple[str, ...]:
 def _check_base(model: nn.Module, layers: dict[str, nn.Module], spec: dict, metadata: dict,
                 where: Path) -> None:
     saved_fp = metadata.get("loralab_base_fingerprint")
-    saved_name = spec.get("base_model_name_or_path")
+    saved_name = known_as(spec.get("base_model_name_or_path"))
     name = base_model_name(model)
     if saved_fp:
         if saved_fp != base_fingerprint(layers):
