@@ -12,7 +12,8 @@ from conftest import ROOT
 
 SCRIPTS = {"attention": "ratio", "lora_train": "ratio", "inference": "ratio", "memory": "ratio",
            "roofline": "fraction of bf16 peak", "lab_pipeline": "ratio", "compile": "ratio",
-           "precision": "ratio", "gpu_check": "checked", "adapter_step": "ratio", "ray_nodes": "ratio"}
+           "precision": "ratio", "gpu_check": "checked", "adapter_step": "ratio", "ray_nodes": "ratio",
+           "serve": "ratio"}
 
 
 @pytest.mark.slow

@@ -291,3 +291,29 @@ def test_the_page_predicts_in_headless_chromium(server, tmp_path):
     shown = dict(re.findall(r'data-label="(\w+)" data-score="([0-9.e-]+)"', proc.stdout))
     assert set(shown) == {"negative", "positive"}
     assert float(shown["negative"]) + float(shown["positive"]) == pytest.approx(1, abs=1e-4)
+
+
+@pytest.mark.parametrize("mixing", ["segments", "gather"])
+def test_both_ways_of_mixing_equal_each_adapters_predict(adapters, tiny_model_dir, tmp_path, mixing):
+    # In-process, every method: LoRA, DoRA, VeRA (the three above), IA3 (its feed-forward layers
+    # go the segments' way in gather), PiSSA on every linear layer.
+    from loralab.serve import MixedModel
+
+    folder, made = adapters
+    made = dict(made, ia3=make_adapter(tiny_model_dir, tmp_path / "ia3", "ia3", seed=4),
+                pissa=make_adapter(tiny_model_dir, tmp_path / "pissa", "pissa", ("a", "b", "c", "d"), seed=5,
+                                   targets="all-linear"))
+    mixed = MixedModel(tiny_model_dir, FP32, mixing)
+    for name, path in made.items():
+        mixed.add(mixed.read(name, path))
+    asks = [(n, t) for i in range(4) for n, t in
+            [(n, PAIRS[i] if n in ("nli", "similarity") else TEXTS[i]) for n in made]]
+    got = mixed.logits([(n, mixed.encode(t)) for n, t in asks])
+    for name, path in made.items():
+        alone = predict(path, [t for n, t in asks if n == name], settings=FP32, progress=False)
+        mine = np.stack([g for (n, _), g in zip(asks, got) if n == name])
+        if alone.scores is not None:
+            np.testing.assert_allclose(mine[:, 0], alone.scores, atol=1e-4)
+        else:
+            e = np.exp(mine - mine.max(1, keepdims=True))
+            np.testing.assert_allclose(e / e.sum(1, keepdims=True), alone.probabilities, atol=1e-4)
