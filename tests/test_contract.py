@@ -183,7 +183,7 @@ LAYERS = {
     "training": {"data", "data.files", "data.splits", "data.imdb", "training", "head", "inference", "metrics",
                  "fastdropout", "measure", "baselines"},
     "api": {"api", "predict", "export", "search"},
-    "serve": {"serve", "serve.mixed", "serve.app"},
+    "serve": {"serve", "serve.mixed", "serve.app", "serve.replicas"},
     "report": {"report", "report.findings", "report.document", "report.render", "report.plots", "report.suite"},
     "study": {"study", "study.plan", "study.tasks", "study.executors", "study.runner",
               "study.suite", "study.cluster"},

@@ -203,3 +203,62 @@ def test_the_recipe_searches_run_on_the_cluster(cluster, study, tmp_path):
         assert len(found.trials) == 2
         row = read_record(out / run / "result.json").rows[0]
         assert row.recipe["search"] == f"search-{method}" and len(row.history) == found.best_epoch
+
+
+def test_the_server_runs_as_replicas_on_ray_serve(cluster, tiny_model_dir, tmp_path):
+    """#45: `loralab serve --replicas`: one replica per node, each holding at most two adapters;
+    Ray Serve's multiplexing sends every request for an adapter to the replica that holds it,
+    and the answers are each adapter's `loralab predict`."""
+    import urllib.request
+
+    import numpy as np
+
+    serve = pytest.importorskip("ray.serve")
+
+    from conftest import free_port
+    from loralab.config import ServeConfig
+    from loralab.predict import predict
+    from loralab.serve.replicas import MODEL_ID_HEADER, application
+    from loralab.training import TrainSettings
+    from serving import PAIRS, TEXTS, three_adapters
+
+    fp32 = TrainSettings(precision="fp32", quiet=True)
+    made = three_adapters(tiny_model_dir, tmp_path / "adapters")
+    port = free_port()
+    ray.init(address=cluster.address)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        settings = ServeConfig(replicas=2, adapters_per_replica=2, replica_cpus=1, max_wait_ms=5)
+        serve.run(application(tmp_path / "adapters", str(tiny_model_dir), settings, fp32), name="loralab",
+                  route_prefix="/")
+        def ask(name, text):
+            body = {"inputs": list(text) if isinstance(text, tuple) else text}
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json", MODEL_ID_HEADER: name})
+            with urllib.request.urlopen(req, timeout=120) as reply:
+                nodes_used.add(reply.headers["X-Loralab-Node"])
+                return json.loads(reply.read()), reply.headers["X-Loralab-Replica"]
+
+        asks = (("sentiment", TEXTS), ("nli", PAIRS), ("similarity", PAIRS))
+        nodes_used = set()
+        for name, inputs in asks:  # each adapter loaded on a replica, which then tells the routers
+            ask(name, inputs[0])
+        time.sleep(5)
+        answered_by = {}
+        for name, inputs in asks:
+            got = []
+            for text in inputs:
+                answer, replica = ask(name, text)
+                got.append(answer)
+                answered_by.setdefault(name, set()).add(replica)
+            alone = predict(made[name], list(inputs), settings=fp32, progress=False)
+            if alone.scores is not None:
+                np.testing.assert_allclose([g[0]["score"] for g in got], alone.scores, atol=1e-4)
+            else:
+                probs = [[{p["label"]: p["score"] for p in g}[c] for c in alone.classes] for g in got]
+                np.testing.assert_allclose(probs, alone.probabilities, atol=1e-4)
+        assert all(len(replicas) == 1 for replicas in answered_by.values()), answered_by  # routed to the holder
+        assert nodes_used == {cluster.head_node.node_id, cluster.worker.node_id}  # a replica on each node
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -114,6 +114,8 @@ FLAG_KEYS = {
     "rslora": "lora.rslora", "lr_ratio": "lora.lr_ratio",
     "host": "serve.host", "port": "serve.port", "max_batch": "serve.max_batch", "max_wait_ms": "serve.max_wait_ms",
     "max_texts": "serve.max_texts", "max_chars": "serve.max_chars", "mixing": "serve.mixing",
+    "replicas": "serve.replicas", "adapters_per_replica": "serve.adapters_per_replica",
+    "replica_cpus": "serve.replica_cpus",
 }
 
 
@@ -265,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the base model (default: the one the adapters name)")
     p.add_argument("--config", help="a TOML file whose [serve] (and [train]) tables set these")
     for flag in ("--host", "--port", "--max-batch", "--max-wait-ms", "--max-texts", "--max-chars", "--mixing",
-                 "--max-length"):
+                 "--max-length", "--replicas", "--adapters-per-replica", "--replica-cpus", "--address"):
         p.add_argument(flag)
     _add_device_args(p)
 
@@ -553,7 +555,15 @@ def cmd_serve(args) -> None:
         raise LoralabError(f"loralab serve needs the serve extra: pip install 'loralab[serve]' ({err}).") from err
     config = config_of(args)
     model = args.model or _adapters_base(args.adapters_dir)
-    serve(args.adapters_dir, model, config.serve, TrainSettings.from_config(config, quiet=True))
+    train = TrainSettings.from_config(config, quiet=True)
+    if config.serve.replicas:
+        try:
+            from .serve.replicas import serve_replicas
+        except ImportError as err:
+            raise LoralabError(f"--replicas needs Ray Serve: pip install 'ray[serve]' ({err}).") from err
+        serve_replicas(args.adapters_dir, model, config.serve, train, config.address)
+    else:
+        serve(args.adapters_dir, model, config.serve, train)
 
 
 def _adapters_base(folder: str) -> str:

@@ -273,6 +273,13 @@ class ServeConfig(Checked):
                               "from stacks: 1.8x segments with 100 adapters on a CPU, benchmarks/serve.py) | segments "
                               "(each adapter's own layers on its rows) | auto (gather)", choices=MIXINGS)
     drain_seconds: float = opt(30.0, "on SIGTERM, how long the requests in flight have to finish", within=POSITIVE)
+    replicas: int = opt(0, "serve as this many replicas on Ray Serve, on the cluster at `address` (0 = one "
+                           "server in this process)", within=COUNT)
+    adapters_per_replica: int = opt(16, "replicas: the adapters a replica holds at once, the least recently used "
+                                        "dropped first (Ray Serve's multiplexing routes to a replica holding one)",
+                                    within=POSITIVE_INT)
+    replica_cpus: float = opt(1.0, "replicas: the CPUs each asks the cluster for (torch uses as many threads)",
+                              within=POSITIVE)
 
 
 @dataclass(frozen=True)
