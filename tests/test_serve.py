@@ -1,7 +1,7 @@
 """`loralab serve` (#45), tested as a real server process on a free loopback port: every route,
-bad input, load and unload under traffic, a mixed batch of three adapters of different methods
-and label sets equal to each adapter's `loralab predict`, SIGTERM's drain, the page in
-headless Chromium."""
+bad input, load and unload under traffic, a mixed batch of adapters of different methods,
+label sets and layouts (a regression, a pair task, PEFT's own) equal to each adapter's
+`loralab predict`, SIGTERM's drain, the page in headless Chromium."""
 
 from __future__ import annotations
 
@@ -108,7 +108,26 @@ def adapters(tmp_path_factory, tiny_model_dir):
     (pickled / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
                                                              "target_modules": ["query"]}))
     (pickled / "adapter_model.bin").write_bytes(b"not loaded, never unpickled")
+    made["peft"] = peft_adapter(tiny_model_dir, folder / "peft")
     return folder, made
+
+
+def peft_adapter(base, out):
+    """A LoRA adapter made by PEFT itself (its layout, its head: the classifier alone)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from loralab.models import load_model
+
+    made = get_peft_model(load_model(base), LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4,
+                                                       target_modules=["query", "value"]))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in made.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))
+    made.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +143,14 @@ def probabilities(answer: list[dict], labels: list[str]) -> list[float]:
     return [by_label[label] for label in labels]
 
 
-def test_a_mixed_batch_of_three_adapters_equals_each_adapters_predict(server, adapters):
+def test_a_mixed_batch_of_adapters_of_other_methods_and_label_sets_equals_each_adapters_predict(server, adapters):
     _, made = adapters
     asks = [("sentiment", t) for t in TEXTS] + [("nli", list(p)) for p in PAIRS] + \
-           [("similarity", list(p)) for p in PAIRS]
+           [("similarity", list(p)) for p in PAIRS] + [("peft", t) for t in TEXTS]
     with ThreadPoolExecutor(len(asks)) as pool:  # arrive together: they share batches
         answers = list(pool.map(lambda a: server.post("/predict", {"adapter": a[0], "inputs": a[1]}), asks))
     assert all(status == 200 for status, _ in answers), answers
-    for name, inputs in (("sentiment", TEXTS), ("nli", PAIRS), ("similarity", PAIRS)):
+    for name, inputs in (("sentiment", TEXTS), ("nli", PAIRS), ("similarity", PAIRS), ("peft", TEXTS)):
         alone = predict(made[name], list(inputs), settings=FP32, progress=False)
         got = [a for (n, _), (_, a) in zip(asks, answers) if n == name]
         if alone.scores is not None:  # regression: its score
@@ -140,7 +159,7 @@ def test_a_mixed_batch_of_three_adapters_equals_each_adapters_predict(server, ad
         else:
             np.testing.assert_allclose([probabilities(a, alone.classes) for a in got], alone.probabilities, atol=1e-4)
             assert [a[0]["label"] for a in got] == alone.labels  # most likely first, as TEI answers
-    # The three adapters did share forward passes.
+    # The adapters did share forward passes.
     metrics = server.get("/metrics")[1]
     one = float(re.search(r'loralab_batch_adapters_bucket\{le="1.0"\} (\S+)', metrics).group(1))
     total = float(re.search(r"loralab_batch_adapters_count (\S+)", metrics).group(1))
@@ -174,7 +193,8 @@ def test_every_route(server, adapters):
     status, listed = server.get("/adapters")
     assert status == 200
     by_name = {a["name"]: a for a in listed["adapters"]}
-    assert set(by_name) == {"sentiment", "nli", "similarity"}
+    assert set(by_name) == {"sentiment", "nli", "similarity", "peft"}
+    assert (by_name["peft"]["method"], by_name["peft"]["rank"], by_name["peft"]["pairs"]) == ("lora", 2, None)
     assert (by_name["nli"]["method"], by_name["nli"]["labels"], by_name["nli"]["pairs"]) == \
         ("dora", ["entailment", "neutral", "contradiction"], True)
     assert (by_name["similarity"]["method"], by_name["similarity"]["task"]) == ("vera", "regression")
@@ -183,7 +203,7 @@ def test_every_route(server, adapters):
     assert "truncated or corrupted" in refused["damaged"]
     assert "pickle" in refused["pickled"]  # nothing from an adapter folder is executed
     assert server.get("/adapters/nli") == (200, by_name["nli"])
-    assert server.get("/health") == (200, {"status": "ok", "adapters": 3})
+    assert server.get("/health") == (200, {"status": "ok", "adapters": 4})
     status, metrics = server.get("/metrics")
     assert status == 200 and "loralab_requests_total" in metrics and "loralab_queue_wait_seconds" in metrics
     status, schema = server.get("/openapi.json")
@@ -205,7 +225,7 @@ def test_every_route(server, adapters):
     ({"adapter": "sentiment", "inputs": [["x"]] * 9}, 413, "9 texts; a request holds at most 8"),
     ({"adapter": "sentiment", "inputs": ["first", "second"]}, 422, "reads single texts"),
     ({"adapter": "nli", "inputs": "one text"}, 422, "reads pairs"),
-    ({"adapter": "nope", "inputs": "x"}, 404, "unknown adapter 'nope'; served: nli, sentiment, similarity"),
+    ({"adapter": "nope", "inputs": "x"}, 404, "unknown adapter 'nope'; served: nli, peft, sentiment, similarity"),
 ])
 def test_bad_input_gets_a_4xx_naming_the_field(server, body, status, says):
     raw = body if isinstance(body, bytes) else None
