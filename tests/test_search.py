@@ -229,3 +229,11 @@ def test_train_with_the_searched_profile_searches_then_stops_at_the_best_epoch(t
     info = json.loads((out / "loralab.json").read_text())
     assert info["learning_rate"] == best.params["learning_rate"]
     assert len(info["history"]) == best.user_attrs["best_epoch"]
+
+
+def test_compute_counts_the_encoders_passes_over_the_training_tokens():
+    from loralab.search import token_passes
+
+    assert token_passes("lora", 1000, 5) == token_passes("full", 1000, 5) == 5000
+    assert token_passes("head", 1000, 5) == 1000  # the features are computed once, the head trains on them
+    assert token_passes("head", 1000, 0) == 0

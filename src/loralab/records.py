@@ -95,7 +95,7 @@ class Row:
     eval_pearson: float | None = None     # regression: Pearson correlation with the target
     eval_spearman: float | None = None    # regression: Spearman correlation
     eval_mse: float | None = None         # regression: mean squared error
-    token_passes: int | None = None       # training compute: the training tokens (no padding) x epochs trained
+    token_passes: int | None = None       # training compute: training tokens (no padding) x epochs (head: x 1)
     recipe: dict | None = None            # a searched recipe: learning_rate, epochs, best_epoch, warmup_ratio,
                                           # weight_decay, and the search run it came from (`search`)
 
@@ -142,7 +142,7 @@ class Trial:
     scores: list[float]        # the validation score after each epoch trained
     best_epoch: int | None     # the epoch of the best of them (1-based)
     seconds: float             # its training and evaluation
-    token_passes: int          # training tokens (no padding) x epochs trained
+    token_passes: int          # training tokens (no padding) x epochs trained (head-tuning: x 1)
     diverged: bool = False     # the loss became NaN or infinite
 
 

@@ -37,6 +37,13 @@ def token_count(dataset) -> int:
     return int(sum(len(ids) for ids in dataset["input_ids"]))
 
 
+def token_passes(method: str, tokens: int, epochs: int) -> int:
+    """A training run's compute in token-passes: its training tokens times the epochs it
+    trained; head-tuning passes the encoder over them once (it trains the head on the
+    features), whatever its epochs."""
+    return tokens * (min(epochs, 1) if method == "head" else epochs)
+
+
 def _pruning_callback(trial, metric: str, scores: list[float]):
     """A `TrainerCallback` that reports each epoch's validation `metric` to `trial` and ends
     training where the pruner says so (`should_prune`)."""
@@ -161,7 +168,7 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
         trial.set_user_attr("scores", scores)
         trial.set_user_attr("best_epoch", None if best is None else best + 1)
         trial.set_user_attr("seconds", time.perf_counter() - started)
-        trial.set_user_attr("token_passes", tokens * len(scores))
+        trial.set_user_attr("token_passes", token_passes(method, tokens, len(scores)))
         trial.set_user_attr("diverged", diverged)
         trial.set_user_attr("pid", os.getpid())  # which process trained it (a resumed search's are new)
         logger.info("%s trial %d: lr %.3g, %d epochs, warm-up %g, weight decay %g: validation %s %s%s", method,

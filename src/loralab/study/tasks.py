@@ -63,7 +63,7 @@ def chosen(ctx: Context, ref: Ref):
 def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> RunOutput:
     from ..api import train
     from ..records import Search
-    from ..search import token_count
+    from ..search import token_count, token_passes
     from ..training import stop_after_epoch
 
     settings, callbacks, recipe = _settings(ctx, inputs), (), None
@@ -83,7 +83,7 @@ def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> RunOutput:
     row = info.row(chosen_on="validation" if inputs.learning_rate_from else None)
     row.method = row_method(inputs.method, getattr(inputs.lora, "targets", None))  # "lora-all": its own row
     row.recipe = recipe
-    row.token_passes = token_count(tokenized["train"]) * len(row.history)
+    row.token_passes = token_passes(inputs.method, token_count(tokenized["train"]), len(row.history))
     if multiprocessing.parent_process() is not None:  # a child of its own: the process peak is this run's
         row.peak_memory_mb = max(row.peak_memory_mb, peak_rss_mb())
     return RunOutput([row])
