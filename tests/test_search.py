@@ -128,6 +128,41 @@ def test_a_search_killed_mid_trial_resumes_without_redoing_a_finished_trial(spli
     assert len(resumed_pid) == 1 and resumed_pid.isdisjoint({pid for _, _, pid in before.values()})
 
 
+WORKER = """
+import sys
+from pathlib import Path
+import datasets
+from loralab.config import SearchSpace
+from loralab.search import search_recipe
+from loralab.settings import TrainSettings
+splits = datasets.load_from_disk({splits!r})
+space = SearchSpace(trials=6, lr_min=3e-3, lr_max=0.1, min_epochs=3, max_epochs=4)
+settings = TrainSettings(batch_size=16, max_length=64, precision="fp32", quiet=True)
+search_recipe("full", splits, model={model!r}, settings=settings, space=space, storage=Path({out!r}) / "search.db",
+              study_name="full", work=Path({out!r}) / sys.argv[1], pruner="none", startup_trials=2)
+"""
+
+
+@pytest.mark.slow
+def test_workers_share_a_search_and_stop_at_its_budget_together(splits, tiny_model_dir, tmp_path):
+    """`search.workers`: two processes train the trials of one study side by side; neither
+    takes the other's running trial for an interrupted one, and together they stop at the budget."""
+    splits.save_to_disk(tmp_path / "splits")
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER.format(splits=str(tmp_path / "splits"), model=str(tiny_model_dir),
+                                                    out=str(tmp_path))))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, str(script), f"trials-{i}"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+    for proc in workers:
+        assert proc.wait(600) == 0, proc.stdout.read()[-3000:]
+    trials = optuna.load_study(study_name="full", storage=f"sqlite:///{tmp_path / 'search.db'}").trials
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.FAIL not in states  # no live trial was taken for an interrupted one
+    assert 6 <= states.count(optuna.trial.TrialState.COMPLETE) <= 7  # the budget, or one over: both asked at 5
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both trained trials
+
+
 STUDY = """
 model = "{model}"
 precision = "fp32"

@@ -245,6 +245,8 @@ class SearchConfig(Checked):
     warmup_epochs: int = opt(1, "epochs every trial trains before the pruner may stop it", within=COUNT)
     lora_rank: int = opt(8, "the LoRA family's recipe is searched at this rank and used at every rank",
                          within=POSITIVE_INT)
+    workers: int = opt(1, "runs that train a method's trials side by side, sharing its Optuna study (with "
+                          "--executor ray, on the cluster's nodes; locally, with --jobs)", within=POSITIVE_INT)
     full: SearchSpace = opt(SearchSpace(), "[search.full]")
     head: SearchSpace = opt(SearchSpace(trials=6, lr_min=3e-4, lr_max=3e-2, min_epochs=2, max_epochs=10),
                             "[search.head]")

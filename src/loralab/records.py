@@ -53,6 +53,14 @@ def search_run(method: str) -> str:
     return SEARCH_PREFIX + method
 
 
+WORKER_PREFIX = "trials-"  # `search.workers`: the runs that train a search's trials beside its own
+
+
+def search_worker_run(method: str, worker: int) -> str:
+    """The folder of worker `worker` (2, 3, ...) of `method`'s recipe search."""
+    return f"{WORKER_PREFIX}{method}-{worker}"
+
+
 # ---------------------------------------------------------------------------------------
 # Records
 

@@ -16,9 +16,11 @@ method's training runs stop (`loralab.training.stop_after_epoch`).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -42,6 +44,43 @@ def token_passes(method: str, tokens: int, epochs: int) -> int:
     trained; head-tuning passes the encoder over them once (it trains the head on the
     features), whatever its epochs."""
     return tokens * (min(epochs, 1) if method == "head" else epochs)
+
+
+def _owner() -> str:
+    """This process, as a trial records who trains it: host, boot and process id."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}|{boot}|{os.getpid()}"
+
+
+OWNER = _owner()
+
+
+def _running_elsewhere(trial) -> bool:
+    """Whether a RUNNING trial is being trained by another live process (a worker of the same
+    search, `search.workers`), not left RUNNING by one that was killed. A trial of this host is
+    alive while its process is; one of another host is taken to be; one that names no owner yet
+    was asked for within the last minute (its owner is about to say so)."""
+    owner = trial.user_attrs.get("owner")
+    if owner is None:
+        start = trial.datetime_start
+        return start is not None and (datetime.datetime.now() - start).total_seconds() < 60
+    host, boot, pid = owner.split("|")
+    if owner == OWNER:
+        return False  # this process is not training it: it was left by an earlier search here
+    if host != socket.gethostname():
+        return True
+    if boot != OWNER.split("|")[1]:
+        return False  # the machine has restarted since
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _pruning_callback(trial, metric: str, scores: list[float]):
@@ -140,12 +179,15 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
                      if pruner == "median" else optuna.pruners.NopPruner())
     study = _open_study(optuna, Path(storage), study_name, sampler, chosen_pruner)
     for interrupted in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if _running_elsewhere(interrupted):  # another worker of this search (`search.workers`) trains it
+            continue
         # The process that ran it was killed: the trial is failed and asked again with the same values.
         study._storage.set_trial_state_values(interrupted._trial_id, optuna.trial.TrialState.FAIL)
         study.enqueue_trial(interrupted.params, user_attrs={"retry_of": interrupted.number})
         logger.info("%s: trial %d was interrupted; it runs again.", method, interrupted.number)
 
     def objective(trial) -> float:
+        trial.set_user_attr("owner", OWNER)
         s = settings.replace(
             learning_rate=trial.suggest_float("learning_rate", space.lr_min, space.lr_max, log=True),
             epochs=float(trial.suggest_int("epochs", space.min_epochs, space.max_epochs)),
@@ -183,9 +225,12 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         return study.get_trials(deepcopy=False, states=states)
 
-    remaining = space.trials - len(finished())
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=())
+    def started() -> int:  # trials done, and trials other workers of this search are training now
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return len(finished()) + sum(_running_elsewhere(t) for t in running)
+
+    while started() < space.trials:  # one at a time: workers sharing the study stop at its budget together
+        study.optimize(objective, n_trials=1, catch=())
     trials = [Trial(number=t.number, state="complete" if t.state == optuna.trial.TrialState.COMPLETE else "pruned",
                     params={k: t.params.get(k) for k in PARAMS}, scores=t.user_attrs.get("scores", []),
                     best_epoch=t.user_attrs.get("best_epoch"), seconds=t.user_attrs.get("seconds", 0.0),

@@ -25,6 +25,7 @@ from ..records import (
     SEARCH_PREFIX,
     SELECT_PREFIX,
     SIMILARITY,
+    WORKER_PREFIX,
     DataSummary,
     Environment,
     Extracted,
@@ -212,7 +213,8 @@ def run_times(out_dir: Path, runs: list[Row]) -> list[RunTime]:
     found = []
     for path in out_dir.glob("*/" + RESULT_NAME):
         name = path.parent.name
-        if (name in names or name.startswith((SELECT_PREFIX, SEARCH_PREFIX))) and (record := _record(path)):
+        chose = name.startswith((SELECT_PREFIX, SEARCH_PREFIX, WORKER_PREFIX))  # runs that choose, not rows
+        if (name in names or chose) and (record := _record(path)):
             found.append(RunTime(name, record.seconds, record.finished or "", record.device or ""))
     return sorted(found, key=lambda t: (t.finished, t.name))
 

@@ -23,6 +23,7 @@ from ..records import (
     fingerprint,
     method_run,
     search_run,
+    search_worker_run,
     seed_suffix,
     select_run,
 )
@@ -150,6 +151,22 @@ class SearchInputs(WithSettings):
 
 
 @dataclass(frozen=True)
+class SearchWorkerInputs(SearchInputs):
+    """A worker of a search (`search.workers` > 1): it trains trials of the same Optuna study
+    as the search run, beside it (a class of its own: a search of one worker keeps its key)."""
+
+    worker: int = 1
+
+
+@dataclass(frozen=True)
+class SearchOfWorkersInputs(SearchInputs):
+    """The search run of a search with workers: it waits for them, trains any trial the budget
+    still lacks, and records the recipe of every trial."""
+
+    workers: tuple[Ref, ...] = ()
+
+
+@dataclass(frozen=True)
 class TrainInputs(WithSettings):
     method: str
     model: str
@@ -201,8 +218,8 @@ class ExtractInputs(WithSettings):
     energies: tuple[float, ...]
 
 
-RunInputs = Union[BaselineInputs, SelectInputs, SearchInputs, TrainInputs, ReplaceInputs, LowrankInputs,
-                  SimilarityInputs, ExtractInputs]
+RunInputs = Union[BaselineInputs, SelectInputs, SearchInputs, SearchWorkerInputs, SearchOfWorkersInputs, TrainInputs,
+                  ReplaceInputs, LowrankInputs, SimilarityInputs, ExtractInputs]
 
 
 @dataclass(frozen=True)
@@ -283,6 +300,11 @@ def plan(config: Config, ctx: Context) -> list[Run]:
                                       getattr(search, table_of(method)), search.limit_train, c.search_metric,
                                       search.pruner, search.startup_trials, search.warmup_epochs)
                 name = row_method(method, getattr(lora, "targets", None))
+                if search.workers > 1:  # its trials trained by workers side by side, one study
+                    workers = [Run(search_worker_run(name, w), "search", SearchWorkerInputs(**vars(inputs), worker=w),
+                                   isolate) for w in range(1, search.workers + 1)]
+                    runs += workers
+                    inputs = SearchOfWorkersInputs(**vars(inputs), workers=tuple(w.ref() for w in workers))
                 run = Run(search_run(name), "search", inputs, isolate)
                 runs.append(run)
                 chosen[name] = run.ref()

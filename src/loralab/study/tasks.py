@@ -112,11 +112,11 @@ def task_search(ctx: Context, run_dir: Path, inputs: SearchInputs) -> RunOutput:
     """Search a method's recipe on the validation split (`loralab.search`). Its trials live
     in the study's `search.db` under the run's name and key, so a killed search resumes and a
     changed setting starts afresh; their models' scratch lives beside the run folder."""
-    from dataclasses import asdict
+    from dataclasses import asdict, fields
 
     import datasets
 
-    from ..records import fingerprint
+    from ..records import fingerprint, search_run
     from ..search import search_recipe
 
     settings = _settings(ctx, inputs)
@@ -124,9 +124,12 @@ def task_search(ctx: Context, run_dir: Path, inputs: SearchInputs) -> RunOutput:
     data = datasets.DatasetDict(train=tokenized["train"], validation=tokenized["validation"])
     if inputs.limit_train and inputs.limit_train < len(data["train"]):
         data["train"] = data["train"].shuffle(seed=0).select(range(inputs.limit_train))
-    key = fingerprint("search", asdict(inputs))
+    # One study for a search and its workers (`search.workers`): named by the search's own inputs.
+    search_inputs = SearchInputs(**{f.name: getattr(inputs, f.name) for f in fields(SearchInputs)})
+    key = fingerprint("search", asdict(search_inputs))
+    name = search_run(row_method(inputs.method, getattr(inputs.lora, "targets", None)))
     search = search_recipe(inputs.method, data, model=inputs.model, settings=settings, space=inputs.space,
-                           storage=ctx.out / "search.db", study_name=f"{run_dir.name}-{key}",
+                           storage=ctx.out / "search.db", study_name=f"{name}-{key}",
                            work=ctx.out / f".{run_dir.name}.trials", lora=inputs.lora, metric=inputs.metric,
                            tokenizer=ctx.tokenizer(inputs.model), pruner=inputs.pruner,
                            startup_trials=inputs.startup_trials, warmup_epochs=inputs.warmup_epochs,
