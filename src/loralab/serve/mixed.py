@@ -109,11 +109,12 @@ class Switch(nn.Module):
     """A layer of the base model that some adapters change: each adapter's rows of the batch
     go through its own module, the others through `base`."""
 
-    def __init__(self, base: nn.Module, batch: _Batch, mixing: str):
+    def __init__(self, base: nn.Module, batch: _Batch, mixing: str, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.base = base
         self.batch = batch
         self.mixing = mixing
+        self.dtype = dtype  # of the stacked A and B: bfloat16 where the products run in it (half the memory)
         self.by_adapter: dict[str, nn.Module] = {}
         self._stack = _UNBUILT  # gather: each adapter's terms stacked (`_build_stack`), built at first use
 
@@ -171,13 +172,13 @@ class Switch(nn.Module):
             return None
         n, d_in, d_out = len(names) + 1, self.base.in_features, self.base.out_features
         rank = max((t[0].shape[1] for t in terms if t[0] is not None), default=0)
-        a = torch.zeros(n, d_in, rank, device=device) if rank else None
-        b = torch.zeros(n, rank, d_out, device=device) if rank else None
+        a = torch.zeros(n, d_in, rank, device=device, dtype=self.dtype) if rank else None
+        b = torch.zeros(n, rank, d_out, device=device, dtype=self.dtype) if rank else None
         scale = torch.ones(n, d_out, device=device) if any(t[2] is not None for t in terms) else None
         shift = torch.zeros(n, d_out, device=device) if any(t[3] is not None for t in terms) else None
         for i, (ta, tb, tscale, tshift) in enumerate(terms, 1):
             if ta is not None:
-                a[i, :, :ta.shape[1]], b[i, :tb.shape[0]] = ta, tb
+                a[i, :, :ta.shape[1]], b[i, :tb.shape[0]] = ta.to(self.dtype), tb.to(self.dtype)
             if tscale is not None:
                 scale[i] = tscale
             if tshift is not None:
@@ -336,7 +337,8 @@ class MixedModel:
         for path, module in served.layers.items():
             switch = self.switches.get(path)
             if switch is None:
-                switch = Switch(self.modules[path], self._batch, self.mixing)
+                switch = Switch(self.modules[path], self._batch, self.mixing,
+                                torch.bfloat16 if self.precision == "bf16" else torch.float32)
                 replace(self.model, {path: switch})
                 self.switches[path] = switch
             switch.add(served.name, module)
