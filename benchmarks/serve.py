@@ -4,7 +4,8 @@
 
 LoRA r = 8 adapters (query and value, two classes, weights drawn at random) of the model,
 served under uniformly mixed traffic (each request one SST-2 dev sentence for an adapter
-drawn at random), requests per second and p50 / p99 latency, against:
+drawn at random), requests per second and p50 / p99 latency (medians of rounds of load, every
+server up at once and loaded in turn), against:
 
 (a) one merged model serving one adapter's traffic through the same server (batching, HTTP):
     goal, 100 mixed adapters at >= 0.7x its throughput;
@@ -147,6 +148,12 @@ class Process:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def peak_mb(self) -> float:
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -206,11 +213,6 @@ def load(port: int, names: list[str], texts: list[str], requests: int, concurren
     ordered = sorted(latencies)
     return {"rps": len(latencies) / wall, "p50": statistics.median(ordered) * 1000,
             "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000}
-
-
-def measured(port, names, texts, args) -> dict:
-    load(port, names, texts, 2 * args.concurrency, args.concurrency, seed=99)  # warm-up: caches, first shapes
-    return load(port, names, texts, args.requests, args.concurrency)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,6 +351,7 @@ def main() -> None:
     parser.add_argument("--counts", default="1,10,100", help="numbers of adapters served")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of load per server, the servers in turn")
     parser.add_argument("--naive-count", type=int, default=10, help="merged models the simplest server holds")
     parser.add_argument("--batches", type=int, default=20, help="in-process mixed batches of 32 rows")
     parser.add_argument("--precision", default="auto")
@@ -362,61 +365,62 @@ def main() -> None:
         return {"merged": child_merged, "naive": child_naive}[args.child](args)
     counts = [int(c) for c in args.counts.split(",")]
     if args.tiny:
-        counts, args.requests, args.concurrency, args.naive_count, args.batches = [1, 3], 24, 4, 2, 2
+        counts, args.requests, args.concurrency, args.naive_count, args.batches, args.rounds = [1, 3], 24, 4, 2, 2, 1
 
     print(machine())
     texts = sentences(500)
     work = Path(tempfile.mkdtemp(prefix="loralab-serve-bench-"))
     names = make_adapters(args.model, work / "all", max(counts))
     kinds = make_adapters(args.model, work / "kinds", max(counts), kinds=True)
+    one, most = min(counts), max(counts)
 
-    rows, memory = [], []
-    merged = child_process("merged", work / "all" / names[0], args.model, args.precision)
-    base = measured(merged.port, ["merged"], texts, args)
-    merged.stop()
-    rows.append(["(a) one merged model, one adapter's traffic", 1, base["rps"], base["p50"], base["p99"], 1.0])
-
-    best, served_mb = 0.0, {}
+    # Every server up at once (an idle one takes no CPU), then rounds of load in turn, so that
+    # each side meets the machine as the others do; medians over the rounds.
+    servers = {"(a) one merged model, one adapter's traffic": (
+        child_process("merged", work / "all" / names[0], args.model, args.precision), ["merged"])}
     for count in counts:
         folder = link_subset(work / "all", names[:count], work / f"n{count}")
-        for mixing in ("segments", "gather"):
-            server = serve_process(folder, args.model, args.precision, "--mixing", mixing)
-            got = measured(server.port, names[:count], texts, args)
-            served_mb[count, mixing] = server.rss_mb()  # after its traffic: activations' memory counts alike
-            if count == max(counts):
-                best = max(best, got["rps"])
-            server.stop()
-            rows.append([f"loralab serve ({mixing}), {count} adapter(s), mixed traffic", count, got["rps"], got["p50"],
-                         got["p99"], got["rps"] / base["rps"]])
-    for mixing in ("segments", "gather"):
-        server = serve_process(work / "kinds", args.model, args.precision, "--mixing", mixing)
-        got = measured(server.port, kinds, texts, args)
+        for mixing in ("gather", "segments") if count == most else ("gather",):
+            servers[f"loralab serve ({mixing}), {count} adapter(s), mixed traffic"] = (
+                serve_process(folder, args.model, args.precision, "--mixing", mixing), names[:count])
+    for mixing in ("gather", "segments"):
+        servers[f"loralab serve ({mixing}), {len(kinds)} of LoRA / DoRA 3 classes / IA3 regression"] = (
+            serve_process(work / "kinds", args.model, args.precision, "--mixing", mixing), kinds)
+    servers[f"(d) {args.naive_count} merged models, one request at a time"] = (
+        child_process("naive", work / "all", args.model, args.precision, args.naive_count),
+        names[:args.naive_count])
+    rounds: dict[str, list[dict]] = {label: [] for label in servers}
+    for label, (server, served) in servers.items():
+        load(server.port, served, texts, 2 * args.concurrency, args.concurrency, seed=99)  # warm-up
+    for r in range(args.rounds):
+        for label, (server, served) in servers.items():
+            rounds[label].append(load(server.port, served, texts, args.requests, args.concurrency, seed=r))
+    memory_mb = {label: (server.rss_mb(), server.peak_mb()) for label, (server, _) in servers.items()}
+    for server, _ in servers.values():
         server.stop()
-        rows.append([f"loralab serve ({mixing}), {len(kinds)} of LoRA / DoRA 3 classes / IA3 regression", len(kinds),
-                     got["rps"], got["p50"], got["p99"], got["rps"] / base["rps"]])
 
-    naive = child_process("naive", work / "all", args.model, args.precision, args.naive_count)
-    got = measured(naive.port, names[:args.naive_count], texts, args)
-    naive_mb = naive.rss_mb()
-    naive.stop()
-    rows.append([f"(d) {args.naive_count} merged models, one request at a time", args.naive_count, got["rps"],
-                 got["p50"], got["p99"], got["rps"] / base["rps"]])
-    one, most = min(counts), max(counts)
-    for mixing in ("segments", "gather"):
-        base_mb = served_mb[one, mixing]
-        memory.append([f"loralab serve ({mixing}), {one} adapter(s): the base", base_mb, 0.0])
-        memory.append([f"loralab serve ({mixing}), {most} adapters", served_mb[most, mixing],
-                       served_mb[most, mixing] - base_mb])
-    per_model = (naive_mb - base_mb) / args.naive_count
-    memory.append([f"(d) {args.naive_count} merged models (measured)", naive_mb, naive_mb - base_mb])
-    memory.append([f"{most} merged models (estimated: {per_model:.0f} MB each)", base_mb + per_model * most,
-                   per_model * most])
+    def med(label, key):
+        return statistics.median(x[key] for x in rounds[label])
 
+    merged = next(iter(servers))
+    rows = [[label, len(served), med(label, "rps"), med(label, "p50"), med(label, "p99"),
+             med(label, "rps") / med(merged, "rps")] for label, (_, served) in servers.items()]
     print(f"\nServing {args.requests} requests from {args.concurrency} clients on 127.0.0.1, one SST-2 sentence "
-          f"each, adapters LoRA r = 8 (query, value), precision {args.precision}:")
+          f"each, adapters LoRA r = 8 (query, value), precision {args.precision}; medians of {args.rounds} "
+          "rounds, the servers in turn:")
     print(table(["server", "adapters", "requests/s", "p50 ms", "p99 ms", "x merged"], rows))
-    print("\n(c) Resident memory of each server after its traffic (the base: the server of one adapter):")
-    print(table(["process", "RSS MB", "above the base, MB"], memory))
+
+    base_label = f"loralab serve (gather), {one} adapter(s), mixed traffic"
+    base_now, base_peak = memory_mb[base_label]
+    memory = [[label, now, now - base_now, peak, peak - base_peak] for label, (now, peak) in memory_mb.items()
+              if label.startswith("loralab serve") and "traffic" in label or label.startswith("(d)")]
+    naive_label = rows[-1][0]
+    per_model = (memory_mb[naive_label][0] - base_now) / args.naive_count
+    memory.append([f"{most} merged models (estimated: {per_model:.0f} MB each)", base_now + per_model * most,
+                   per_model * most, float("nan"), float("nan")])
+    print(f"\n(c) Resident memory after the rounds, and its peak (the base: the server of {one} adapter):")
+    print(table(["process", "RSS MB", "above the base", "peak MB", "peak above the base"], memory))
+    best = max(med(f"loralab serve ({m}), {most} adapter(s), mixed traffic", "rps") for m in ("gather", "segments"))
 
     print(f"\n(b) In-process, {args.batches} batches of 32 rows mixed uniformly over {max(counts)} adapters "
           "(texts/s):")
@@ -427,7 +431,7 @@ def main() -> None:
     print(f"largest difference of a logit, PEFT against loralab: {gap:.2e}")
     for name, reason in peft_refusals(args.model, work / "peft", peft_names[0]).items():
         print(f"PEFT mixing a LoRA adapter with a {name} one in a batch: {reason}")
-    done(best / base["rps"])
+    done(best / med(merged, "rps"))
 
 
 def peft_refusals(model: str, folder: Path, first: str) -> dict[str, str]:
