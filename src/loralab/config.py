@@ -272,7 +272,7 @@ class ServeConfig(Checked):
     max_texts: int = opt(256, "the most texts (or pairs) one request may hold", within=POSITIVE_INT)
     max_chars: int = opt(100_000, "the longest text one request may hold, in characters", within=POSITIVE_INT)
     mixing: str = opt("auto", "how a mixed batch adds each row's own update: gather (each row's A and B gathered "
-                              "from stacks: 1.8x segments with 100 adapters on a CPU, benchmarks/serve.py) | segments "
+                              "from stacks: 1.7x segments with 100 adapters on a CPU, benchmarks/serve.py) | segments "
                               "(each adapter's own layers on its rows) | auto (gather)", choices=MIXINGS)
     drain_seconds: float = opt(30.0, "on SIGTERM, how long the requests in flight have to finish", within=POSITIVE)
     replicas: int = opt(0, "serve as this many replicas on Ray Serve, on the cluster at `address` (0 = one "

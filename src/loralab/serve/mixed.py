@@ -21,10 +21,10 @@ adapter's change, the other rows the base layer alone. Two ways to compute it:
   `DoRA.forward`, ...: the code of `loralab predict` itself); IA3 on a layer's input and
   modules held whole always go this way.
 
-Measured here (`benchmarks/serve.py`, 2 AMD EPYC cores, bf16): 100 LoRA adapters under
-mixed traffic served 201 requests/s with gather, 111 with segments, against 270 for one
-merged model; in-process on the same batches gather ran 1.37x PEFT's `adapter_names`,
-segments 1.01x. Both give `loralab predict`'s scores (to 1e-6 in fp32, tested).
+Measured here (`benchmarks/serve.py`, 2 AMD EPYC cores, bf16, medians of 3 rounds): 100
+LoRA adapters under mixed traffic served 213 requests/s with gather, 125 with segments,
+against 252 for one merged model; in-process on the same batches gather ran 1.28x PEFT's
+`adapter_names`, segments 0.87x. Both give `loralab predict`'s scores (tested in fp32).
 
 The encoder runs once for the whole batch; then each adapter's rows are pooled its way and
 go through its own head (`arch.Architecture.head_forward`), whatever its number of classes.
