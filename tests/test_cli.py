@@ -57,6 +57,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" in proc.stderr
 
 
+@pytest.mark.slow  # processes of their own, started and signalled: the slow tier
 def test_the_command_bounds_onednns_primitive_cache_unless_the_environment_sets_it(tmp_path):
     """oneDNN reads its cache capacity when it first runs: `main` sets it before any work
     (here a command that fails on its data), and keeps a value the user set."""

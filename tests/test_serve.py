@@ -274,6 +274,7 @@ def test_load_and_unload_under_traffic_fail_no_other_request(server, adapters, t
     assert alone.probabilities.shape == (1, 4)
 
 
+@pytest.mark.slow  # processes of their own, started and signalled: the slow tier
 def test_sigterm_drains_the_requests_in_flight_and_admin_is_off_without_a_token(adapters, tiny_model_dir):
     server = Server(adapters[0], tiny_model_dir, "--max-batch", "2")
     try:

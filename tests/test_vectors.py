@@ -133,6 +133,7 @@ def test_vera_merge_and_unload_equals_the_unmerged_model():
     torch.testing.assert_close(logits(merged), before, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # processes of their own, started and signalled: the slow tier
 def test_vera_saved_adapter_reproduces_in_a_new_process(tmp_path):
     model = trained_vera(seed=1)
     save_adapter(model, tmp_path / "vera")
