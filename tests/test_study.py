@@ -38,6 +38,14 @@ def finished(tmp_path_factory, tiny_model_dir, synthetic_data):
     return config, rows, folder / "out"
 
 
+def test_a_studys_models_remember_their_data_columns(finished):
+    # As `loralab train`'s do: predict, evaluate and serve read their files (and pairs) so.
+    _, _, out = finished
+    info = json.loads((out / "lora-r2" / "model" / "loralab.json").read_text())
+    assert info["data"] == {"text_column": "review", "text_pair_column": "", "label_column": "label",
+                            "task": "classification"}
+
+
 def test_every_method_is_in_results(finished):
     config, rows, out = finished
     assert {r.method for r in rows} == METHODS

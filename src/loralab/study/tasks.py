@@ -62,6 +62,7 @@ def chosen(ctx: Context, ref: Ref):
 
 def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> RunOutput:
     from ..api import train
+    from ..config import REMEMBERED_COLUMNS
     from ..records import Search
     from ..search import token_count, token_passes
     from ..training import stop_after_epoch
@@ -78,8 +79,11 @@ def task_train(ctx: Context, run_dir: Path, inputs: TrainInputs) -> RunOutput:
                       "best_epoch": choice.best_epoch, "warmup_ratio": choice.warmup_ratio,
                       "weight_decay": choice.weight_decay, "search": inputs.learning_rate_from.name}
     tokenized = ctx.tokenized(inputs.model, settings.max_length)
+    # The model remembers its data's columns, as `loralab train`'s do: `predict`, `evaluate` and
+    # `loralab serve` then read its files (and pairs) as it was trained.
+    columns = {key: getattr(ctx.data_options, key) for key in REMEMBERED_COLUMNS if hasattr(ctx.data_options, key)}
     info = train(method=inputs.method, out=run_dir / "model", model=inputs.model, settings=settings,
-                 tokenized=tokenized, lora=inputs.lora, lock=False, callbacks=callbacks)
+                 tokenized=tokenized, lora=inputs.lora, lock=False, callbacks=callbacks, columns=columns or None)
     row = info.row(chosen_on="validation" if inputs.learning_rate_from else None)
     row.method = row_method(inputs.method, getattr(inputs.lora, "targets", None))  # "lora-all": its own row
     row.recipe = recipe
