@@ -10,14 +10,16 @@ same learning rate, AdamW, bf16 autocast where the hardware has it (else fp32):
 - loralab: `loralab.train` as the suite trains a trial (length-grouped batches padded to a
   bucket, passes sized by `training.micro_batch_size`, an evaluation and a checkpoint at the
   epoch's end on a small eval set), its training seconds;
-- loralab, one pass a batch: the same with `micro_batch_size = batch_size`, to show what the
-  split into passes costs on short texts;
+- loralab, passes for the longest (before): the same with each batch cut into passes sized
+  for the data's longest padded row (at most 1,024 tokens), as loralab cut them before it cut
+  each batch at its own length; and one pass a batch (`micro_batch_size = batch_size`):
+  what any split into passes costs on short texts;
 - PEFT + Trainer: `get_peft_model` and a plain `transformers.Trainer` (its own collator,
   random batches, the same epoch-end evaluation), the peer a practitioner would use;
 - bare loop: forward, backward and AdamW over loralab's own batches (one pass each), no
   Trainer: the floor any loop over those batches could reach.
 
-    python benchmarks/glue_train.py [--task mrpc|cola] [--rows 640] [--repeats 3] [--tiny]
+    python benchmarks/glue_train.py [--task mrpc|rte|cola] [--rows 640] [--repeats 3] [--tiny]
 
 Sides alternate after a warm-up round; medians of the repeats. The data are
 ../shared/data/glue/TASK (or $LORALAB_GLUE_DATA/TASK). Last line: `ratio: X`, loralab's
@@ -45,9 +47,11 @@ def glue_root() -> Path:
     return Path(root)
 
 
-# The suite's files of two tasks at either end of its lengths: MRPC's pairs (about 50 tokens)
-# and CoLA's single sentences (about 11): a CoLA step is a few tiny products.
+# The suite's files of three tasks across its lengths: RTE's pairs (about 70 tokens, a few
+# cut at 256), MRPC's (about 50) and CoLA's single sentences (about 11): a CoLA step is a
+# few tiny products.
 TASKS = {
+    "rte": dict(text_column="sentence1", text_pair_column="sentence2", labels=("entailment", "not_entailment")),
     "mrpc": dict(text_column="sentence1", text_pair_column="sentence2", labels=("not_equivalent", "equivalent")),
     "cola": dict(text_column="sentence", labels=("unacceptable", "acceptable")),
 }
@@ -60,6 +64,17 @@ def glue_task(task: str, rows: int, eval_rows: int):
     options = DataOptions(**TASKS[task])
     return limit_data(load_data(train=str(folder / "train.csv"), eval=str(folder / "dev.csv"), options=options),
                       rows, eval_rows)
+
+
+def passes_for_the_longest(lengths: list[int]) -> int:
+    """The rows a pass held before: the largest divisor of the batch whose passes hold at most
+    `MICRO_BATCH_TOKENS` at the data's longest padded length."""
+    from loralab.inference import bucket_length
+    from loralab.settings import TrainSettings
+    from loralab.training import MICRO_BATCH_TOKENS
+
+    longest = bucket_length(max(lengths), TrainSettings().pad_to_multiple_of, MAX_LENGTH)
+    return max(d for d in range(1, BATCH + 1) if BATCH % d == 0 and (d == 1 or d * longest <= MICRO_BATCH_TOKENS))
 
 
 def loralab_side(data, tokenized, precision: str, micro: int, model_name: str):
@@ -169,6 +184,8 @@ def main() -> None:
     loop = loop_side(tokenized, tokenizer, precision, args.model)
     sides = {
         "loralab": loralab_side(data, tokenized, precision, 0, args.model),
+        "loralab, passes for the longest (before)": loralab_side(data, tokenized, precision,
+                                                                 passes_for_the_longest(lengths), args.model),
         "loralab, one pass a batch": loralab_side(data, tokenized, precision, BATCH, args.model),
         "PEFT + Trainer": peft_side(data, tokenizer, precision, args.model),
         "bare loop (floor)": loop,

@@ -69,13 +69,20 @@ def _lengthening_reviews(tokenizer):
     return tokenize(data, tokenizer, 64)
 
 
-def test_micro_batches_take_the_same_steps_as_whole_batches(tmp_path, tiny_model_dir):
+def test_micro_batches_take_the_same_steps_as_whole_batches(tmp_path, tiny_model_dir, monkeypatch):
     """`micro_batch_size` splits each batch into passes whose gradients add up to the whole
-    batch's: without dropout, the trained weights match. Both losses are checked: the
-    model's own, and the class-weighted one (here with equal classes, so weights of 1),
-    which the Trainer leaves unscaled, so it scales itself."""
+    batch's: without dropout, the trained weights match. So does the default on a CPU, which
+    cuts each batch at its own length into passes of the memory of `MICRO_BATCH_TOKENS`
+    tokens at 512 (here 80: batches of 64 tokens split unevenly, 3 + 3 + 2 rows). Both losses are
+    checked: the model's own, and the class-weighted one (here with equal classes, so weights
+    of 1), which the Trainer leaves unscaled, so it scales itself."""
+    import loralab.training
+
     tokenizer = load_tokenizer(tiny_model_dir)
     tokenized = _lengthening_reviews(tokenizer)
+    monkeypatch.setattr(loralab.training, "MICRO_BATCH_TOKENS", 80)
+    cut, real = [], loralab.training._passes
+    monkeypatch.setattr(loralab.training, "_passes", lambda inputs, rows: cut.append(real(inputs, rows)) or cut[-1])
 
     def trained(micro: int, weights: str) -> dict:
         model = load_model(tiny_model_dir)
@@ -87,12 +94,15 @@ def test_micro_batches_take_the_same_steps_as_whole_batches(tmp_path, tiny_model
         train_with_trainer(model, tokenized, settings, tmp_path / f"{micro}-{weights}", tokenizer=tokenizer)
         return dict(model.named_parameters())
 
-    whole = trained(0, "none")
+    whole = trained(8, "none")
+    assert not cut  # a micro_batch_size of its own: the Trainer's accumulation, no cut here
     start = dict(load_model(tiny_model_dir).named_parameters())
     assert max((whole[name] - p).abs().max().item() for name, p in start.items()) > 1e-3  # the steps moved
-    for micro, weights in ((4, "none"), (2, "none"), (4, "balanced"), (2, "balanced")):
+    for micro, weights in ((4, "none"), (2, "none"), (4, "balanced"), (2, "balanced"), (0, "none"), (0, "balanced")):
         for name, value in trained(micro, weights).items():
             torch.testing.assert_close(value, whole[name], rtol=1e-4, atol=1e-5, msg=f"{weights} {micro} {name}")
+    sizes = sorted({tuple(len(part["input_ids"]) for part in parts) for parts in cut})
+    assert len(cut) == 4 and all(len(s) > 1 for s in sizes) and any(len(set(s)) > 1 for s in sizes), sizes
 
 
 def test_gradient_checkpointing_recomputes_each_layer_and_trains_the_same_weights(tmp_path, tiny_model_dir):
@@ -147,18 +157,18 @@ def test_micro_batch_size_must_divide_the_batch():
         TrainSettings(batch_size=8, micro_batch_size=3)
 
 
-def test_passes_hold_at_most_1024_tokens_on_a_cpu_and_the_whole_batch_on_a_gpu():
-    from loralab.training import micro_batch_size
+def test_passes_hold_the_memory_of_1024_tokens_at_512_on_a_cpu_and_the_whole_batch_on_a_gpu():
+    from loralab.training import rows_per_pass
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     settings = TrainSettings(batch_size=8)
-    assert micro_batch_size(settings, [40, 512, 300], cpu) == 2  # 2 x 512
-    assert micro_batch_size(settings, [40, 250], cpu) == 4  # 256 after padding to 32: 4 x 256
-    assert micro_batch_size(settings, [20, 70], cpu) == 8  # 96: short texts stay whole
-    assert micro_batch_size(settings.replace(max_length=2048), [2000], cpu) == 1
-    assert micro_batch_size(TrainSettings(batch_size=6), [300], cpu) == 3  # a divisor of the batch
-    assert micro_batch_size(settings, [512], gpu) == 8
-    assert micro_batch_size(settings.replace(micro_batch_size=4), [20], cpu) == 4
+    assert rows_per_pass(settings, 512, cpu) == 2  # 2 x 512
+    assert rows_per_pass(settings, 256, cpu) == 6  # the memory of 1,024 tokens at 512: cut 4 and 4 (`_passes`)
+    assert rows_per_pass(settings, 96, cpu) == 8  # short texts stay whole
+    assert rows_per_pass(TrainSettings(batch_size=32), 128, cpu) == 16  # 2,048 tokens at 128
+    assert rows_per_pass(settings.replace(max_length=2048), 2000, cpu) == 1
+    assert rows_per_pass(settings, 512, gpu) == 8
+    assert rows_per_pass(settings.replace(micro_batch_size=4), 20, cpu) == 4
 
 
 def test_resume_with_other_settings_is_refused_naming_each_change(tmp_path, tiny_model_dir, synthetic_data,

@@ -8,6 +8,7 @@ it, and head-tuning on features the frozen encoder computes once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from .adapters import class_names
 from .errors import LoralabError
 from .fastdropout import fast_dropout_enabled
 from .fileio import write_json
-from .inference import BucketedPadding, _sorted_by_length, bucket_length, resolve_precision
+from .inference import BucketedPadding, _sorted_by_length, resolve_precision
 from .measure import PeakMemory, release_free_memory, rss_bytes
 from .metrics import SCORES, EvalMetrics, Metrics, Scored, class_weights, weighted_loss
 from .models import pick_device
@@ -61,26 +62,45 @@ def tokenize(data, tokenizer, max_length: int = 512):
     return data.map(encode_batch, batched=True, remove_columns=columns(first), desc="Tokenizing")
 
 
-# On a CPU, each forward/backward pass holds at most this many tokens (batch 8 of 512-token
-# reviews: passes of 2). Measured on 400 lab reviews, one epoch of LoRA r=6: passes of 8
-# 2.7 GB peak, 133 s; of 4 1.9 GB, 118 s; of 2 1.4 GB, 91-108 s; of 1 1.0 GB, 102-108 s.
-# Short texts stay whole: SST-5 sentences in passes of 1 took 2.5x as long as in 8.
+# On a CPU, each forward/backward pass holds at most the memory of this many tokens in rows
+# of 512 (batch 8 of 512-token reviews: passes of 2). Measured on 400 lab reviews, one epoch
+# of LoRA r=6: passes of 8 2.7 GB peak, 133 s; of 4 1.9 GB, 118 s; of 2 1.4 GB, 91-108 s; of
+# 1 1.0 GB, 102-108 s. Short texts stay whole: SST-5 sentences in passes of 1 took 2.5x as long.
 MICRO_BATCH_TOKENS = 1024
+# A pass's activations grow with its tokens times (PASS_LENGTH_OFFSET + its length), the
+# attention scores being the length's share. Peak MB over the loaded model, one step of LoRA
+# r=8 in bf16: 2 rows x 512 tokens 434, 6 x 256 412, 16 x 128 413, 32 x 64 401, 4 x 256 305:
+# 2,048 tokens at 128 take what 1,024 take at 512. Each batch is cut at its own padded
+# length: length-grouped, most are far shorter than the data's longest, and passes of a fixed
+# size for the longest cost RTE's epochs 16% (benchmarks/glue_train.py).
+PASS_LENGTH_OFFSET = 220
 
 
-def micro_batch_size(settings: TrainSettings, lengths, device: torch.device) -> int:
-    """Examples per forward/backward pass: `settings.micro_batch_size` where set; otherwise
-    on a CPU the largest divisor of the batch whose passes hold at most `MICRO_BATCH_TOKENS`
-    at the training set's longest (padded) length, and on a GPU the whole batch."""
+def rows_per_pass(settings: TrainSettings, length: int, device: torch.device) -> int:
+    """Examples per forward/backward pass of a batch padded to `length` tokens:
+    `settings.micro_batch_size` where set; otherwise on a CPU as many as take at most the
+    memory of `MICRO_BATCH_TOKENS` tokens in rows of 512 (at least one), and on a GPU the
+    whole batch."""
     if settings.micro_batch_size or device.type != "cpu":
         return settings.micro_batch_size or settings.batch_size
-    longest = bucket_length(max(lengths, default=1), settings.pad_to_multiple_of, settings.max_length)
-    return max(d for d in range(1, settings.batch_size + 1)
-               if settings.batch_size % d == 0 and (d == 1 or d * longest <= MICRO_BATCH_TOKENS))
+    budget = MICRO_BATCH_TOKENS * (512 + PASS_LENGTH_OFFSET)
+    return max(1, min(settings.batch_size, budget // (max(length, 1) * (length + PASS_LENGTH_OFFSET))))
+
+
+def _passes(inputs: dict, rows: int) -> list[dict]:
+    """A batch's tensors cut into passes of at most `rows` examples, as even as they go
+    (16 rows at most 10 a pass: 8 and 8)."""
+    n = len(inputs["input_ids"])
+    count = -(-n // rows)
+    if count <= 1:
+        return [inputs]
+    parts = {key: torch.tensor_split(value, count) if torch.is_tensor(value) and len(value) == n else [value] * count
+             for key, value in inputs.items()}
+    return [{key: parts[key][i] for key in inputs} for i in range(count)]
 
 
 def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.device, precision: str,
-                        micro: int | None = None, **overrides):
+                        **overrides):
     """The Trainer's arguments for `settings`, every one passed by its name: where
     transformers renamed a field between the versions loralab supports, the name this
     version has is chosen here, and a name it does not know (a misspelt override, a field
@@ -89,7 +109,7 @@ def _training_arguments(settings: TrainSettings, out_dir: Path, device: torch.de
     from transformers import TrainingArguments
 
     names = {f.name for f in fields(TrainingArguments)}
-    micro = micro or settings.micro_batch_size or settings.batch_size
+    micro = settings.micro_batch_size or settings.batch_size  # auto: whole batches (the trainer splits them)
     kwargs = dict(
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=settings.epochs,
@@ -394,6 +414,33 @@ def _trainer_class():
             # loss is a mean of its own batch. Micro-batches would add up to a gradient
             # `batch_size / micro_batch_size` times too large (and clipped as such).
             self.model_accepts_loss_kwargs = False
+            self.rows_per_pass = None  # set: each batch split into passes of rows_per_pass(its length) rows
+            self._share = 1.0  # the pass's share of its batch's examples, while a batch is split
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            rows = self.rows_per_pass(inputs["input_ids"].shape[1]) if self.rows_per_pass else 0
+            passes = _passes(inputs, rows) if rows else [inputs]
+            if len(passes) == 1:
+                return super().training_step(model, inputs, num_items_in_batch)
+            # Each pass's mean loss weighted by its share of the batch: the gradients add up to
+            # the whole batch's; the last pass synchronises them across processes.
+            total, n = 0.0, len(inputs["input_ids"])
+            try:
+                for i, part in enumerate(passes):
+                    self._share = len(part["input_ids"]) / n
+                    last = i == len(passes) - 1
+                    with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                        total = total + super().training_step(model, part, None)
+            finally:
+                self._share = 1.0
+            return total
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if self._share == 1.0:
+                return result
+            return (result[0] * self._share, *result[1:]) if return_outputs else result * self._share
 
         def _get_train_sampler(self, *args, **kwargs):
             sampler = super()._get_train_sampler(*args, **kwargs)
@@ -453,9 +500,10 @@ def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out
     out_dir = Path(out_dir)
     device = pick_device(settings.device)
     precision = resolve_precision(settings, device)
-    micro = micro_batch_size(settings, map(len, tokenized["train"]["input_ids"]), device)
-    logger.info("Batches of %d in passes of %d.", settings.batch_size, micro)
-    args = _training_arguments(settings, out_dir, device, precision, micro)
+    split = not settings.micro_batch_size and device.type == "cpu"  # each batch at its own length
+    logger.info("Batches of %d in passes of %s.", settings.batch_size,
+                "sized to each batch's length" if split else rows_per_pass(settings, 0, device))
+    args = _training_arguments(settings, out_dir, device, precision)
     collator = collator or BucketedPadding(tokenizer, settings.pad_to_multiple_of, settings.max_length)
     eval_set = _sorted_by_length(tokenized["eval"])
     guard, metrics, mem = StopOnNonFinite(), EvalMetrics(), PeakMemory(device)
@@ -466,6 +514,8 @@ def train_with_trainer(model: nn.Module, tokenized, settings: TrainSettings, out
                                callbacks=[guard(), save_after_epoch_evaluation(), release_memory_after_evaluation(),
                                           memory_log(mem), *callbacks],
                                optimizers=(optimizer_for(model, args, lr_ratio), None))
+    if split:
+        trainer.rows_per_pass = lambda length: rows_per_pass(settings, length, device)
     _quiet_trainer(trainer, settings)
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
