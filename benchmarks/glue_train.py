@@ -167,6 +167,7 @@ def main() -> None:
     if args.tiny:
         args.rows, args.eval_rows, args.repeats = 64, 16, 1
 
+    import datasets
     from transformers.utils import logging as hf_logging
 
     from loralab.inference import resolve_precision
@@ -175,6 +176,7 @@ def main() -> None:
     from loralab.training import tokenize
 
     hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     precision = resolve_precision(TrainSettings(), torch.device("cpu"))
     data = glue_task(args.task, args.rows, args.eval_rows)
