@@ -86,6 +86,7 @@ def test_the_example_glue_suite_reads_the_five_shared_tasks():
     rte = searched["rte"]
     assert rte.profile == "searched" and rte.search.enabled and not rte.select.enabled and rte.data.validation == 0.1
     assert rte.methods.lora_targets == ("", "all-linear") and rte.methods.extract_targets == ("all-linear",)
+    assert rte.methods.variants == ("dora", "pissa")  # rows of their own on both targets, each searched
     assert (rte.search.lora.trials, rte.search.lora.max_epochs) == (8, 12)
 
 
