@@ -136,6 +136,28 @@ def test_missing_runs_are_said_missing(tmp_path):
     assert "Accuracy against rank: no data" in md and "0.9000" not in md
 
 
+def test_steps_a_study_left_out_are_said_left_out_not_missing(tmp_path):
+    """A GLUE task's study runs no low-rank sweeps and LoRA at rank 8 only (its config.toml
+    says so): the lab's questions say those steps were not part of it, and compare the LoRA
+    it ran; without the file (or with steps it planned and lost), missing is missing."""
+    from loralab.report import answers
+
+    folder = hand_made(tmp_path, drop=("approx1", "approx2", "lora"))
+    rows = json.loads((folder / "results.json").read_text())
+    rows.append({"method": "lora", "rank": 8, "trainable_params": 40_000, "eval_accuracy": 0.87,
+                 "train_seconds": 50.0, "peak_memory_mb": 900, "history": []})
+    (folder / "results.json").write_text(json.dumps(rows))
+    assert "the sweep is missing" in " ".join(answers(build(folder)))
+    (folder / "config.toml").write_text("[methods]\nlowrank = false\nreplace_test = false\nlora_ranks = [8]\n")
+    text = " ".join(answers(build(folder)))
+    assert "rank sweeps were not part of this study (methods.lowrank = false)" in text
+    assert "missing" not in text
+    assert "its best LoRA, r = 8, trains 40,000 parameters and reaches 0.8700 eval accuracy, 96.67% of" in text
+    (folder / "config.toml").write_text("[methods]\nlora_ranks = [6, 8]\n")  # planned, not run: missing
+    text = " ".join(answers(build(folder)))
+    assert "the sweep is missing" in text and "LoRA r = 6 against full fine-tuning: missing (LoRA r=6 not run)" in text
+
+
 def test_pareto_front():
     points = [(10, 0.5), (100, 0.9), (50, 0.4), (1000, 0.85), (20, 0.7)]
     assert pareto_front(points) == [0, 4, 1]

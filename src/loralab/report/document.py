@@ -295,7 +295,9 @@ def answers(f: Findings) -> list[str]:
     else:
         out.append(f"Head-tuning against full fine-tuning: {_missing(full=full, head=head)}.")
 
-    for approach in (1, 2):
+    if f.steps is not None and not f.steps.lowrank and not f.sweeps:
+        out.append("The approximated models' rank sweeps were not part of this study (methods.lowrank = false).")
+    for approach in (1, 2) if f.steps is None or f.steps.lowrank or f.sweeps else ():
         name = f"approximated model {approach}"
         sweep = f.sweeps.get(approach)
         if not sweep or not f.lowrank:
@@ -317,6 +319,13 @@ def answers(f: Findings) -> list[str]:
                    f"{pct(lora6.trainable_params, full.trainable_params)} of full fine-tuning's "
                    f"{full.trainable_params:,}, and reaches {lora6.score:.4f} eval {what}, "
                    f"{pct(lora6.score, full.score)} of full fine-tuning's "
+                   f"{full.score:.4f}.")
+    elif lora6 is None and f.steps is not None and 6 not in f.steps.lora_ranks and f.best_lora and full \
+            and f.best_lora.score is not None and full.score is not None:
+        best = f.best_lora
+        out.append(f"LoRA r = 6 was not part of this study (methods.lora_ranks = {list(f.steps.lora_ranks)}); its "
+                   f"best LoRA, r = {best.rank}, trains {best.trainable_params:,} parameters and reaches "
+                   f"{best.score:.4f} eval {what}, {pct(best.score, full.score)} of full fine-tuning's "
                    f"{full.score:.4f}.")
     else:
         out.append(f"LoRA r = 6 against full fine-tuning: {_missing(**{'LoRA r=6': lora6, 'full': full})}.")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from ..config import MethodsConfig, load_config
 from ..errors import LoralabError
 from ..lowrank import LayerSpectrum, read_spectrum
 from ..methods import label, method
@@ -163,6 +164,7 @@ class Findings:
     metric: str = "accuracy"               # the score the study leads with (`data.metric`)
     task_kind: str = CLASSIFICATION        # classification or regression
     searches: list[Search] = field(default_factory=list)  # each method's recipe, searched on validation
+    steps: MethodsConfig | None = None  # what the study set out to run (its config.toml's [methods]; None: unknown)
 
     @property
     def metric_label(self) -> str:
@@ -297,4 +299,18 @@ def build(out_dir: str | os.PathLike, metric: str | None = None) -> Findings:
         best_lora=max((s for s in summaries if s.method == "lora" and s.score is not None), key=lambda s: s.score,
                       default=None),
         extracted=(records[EXTRACT].extracted or []) if records[EXTRACT] else [],
-        metric=metric, task_kind=REGRESSION if regression else CLASSIFICATION, searches=searches)
+        metric=metric, task_kind=REGRESSION if regression else CLASSIFICATION, searches=searches,
+        steps=planned_steps(out_dir))
+
+
+def planned_steps(out_dir: Path) -> MethodsConfig | None:
+    """The [methods] table of the study's own config.toml: which of the lab's steps it set
+    out to run, so a step it left out (a GLUE task's low-rank sweeps) is said to be left out,
+    not missing. None where the file is absent or unreadable (a study of another version)."""
+    path = out_dir / "config.toml"
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path).methods
+    except LoralabError:
+        return None
