@@ -13,7 +13,7 @@ from conftest import ROOT
 SCRIPTS = {"attention": "ratio", "lora_train": "ratio", "inference": "ratio", "memory": "ratio",
            "roofline": "fraction of bf16 peak", "lab_pipeline": "ratio", "compile": "ratio",
            "precision": "ratio", "gpu_check": "checked", "adapter_step": "ratio", "ray_nodes": "ratio",
-           "serve": "ratio", "glue_train": "ratio"}
+           "serve": "ratio", "glue_train": "ratio", "side_by_side": "ratio"}
 
 
 @pytest.mark.slow
