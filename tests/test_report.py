@@ -158,6 +158,33 @@ def test_steps_a_study_left_out_are_said_left_out_not_missing(tmp_path):
     assert "the sweep is missing" in text and "LoRA r = 6 against full fine-tuning: missing (LoRA r=6 not run)" in text
 
 
+def test_the_suite_report_says_what_each_search_cost_on_each_task(tmp_path):
+    """A suite's report adds up each method's search on each task (seconds and token-passes)
+    and each task's runs; a task without searches is left out of that table."""
+    from loralab.records import Search
+    from loralab.report.render import markdown_table
+    from loralab.report.suite import TaskResult, cost_table
+
+    def searched(name: str, costs: dict) -> TaskResult:
+        folder = hand_made(tmp_path / name)
+        for method, (seconds, passes) in costs.items():
+            write_record(folder, f"search-{method}", seconds=seconds, search=Search(
+                method=method, metric="accuracy", learning_rate=1e-4, epochs=4, best_epoch=2, warmup_ratio=0.0,
+                weight_decay=0.0, score=0.8, trials=[], budget=4, train_rows=90, validation_rows=10,
+                seconds=seconds, token_passes=passes, storage="search.db", study_name=method))
+        return TaskResult(name, name.upper(), "accuracy", build(folder))
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    tasks = [searched("a", {"full": (100.0, 2_000_000), "lora": (300.0, 5_000_000)}),
+             searched("b", {"lora": (50.0, 1_000_000)}), searched("c", {})]
+    text = markdown_table(cost_table(tasks))
+    assert "|  | A | B | All |" in text  # C searched nothing
+    assert "| Search: LoRA | 300 s (5.0) | 50 s (1.0) | 350 s (6.0) |" in text
+    assert "| Search: Full fine-tuning | 100 s (2.0) | - | 100 s (2.0) |" in text
+    assert cost_table(tasks[2:]) is None
+
+
 def test_pareto_front():
     points = [(10, 0.5), (100, 0.9), (50, 0.4), (1000, 0.85), (20, 0.7)]
     assert pareto_front(points) == [0, 4, 1]

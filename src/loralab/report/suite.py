@@ -130,6 +130,31 @@ def reference_table(suite, tasks: list[TaskResult]) -> Table | None:
                  "lr" + "r" * (len(tasks) + 1))
 
 
+def cost_table(tasks: list[TaskResult]) -> Table | None:
+    """What each method's recipe search cost on each task (seconds, and millions of
+    token-passes: a figure that does not depend on the machine), with the totals, and each
+    task's run time in all; None where no task searched."""
+    done = [t for t in tasks if t.findings and t.findings.searches]
+    if not done:
+        return None
+    found = {(s.method, s.rank): s for t in done for s in t.findings.searches}
+    rows = []
+    for key in sorted(found, key=lambda k: (k[0], k[1] or 0)):
+        per_task = [next((x for x in t.findings.searches if (x.method, x.rank) == key), None) for t in done]
+        cells = [f"{x.seconds:,.0f} s ({x.token_passes / 1e6:,.1f})" if x else "-" for x in per_task]
+        total = sum(x.seconds for x in per_task if x)
+        passes = sum(x.token_passes for x in per_task if x)
+        rows.append([f"Search: {label(key[0])}", *cells, f"{total:,.0f} s ({passes / 1e6:,.1f})"])
+    busy = [_busy(t.findings) for t in done]
+    rows.append(["Every run of the task (searches included)", *(f"{b / 3600:.1f} h" for b in busy),
+                 f"{sum(busy) / 3600:.1f} h"])
+    return table(["", *(t.name for t in done), "All"], rows, "l" + "r" * (len(done) + 1))
+
+
+def _busy(f: Findings) -> float:
+    return f.busy_seconds if f.busy_seconds is not None else sum(x.seconds for x in f.times)
+
+
 def suite_document(suite, tasks: list[TaskResult], out: Path, left_out: list[str] = ()) -> Document:
     """The combined report of `tasks`; `left_out` names the suite's tasks it leaves out."""
     done = [t for t in tasks if t.findings]
@@ -154,6 +179,12 @@ def suite_document(suite, tasks: list[TaskResult], out: Path, left_out: list[str
         sections.append(Section("Published figures, for reference", [
             "As published, on the same tasks' dev sets but with other models, sizes and recipes (and, where "
             "the suite's notes say so, other splits): a yardstick, not a comparison of equals.", refs]))
+    if (costs := cost_table(tasks)) is not None:
+        sections.append(Section("What the searches cost", [
+            "Each method's recipe search on each task: its trials' seconds on this machine and, in brackets, "
+            "their compute in millions of token-passes (training tokens times the epochs trained), which does "
+            "not depend on the machine; then each task's runs in all, wall time of the runs as they ran "
+            "(side by side with `--jobs`, counted once).", costs]))
     sections.append(Section("Score against trainable parameters, per task", [
         Image(f"{t.name}: {SCORE_LABELS[t.metric]} against trainable parameters",
               f"{t.key}/accuracy_vs_params.png" if (out / t.key / "accuracy_vs_params.png").exists() else None)
@@ -161,7 +192,7 @@ def suite_document(suite, tasks: list[TaskResult], out: Path, left_out: list[str
     lines = []
     for t in done:
         f = t.findings
-        busy = f.busy_seconds if f.busy_seconds is not None else sum(x.seconds for x in f.times)
+        busy = _busy(f)
         d = f.environment.data if f.environment else None
         rows = f"{d.train_rows} training, {d.eval_rows} eval" if d else "?"
         lines.append(f"{t.name}: {len(f.runs)} results ({rows} rows), {busy / 3600:.1f} h of runs; report: "
