@@ -6,7 +6,7 @@ lab's train data in the same order, the same precision (bf16 autocast where supp
 and optimiser. Also: (a) end to end as each is used by default (`loralab.train` against
 PEFT + the Trainer with its defaults), (b) the LoRA layer alone against PEFT's
 `lora.Linear`, (c) `loralab train` as it trains now (batch lengths bounded, padded by
-under an eighth; on a CPU in passes of at most 1,024 tokens) against each batch in one
+under an eighth; on a CPU in passes of the memory of 1,024 tokens at 512) against each batch in one
 pass, and against how it trained before #19 (exact lengths, one pass): the time those
 memory levers cost.
 
@@ -127,7 +127,7 @@ def padding_sides(model_name: str, n_reviews: int, tiny: bool) -> dict[str, list
                              tokenized=tokenized).result.train_seconds
         return run
 
-    return alternate({"bounded lengths, passes <= 1,024 tokens (default)": side(0, 0),
+    return alternate({"bounded lengths, passes by memory (default)": side(0, 0),
                       "bounded lengths, one pass": side(0, 8), "exact lengths, one pass (before)": side(1, 8)},
                      repeats=1 if tiny else 3, warmup=0)
 

@@ -12,7 +12,8 @@ adds LoRA with `--gradient-checkpointing` (each layer recomputed in the backward
 its input kept). The defaults pad
 each batch by less than an eighth of its length (multiples of 8 to 64 tokens by length;
 multiples of 32 until the SST-5 study found them costly on sentences) and, on a CPU, run
-each batch of 8 in passes of at most 1,024 tokens (`micro_batch_size`, 2 reviews of 512).
+each batch of 8 in passes of the memory of 1,024 tokens at 512 (`micro_batch_size`: 2 reviews
+of 512, each batch cut at its own length).
 Targets (#19): LoRA's peak at most 2,000 MB and at most half of full fine-tuning's;
 resident memory after the last epoch within 10% of after the first. Last line:
 `ratio: X`, LoRA's peak over full fine-tuning's (both with the defaults).
@@ -95,7 +96,8 @@ def main() -> None:
         args.checkpointing = True  # the smoke test covers every side's code
 
     print(f"# memory: {machine()}")
-    print(f"# model {args.model}, `loralab train` defaults (batch 8 in passes of <= 1,024 tokens on a CPU, "
+    print(f"# model {args.model}, `loralab train` defaults (batch 8 in passes of the memory of 1,024 tokens at "
+          "512 on a CPU, "
           f"length-grouped, bf16 autocast where supported), {args.reviews} lab train / {args.eval_reviews} eval "
           f"reviews, {args.epochs:g} epoch(s), "
           f"max {args.max_length} tokens; peak RSS (ru_maxrss) of each process, loading and evaluation "

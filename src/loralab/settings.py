@@ -201,8 +201,8 @@ class TrainSettings:
     epochs: float = opt(3.0, "passes over the training data", within=POSITIVE)
     batch_size: int = opt(8, "training examples per optimizer step (per device)", within=POSITIVE_INT)
     micro_batch_size: int = opt(0, "examples per forward/backward pass, accumulated into each batch; 0 = auto: on "
-                                   "a CPU at most 1,024 tokens a pass at each batch's length (faster and smaller), "
-                                   "on a GPU the batch",
+                                   "a CPU each batch cut at its own length into passes of the memory of 1,024 tokens "
+                                   "at 512 (faster and smaller), on a GPU the batch",
                                 within=COUNT)
     learning_rate: float = opt(5e-5, "AdamW's peak learning rate (the Trainer's default)", within=POSITIVE)
     lr_scheduler: str = opt("linear", "a Trainer schedule; linear decays to zero")
