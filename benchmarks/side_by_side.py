@@ -25,47 +25,38 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from _common import done, machine, median, table
 
 CHILD = """
-import json, sys, time, torch
+import json, sys, torch
+from _common import training_pass
 from loralab import inject_lora, load_model
-from loralab.fastdropout import fast_dropout_enabled
 from loralab.inference import resolve_precision
 from loralab.settings import TrainSettings
 threads, steps, lengths, model_name = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 model = inject_lora(load_model(model_name, num_labels=2), 8, 16, init="kaiming")
-optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-bf16 = resolve_precision(TrainSettings(), torch.device("cpu")) == "bf16"
-model.train()
-def step(length):
+precision = resolve_precision(TrainSettings(), torch.device("cpu"))
+out = {}
+for length in lengths:
     batch = {"input_ids": torch.randint(1000, 2000, (16, length)),
              "attention_mask": torch.ones(16, length, dtype=torch.long), "labels": torch.randint(0, 2, (16,))}
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = model(**batch).loss
-    loss.backward(); optim.step(); optim.zero_grad(set_to_none=True)
-out = {}
-with fast_dropout_enabled(model, True):
-    for length in lengths:
-        for _ in range(2):
-            step(length)
-        print("ready", flush=True)
-        sys.stdin.readline()  # every process starts each length's steps together
-        start = time.perf_counter()
-        for _ in range(steps):
-            step(length)
-        out[length] = steps / (time.perf_counter() - start)
+    training_pass(model, [batch] * 2, precision, fast_dropout=True)()  # warm-up
+    timed = training_pass(model, [batch] * steps, precision, fast_dropout=True)
+    print("ready", flush=True)
+    sys.stdin.readline()  # every process starts each length's steps together
+    out[length] = steps / timed()
 print(json.dumps(out), flush=True)
 """
 
 
 def run(processes: int, threads: int, steps: int, lengths: list[int], model: str) -> dict[int, float]:
     """Steps per second at each length, summed over `processes` started together."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
+                                                       os.environ.get("PYTHONPATH")]))}
     children = [subprocess.Popen([sys.executable, "-c", CHILD, str(threads), str(steps), json.dumps(lengths), model],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                  env=env) for _ in range(processes)]
@@ -103,7 +94,6 @@ def main() -> None:
             one[n].append(rate)
         for n, rate in run(cores, 1, args.steps, lengths, args.model).items():
             side[n].append(rate)
-        time.sleep(0.1)
     rows = [[f"16 x {n}", median(one[n]), median(side[n]), median(side[n]) / median(one[n])] for n in lengths]
     print(table(["batch (rows x tokens)", "one process (steps/s)", "side by side (steps/s)", "ratio"], rows))
     done(median([row[3] for row in rows]))

@@ -79,7 +79,7 @@ def _running_elsewhere(trial) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # alive, another user's
     return True
 
 

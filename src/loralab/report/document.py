@@ -295,9 +295,10 @@ def answers(f: Findings) -> list[str]:
     else:
         out.append(f"Head-tuning against full fine-tuning: {_missing(full=full, head=head)}.")
 
-    if f.steps is not None and not f.steps.lowrank and not f.sweeps:
+    sweeps_planned = f.steps is None or f.steps.lowrank or bool(f.sweeps)
+    if not sweeps_planned:
         out.append("The approximated models' rank sweeps were not part of this study (methods.lowrank = false).")
-    for approach in (1, 2) if f.steps is None or f.steps.lowrank or f.sweeps else ():
+    for approach in (1, 2) if sweeps_planned else ():
         name = f"approximated model {approach}"
         sweep = f.sweeps.get(approach)
         if not sweep or not f.lowrank:

@@ -137,7 +137,7 @@ def cost_table(tasks: list[TaskResult]) -> Table | None:
     done = [t for t in tasks if t.findings and t.findings.searches]
     if not done:
         return None
-    found = {(s.method, s.rank): s for t in done for s in t.findings.searches}
+    found = {(s.method, s.rank) for t in done for s in t.findings.searches}
     rows = []
     for key in sorted(found, key=lambda k: (k[0], k[1] or 0)):
         per_task = [next((x for x in t.findings.searches if (x.method, x.rank) == key), None) for t in done]
