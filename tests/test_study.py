@@ -15,6 +15,7 @@ from conftest import count_fraction
 from loralab.config import load_config
 from loralab.errors import LoralabError
 from loralab.study import run_study
+from loralab.study.executors import cpu_name
 
 pytestmark = pytest.mark.usefixtures("synthetic_data")  # no test here measures accuracy on IMDB
 METHODS = {"tfidf-lr", "tfidf-nb", "full", "head", "approx1", "approx2", "lora", "extract", "extract-all"}
@@ -65,7 +66,7 @@ def test_every_method_is_in_results(finished):
     head = next(r for r in saved if r["method"] == "head")  # the sweeps are compared with the head row's figure
     assert json.loads((out / "lowrank" / "result.json").read_text())["lowrank"]["headtuned_score"] == \
         head["eval_accuracy"]
-    assert json.loads((out / "full" / "result.json").read_text())["device"] == "cpu"  # what it ran on
+    assert json.loads((out / "full" / "result.json").read_text())["device"] == cpu_name()  # what it ran on
 
 
 def test_extract_step_saves_and_evaluates_each_adapter(finished):
@@ -380,3 +381,22 @@ def test_train_on_a_folder_in_use_is_refused_by_name(tmp_path, tiny_model_dir, r
                                "--max-length", 16, "--limit-train", 16, "--limit-eval", 8, "--out", out, "--quiet")
     assert code == 2 and f"{out} is in use by another loralab process (process {os.getpid()}" in err, err
     assert not out.exists()
+
+
+def test_a_cpu_is_named_by_its_model_and_its_bf16_path():
+    """A record's device says which CPU ran it: timings of a study resumed on another machine mean
+    little without it (no bf16 is 2-3x slower)."""
+    import re
+
+    import torch
+
+    from loralab.inference import bf16_supported
+
+    name = cpu_name()
+    model, path = re.fullmatch(r"cpu \((.+), (AMX bf16|AVX-512 bf16|no bf16)\)", name).groups()
+    assert (path != "no bf16") == bf16_supported(torch.device("cpu"))  # the path precision = auto takes
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
+        assert model == (" ".join(found.group(1).split()) if found else model)
+

@@ -122,6 +122,7 @@ def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path,
 
     # A task stopped before its study finished has no environment.json: still read by its metric.
     from loralab.report.suite import write_suite_report
+    from loralab.study.executors import cpu_name
     from loralab.study.suite import load_suite
 
     (out / "scores" / "environment.json").unlink()
@@ -133,7 +134,10 @@ def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path,
     # the table and its average, and said to be; asked for by the whole suite, they are "not run yet".
     alone = tmp_path / "alone"
     shutil.copytree(out / "scores", alone / "scores")
+    record = next((alone / "scores").glob("lora-*/result.json"))  # a run of a session before CPUs were named
+    record.write_text(json.dumps({**json.loads(record.read_text()), "device": "cpu"}))
     report = write_suite_report(load_suite(suite), alone, only=["scores"]).read_text()
+    assert f"h of runs on cpu and {cpu_name()}; report: [scores/report.md]" in report  # which machines ran the task
     assert "| Method | Trainable parameters | Scores (Pearson) | Avg. |" in report and "(Matthews)" not in report
     assert "other tasks (Pairs) have no results here" in report and "Not run yet" not in report
     assert json.loads((alone / "results.json").read_text())["tasks"].keys() == {"scores"}

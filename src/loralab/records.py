@@ -284,7 +284,7 @@ class RunRecord(RunOutput):
     key: str                     # fingerprint of the run's inputs: a different key means redo
     seconds: float               # wall time: loading, training, evaluation
     finished: str                # ISO time
-    device: str                  # what it ran on: "cpu" or the GPU's name
+    device: str                  # what it ran on: the GPU's name, or "cpu (MODEL, BF16 PATH)" (older records: "cpu")
     node: str | None = None      # the Ray node that ran it (its IP and node id); None: this machine
 
     @classmethod

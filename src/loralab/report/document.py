@@ -471,7 +471,7 @@ def footer(env: Environment | None, unit: str = "reviews") -> list[str]:
             f"Data: {files} ({d.train_rows} training, {d.eval_rows} eval {unit}"
             + (f", {d.validation_rows} validation {unit} held out of train)" if d.validation_rows else ")"),
             f"loralab {env.loralab}, torch {env.torch}, transformers {env.transformers}, Python {env.python}",
-            f"Device: {env.device} ({env.threads} threads), precision {env.precision}, "
+            f"Device: {env.device}, {env.threads} threads, precision {env.precision}, "
             f"seeds {', '.join(map(str, env.seeds or [env.seed]))}, profile {env.profile}, pooling {env.pooling}",
             f"Total time of the last `loralab run`: {fmt(env.total_seconds, ',.0f')} s"
             + (f" (it skipped {n} runs finished by an earlier one)" if (n := env.skipped_runs) else "")]

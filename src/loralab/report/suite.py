@@ -151,6 +151,11 @@ def cost_table(tasks: list[TaskResult]) -> Table | None:
     return table(["", *(t.name for t in done), "All"], rows, "l" + "r" * (len(done) + 1))
 
 
+def _devices(f: Findings) -> list[str]:
+    """What a task's runs ran on (several where it was resumed on another machine)."""
+    return sorted({x.device for x in f.times if x.device}) or [f.environment.device if f.environment else "?"]
+
+
 def _busy(f: Findings) -> float:
     return f.busy_seconds if f.busy_seconds is not None else sum(x.seconds for x in f.times)
 
@@ -195,10 +200,12 @@ def suite_document(suite, tasks: list[TaskResult], out: Path, left_out: list[str
         busy = _busy(f)
         d = f.environment.data if f.environment else None
         rows = f"{d.train_rows} training, {d.eval_rows} eval" if d else "?"
-        lines.append(f"{t.name}: {len(f.runs)} results ({rows} rows), {busy / 3600:.1f} h of runs; report: "
-                     f"[{t.key}/report.md]({t.key}/report.md)")
+        lines.append(f"{t.name}: {len(f.runs)} results ({rows} rows), {busy / 3600:.1f} h of runs on "
+                     f"{' and '.join(_devices(f))}; report: [{t.key}/report.md]({t.key}/report.md)")
     if env:
-        lines.append(f"Model {env.model}; device {env.device} ({env.threads} threads), precision {env.precision}, "
+        devices = sorted({d for t in done for d in _devices(t.findings)})
+        lines.append(f"Model {env.model}; device {', '.join(devices)}, {env.threads} threads, "
+                     f"precision {env.precision}, "
                      f"seeds {', '.join(map(str, env.seeds or [env.seed]))}, profile {env.profile}; "
                      f"loralab {env.loralab}, torch {env.torch}, transformers {env.transformers}")
     sections.append(Section("Tasks and environment", [Bullets(lines)]))
