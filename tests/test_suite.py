@@ -90,6 +90,31 @@ def test_the_example_glue_suite_reads_the_five_shared_tasks():
     assert (rte.search.lora.trials, rte.search.lora.max_epochs) == (8, 12)
 
 
+def test_the_searched_suites_committed_records_resume_under_this_code():
+    """docs/example-report-glue-searched/records is how the searched GLUE suite spans sessions
+    (its README: copy the records, run the same command): every run it planned there is still
+    finished under this code, its key unchanged, so nothing is redone. DoRA and PiSSA runs are
+    checked where their records are there (a later pass over the tasks adds them)."""
+    from conftest import ROOT
+    from loralab.outputs import read_marker
+    from loralab.study.executors import read_result
+    from loralab.study.plan import Context, plan
+    from loralab.study.suite import load_suite, task_configs
+
+    records = ROOT / "docs" / "example-report-glue-searched" / "records"
+    assert read_marker(records) == {"kind": "suite", "foreign": []}  # the copy is taken for the suite's own folder
+    suite = load_suite(ROOT / "examples" / "glue.toml", SHARED_DATA / "glue")
+    configs = task_configs(suite, records, seeds=[0, 1, 2], jobs=2)
+    finished = [t.key for t in suite.tasks if (records / t.key / "results.json").exists()]
+    assert {"rte", "mrpc"} <= set(finished)
+    for task in finished:
+        runs = plan(configs[task], Context(configs[task].data, records / task, quiet=True))
+        expected = [run for run in runs if not {"dora", "pissa"} & set(run.name.split("-"))
+                    or (records / task / run.name).exists()]
+        assert len(expected) >= 24, task
+        assert [run.name for run in expected if not read_result(records / task / run.name, run.key)] == [], task
+
+
 @pytest.mark.slow  # a whole study: the fast tier keeps under 3 minutes (#43)
 def test_glue_runs_each_task_in_its_folder_and_writes_one_table(suite, tmp_path, tiny_model_dir, run_cli):
     out = tmp_path / "out"
