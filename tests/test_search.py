@@ -2,6 +2,7 @@
 method's learning rate, schedule, warm-up and weight decay on the validation split, its
 trials in an SQLite file that a killed search resumes from, and the best epoch kept."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -76,6 +77,25 @@ def test_the_pruner_stops_trials_that_trail(splits, tiny_model_dir, tmp_path):
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in stored.trials) == len(pruned)
 
 
+def test_a_resumed_search_proposes_what_an_unbroken_one_would(splits, tiny_model_dir, tmp_path):
+    """Each trial's proposal is seeded by its number: a search resumed in a new process (here, the
+    same search asked for more trials) neither draws again the random trials it already trained
+    (a sampler seeded once per process did: CoLA's LoRA search trained one recipe twice) nor
+    proposes other trials than one search run straight through."""
+    from loralab.config import SearchSpace
+
+    def params(found):
+        return [tuple(sorted(t.params.items())) for t in sorted(found.trials, key=lambda t: t.number)]
+
+    space = SearchSpace(trials=4, lr_min=1e-3, lr_max=0.1, min_epochs=1, max_epochs=2)
+    whole = search(splits, tiny_model_dir, tmp_path / "whole", space, pruner="none", startup_trials=3)
+    first = dataclasses.replace(space, trials=2)
+    search(splits, tiny_model_dir, tmp_path / "resumed", first, pruner="none", startup_trials=3)
+    resumed = search(splits, tiny_model_dir, tmp_path / "resumed", space, pruner="none", startup_trials=3)
+    assert len(set(params(resumed))) == 4  # no recipe trained twice
+    assert params(resumed) == params(whole)  # the random startup trials and TPE's proposal after them
+
+
 KILLED_SEARCH = """
 import sys
 sys.path.insert(0, {tests!r})
@@ -124,6 +144,7 @@ def test_a_search_killed_mid_trial_resumes_without_redoing_a_finished_trial(spli
     retried = [t for t in trials if t.user_attrs.get("retry_of") == failed[0].number]
     assert len(retried) == 1 and retried[0].params == failed[0].params
     assert len(after) == 6  # the budget: finished trials count, the interrupted one does not
+    assert len({tuple(sorted(params.items())) for params, _, _ in after.values()}) == 6  # none drawn twice
     resumed_pid = {pid for n, (_, _, pid) in after.items() if n not in before}
     assert len(resumed_pid) == 1 and resumed_pid.isdisjoint({pid for _, _, pid in before.values()})
 
@@ -161,6 +182,8 @@ def test_workers_share_a_search_and_stop_at_its_budget_together(splits, tiny_mod
     assert optuna.trial.TrialState.FAIL not in states  # no live trial was taken for an interrupted one
     assert 6 <= states.count(optuna.trial.TrialState.COMPLETE) <= 7  # the budget, or one over: both asked at 5
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both trained trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)  # and drew apart
 
 
 STUDY = """

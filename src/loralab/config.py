@@ -242,7 +242,8 @@ class SearchConfig(Checked):
                                 "epoch) | none", choices=("median", "none"))
     startup_trials: int = opt(3, "trials sampled at random before TPE models the scores, and before any is pruned",
                               within=COUNT)
-    warmup_epochs: int = opt(1, "epochs every trial trains before the pruner may stop it", within=COUNT)
+    warmup_epochs: int = opt(3, "epochs every trial trains before the pruner may stop it (one epoch's score "
+                                "tells recipes apart by noise: on CoLA most score 0)", within=COUNT)
     lora_rank: int = opt(8, "the LoRA family's recipe is searched at this rank and used at every rank",
                          within=POSITIVE_INT)
     workers: int = opt(1, "runs that train a method's trials side by side, sharing its Optuna study (with "

@@ -123,6 +123,19 @@ def _edges(space: SearchSpace, chosen: dict) -> list[str]:
     return out
 
 
+def _sampler(optuna, seed: int, number: int, startup_trials: int, worker: str):
+    """The TPE sampler that proposes trial `number`, seeded by the study's seed, that number
+    and the `worker` asking (its scratch folder's name: workers sharing a study, each a run of
+    its own, draw apart). A sampler seeded once per process would draw again, after a resume,
+    the random startup trials it had already trained."""
+    import zlib
+
+    import numpy as np
+
+    state = int(np.random.SeedSequence([seed, number, zlib.crc32(worker.encode())]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=state, n_startup_trials=startup_trials)
+
+
 def _open_study(optuna, storage: Path, name: str, sampler, pruner):
     """The Optuna study `name` in the SQLite file `storage`, made if missing. The searches of a
     study share the file and may start at the same moment (`--jobs`, a Ray cluster): the file's
@@ -174,10 +187,10 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
     tokens = token_count(split["train"])
     work = Path(work)
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup_trials)
     chosen_pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
                      if pruner == "median" else optuna.pruners.NopPruner())
-    study = _open_study(optuna, Path(storage), study_name, sampler, chosen_pruner)
+    study = _open_study(optuna, Path(storage), study_name, _sampler(optuna, settings.seed, 0, startup_trials,
+                                                                    work.name), chosen_pruner)
     for interrupted in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if _running_elsewhere(interrupted):  # another worker of this search (`search.workers`) trains it
             continue
@@ -230,6 +243,8 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
         return len(finished()) + sum(_running_elsewhere(t) for t in running)
 
     while started() < space.trials:  # one at a time: workers sharing the study stop at its budget together
+        study.sampler = _sampler(optuna, settings.seed, len(study.get_trials(deepcopy=False)), startup_trials,
+                                 work.name)
         study.optimize(objective, n_trials=1, catch=())
     trials = [Trial(number=t.number, state="complete" if t.state == optuna.trial.TrialState.COMPLETE else "pruned",
                     params={k: t.params.get(k) for k in PARAMS}, scores=t.user_attrs.get("scores", []),
