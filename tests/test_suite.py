@@ -106,7 +106,6 @@ def test_the_searched_suites_committed_records_resume_under_this_code():
     suite = load_suite(ROOT / "examples" / "glue.toml", SHARED_DATA / "glue")
     configs = task_configs(suite, records, seeds=[0, 1, 2], jobs=2)
     started = [t.key for t in suite.tasks if (records / t.key / "results.json").exists()]
-    assert {"rte", "mrpc"} <= set(started)
     for task in started:
         runs = plan(configs[task], Context(configs[task].data, records / task, quiet=True))
         whole = (records / task / "environment.json").exists()
