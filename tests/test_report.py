@@ -55,6 +55,19 @@ def hand_made(folder, drop=()):
     return folder
 
 
+def test_a_study_stopped_part_way_is_reported_as_its_own_task(tmp_path):
+    """environment.json is written when a study starts: a study stopped part-way (a GLUE task
+    between sessions) is reported with its own data and classes, and says it had not finished."""
+    folder = hand_made(tmp_path)
+    env = json.loads((folder / "environment.json").read_text())
+    env.update(total_seconds=None, labels=["entailment", "not_entailment"],
+               data={"train_rows": 2239, "eval_rows": 277, "train_files": ["/data/glue/rte/train.csv"]})
+    (folder / "environment.json").write_text(json.dumps(env))
+    md = write_report(folder).read_text()
+    assert "rte (2 classes: entailment, not_entailment)" in md and "IMDB" not in md
+    assert "The last `loralab run` had not finished when this was written" in md and "Total time" not in md
+
+
 def test_numbers_and_sentences(tmp_path):
     from loralab.report import answers, results_table
 
@@ -351,7 +364,7 @@ def test_the_example_reports_regenerate_from_their_records_line_for_line(tmp_pat
     from loralab.report import write_report
 
     docs = ROOT / "docs" / example
-    tasks = sorted(p.name for p in (docs / "records").iterdir() if (p / "results.json").exists())
+    tasks = sorted(p.name for p in (docs / "records").iterdir() if (p / "environment.json").exists())
     assert tasks
     for task in tasks:
         study = shutil.copytree(docs / "records" / task, tmp_path / task)

@@ -218,10 +218,13 @@ def test_sigkill_during_lora_then_resume(tmp_path, tiny_study_config, finished):
     proc.wait()
     assert not (out / "lora-r2" / "result.json").exists()
     assert (out / "full" / "result.json").exists()
+    env = json.loads((out / "environment.json").read_text())  # written at the start: a stopped study's report
+    assert env["total_seconds"] is None and env["labels"] and env["data"]["train_rows"]  # names its own data
     before = {p: p.stat().st_mtime for p in out.glob("*/result.json")}
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for path, mtime in before.items():
         assert path.stat().st_mtime == mtime, f"{path.parent.name} was redone"
+    assert json.loads((out / "environment.json").read_text())["total_seconds"] > 0  # and again at the end
     resumed = json.loads((out / "results.json").read_text())
     for (m1, r1, a1), (m2, r2, a2) in zip(accuracies(resumed), accuracies(rows)):
         assert (m1, r1) == (m2, r2) and abs(a1 - a2) <= 0.002

@@ -467,14 +467,15 @@ def footer(env: Environment | None, unit: str = "reviews") -> list[str]:
         return ["Environment: environment.json is missing."]
     d = env.data
     files = ", ".join(d.train_files or []) or d.source or "?"
+    total = (f"Total time of the last `loralab run`: {env.total_seconds:,.0f} s" if env.total_seconds is not None
+             else "The last `loralab run` had not finished when this was written: the runs above are those it had done")
     return [f"Model: {env.model}",
             f"Data: {files} ({d.train_rows} training, {d.eval_rows} eval {unit}"
             + (f", {d.validation_rows} validation {unit} held out of train)" if d.validation_rows else ")"),
             f"loralab {env.loralab}, torch {env.torch}, transformers {env.transformers}, Python {env.python}",
             f"Device: {env.device}, {env.threads} threads, precision {env.precision}, "
             f"seeds {', '.join(map(str, env.seeds or [env.seed]))}, profile {env.profile}, pooling {env.pooling}",
-            f"Total time of the last `loralab run`: {fmt(env.total_seconds, ',.0f')} s"
-            + (f" (it skipped {n} runs finished by an earlier one)" if (n := env.skipped_runs) else "")]
+            total + (f" (it skipped {n} runs finished by an earlier one)" if (n := env.skipped_runs) else "")]
 
 
 # ---------------------------------------------------------------------------------------

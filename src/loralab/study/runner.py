@@ -50,7 +50,10 @@ def write_results(ctx: Context, runs: list[Run]) -> list[Row]:
     return rows
 
 
-def environment(config: Config, ctx: Context, seconds: float, skipped: int = 0, runs: list[Run] = ()) -> Environment:
+def environment(config: Config, ctx: Context, seconds: float | None, skipped: int = 0,
+                runs: list[Run] = ()) -> Environment:
+    """What the study ran on and with; `seconds` None while it runs (it is written at its start
+    and again at its end)."""
     import torch
     import transformers
 
@@ -151,6 +154,10 @@ def _run_study(config: Config, quiet: bool) -> StudyResult:
             result.skipped.append(run.name)
         else:
             todo.append(run)
+
+    # Written now and again at the end: a study stopped part-way is still reported as its own
+    # data, labels and metric (not as the lab's IMDB task).
+    write_json(ctx.out / "environment.json", environment(config, ctx, None, len(result.skipped), runs).to_json())
 
     def done(run: Run, record: RunRecord) -> None:
         progress.done(run, record)
