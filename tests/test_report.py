@@ -354,7 +354,7 @@ def test_approximated_models_on_top_of_each_other_both_show_and_one_epoch_is_an_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", ["example-report-glue", "example-report-methods"])
+@pytest.mark.parametrize("example", ["example-report-glue", "example-report-glue-searched", "example-report-methods"])
 def test_the_example_reports_regenerate_from_their_records_line_for_line(tmp_path, example):
     """Every task report kept under docs/ is what `loralab report` writes from the runs'
     records kept beside it: the report (and the configuration under it) did not drift."""
