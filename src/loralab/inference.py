@@ -18,13 +18,21 @@ from .models import pick_device
 from .settings import TrainSettings
 
 
+def cpu_bf16_path() -> str | None:
+    """How this CPU multiplies bfloat16 natively: "AMX bf16", "AVX-512 bf16", or None (it
+    does not, and float32 is faster)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    avx512 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if amx and amx():
+        return "AMX bf16"
+    return "AVX-512 bf16" if avx512 and avx512() else None
+
+
 def bf16_supported(device: torch.device) -> bool:
     """True where bfloat16 matrix products run natively (and so faster than float32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((probe and probe()) or (amx and amx()))
+    return cpu_bf16_path() is not None
 
 
 def resolve_precision(settings: TrainSettings, device: torch.device) -> str:

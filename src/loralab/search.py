@@ -136,8 +136,9 @@ def _sampler(optuna, seed: int, number: int, startup_trials: int, worker: str):
     return optuna.samplers.TPESampler(seed=state, n_startup_trials=startup_trials)
 
 
-def _open_study(optuna, storage: Path, name: str, sampler, pruner):
-    """The Optuna study `name` in the SQLite file `storage`, made if missing. The searches of a
+def _open_study(optuna, storage: Path, name: str, pruner):
+    """The Optuna study `name` in the SQLite file `storage`, made if missing (its sampler is
+    set before each trial: `_sampler`). The searches of a
     study share the file and may start at the same moment (`--jobs`, a Ray cluster): the file's
     tables are made under a lock, or two processes would both make them; each connection waits
     up to a minute for another's write."""
@@ -147,7 +148,7 @@ def _open_study(optuna, storage: Path, name: str, sampler, pruner):
         rdb = optuna.storages.RDBStorage(f"sqlite:///{storage.resolve()}",
                                          engine_kwargs={"connect_args": {"timeout": 60}})
         return optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize",
-                                   sampler=sampler, pruner=pruner)
+                                   pruner=pruner)
 
 
 def search_recipe(method: str, data, *, model: str, settings: TrainSettings, space: SearchSpace,
@@ -189,8 +190,7 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     chosen_pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
                      if pruner == "median" else optuna.pruners.NopPruner())
-    study = _open_study(optuna, Path(storage), study_name, _sampler(optuna, settings.seed, 0, startup_trials,
-                                                                    work.name), chosen_pruner)
+    study = _open_study(optuna, Path(storage), study_name, chosen_pruner)
     for interrupted in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if _running_elsewhere(interrupted):  # another worker of this search (`search.workers`) trains it
             continue

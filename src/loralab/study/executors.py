@@ -170,12 +170,12 @@ def device_name(device: str) -> str:
 
 
 def cpu_name() -> str:
-    """"cpu (MODEL, PATH)": the processor's model and its bfloat16 path (AMX bf16, AVX-512
-    bf16, or no bf16: float32), from /proc/cpuinfo where there is one. A CPU's timings mean
-    little without it: the same run is 2-3x slower without bf16."""
+    """"cpu (MODEL, PATH)": the processor's model (from /proc/cpuinfo where there is one) and
+    its bfloat16 path (`inference.cpu_bf16_path`: AMX bf16, AVX-512 bf16, or no bf16: float32).
+    A CPU's timings mean little without it: the same run is 2-3x slower without bf16."""
     import platform
 
-    import torch
+    from ..inference import cpu_bf16_path
 
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -184,14 +184,7 @@ def cpu_name() -> str:
     except OSError:
         info = {}
     model = " ".join(info.get("model name", platform.processor() or platform.machine()).split())
-    flags = set(info.get("flags", "").split())
-    if "amx_bf16" in flags:
-        path = "AMX bf16"
-    elif "avx512_bf16" in flags or torch.cpu._is_avx512_bf16_supported():
-        path = "AVX-512 bf16"
-    else:
-        path = "no bf16"
-    return f"cpu ({model}, {path})"
+    return f"cpu ({model}, {cpu_bf16_path() or 'no bf16'})"
 
 
 class Executor(Protocol):
