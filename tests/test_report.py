@@ -198,6 +198,36 @@ def test_the_suite_report_says_what_each_search_cost_on_each_task(tmp_path):
     assert cost_table(tasks[2:]) is None
 
 
+def test_the_suite_report_sets_every_row_against_full_fine_tuning(tmp_path):
+    """The suite's gap table: each row's median minus full fine-tuning's, in points, task by
+    task; an adapter extracted from one fine-tune against that fine-tune (the same seed), not
+    the median; the mean gap, and the tasks within 1 point."""
+    from loralab.report.render import markdown_table
+    from loralab.report.suite import TaskResult, gap_table
+
+    def task(name: str, lora: float, extra: list[dict]) -> TaskResult:
+        folder = hand_made(tmp_path / name)
+        rows = json.loads((folder / "results.json").read_text())
+        rows = [dict(r, eval_accuracy=lora) if r["method"] == "lora" else r for r in rows] + extra
+        (folder / "results.json").write_text(json.dumps(rows))
+        return TaskResult(name, name.upper(), "accuracy", build(folder))
+
+    def row(method, score, seed, rank=None):
+        return {"method": method, "rank": rank, "eval_accuracy": score, "seed": seed, "history": []}
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    # b: full fine-tuning 0.9 (hand-made, no seed) and 0.8 (seed 1), median 0.85; extracted from seed 1
+    tasks = [task("a", 0.882, []), task("b", 0.89, [row("full", 0.8, 1), row("extract-all", 0.795, 1, 16)])]
+    text = markdown_table(gap_table(tasks))
+    assert "| Method | A | B | Mean | Within 1 point |" in text
+    assert "| LoRA r=6 | -1.8 | +4.0 | +1.1 | 1 of 2 |" in text
+    assert "| Head-tuning | -10.0 | -5.0 | -7.5 | 0 of 2 |" in text
+    assert "| Extracted LoRA (all linear) r=16 | - | -0.5 | - | 1 of 2 |" in text  # against seed 1's 0.8
+    assert "Full fine-tuning |" not in text
+    assert gap_table([TaskResult("c", "C", "accuracy", None)]) is None
+
+
 def test_pareto_front():
     points = [(10, 0.5), (100, 0.9), (50, 0.4), (1000, 0.85), (20, 0.7)]
     assert pareto_front(points) == [0, 4, 1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import LoralabError
 from ..fileio import write_json, write_text
-from ..methods import label
+from ..methods import label, method
 from ..settings import SCORE_LABELS, SCORE_TABLE, default_metric
 from .document import Bullets, Document, Image, Section, Table, table
 from .findings import Findings, Summary, build
@@ -99,6 +99,45 @@ def suite_table(tasks: list[TaskResult]) -> Table:
     return table(header, rows, "lr" + "r" * (len(tasks) + 1))
 
 
+def _full_score(t: TaskResult, seed: int | None) -> float | None:
+    """Full fine-tuning's score on task `t`: of the run with `seed`, or (None) its median."""
+    if seed is not None:
+        return next((r.score(t.metric) for r in t.findings.runs if r.method == "full" and r.seed == seed), None)
+    return next((s.score for s in t.findings.summaries if s.method == "full"), None)
+
+
+def gap_table(tasks: list[TaskResult]) -> Table | None:
+    """Each row of the results table against full fine-tuning, in points: its median minus
+    full fine-tuning's on each task (an adapter extracted from a fine-tune: its score minus
+    that fine-tune's, the same seed), the mean of those gaps, and on how many tasks the row
+    comes within 1 point of full fine-tuning or above it. None where no task has full
+    fine-tuning."""
+    done = [t for t in tasks if t.findings and _full_score(t, None) is not None]
+    if not done:
+        return None
+    order: dict[tuple, str] = {}
+    gaps: dict[tuple, dict[str, float]] = {}
+    for t in done:
+        for s in t.findings.summaries:
+            key = _row_key(s)
+            if s.method == "full" or s.score is None:
+                continue
+            derived = method(s.method).kind in ("approximation", "extracted")  # made from one fine-tune
+            source = s.row.seed if derived and s.seeds == 1 else None
+            if (full := _full_score(t, source)) is not None:
+                order.setdefault(key, _row_label(key, s))
+                gaps.setdefault(key, {})[t.key] = 100 * (s.score - full)
+    rows = []
+    for key, name in order.items():
+        found = [gaps[key].get(t.key) for t in done]
+        given = [g for g in found if g is not None]
+        mean = f"{statistics.mean(given):+.1f}" if len(given) == len(done) else "-"
+        rows.append([name, *(f"{g:+.1f}" if g is not None else "-" for g in found), mean,
+                     f"{sum(g > -1 for g in given)} of {len(done)}"])
+    return table(["Method", *(t.name for t in done), "Mean", "Within 1 point"], rows,
+                 "l" + "r" * (len(done) + 2))
+
+
 def also_table(tasks: list[TaskResult], also: dict[str, list[str]]) -> Table | None:
     """The tasks' other scores (`also` per task: MRPC's F1, STS-B's Spearman), median in percent."""
     columns = [(t, name) for t in tasks for name in also.get(t.key, []) if t.findings]
@@ -180,6 +219,12 @@ def suite_document(suite, tasks: list[TaskResult], out: Path, left_out: list[str
     if (extra := also_table(tasks, also)) is not None:
         sections.append(Section("Other scores", ["The tasks' other standard scores (median over seeds, percent).",
                                                  extra]))
+    if (gaps := gap_table(tasks)) is not None:
+        sections.append(Section("Against full fine-tuning", [
+            "Each row's median minus full fine-tuning's on the same task, in points of the task's metric "
+            "(an adapter extracted from a fine-tune: minus that fine-tune, the same seed); Mean is the mean of "
+            "the gaps, and the last column counts the tasks where the row is within 1 point of full "
+            "fine-tuning or above it.", gaps]))
     if (refs := reference_table(suite, tasks)) is not None:
         sections.append(Section("Published figures, for reference", [
             "As published, on the same tasks' dev sets but with other models, sizes and recipes (and, where "
