@@ -149,6 +149,50 @@ def test_a_search_killed_mid_trial_resumes_without_redoing_a_finished_trial(spli
     assert len(resumed_pid) == 1 and resumed_pid.isdisjoint({pid for _, _, pid in before.values()})
 
 
+@pytest.mark.slow
+def test_a_search_stopped_past_the_heartbeats_grace_gives_its_trial_up_and_goes_on(splits, tiny_model_dir,
+                                                                                    tmp_path):
+    """A worker stopped (a suspended machine) while its trial runs: another worker takes the
+    silent trial for abandoned, fails it and asks it again. The stopped one, woken, drops its
+    result, trains on, and the search still ends at its budget."""
+    import sqlite3
+
+    from loralab.search import STALE_SECONDS, _fail_stale, _open_study
+
+    splits.save_to_disk(tmp_path / "splits")
+    script = tmp_path / "search.py"
+    script.write_text(textwrap.dedent(KILLED_SEARCH.format(tests=os.path.dirname(__file__), out=str(tmp_path),
+                                                           splits=str(tmp_path / "splits"), model=str(tiny_model_dir))))
+    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage, deadline, stopped = f"sqlite:///{tmp_path / 'search.db'}", time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:  # a trial finished and the next under way
+        try:
+            trials = optuna.load_study(study_name="full", storage=storage).trials
+        except Exception:  # the study is not there yet
+            trials = []
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "owner" in t.user_attrs]
+        if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and running:
+            proc.send_signal(signal.SIGSTOP)
+            stopped = running[0]
+            break
+        time.sleep(0.05)
+    assert stopped, "the search finished or failed before a trial could be stopped"
+    with sqlite3.connect(tmp_path / "search.db") as db:  # silent past the grace period
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', ?) WHERE trial_id = ?",
+                   (f"-{STALE_SECONDS + 60} seconds", stopped._trial_id))
+    _fail_stale(optuna, _open_study(optuna, tmp_path / "search.db", "full", optuna.pruners.NopPruner()))
+    proc.send_signal(signal.SIGCONT)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert f"trial {stopped.number} was taken for abandoned" in output
+    trials = optuna.load_study(study_name="full", storage=storage).trials
+    assert trials[stopped.number].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == stopped.number]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 6  # the budget
+
+
 WORKER = """
 import sys
 from pathlib import Path
@@ -184,6 +228,41 @@ def test_workers_share_a_search_and_stop_at_its_budget_together(splits, tiny_mod
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both trained trials
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)  # and drew apart
+
+
+def test_another_hosts_trial_is_alive_until_its_heartbeat_goes_stale(splits, tiny_model_dir, tmp_path):
+    """A search resumed on another machine (a study's records copied there) meets trials its
+    first machine left running: one whose heartbeat is older than `STALE_SECONDS` was left by
+    a process that is gone, and is failed and asked again with its values; one with a fresh
+    heartbeat is another worker's, left alone and counted toward the budget."""
+    import sqlite3
+
+    from loralab.config import SearchSpace
+    from loralab.search import STALE_SECONDS, _open_study
+
+    space = SearchSpace(trials=3, lr_min=3e-3, lr_max=0.1, min_epochs=1, max_epochs=2)
+    study = _open_study(optuna, tmp_path / "search.db", "full", optuna.pruners.NopPruner())
+    left = []
+    for lr in (0.01, 0.02):
+        trial = study.ask()
+        trial.suggest_float("learning_rate", space.lr_min, space.lr_max, log=True)
+        trial.suggest_int("epochs", space.min_epochs, space.max_epochs)
+        trial.suggest_categorical("warmup_ratio", list(space.warmup_ratios))
+        trial.suggest_categorical("weight_decay", list(space.weight_decays))
+        trial.set_user_attr("owner", "another-host|some-boot|12345")
+        study._storage.record_heartbeat(trial._trial_id)
+        left.append(trial.number)
+    with sqlite3.connect(tmp_path / "search.db") as db:  # the first one's process died an hour ago
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', ?) WHERE trial_id = ?",
+                   (f"-{STALE_SECONDS + 3600} seconds", study.trials[left[0]]._trial_id))
+    search(splits, tiny_model_dir, tmp_path, space, pruner="none", startup_trials=1)
+    trials = optuna.load_study(study_name="full", storage=f"sqlite:///{tmp_path / 'search.db'}").trials
+    stale, alive = trials[left[0]], trials[left[1]]
+    assert stale.state == optuna.trial.TrialState.FAIL and alive.state == optuna.trial.TrialState.RUNNING
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == stale.number]
+    assert len(retried) == 1 and retried[0].params == stale.params
+    assert retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2  # 3, the live one counted
 
 
 STUDY = """

@@ -32,6 +32,8 @@ from .settings import AdapterOptions, TrainSettings
 logger = logging.getLogger("loralab")
 
 PARAMS = ("learning_rate", "epochs", "warmup_ratio", "weight_decay")
+HEARTBEAT_SECONDS = 60  # a trial's process records in the storage that it is alive this often (Optuna's heartbeat)
+STALE_SECONDS = 900     # a running trial silent this long was left by a process that is gone, on any host
 
 
 def token_count(dataset) -> int:
@@ -61,8 +63,9 @@ OWNER = _owner()
 def _running_elsewhere(trial) -> bool:
     """Whether a RUNNING trial is being trained by another live process (a worker of the same
     search, `search.workers`), not left RUNNING by one that was killed. A trial of this host is
-    alive while its process is; one of another host is taken to be; one that names no owner yet
-    was asked for within the last minute (its owner is about to say so)."""
+    alive while its process is; one of another host is, until its heartbeat is `STALE_SECONDS`
+    old (`_fail_stale` fails it then); one that names no owner yet was asked for within the
+    last minute (its owner is about to say so)."""
     owner = trial.user_attrs.get("owner")
     if owner is None:
         start = trial.datetime_start
@@ -141,14 +144,35 @@ def _open_study(optuna, storage: Path, name: str, pruner):
     set before each trial: `_sampler`). The searches of a
     study share the file and may start at the same moment (`--jobs`, a Ray cluster): the file's
     tables are made under a lock, or two processes would both make them; each connection waits
-    up to a minute for another's write."""
+    up to a minute for another's write. A running trial's process records a heartbeat in it, so
+    that a trial left running by a process that died, on this host or another (a search resumed
+    on a new machine), is failed and asked again (`_fail_stale`)."""
+    import warnings
+
     from filelock import FileLock
 
-    with FileLock(f"{storage}.lock"):
+    with FileLock(f"{storage}.lock"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna marks heartbeats experimental
         rdb = optuna.storages.RDBStorage(f"sqlite:///{storage.resolve()}",
-                                         engine_kwargs={"connect_args": {"timeout": 60}})
+                                         engine_kwargs={"connect_args": {"timeout": 60}},
+                                         heartbeat_interval=HEARTBEAT_SECONDS, grace_period=STALE_SECONDS,
+                                         heartbeat_stale_trial_callback=_ask_again)
         return optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize",
                                    pruner=pruner)
+
+
+def _ask_again(study, trial) -> None:
+    """A trial whose process died is asked again with the same values."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+def _fail_stale(optuna, study) -> None:
+    """Fail (and ask again) every running trial whose heartbeat is `STALE_SECONDS` old."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def search_recipe(method: str, data, *, model: str, settings: TrainSettings, space: SearchSpace,
@@ -196,10 +220,13 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
             continue
         # The process that ran it was killed: the trial is failed and asked again with the same values.
         study._storage.set_trial_state_values(interrupted._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(interrupted.params, user_attrs={"retry_of": interrupted.number})
+        _ask_again(study, interrupted)
         logger.info("%s: trial %d was interrupted; it runs again.", method, interrupted.number)
 
+    current: list[int] = []  # the trial this process trains
+
     def objective(trial) -> float:
+        current[:] = [trial._trial_id]
         trial.set_user_attr("owner", OWNER)
         s = settings.replace(
             learning_rate=trial.suggest_float("learning_rate", space.lr_min, space.lr_max, log=True),
@@ -239,13 +266,25 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
         return study.get_trials(deepcopy=False, states=states)
 
     def started() -> int:  # trials done, and trials other workers of this search are training now
+        _fail_stale(optuna, study)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         return len(finished()) + sum(_running_elsewhere(t) for t in running)
 
     while started() < space.trials:  # one at a time: workers sharing the study stop at its budget together
         study.sampler = _sampler(optuna, settings.seed, len(study.get_trials(deepcopy=False)), startup_trials,
                                  work.name)
-        study.optimize(objective, n_trials=1, catch=())
+        current.clear()
+        try:
+            study.optimize(objective, n_trials=1, catch=())
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            mine = study._storage.get_trial(current[0]) if current else None
+            if mine is None or not any(t.user_attrs.get("retry_of") == mine.number
+                                       for t in study.get_trials(deepcopy=False)):
+                raise  # the trial's own error
+            # Another worker failed it while this process was silent past STALE_SECONDS (a machine
+            # suspended, a process stopped) and asked it again: its result here is dropped.
+            logger.warning("%s: trial %d was taken for abandoned while this process was stopped (no heartbeat "
+                           "for %d s); it is asked again.", method, mine.number, STALE_SECONDS)
     trials = [Trial(number=t.number, state="complete" if t.state == optuna.trial.TrialState.COMPLETE else "pruned",
                     params={k: t.params.get(k) for k in PARAMS}, scores=t.user_attrs.get("scores", []),
                     best_epoch=t.user_attrs.get("best_epoch"), seconds=t.user_attrs.get("seconds", 0.0),
