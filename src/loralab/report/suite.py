@@ -216,25 +216,24 @@ def suite_document(suite, tasks: list[TaskResult], out: Path, left_out: list[str
                      "(`--tasks`): they are left out of the table and its average.")
     sections = [Section(None, intro), Section("Results", [suite_table(tasks)])]
     also = {task.key: list(task.also) for task in suite.tasks}
-    if (extra := also_table(tasks, also)) is not None:
-        sections.append(Section("Other scores", ["The tasks' other standard scores (median over seeds, percent).",
-                                                 extra]))
-    if (gaps := gap_table(tasks)) is not None:
-        sections.append(Section("Against full fine-tuning", [
-            "Each row's median minus full fine-tuning's on the same task, in points of the task's metric "
-            "(an adapter extracted from a fine-tune: minus that fine-tune, the same seed); Mean is the mean of "
-            "the gaps, and the last column counts the tasks where the row is within 1 point of full "
-            "fine-tuning or above it.", gaps]))
-    if (refs := reference_table(suite, tasks)) is not None:
-        sections.append(Section("Published figures, for reference", [
-            "As published, on the same tasks' dev sets but with other models, sizes and recipes (and, where "
-            "the suite's notes say so, other splits): a yardstick, not a comparison of equals.", refs]))
-    if (costs := cost_table(tasks)) is not None:
-        sections.append(Section("What the searches cost", [
-            "Each method's recipe search on each task: its trials' seconds on this machine and, in brackets, "
-            "their compute in millions of token-passes (training tokens times the epochs trained), which does "
-            "not depend on the machine; then each task's runs in all, wall time of the runs as they ran "
-            "(side by side with `--jobs`, counted once).", costs]))
+    optional = [  # (title, what it shows, the table, or None where the tasks have nothing for it)
+        ("Other scores", "The tasks' other standard scores (median over seeds, percent).", also_table(tasks, also)),
+        ("Against full fine-tuning",
+         "Each row's median minus full fine-tuning's on the same task, in points of the task's metric (an adapter "
+         "extracted from a fine-tune: minus that fine-tune, the same seed); Mean is the mean of the gaps, and the "
+         "last column counts the tasks where the row is within 1 point of full fine-tuning or above it.",
+         gap_table(tasks)),
+        ("Published figures, for reference",
+         "As published, on the same tasks' dev sets but with other models, sizes and recipes (and, where the "
+         "suite's notes say so, other splits): a yardstick, not a comparison of equals.",
+         reference_table(suite, tasks)),
+        ("What the searches cost",
+         "Each method's recipe search on each task: its trials' seconds on this machine and, in brackets, their "
+         "compute in millions of token-passes (training tokens times the epochs trained), which does not depend "
+         "on the machine; then each task's runs in all, wall time of the runs as they ran (side by side with "
+         "`--jobs`, counted once).", cost_table(tasks)),
+    ]
+    sections += [Section(title, [text, found]) for title, text, found in optional if found is not None]
     sections.append(Section("Score against trainable parameters, per task", [
         Image(f"{t.name}: {SCORE_LABELS[t.metric]} against trainable parameters",
               f"{t.key}/accuracy_vs_params.png" if (out / t.key / "accuracy_vs_params.png").exists() else None)
