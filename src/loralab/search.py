@@ -202,11 +202,13 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
     import optuna
 
     from .api import train
+    from .methods import row_method
     from .models import load_tokenizer
 
     if "validation" not in data:
         raise LoralabError("A recipe search needs a validation split (data.validation > 0).")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    row = row_method(method, getattr(lora, "targets", None))  # the log names LoRA on every linear layer "lora-all"
     tokenizer = tokenizer or load_tokenizer(model)
     split = datasets.DatasetDict(train=data["train"], eval=data["validation"])
     tokens = token_count(split["train"])
@@ -221,7 +223,7 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
         # The process that ran it was killed: the trial is failed and asked again with the same values.
         study._storage.set_trial_state_values(interrupted._trial_id, optuna.trial.TrialState.FAIL)
         _ask_again(study, interrupted)
-        logger.info("%s: trial %d was interrupted; it runs again.", method, interrupted.number)
+        logger.info("%s: trial %d was interrupted; it runs again.", row, interrupted.number)
 
     current: list[int] = []  # the trial this process trains
 
@@ -253,7 +255,7 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
         trial.set_user_attr("token_passes", token_passes(method, tokens, len(scores)))
         trial.set_user_attr("diverged", diverged)
         trial.set_user_attr("pid", os.getpid())  # which process trained it (a resumed search's are new)
-        logger.info("%s trial %d: lr %.3g, %d epochs, warm-up %g, weight decay %g: validation %s %s%s", method,
+        logger.info("%s trial %d: lr %.3g, %d epochs, warm-up %g, weight decay %g: validation %s %s%s", row,
                     trial.number, s.learning_rate, s.epochs, s.warmup_ratio, s.weight_decay, metric,
                     ", ".join(f"{x:.4f}" for x in scores) or "-",
                     " (diverged)" if diverged else " (pruned)" if report.pruned else "")
@@ -284,7 +286,7 @@ def search_recipe(method: str, data, *, model: str, settings: TrainSettings, spa
             # Another worker failed it while this process was silent past STALE_SECONDS (a machine
             # suspended, a process stopped) and asked it again: its result here is dropped.
             logger.warning("%s: trial %d was taken for abandoned while this process was stopped (no heartbeat "
-                           "for %d s); it is asked again.", method, mine.number, STALE_SECONDS)
+                           "for %d s); it is asked again.", row, mine.number, STALE_SECONDS)
     trials = [Trial(number=t.number, state="complete" if t.state == optuna.trial.TrialState.COMPLETE else "pruned",
                     params={k: t.params.get(k) for k in PARAMS}, scores=t.user_attrs.get("scores", []),
                     best_epoch=t.user_attrs.get("best_epoch"), seconds=t.user_attrs.get("seconds", 0.0),
