@@ -16,12 +16,14 @@ method's training runs stop (`loralab.training.stop_after_epoch`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 
 from .config import SearchSpace
@@ -147,12 +149,9 @@ def _open_study(optuna, storage: Path, name: str, pruner):
     up to a minute for another's write. A running trial's process records a heartbeat in it, so
     that a trial left running by a process that died, on this host or another (a search resumed
     on a new machine), is failed and asked again (`_fail_stale`)."""
-    import warnings
-
     from filelock import FileLock
 
-    with FileLock(f"{storage}.lock"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna marks heartbeats experimental
+    with FileLock(f"{storage}.lock"), _heartbeats_quietly(optuna):
         rdb = optuna.storages.RDBStorage(f"sqlite:///{storage.resolve()}",
                                          engine_kwargs={"connect_args": {"timeout": 60}},
                                          heartbeat_interval=HEARTBEAT_SECONDS, grace_period=STALE_SECONDS,
@@ -166,12 +165,17 @@ def _ask_again(study, trial) -> None:
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
-def _fail_stale(optuna, study) -> None:
-    """Fail (and ask again) every running trial whose heartbeat is `STALE_SECONDS` old."""
-    import warnings
-
+@contextlib.contextmanager
+def _heartbeats_quietly(optuna):
+    """Optuna marks its heartbeats experimental and warns at each use: not the user's concern."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _fail_stale(optuna, study) -> None:
+    """Fail (and ask again) every running trial whose heartbeat is `STALE_SECONDS` old."""
+    with _heartbeats_quietly(optuna):
         optuna.storages.fail_stale_trials(study)
 
 
